@@ -1,0 +1,108 @@
+//! WAL archiving: `archive_command` (push) and `restore_command` (fetch), with their local spools.
+//!
+//! The spool lives beside the WAL by default (`pg_wal/lifeboat/`), on the same file system, so a
+//! prefetched segment reaches its destination by an atomic rename. It holds only hints that
+//! speed things up (what was pushed ahead, what was fetched ahead); losing it loses nothing.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use lifeboat_pg::walheader::{self, LongPageHeader};
+use lifeboat_pg::walname::WalFileName;
+use lifeboat_repo::ClusterIdentity;
+
+use crate::{EngineError, Result};
+
+pub mod fetch;
+pub mod push;
+
+pub use fetch::{FetchOptions, FetchOutcome, PrefetchReport, fetch, prefetch};
+pub use push::{PushOptions, PushOutcome, PushReport, push};
+
+/// The directory PostgreSQL keeps WAL in, given the path of a file in it (%p or %p's target).
+fn wal_dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn default_spool(wal_dir: &Path) -> PathBuf {
+    wal_dir.join("lifeboat")
+}
+
+/// Check that `bytes` really is the WAL file `name` says, and say which cluster wrote it.
+/// History and backup-label files carry no header and yield no identity.
+fn validate_wal(name: &WalFileName, bytes: &[u8]) -> Result<Option<ClusterIdentity>> {
+    let header: Option<LongPageHeader> = match name {
+        WalFileName::Segment(seg) => Some(walheader::validate_segment(bytes, seg).map_err(|e| invalid_wal(name, e))?),
+        WalFileName::Partial(seg) => Some(walheader::validate_partial(bytes, seg).map_err(|e| invalid_wal(name, e))?),
+        WalFileName::History(_) | WalFileName::Backup { .. } => {
+            if bytes.is_empty() {
+                return Err(EngineError::invalid(
+                    format!("{name} is empty"),
+                    "PostgreSQL never archives an empty history or backup file: check the file system",
+                ));
+            }
+            None
+        }
+    };
+    Ok(header.map(|h| ClusterIdentity {
+        system_identifier: h.system_identifier,
+        pg_major: h.pg_major,
+        wal_segment_size: u64::from(h.segment_size),
+    }))
+}
+
+fn invalid_wal(name: &WalFileName, e: impl std::fmt::Display) -> EngineError {
+    EngineError::invalid(
+        format!("{name} is not a valid WAL file: {e}"),
+        "the file is damaged or not what its name says; lifeboat refuses to archive it. Compare it with the cluster's pg_wal and check the disk",
+    )
+}
+
+/// Write `bytes` to `dest` through a temporary file beside it: write, fsync, rename, fsync the
+/// directory. A crash leaves either no file or the whole file, never a partial one at `dest`.
+fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = wal_dir_of(dest);
+    let file_name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| EngineError::invalid(format!("{} is not a file path", dest.display()), "give a file path"))?;
+    let tmp = dir.join(format!(".{file_name}.lifeboat-tmp"));
+    let result = (|| {
+        let mut f = File::create(&tmp).map_err(|e| EngineError::io(format!("cannot create {}", tmp.display()), e))?;
+        f.write_all(bytes).map_err(|e| EngineError::io(format!("cannot write {}", tmp.display()), e))?;
+        f.sync_all().map_err(|e| EngineError::io(format!("cannot fsync {}", tmp.display()), e))?;
+        fs::rename(&tmp, dest)
+            .map_err(|e| EngineError::io(format!("cannot rename {} to {}", tmp.display(), dest.display()), e))?;
+        fsync_dir(&dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| EngineError::io(format!("cannot fsync directory {}", dir.display()), e))
+}
+
+fn file_name_of(path: &Path) -> Result<String> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+        .ok_or_else(|| EngineError::invalid(format!("{} has no file name", path.display()), "pass %p (archive_command) or %f %p (restore_command)"))
+}
+
+fn parse_name(text: &str) -> Result<WalFileName> {
+    WalFileName::parse(text).map_err(|e| {
+        EngineError::invalid(
+            format!("\"{text}\" is not a WAL file name: {e}"),
+            "lifeboat archives what PostgreSQL archives: segments, .partial, .history and .backup files; use %p in archive_command and %f %p in restore_command",
+        )
+    })
+}

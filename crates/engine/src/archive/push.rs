@@ -1,0 +1,212 @@
+//! `wal-push`: archive one WAL file, and push ahead the others PostgreSQL has marked ready.
+//!
+//! PostgreSQL calls `archive_command` for one file at a time and waits. To keep `pg_wal` from
+//! growing when the store is slow, each call also pushes up to `parallel - 1` other `.ready` files
+//! concurrently and leaves a marker for each in `<spool>/pushed/`. When PostgreSQL then asks for
+//! one of those, the marker (name, size, BLAKE3 of the bytes) is checked against the file and the
+//! call returns at once without touching the repository. Renaming `.ready` to `.done` stays
+//! PostgreSQL's job: it only happens after PostgreSQL's own call for the file returned 0.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use lifeboat_pg::walname::WalFileName;
+use lifeboat_repo::ClusterIdentity;
+use lifeboat_repo::wal::PutOutcome as RepoPut;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::{default_spool, file_name_of, parse_name, validate_wal, wal_dir_of};
+use crate::error::join_error;
+use crate::{EngineError, LazyRepo, Result};
+
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// Files pushed at once, the requested one included; 1 disables pushing ahead.
+    pub parallel: usize,
+    /// Where markers go; default `<dir of the file>/lifeboat`.
+    pub spool_dir: Option<PathBuf>,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        Self { parallel: 4, spool_dir: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushOutcome {
+    /// Newly stored, durably.
+    Stored,
+    /// The same content was already in the repository.
+    AlreadyStored,
+    /// An earlier call pushed it ahead; the marker matched the file.
+    PushedAhead,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PushReport {
+    pub name: String,
+    pub outcome: PushOutcome,
+    /// Other `.ready` files this call stored.
+    pub pushed_ahead: Vec<String>,
+    /// Other `.ready` files this call tried and failed (PostgreSQL will ask for them again).
+    pub failed_ahead: Vec<(String, String)>,
+}
+
+pub async fn push(repo: &LazyRepo, path: &Path, options: &PushOptions) -> Result<PushReport> {
+    let name = parse_name(&file_name_of(path)?)?;
+    let wal_dir = wal_dir_of(path);
+    let markers = options.spool_dir.clone().unwrap_or_else(|| default_spool(&wal_dir)).join("pushed");
+
+    let bytes = read_file(path).await?;
+    if marker_matches(&markers, &name, &bytes).await {
+        return Ok(PushReport { name: name.to_string(), outcome: PushOutcome::PushedAhead, pushed_ahead: vec![], failed_ahead: vec![] });
+    }
+    let identity = validate_wal(&name, &bytes)?;
+    let repo = repo.get().await?;
+    if let Some(id) = &identity {
+        repo.bind_identity(id).await?;
+    }
+
+    let ahead = if options.parallel > 1 { ready_files(&wal_dir, &name, &markers, options.parallel - 1) } else { vec![] };
+    let permits = Arc::new(Semaphore::new(options.parallel.max(1)));
+    let mut others = JoinSet::new();
+    for other in ahead {
+        let repo = repo.clone();
+        let permits = permits.clone();
+        let path = wal_dir.join(other.to_string());
+        let markers = markers.clone();
+        others.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let result = push_ahead(&repo, &other, &path, identity.as_ref(), &markers).await;
+            (other, result)
+        });
+    }
+
+    let outcome = {
+        let _permit = permits.acquire().await.map_err(|e| EngineError::Internal(e.to_string()))?;
+        repo.put_wal(&name, Bytes::from(bytes)).await?
+    };
+    let mut report = PushReport {
+        name: name.to_string(),
+        outcome: match outcome {
+            RepoPut::Stored => PushOutcome::Stored,
+            RepoPut::AlreadyStored => PushOutcome::AlreadyStored,
+        },
+        pushed_ahead: vec![],
+        failed_ahead: vec![],
+    };
+    while let Some(joined) = others.join_next().await {
+        let (other, result) = joined.map_err(join_error)?;
+        match result {
+            Ok(()) => report.pushed_ahead.push(other.to_string()),
+            Err(e) => {
+                tracing::warn!("pushing {other} ahead failed (PostgreSQL will ask again): {e}");
+                report.failed_ahead.push((other.to_string(), e.to_string()));
+            }
+        }
+    }
+    report.pushed_ahead.sort();
+    Ok(report)
+}
+
+async fn push_ahead(
+    repo: &lifeboat_repo::Repository,
+    name: &WalFileName,
+    path: &Path,
+    expected: Option<&ClusterIdentity>,
+    markers: &Path,
+) -> Result<()> {
+    let bytes = read_file(path).await?;
+    let identity = validate_wal(name, &bytes)?;
+    if let Some(id) = &identity {
+        match expected {
+            Some(exp) if exp == id => {}
+            _ => repo.bind_identity(id).await?,
+        }
+    }
+    let marker = Marker::of(&bytes);
+    repo.put_wal(name, Bytes::from(bytes)).await?;
+    marker.write(markers, name)
+}
+
+async fn read_file(path: &Path) -> Result<Vec<u8>> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || fs::read(&owned))
+        .await
+        .map_err(join_error)?
+        .map_err(|e| EngineError::io(format!("cannot read {}", path.display()), e))
+}
+
+/// What a marker records: enough to be sure the file PostgreSQL now asks about is the one pushed.
+struct Marker {
+    size: usize,
+    hash: blake3::Hash,
+}
+
+impl Marker {
+    fn of(bytes: &[u8]) -> Self {
+        Self { size: bytes.len(), hash: blake3::hash(bytes) }
+    }
+
+    fn text(&self) -> String {
+        format!("{} {}\n", self.size, self.hash.to_hex())
+    }
+
+    /// Best effort: a lost marker only means the next call pushes again (and finds it stored).
+    fn write(&self, dir: &Path, name: &WalFileName) -> Result<()> {
+        fs::create_dir_all(dir).map_err(|e| EngineError::io(format!("cannot create {}", dir.display()), e))?;
+        let tmp = dir.join(format!(".{name}.tmp"));
+        fs::write(&tmp, self.text()).map_err(|e| EngineError::io(format!("cannot write {}", tmp.display()), e))?;
+        fs::rename(&tmp, dir.join(name.to_string()))
+            .map_err(|e| EngineError::io(format!("cannot write marker for {name}"), e))
+    }
+}
+
+/// True when an earlier call pushed exactly these bytes under this name; consumes the marker.
+async fn marker_matches(dir: &Path, name: &WalFileName, bytes: &[u8]) -> bool {
+    let path = dir.join(name.to_string());
+    let Ok(recorded) = fs::read_to_string(&path) else {
+        return false;
+    };
+    let _ = fs::remove_file(&path);
+    recorded == Marker::of(bytes).text()
+}
+
+/// Up to `limit` other files PostgreSQL has marked `.ready`, in the order it archives them
+/// (history files first, then oldest first), skipping those already pushed ahead. Also removes
+/// markers whose file PostgreSQL no longer has pending.
+fn ready_files(wal_dir: &Path, current: &WalFileName, markers: &Path, limit: usize) -> Vec<WalFileName> {
+    let Ok(entries) = fs::read_dir(wal_dir.join("archive_status")) else {
+        return vec![];
+    };
+    let ready: HashSet<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".ready")).map(str::to_owned))
+        .collect();
+    let mut pushed = HashSet::new();
+    if let Ok(entries) = fs::read_dir(markers) {
+        for entry in entries.filter_map(|e| e.ok()) {
+            let Some(n) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            if ready.contains(&n) {
+                pushed.insert(n);
+            } else {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+    let current = current.to_string();
+    let mut names: Vec<WalFileName> = ready
+        .iter()
+        .filter(|n| **n != current && !pushed.contains(*n))
+        .filter_map(|n| WalFileName::parse(n).ok())
+        .collect();
+    names.sort_by_key(|n| (!matches!(n, WalFileName::History(_)), n.to_string()));
+    names.truncate(limit);
+    names
+}

@@ -1,0 +1,57 @@
+//! Engine errors: the repository's, plus what the engine itself rejects (bad input, local I/O).
+
+use lifeboat_repo::RepoError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The user's input was rejected (not a WAL file, a damaged WAL file, a bad name).
+    #[error("{message}")]
+    InvalidInput { message: String, hint: String },
+
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+
+    /// A local file could not be read or written.
+    #[error("{what}: {source}")]
+    LocalIo {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A bug: a background task panicked or was cancelled.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    pub fn invalid(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self::InvalidInput { message: message.into(), hint: hint.into() }
+    }
+
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::LocalIo { what: what.into(), source }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::InvalidInput { hint, .. } => Some(hint.clone()),
+            Self::Repo(e) => e.hint(),
+            Self::LocalIo { source, .. } => Some(match source.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    "run lifeboat as the user that owns the file (usually postgres), or fix the permissions".into()
+                }
+                std::io::ErrorKind::NotFound => "check the path".into(),
+                _ if source.raw_os_error() == Some(28) => "the disk is full: free space, then retry".into(),
+                _ => "check the file system and retry".into(),
+            }),
+            Self::Internal(_) => Some("please report this as a bug, with the log".into()),
+        }
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+pub(crate) fn join_error(e: tokio::task::JoinError) -> EngineError {
+    EngineError::Internal(format!("background task failed: {e}"))
+}

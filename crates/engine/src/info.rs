@@ -1,0 +1,117 @@
+//! `info`: what a repository is and what WAL it holds, per timeline, with every gap named.
+
+use std::collections::BTreeMap;
+
+use lifeboat_pg::walname::{DEFAULT_WAL_SEGMENT_SIZE, WalFileName, WalSegmentName};
+use lifeboat_repo::{ClusterIdentity, Repository};
+use serde::Serialize;
+
+use crate::Result;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RepoInfo {
+    pub location: String,
+    pub repo_id: String,
+    pub format_version: u32,
+    pub created: String,
+    pub encrypted: bool,
+    pub compression: String,
+    pub compression_level: i32,
+    /// None until the first WAL file (or backup) binds the repository to a cluster.
+    pub cluster: Option<ClusterIdentity>,
+    pub timelines: Vec<TimelineInfo>,
+    pub history_files: Vec<String>,
+    pub wal_files: u64,
+    pub wal_stored_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TimelineInfo {
+    pub timeline: u32,
+    pub first_segment: String,
+    pub last_segment: String,
+    pub segments: u64,
+    pub gaps: Vec<Gap>,
+    pub partial_files: Vec<String>,
+    pub backup_files: Vec<String>,
+}
+
+/// Consecutive segments missing between two archived ones.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Gap {
+    pub first_missing: String,
+    pub last_missing: String,
+    pub count: u64,
+}
+
+pub async fn info(repo: &Repository) -> Result<RepoInfo> {
+    let cluster = repo.identity().await?;
+    let seg_size = cluster.map_or(DEFAULT_WAL_SEGMENT_SIZE, |c| c.wal_segment_size);
+    let wal = repo.list_wal().await?;
+    let config = repo.config();
+
+    #[derive(Default)]
+    struct Acc {
+        segnos: Vec<u64>,
+        partial: Vec<String>,
+        backup: Vec<String>,
+    }
+    let mut per_timeline: BTreeMap<u32, Acc> = BTreeMap::new();
+    let mut history_files = Vec::new();
+    for stored in &wal {
+        match &stored.name {
+            WalFileName::Segment(seg) => {
+                if let Ok(n) = seg.segno(seg_size) {
+                    per_timeline.entry(seg.timeline.get()).or_default().segnos.push(n);
+                }
+            }
+            WalFileName::Partial(seg) => per_timeline.entry(seg.timeline.get()).or_default().partial.push(stored.name.to_string()),
+            WalFileName::Backup { segment, .. } => {
+                per_timeline.entry(segment.timeline.get()).or_default().backup.push(stored.name.to_string())
+            }
+            WalFileName::History(_) => history_files.push(stored.name.to_string()),
+        }
+    }
+
+    let mut timelines = Vec::new();
+    for (tli, mut acc) in per_timeline {
+        let Some(timeline) = lifeboat_pg::timeline::TimelineId::new(tli) else { continue };
+        acc.segnos.sort_unstable();
+        acc.segnos.dedup();
+        let name = |n: u64| WalSegmentName::from_segno(timeline, n, seg_size).to_string();
+        let (first, last) = match (acc.segnos.first(), acc.segnos.last()) {
+            (Some(f), Some(l)) => (name(*f), name(*l)),
+            _ => (String::new(), String::new()),
+        };
+        let gaps = acc
+            .segnos
+            .windows(2)
+            .filter(|w| w[1] > w[0] + 1)
+            .map(|w| Gap { first_missing: name(w[0] + 1), last_missing: name(w[1] - 1), count: w[1] - w[0] - 1 })
+            .collect();
+        timelines.push(TimelineInfo {
+            timeline: tli,
+            first_segment: first,
+            last_segment: last,
+            segments: acc.segnos.len() as u64,
+            gaps,
+            partial_files: acc.partial,
+            backup_files: acc.backup,
+        });
+    }
+
+    Ok(RepoInfo {
+        location: repo.location(),
+        repo_id: config.repo_id.clone(),
+        format_version: config.version,
+        created: config.created.clone(),
+        encrypted: repo.codec().is_encrypted(),
+        compression: config.compression.algorithm.to_string(),
+        compression_level: config.compression.level,
+        cluster,
+        timelines,
+        history_files,
+        wal_files: wal.len() as u64,
+        wal_stored_bytes: wal.iter().map(|w| w.stored_size).sum(),
+    })
+}

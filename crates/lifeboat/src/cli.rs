@@ -1,0 +1,116 @@
+//! Command-line definitions (clap). Help text here is the user's first documentation: keep every
+//! option explained.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lifeboat",
+    version,
+    about = "Keeps a PostgreSQL cluster's data safe: continuous WAL archiving to local disk or object storage.",
+    long_about = "Keeps a PostgreSQL cluster's data safe: continuous WAL archiving to local disk or any \
+S3-compatible store (GCS and Azure too), verified, compressed and encrypted.\n\n\
+Wire it into postgresql.conf:\n    archive_command = 'lifeboat wal-push %p'\n    restore_command = 'lifeboat wal-fetch %f %p'\n\n\
+The repository comes from --repo, LIFEBOAT_REPO, or `repo` in the config file (--config, LIFEBOAT_CONFIG, \
+or /etc/lifeboat/lifeboat.toml). Exit codes: docs/EXIT_CODES.md."
+)]
+pub struct Cli {
+    /// Repository: a path, file:///path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix.
+    #[arg(long, global = true, value_name = "URL")]
+    pub repo: Option<String>,
+
+    /// TOML config file [env: LIFEBOAT_CONFIG] [default: /etc/lifeboat/lifeboat.toml if present].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log level on stderr (error, warn, info, debug, trace); LIFEBOAT_LOG overrides with a filter.
+    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
+    pub log_level: String,
+
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository (refuses an existing one). Encrypted when a passphrase is configured
+    /// (LIFEBOAT_PASSPHRASE_FILE, LIFEBOAT_PASSPHRASE or passphrase_file); otherwise --unencrypted is required.
+    Init(InitArgs),
+    /// Archive a WAL file (use as archive_command = 'lifeboat wal-push %p'). Exits 0 only once the
+    /// file is durably stored; also pushes ahead other files PostgreSQL marked ready.
+    WalPush(WalPushArgs),
+    /// Restore a WAL file (use as restore_command = 'lifeboat wal-fetch %f %p'). Exits 0 once the file
+    /// is complete at DEST, 1 if the repository does not hold it, 200 (stop recovery) on any other failure.
+    WalFetch(WalFetchArgs),
+    /// Show the repository: identity, encryption, compression, and per timeline the archived WAL and every gap.
+    Info(InfoArgs),
+    /// Internal: fetch segments ahead into the spool (started by wal-fetch in the background).
+    #[command(hide = true)]
+    WalPrefetch(WalPrefetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Create a repository without encryption (required when no passphrase is configured).
+    #[arg(long)]
+    pub unencrypted: bool,
+    /// Compression of stored objects.
+    #[arg(long, default_value = "zstd", value_parser = ["zstd", "lz4", "none"])]
+    pub compression: String,
+    /// zstd level (negative values are zstd's fast levels).
+    #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+    pub compression_level: i32,
+}
+
+#[derive(Debug, Args)]
+pub struct WalPushArgs {
+    /// Path of the WAL file (%p), absolute or relative to the data directory.
+    pub path: PathBuf,
+    /// Files stored at once, this one included [config: archive.push_parallel; default 4].
+    #[arg(long)]
+    pub parallel: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct WalFetchArgs {
+    /// Name of the WAL file PostgreSQL asks for (%f).
+    pub name: String,
+    /// Where to put it (%p).
+    pub dest: PathBuf,
+    /// Segments to fetch ahead in the background [config: archive.prefetch; default 8; 0 = off].
+    #[arg(long)]
+    pub prefetch: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WalPrefetchArgs {
+    /// The segment just served; fetch the ones after it.
+    #[arg(long)]
+    pub after: String,
+    /// Prefetch spool directory.
+    #[arg(long)]
+    pub spool: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    pub count: usize,
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+}

@@ -1,0 +1,141 @@
+//! Configuration: command line, environment and the TOML file, merged into typed settings.
+//!
+//! Precedence: command-line flag, then environment, then the config file, then defaults.
+//! Secrets (passphrase, S3 keys) come only from the environment or files, never from argv, and
+//! are never logged: `Debug` of everything here redacts them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lifeboat_repo::Passphrase;
+use lifeboat_storage::{AzureSettings, GcsSettings, RetryPolicy, S3Settings, StorageSettings};
+use serde::Deserialize;
+
+use crate::exit::Failure;
+
+/// Read when neither --config nor LIFEBOAT_CONFIG is given, if it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/lifeboat/lifeboat.toml";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// Repository location: a path, file:///path, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix.
+    pub repo: Option<String>,
+    /// File holding the repository passphrase (first line). Keep it mode 0600.
+    pub passphrase_file: Option<PathBuf>,
+    pub archive: ArchiveConfig,
+    pub storage: StorageConfig,
+    pub s3: S3Settings,
+    pub gcs: GcsSettings,
+    pub azure: AzureSettings,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// WAL files one wal-push stores at once (the requested one and others marked .ready). Default 4.
+    pub push_parallel: Option<usize>,
+    /// Segments wal-fetch fetches ahead during recovery. Default 8; 0 disables.
+    pub prefetch: Option<usize>,
+    /// Concurrent downloads of the prefetcher. Default 4.
+    pub prefetch_parallel: Option<usize>,
+    /// Spool directory; default `pg_wal/lifeboat` (beside the WAL, same file system).
+    pub spool_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Deadline of one attempt of one storage call. Default 60.
+    pub timeout_seconds: Option<u64>,
+    /// Attempts per storage call, retrying transient errors with backoff. Default 5.
+    pub max_attempts: Option<u32>,
+}
+
+/// Everything a command needs to reach the repository.
+#[derive(Debug)]
+pub struct Resolved {
+    pub config_path: Option<PathBuf>,
+    pub repo: Option<String>,
+    pub passphrase: Option<Passphrase>,
+    pub storage: StorageSettings,
+    pub file: FileConfig,
+}
+
+pub fn resolve(config_flag: Option<&Path>, repo_flag: Option<&str>) -> Result<Resolved, Failure> {
+    let env_config = std::env::var_os("LIFEBOAT_CONFIG").map(PathBuf::from);
+    let config_path = match (config_flag, env_config) {
+        (Some(p), _) => Some(p.to_path_buf()),
+        (None, Some(p)) => Some(p),
+        (None, None) => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+    };
+    let file = match &config_path {
+        Some(path) => load_file(path)?,
+        None => FileConfig::default(),
+    };
+    let repo = repo_flag
+        .map(str::to_owned)
+        .or_else(|| std::env::var("LIFEBOAT_REPO").ok().filter(|s| !s.is_empty()))
+        .or_else(|| file.repo.clone());
+    let passphrase = passphrase(&file)?;
+    let mut retry = RetryPolicy::default();
+    if let Some(s) = file.storage.timeout_seconds {
+        retry.attempt_timeout = Duration::from_secs(s.max(1));
+    }
+    if let Some(n) = file.storage.max_attempts {
+        retry.max_attempts = n.max(1);
+    }
+    let storage = StorageSettings { retry, s3: file.s3.clone(), gcs: file.gcs.clone(), azure: file.azure.clone() };
+    Ok(Resolved { config_path, repo, passphrase, storage, file })
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::config(
+            format!("cannot read config file {}: {e}", path.display()),
+            "check the path given by --config or LIFEBOAT_CONFIG, and that this user may read it",
+        )
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        Failure::config(
+            format!("config file {} is invalid: {}", path.display(), e.message()),
+            "see the configuration reference in the README; every key is listed there",
+        )
+    })
+}
+
+fn passphrase(file: &FileConfig) -> Result<Option<Passphrase>, Failure> {
+    if let Ok(p) = std::env::var("LIFEBOAT_PASSPHRASE") {
+        if !p.is_empty() {
+            return Ok(Some(Passphrase::new(p)));
+        }
+    }
+    let path = std::env::var_os("LIFEBOAT_PASSPHRASE_FILE")
+        .map(PathBuf::from)
+        .or_else(|| file.passphrase_file.clone());
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Failure::config(
+            format!("cannot read passphrase file {}: {e}", path.display()),
+            "check LIFEBOAT_PASSPHRASE_FILE / passphrase_file and that this user (e.g. postgres) may read the file",
+        )
+    })?;
+    warn_if_readable_by_others(&path);
+    let first_line = text.lines().next().unwrap_or("").to_string();
+    if first_line.is_empty() {
+        return Err(Failure::config(
+            format!("passphrase file {} is empty", path.display()),
+            "write the passphrase on the first line of the file",
+        ));
+    }
+    Ok(Some(Passphrase::new(first_line)))
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!("passphrase file {} can be read by other users: chmod 600 it", path.display());
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The `lifeboat` binary: a thin shell over the engine.
+//!
+//! It parses arguments (clap), resolves configuration, runs one engine operation, renders the
+//! result as text or JSON and maps failures to the exit codes in `exit.rs`. No operation logic
+//! lives here.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+mod commands;
+mod config;
+mod exit;
+
+use exit::{Exit, Failure};
+
+fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match cli::Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // A misspelt restore_command must stop recovery, not look like "segment not found".
+            let is_fetch = args.iter().any(|a| a == "wal-fetch");
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ if is_fetch => ExitCode::from(Exit::AbortRecovery.code()),
+                _ => ExitCode::from(Exit::Usage.code()),
+            };
+        }
+    };
+    init_logging(&cli);
+    let in_recovery = matches!(cli.command, cli::Command::WalFetch(_));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            return report(&Failure::new(Exit::Internal, format!("cannot start the async runtime: {e}"), None), in_recovery);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(exit) => ExitCode::from(exit.code()),
+        Err(failure) => report(&failure, in_recovery),
+    }
+}
+
+/// Print a failure PostgreSQL-style: `lifeboat: error: …` then `HINT: …`.
+fn report(failure: &Failure, in_recovery: bool) -> ExitCode {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "lifeboat: error: {}", failure.message);
+    if let Some(hint) = &failure.hint {
+        let _ = writeln!(err, "HINT: {hint}");
+    }
+    let exit = if in_recovery && failure.exit != Exit::NotFound { Exit::AbortRecovery } else { failure.exit };
+    ExitCode::from(exit.code())
+}
+
+fn init_logging(cli: &cli::Cli) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new(cli.log_level.as_str()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    if cli.log_format == cli::LogFormat::Json {
+        builder.json().init();
+    } else {
+        builder.without_time().init();
+    }
+}

@@ -1,0 +1,53 @@
+//! The only place repository keys are spelled (docs/FORMAT.md, "Layout").
+
+use lifeboat_pg::walname::WalFileName;
+
+/// Repository config (plain JSON, holds the wrapped data key). Written once by `init`.
+pub const CONFIG: &str = "lifeboat.json";
+/// Second copy of [`CONFIG`], read when the first is missing or damaged.
+pub const CONFIG_COPY: &str = "lifeboat.json.copy";
+/// The cluster this repository belongs to (an encoded object), written by the first `wal-push`.
+pub const IDENTITY: &str = "cluster.json";
+pub const WAL_PREFIX: &str = "wal/";
+const HISTORY_DIR: &str = "wal/history/";
+
+/// `wal/<timeline+log>/<name>` for segments and the files named after one (`.partial`, `.backup`),
+/// so a directory holds at most one log file's worth of segments (256 at 16 MiB); history files
+/// go to `wal/history/`.
+pub fn wal(name: &WalFileName) -> String {
+    let text = name.to_string();
+    match name {
+        WalFileName::History(_) => format!("{HISTORY_DIR}{text}"),
+        _ => format!("{WAL_PREFIX}{}/{text}", &text[..16.min(text.len())]),
+    }
+}
+
+/// The WAL file a key stores, if it is a WAL key.
+pub fn parse_wal_key(key: &str) -> Option<WalFileName> {
+    let rest = key.strip_prefix(WAL_PREFIX)?;
+    let (_, file) = rest.split_once('/')?;
+    let name = WalFileName::parse(file).ok()?;
+    (wal(&name) == key).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_keys_round_trip() {
+        for n in [
+            "000000010000000A000000FE",
+            "000000020000000000000003.partial",
+            "00000002.history",
+            "000000010000000000000002.00000028.backup",
+        ] {
+            let name = WalFileName::parse(n).unwrap();
+            let key = wal(&name);
+            assert_eq!(parse_wal_key(&key), Some(name), "{key}");
+        }
+        assert_eq!(wal(&WalFileName::parse("000000010000000A000000FE").unwrap()), "wal/000000010000000A/000000010000000A000000FE");
+        assert_eq!(parse_wal_key("wal/0000000100000000/000000010000000A000000FE"), None);
+        assert_eq!(parse_wal_key("wal/x"), None);
+    }
+}

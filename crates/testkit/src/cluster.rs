@@ -1,0 +1,227 @@
+//! Throwaway PostgreSQL clusters for tests, in temporary directories the cluster owner can use.
+//!
+//! [`TestDir`] is a temporary directory given to the cluster owner (the `postgres` OS user when we
+//! are root); [`TestCluster`] is a small, fresh cluster inside one, stopped (immediately) when it is
+//! dropped so a server never outlives its test, even one that panics. Set
+//! `LIFEBOAT_KEEP_TEST_DIRS=1` to keep the directories (data, server log) for a post-mortem.
+
+use std::fs;
+use std::ops::Deref;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use lifeboat_pg::cluster::{self as pgc, InitOptions, LocalCluster, StopMode};
+
+use crate::free_port;
+
+/// How long a test cluster may take to start on a busy 2-core CI machine.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Settings that keep a test cluster small and quick; `extra_conf` comes after and can override.
+const TEST_CONF: &str = "\
+max_connections = 20
+shared_buffers = 16MB
+max_worker_processes = 4
+max_parallel_workers = 2
+";
+
+/// Make `cmd` run as the cluster owner (the `postgres` OS user when we are root, else ourselves).
+///
+/// # Panics
+/// When we are root and there is no `postgres` OS user: no cluster could run either.
+pub fn run_as_owner(cmd: &mut Command) -> &mut Command {
+    match pgc::cluster_owner() {
+        Ok(owner) => pgc::run_as(cmd, owner.as_ref()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Give `path` and everything below it to the cluster owner (a no-op unless we are root).
+pub fn chown_to_owner(path: &Path) -> anyhow::Result<()> {
+    if let Some(owner) = pgc::cluster_owner()? {
+        pgc::chown_recursive(path, &owner)?;
+    }
+    Ok(())
+}
+
+/// A temporary directory under [`std::env::temp_dir`] that the cluster owner owns (mode 0700),
+/// removed on drop unless `LIFEBOAT_KEEP_TEST_DIRS=1`.
+#[derive(Debug)]
+pub struct TestDir {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new() -> anyhow::Result<Self> {
+        let base = std::env::temp_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("lifeboat-")
+            .tempdir_in(&base)
+            .with_context(|| {
+                format!(
+                    "could not create a temporary directory in {}; check TMPDIR",
+                    base.display()
+                )
+            })?;
+        let path = dir.path().to_path_buf();
+        chown_to_owner(&path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("could not set mode 0700 on {}", path.display()))?;
+        Ok(Self {
+            dir: Some(dir),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::env::var_os("LIFEBOAT_KEEP_TEST_DIRS").is_some_and(|v| v == "1")
+            && let Some(dir) = self.dir.take()
+        {
+            let kept = dir.keep();
+            eprintln!(
+                "keeping test directory {} (LIFEBOAT_KEEP_TEST_DIRS=1)",
+                kept.display()
+            );
+        }
+    }
+}
+
+/// A small, fresh PostgreSQL cluster in its own [`TestDir`]: data in `dir/data`, Unix socket in
+/// `dir/sock`, server log at `dir/postgres.log`, on a free port. Derefs to [`LocalCluster`].
+/// Dropping it stops the server with `immediate` (then SIGKILL if that fails).
+#[derive(Debug)]
+pub struct TestCluster {
+    // Field order matters: the cluster is stopped (in Drop) before the directory goes.
+    cluster: LocalCluster,
+    dir: TestDir,
+}
+
+impl TestCluster {
+    /// initdb (with data checksums) and start a new cluster; `extra_conf` is appended to
+    /// postgresql.conf.
+    pub fn start_new(extra_conf: &str) -> anyhow::Result<Self> {
+        let cluster = Self::stopped_new(extra_conf)?;
+        cluster.start(START_TIMEOUT)?;
+        Ok(cluster)
+    }
+
+    /// initdb (with data checksums) a new cluster without starting it.
+    pub fn stopped_new(extra_conf: &str) -> anyhow::Result<Self> {
+        let dir = TestDir::new()?;
+        let opts = InitOptions {
+            data_checksums: true,
+            wal_segsize_mb: None,
+            port: free_port(),
+            socket_dir: dir.path().join("sock"),
+            extra_conf: format!("{TEST_CONF}{extra_conf}"),
+        };
+        let cluster = LocalCluster::initdb(&dir.path().join("data"), &opts)?
+            .with_log_file(dir.path().join("postgres.log"));
+        Ok(Self { cluster, dir })
+    }
+
+    /// Take charge of a cluster made another way (say a restore into `dir`), so that it too is
+    /// stopped on drop and its directory removed.
+    pub fn adopt(dir: TestDir, cluster: LocalCluster) -> Self {
+        Self { cluster, dir }
+    }
+
+    /// The test directory holding `data/`, `sock/` and `postgres.log`.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Force a WAL switch; returns the name of the segment that was switched out (the one that
+    /// will be archived next). If nothing was written since the last switch PostgreSQL does not
+    /// switch, and this names the segment switched out last time.
+    pub fn switch_wal(&self) -> anyhow::Result<String> {
+        let name = self.psql("select pg_walfile_name(pg_switch_wal())")?;
+        if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!(
+                "pg_walfile_name(pg_switch_wal()) returned {name:?}, which is not a WAL segment name"
+            );
+        }
+        Ok(name)
+    }
+
+    /// Wait until `pg_stat_archiver.last_archived_wal` reaches `wal_name` (compared as names, which
+    /// sort in WAL order). The error reports the archiver's failures, if any.
+    pub fn wait_archived(&self, wal_name: &str, timeout: Duration) -> anyhow::Result<()> {
+        let mode = self.psql("show archive_mode")?;
+        if mode == "off" {
+            bail!(
+                "cannot wait for {wal_name} to be archived: archive_mode is off; start the cluster with \
+                 archive_mode = on and an archive_command (or archive_library)"
+            );
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let row = self.psql(
+                "select coalesce(last_archived_wal, ''), archived_count, failed_count, \
+                 coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, '') from pg_stat_archiver",
+            )?;
+            let fields: Vec<&str> = row.split('|').collect();
+            let [last, archived, failed, last_failed, failed_at] = fields[..] else {
+                bail!("unexpected pg_stat_archiver row {row:?}");
+            };
+            if !last.is_empty() && last >= wal_name {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let failures = if failed == "0" {
+                    "no failed attempts".to_owned()
+                } else {
+                    format!("{failed} failed attempts, last for {last_failed} at {failed_at}")
+                };
+                bail!(
+                    "WAL segment {wal_name} was not archived within {}s: last archived {:?} ({archived} archived, \
+                     {failures}); check archive_command and the server log:\n{}",
+                    timeout.as_secs_f64(),
+                    last,
+                    self.log_tail(20)
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `pgbench -i -s scale`: the pgbench tables, `scale` × 100 000 rows in pgbench_accounts.
+    pub fn pgbench_init(&self, scale: u32) -> anyhow::Result<()> {
+        self.pgbench(&["-i", "-q", "-s", &scale.to_string()])?;
+        Ok(())
+    }
+}
+
+impl Deref for TestCluster {
+    type Target = LocalCluster;
+
+    fn deref(&self) -> &LocalCluster {
+        &self.cluster
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!(
+                "test panicked; last lines of the server log {}:\n{}",
+                self.cluster.log_file().display(),
+                self.cluster.log_tail(30)
+            );
+        }
+        if self.cluster.stop(StopMode::Immediate).is_err() || self.cluster.is_running() {
+            let _ = self.cluster.kill9();
+        }
+    }
+}
