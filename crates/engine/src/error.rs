@@ -26,11 +26,17 @@ pub enum EngineError {
 
 impl EngineError {
     pub fn invalid(message: impl Into<String>, hint: impl Into<String>) -> Self {
-        Self::InvalidInput { message: message.into(), hint: hint.into() }
+        Self::InvalidInput {
+            message: message.into(),
+            hint: hint.into(),
+        }
     }
 
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        Self::LocalIo { what: what.into(), source }
+        Self::LocalIo {
+            what: what.into(),
+            source,
+        }
     }
 
     pub fn hint(&self) -> Option<String> {

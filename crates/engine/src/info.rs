@@ -62,20 +62,32 @@ pub async fn info(repo: &Repository) -> Result<RepoInfo> {
         match &stored.name {
             WalFileName::Segment(seg) => {
                 if let Ok(n) = seg.segno(seg_size) {
-                    per_timeline.entry(seg.timeline.get()).or_default().segnos.push(n);
+                    per_timeline
+                        .entry(seg.timeline.get())
+                        .or_default()
+                        .segnos
+                        .push(n);
                 }
             }
-            WalFileName::Partial(seg) => per_timeline.entry(seg.timeline.get()).or_default().partial.push(stored.name.to_string()),
-            WalFileName::Backup { segment, .. } => {
-                per_timeline.entry(segment.timeline.get()).or_default().backup.push(stored.name.to_string())
-            }
+            WalFileName::Partial(seg) => per_timeline
+                .entry(seg.timeline.get())
+                .or_default()
+                .partial
+                .push(stored.name.to_string()),
+            WalFileName::Backup { segment, .. } => per_timeline
+                .entry(segment.timeline.get())
+                .or_default()
+                .backup
+                .push(stored.name.to_string()),
             WalFileName::History(_) => history_files.push(stored.name.to_string()),
         }
     }
 
     let mut timelines = Vec::new();
     for (tli, mut acc) in per_timeline {
-        let Some(timeline) = lifeboat_pg::timeline::TimelineId::new(tli) else { continue };
+        let Some(timeline) = lifeboat_pg::timeline::TimelineId::new(tli) else {
+            continue;
+        };
         acc.segnos.sort_unstable();
         acc.segnos.dedup();
         let name = |n: u64| WalSegmentName::from_segno(timeline, n, seg_size).to_string();
@@ -87,7 +99,11 @@ pub async fn info(repo: &Repository) -> Result<RepoInfo> {
             .segnos
             .windows(2)
             .filter(|w| w[1] > w[0] + 1)
-            .map(|w| Gap { first_missing: name(w[0] + 1), last_missing: name(w[1] - 1), count: w[1] - w[0] - 1 })
+            .map(|w| Gap {
+                first_missing: name(w[0] + 1),
+                last_missing: name(w[1] - 1),
+                count: w[1] - w[0] - 1,
+            })
             .collect();
         timelines.push(TimelineInfo {
             timeline: tli,

@@ -21,7 +21,11 @@ pub struct LazyRepo {
 
 impl LazyRepo {
     pub fn new(store: Arc<dyn Store>, passphrase: Option<Passphrase>) -> Self {
-        Self { store, passphrase, repo: OnceCell::new() }
+        Self {
+            store,
+            passphrase,
+            repo: OnceCell::new(),
+        }
     }
 
     pub async fn get(&self) -> Result<&Repository> {

@@ -56,6 +56,9 @@ pub enum Command {
     WalFetch(WalFetchArgs),
     /// Show the repository: identity, encryption, compression, and per timeline the archived WAL and every gap.
     Info(InfoArgs),
+    /// Run the archive-and-recover loop on a scratch cluster and a local repository in a temporary
+    /// directory, check that every committed row comes back, and clean up.
+    Demo(DemoArgs),
     /// Internal: fetch segments ahead into the spool (started by wal-fetch in the background).
     #[command(hide = true)]
     WalPrefetch(WalPrefetchArgs),
@@ -113,4 +116,14 @@ pub struct WalPrefetchArgs {
     pub count: usize,
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Leave the clusters' directories and the repository in place to look at.
+    #[arg(long)]
+    pub keep: bool,
+    /// How long to write rows before "losing" the primary.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
 }

@@ -13,6 +13,13 @@ use crate::config::{self, Resolved};
 use crate::exit::{Exit, Failure};
 
 pub async fn run(cli: Cli) -> Result<Exit, Failure> {
+    if let Command::Demo(args) = &cli.command {
+        let options = crate::demo::DemoOptions {
+            keep: args.keep,
+            seconds: args.seconds,
+        };
+        return tokio::task::block_in_place(|| crate::demo::run(&options));
+    }
     let resolved = config::resolve(cli.config.as_deref(), cli.repo.as_deref())?;
     match &cli.command {
         Command::Init(args) => init(&resolved, args).await,
@@ -20,6 +27,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::WalFetch(args) => wal_fetch(&cli, &resolved, args).await,
         Command::Info(args) => info(&resolved, args).await,
         Command::WalPrefetch(args) => wal_prefetch(&resolved, args).await,
+        Command::Demo(_) => Ok(Exit::Success),
     }
 }
 
@@ -48,7 +56,11 @@ fn storage_failure(location: &str, e: lifeboat_storage::StorageError) -> Failure
         lifeboat_storage::ErrorKind::NotFound => Exit::Config,
         _ => Exit::Storage,
     };
-    Failure::new(exit, format!("cannot open repository {location}: {}", e.message), Some(hint))
+    Failure::new(
+        exit,
+        format!("cannot open repository {location}: {}", e.message),
+        Some(hint),
+    )
 }
 
 async fn open_repo(resolved: &Resolved) -> Result<Repository, Failure> {
@@ -73,18 +85,29 @@ async fn init(resolved: &Resolved, args: &InitArgs) -> Result<Exit, Failure> {
         }
         (p, _) => p.clone(),
     };
-    let algorithm: Compression = args.compression.parse().map_err(|e: String| Failure::new(Exit::Usage, e, None))?;
-    let store = lifeboat_storage::open_or_create(location, &resolved.storage).map_err(|e| storage_failure(location, e))?;
+    let algorithm: Compression = args
+        .compression
+        .parse()
+        .map_err(|e: String| Failure::new(Exit::Usage, e, None))?;
+    let store = lifeboat_storage::open_or_create(location, &resolved.storage)
+        .map_err(|e| storage_failure(location, e))?;
     let encrypted = passphrase.is_some();
     let options = InitOptions {
         passphrase,
-        compression: CompressionSettings { algorithm, level: args.compression_level },
+        compression: CompressionSettings {
+            algorithm,
+            level: args.compression_level,
+        },
         ..InitOptions::default()
     };
     let repo = Repository::init(store, options).await?;
     println!(
         "created {} repository at {} (id {}, compression {} level {})",
-        if encrypted { "an encrypted" } else { "an UNENCRYPTED" },
+        if encrypted {
+            "an encrypted"
+        } else {
+            "an UNENCRYPTED"
+        },
         repo.location(),
         repo.config().repo_id,
         args.compression,
@@ -100,7 +123,11 @@ async fn wal_push(resolved: &Resolved, args: &WalPushArgs) -> Result<Exit, Failu
     let store = open_store(resolved)?;
     let repo = LazyRepo::new(store, resolved.passphrase.clone());
     let options = PushOptions {
-        parallel: args.parallel.or(resolved.file.archive.push_parallel).unwrap_or(4).max(1),
+        parallel: args
+            .parallel
+            .or(resolved.file.archive.push_parallel)
+            .unwrap_or(4)
+            .max(1),
         spool_dir: resolved.file.archive.spool_dir.clone(),
     };
     let report = archive::push(&repo, &args.path, &options).await?;
@@ -108,7 +135,11 @@ async fn wal_push(resolved: &Resolved, args: &WalPushArgs) -> Result<Exit, Failu
         "{} {:?}; pushed ahead: {}",
         report.name,
         report.outcome,
-        if report.pushed_ahead.is_empty() { "none".to_string() } else { report.pushed_ahead.join(", ") }
+        if report.pushed_ahead.is_empty() {
+            "none".to_string()
+        } else {
+            report.pushed_ahead.join(", ")
+        }
     );
     Ok(Exit::Success)
 }
@@ -117,7 +148,10 @@ async fn wal_fetch(cli: &Cli, resolved: &Resolved, args: &WalFetchArgs) -> Resul
     let store = open_store(resolved)?;
     let repo = LazyRepo::new(store, resolved.passphrase.clone());
     let options = FetchOptions {
-        prefetch: args.prefetch.or(resolved.file.archive.prefetch).unwrap_or(8),
+        prefetch: args
+            .prefetch
+            .or(resolved.file.archive.prefetch)
+            .unwrap_or(8),
         spool_dir: resolved.file.archive.spool_dir.clone(),
     };
     match archive::fetch(&repo, &args.name, &args.dest, &options).await? {
@@ -125,10 +159,28 @@ async fn wal_fetch(cli: &Cli, resolved: &Resolved, args: &WalFetchArgs) -> Resul
             tracing::info!("{} is not in the repository", args.name);
             Ok(Exit::NotFound)
         }
-        FetchOutcome::Restored { from_spool, prefetch_after, .. } => {
-            tracing::info!("restored {} ({})", args.name, if from_spool { "prefetched" } else { "from the repository" });
+        FetchOutcome::Restored {
+            from_spool,
+            prefetch_after,
+            ..
+        } => {
+            tracing::info!(
+                "restored {} ({})",
+                args.name,
+                if from_spool {
+                    "prefetched"
+                } else {
+                    "from the repository"
+                }
+            );
             if let Some(after) = prefetch_after {
-                spawn_prefetcher(cli, resolved, &after, &archive::fetch::prefetch_dir(&args.dest, &options), options.prefetch);
+                spawn_prefetcher(
+                    cli,
+                    resolved,
+                    &after,
+                    &archive::fetch::prefetch_dir(&args.dest, &options),
+                    options.prefetch,
+                );
             }
             Ok(Exit::Success)
         }
@@ -137,9 +189,17 @@ async fn wal_fetch(cli: &Cli, resolved: &Resolved, args: &WalFetchArgs) -> Resul
 
 /// Start the prefetcher as a detached process: PostgreSQL waits for this call to exit, not for
 /// the prefetcher, which keeps downloading while the segment just served is replayed.
-fn spawn_prefetcher(cli: &Cli, resolved: &Resolved, after: &WalSegmentName, spool: &std::path::Path, count: usize) {
+fn spawn_prefetcher(
+    cli: &Cli,
+    resolved: &Resolved,
+    after: &WalSegmentName,
+    spool: &std::path::Path,
+    count: usize,
+) {
     use std::os::unix::process::CommandExt;
-    let Ok(exe) = std::env::current_exe() else { return };
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
     let mut cmd = std::process::Command::new(exe);
     if let Some(path) = &resolved.config_path {
         cmd.arg("--config").arg(path);
@@ -167,10 +227,13 @@ fn spawn_prefetcher(cli: &Cli, resolved: &Resolved, after: &WalSegmentName, spoo
 }
 
 async fn wal_prefetch(resolved: &Resolved, args: &WalPrefetchArgs) -> Result<Exit, Failure> {
-    let after: WalSegmentName = args
-        .after
-        .parse()
-        .map_err(|e| Failure::new(Exit::Usage, format!("invalid --after {}: {e}", args.after), None))?;
+    let after: WalSegmentName = args.after.parse().map_err(|e| {
+        Failure::new(
+            Exit::Usage,
+            format!("invalid --after {}: {e}", args.after),
+            None,
+        )
+    })?;
     let store = open_store(resolved)?;
     let repo = LazyRepo::new(store, resolved.passphrase.clone());
     let report = archive::prefetch(&repo, &after, args.count, args.parallel, &args.spool).await?;
@@ -182,17 +245,28 @@ async fn info(resolved: &Resolved, args: &InfoArgs) -> Result<Exit, Failure> {
     let repo = open_repo(resolved).await?;
     let info = lifeboat_engine::info::info(&repo).await?;
     if args.json {
-        let text = serde_json::to_string_pretty(&info).map_err(|e| Failure::new(Exit::Internal, e.to_string(), None))?;
+        let text = serde_json::to_string_pretty(&info)
+            .map_err(|e| Failure::new(Exit::Internal, e.to_string(), None))?;
         println!("{text}");
         return Ok(Exit::Success);
     }
     println!("repository   {} (id {})", info.location, info.repo_id);
-    println!("format       version {}, created {}", info.format_version, info.created);
+    println!(
+        "format       version {}, created {}",
+        info.format_version, info.created
+    );
     println!(
         "encryption   {}",
-        if info.encrypted { "XChaCha20-Poly1305, key wrapped by an Argon2id passphrase key" } else { "none" }
+        if info.encrypted {
+            "XChaCha20-Poly1305, key wrapped by an Argon2id passphrase key"
+        } else {
+            "none"
+        }
     );
-    println!("compression  {} (level {})", info.compression, info.compression_level);
+    println!(
+        "compression  {} (level {})",
+        info.compression, info.compression_level
+    );
     match &info.cluster {
         Some(c) => println!(
             "cluster      system identifier {}, PostgreSQL {}, WAL segments of {} MiB",
@@ -202,7 +276,11 @@ async fn info(resolved: &Resolved, args: &InfoArgs) -> Result<Exit, Failure> {
         ),
         None => println!("cluster      not bound yet (no WAL archived)"),
     }
-    println!("WAL          {} files, {} stored", info.wal_files, human_bytes(info.wal_stored_bytes));
+    println!(
+        "WAL          {} files, {} stored",
+        info.wal_files,
+        human_bytes(info.wal_stored_bytes)
+    );
     for tl in &info.timelines {
         println!(
             "timeline {:<3} {} .. {} ({} segments, {})",
@@ -210,10 +288,17 @@ async fn info(resolved: &Resolved, args: &InfoArgs) -> Result<Exit, Failure> {
             tl.first_segment,
             tl.last_segment,
             tl.segments,
-            if tl.gaps.is_empty() { "no gaps".to_string() } else { format!("{} GAPS", tl.gaps.len()) }
+            if tl.gaps.is_empty() {
+                "no gaps".to_string()
+            } else {
+                format!("{} GAPS", tl.gaps.len())
+            }
         );
         for gap in &tl.gaps {
-            println!("  gap        {} .. {} ({} segments missing)", gap.first_missing, gap.last_missing, gap.count);
+            println!(
+                "  gap        {} .. {} ({} segments missing)",
+                gap.first_missing, gap.last_missing, gap.count
+            );
         }
         for p in &tl.partial_files {
             println!("  partial    {p}");
@@ -233,5 +318,9 @@ fn human_bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }

@@ -75,7 +75,11 @@ pub fn resolve(config_flag: Option<&Path>, repo_flag: Option<&str>) -> Result<Re
     };
     let repo = repo_flag
         .map(str::to_owned)
-        .or_else(|| std::env::var("LIFEBOAT_REPO").ok().filter(|s| !s.is_empty()))
+        .or_else(|| {
+            std::env::var("LIFEBOAT_REPO")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
         .or_else(|| file.repo.clone());
     let passphrase = passphrase(&file)?;
     let mut retry = RetryPolicy::default();
@@ -85,8 +89,19 @@ pub fn resolve(config_flag: Option<&Path>, repo_flag: Option<&str>) -> Result<Re
     if let Some(n) = file.storage.max_attempts {
         retry.max_attempts = n.max(1);
     }
-    let storage = StorageSettings { retry, s3: file.s3.clone(), gcs: file.gcs.clone(), azure: file.azure.clone() };
-    Ok(Resolved { config_path, repo, passphrase, storage, file })
+    let storage = StorageSettings {
+        retry,
+        s3: file.s3.clone(),
+        gcs: file.gcs.clone(),
+        azure: file.azure.clone(),
+    };
+    Ok(Resolved {
+        config_path,
+        repo,
+        passphrase,
+        storage,
+        file,
+    })
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, Failure> {
@@ -105,10 +120,10 @@ fn load_file(path: &Path) -> Result<FileConfig, Failure> {
 }
 
 fn passphrase(file: &FileConfig) -> Result<Option<Passphrase>, Failure> {
-    if let Ok(p) = std::env::var("LIFEBOAT_PASSPHRASE") {
-        if !p.is_empty() {
-            return Ok(Some(Passphrase::new(p)));
-        }
+    if let Ok(p) = std::env::var("LIFEBOAT_PASSPHRASE")
+        && !p.is_empty()
+    {
+        return Ok(Some(Passphrase::new(p)));
     }
     let path = std::env::var_os("LIFEBOAT_PASSPHRASE_FILE")
         .map(PathBuf::from)
@@ -133,9 +148,12 @@ fn passphrase(file: &FileConfig) -> Result<Option<Passphrase>, Failure> {
 
 fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!("passphrase file {} can be read by other users: chmod 600 it", path.display());
-        }
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            "passphrase file {} can be read by other users: chmod 600 it",
+            path.display()
+        );
     }
 }

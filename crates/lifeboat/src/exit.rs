@@ -44,7 +44,11 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(exit: Exit, message: impl Into<String>, hint: impl Into<Option<String>>) -> Self {
-        Self { exit, message: message.into(), hint: hint.into() }
+        Self {
+            exit,
+            message: message.into(),
+            hint: hint.into(),
+        }
     }
     pub fn config(message: impl Into<String>, hint: impl Into<String>) -> Self {
         Self::new(Exit::Config, message, Some(hint.into()))
@@ -79,7 +83,11 @@ impl From<EngineError> for Failure {
             EngineError::LocalIo { .. } => Exit::LocalIo,
             EngineError::Internal(_) => Exit::Internal,
         };
-        Failure { exit, hint: e.hint(), message: e.to_string() }
+        Failure {
+            exit,
+            hint: e.hint(),
+            message: e.to_string(),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use clap::Parser;
 mod cli;
 mod commands;
 mod config;
+mod demo;
 mod exit;
 
 use exit::{Exit, Failure};
@@ -25,7 +26,9 @@ fn main() -> ExitCode {
             // A misspelt restore_command must stop recovery, not look like "segment not found".
             let is_fetch = args.iter().any(|a| a == "wal-fetch");
             return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
                 _ if is_fetch => ExitCode::from(Exit::AbortRecovery.code()),
                 _ => ExitCode::from(Exit::Usage.code()),
             };
@@ -33,10 +36,20 @@ fn main() -> ExitCode {
     };
     init_logging(&cli);
     let in_recovery = matches!(cli.command, cli::Command::WalFetch(_));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
-            return report(&Failure::new(Exit::Internal, format!("cannot start the async runtime: {e}"), None), in_recovery);
+            return report(
+                &Failure::new(
+                    Exit::Internal,
+                    format!("cannot start the async runtime: {e}"),
+                    None,
+                ),
+                in_recovery,
+            );
         }
     };
     match runtime.block_on(commands::run(cli)) {
@@ -52,14 +65,22 @@ fn report(failure: &Failure, in_recovery: bool) -> ExitCode {
     if let Some(hint) = &failure.hint {
         let _ = writeln!(err, "HINT: {hint}");
     }
-    let exit = if in_recovery && failure.exit != Exit::NotFound { Exit::AbortRecovery } else { failure.exit };
+    let exit = if in_recovery && failure.exit != Exit::NotFound {
+        Exit::AbortRecovery
+    } else {
+        failure.exit
+    };
     ExitCode::from(exit.code())
 }
 
 fn init_logging(cli: &cli::Cli) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new(cli.log_level.as_str()));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let filter = EnvFilter::try_from_env("LIFEBOAT_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(cli.log_level.as_str()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
     if cli.log_format == cli::LogFormat::Json {
         builder.json().init();
     } else {

@@ -18,15 +18,22 @@ fn archive_under_load(backend: Backend, encrypted: bool) {
     let setup = Setup::new(backend, encrypted);
     let cluster = TestCluster::start_new(&setup.archive_conf()).expect("cluster");
     cluster.pgbench_init(1).expect("pgbench -i");
-    cluster.pgbench(&["-c", "2", "-j", "1", "-T", "4"]).expect("pgbench");
+    cluster
+        .pgbench(&["-c", "2", "-j", "1", "-T", "4"])
+        .expect("pgbench");
     cluster.switch_wal().expect("switch");
-    cluster.pgbench(&["-c", "2", "-j", "1", "-t", "200"]).expect("pgbench");
+    cluster
+        .pgbench(&["-c", "2", "-j", "1", "-t", "200"])
+        .expect("pgbench");
     let last = cluster.switch_wal().expect("switch");
     cluster.wait_archived(&last, WAIT).expect("archived");
 
     let copies = setup.archived_copies();
     let segments = copies.iter().filter(|p| file_name(p).len() == 24).count();
-    assert!(segments >= 3, "expected several archived segments, got {copies:?}");
+    assert!(
+        segments >= 3,
+        "expected several archived segments, got {copies:?}"
+    );
     let dest_dir = setup.scratch("pg_wal");
     let dest = dest_dir.join("RECOVERYXLOG");
     for copy in &copies {
@@ -34,12 +41,17 @@ fn archive_under_load(backend: Backend, encrypted: bool) {
         let out = setup.run(&["wal-fetch", &name, dest.to_str().expect("utf8")]);
         assert_success(&out, &format!("wal-fetch {name}"));
         let fetched = fs::read(&dest).expect("fetched file");
-        assert!(fetched == fs::read(copy).expect("copy"), "{name} differs after the round trip");
+        assert!(
+            fetched == fs::read(copy).expect("copy"),
+            "{name} differs after the round trip"
+        );
     }
 
     let info = setup.info_json();
     assert_eq!(info["encrypted"], encrypted);
-    let system_id = cluster.psql("select system_identifier from pg_control_system()").expect("sysid");
+    let system_id = cluster
+        .psql("select system_identifier from pg_control_system()")
+        .expect("sysid");
     assert_eq!(info["cluster"]["system_identifier"].to_string(), system_id);
     let tl = &info["timelines"][0];
     assert_eq!(tl["gaps"].as_array().map(Vec::len), Some(0), "gaps: {info}");
@@ -85,7 +97,9 @@ fn archive_s3_encrypted() {
 
 /// One archived segment of a cluster (archiving into `setup`), returned as a path in ARCH.
 fn archived_segment(cluster: &TestCluster, setup: &Setup) -> std::path::PathBuf {
-    cluster.psql("create table if not exists t(x int); insert into t select generate_series(1, 1000)").expect("insert");
+    cluster
+        .psql("create table if not exists t(x int); insert into t select generate_series(1, 1000)")
+        .expect("insert");
     let name = cluster.switch_wal().expect("switch");
     cluster.wait_archived(&name, WAIT).expect("archived");
     setup.arch.join(name)
@@ -107,7 +121,11 @@ fn wal_of_another_cluster_is_refused() {
     let out = setup.run(&["wal-push", staged.to_str().expect("utf8")]);
     assert_code(&out, 4, "push of another cluster's WAL");
     assert!(stderr(&out).contains("another cluster"), "{}", stderr(&out));
-    assert_eq!(setup.info_json()["wal_files"].as_u64(), before, "nothing may be stored");
+    assert_eq!(
+        setup.info_json()["wal_files"].as_u64(),
+        before,
+        "nothing may be stored"
+    );
 }
 
 #[test]
@@ -121,7 +139,10 @@ fn duplicates_identical_ok_different_refused() {
     let staging = setup.scratch("dup");
     let same = staging.join(&name);
     fs::write(&same, &original).expect("write");
-    assert_success(&setup.run(&["wal-push", same.to_str().expect("utf8")]), "identical duplicate");
+    assert_success(
+        &setup.run(&["wal-push", same.to_str().expect("utf8")]),
+        "identical duplicate",
+    );
 
     let mut altered = original.clone();
     altered[100_000] ^= 0xFF;
@@ -129,13 +150,25 @@ fn duplicates_identical_ok_different_refused() {
     let out = setup.run(&["wal-push", same.to_str().expect("utf8")]);
     assert_code(&out, 4, "different duplicate");
     let msg = stderr(&out);
-    assert!(msg.contains("different content") && msg.contains("HINT"), "{msg}");
-    let hex_words = msg.split(|c: char| !c.is_ascii_hexdigit()).filter(|w| w.len() == 64).count();
+    assert!(
+        msg.contains("different content") && msg.contains("HINT"),
+        "{msg}"
+    );
+    let hex_words = msg
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .filter(|w| w.len() == 64)
+        .count();
     assert_eq!(hex_words, 2, "both checksums named: {msg}");
 
     let dest = staging.join("fetched");
-    assert_success(&setup.run(&["wal-fetch", &name, dest.to_str().expect("utf8")]), "fetch");
-    assert!(fs::read(&dest).expect("fetched") == original, "stored copy must be unchanged");
+    assert_success(
+        &setup.run(&["wal-fetch", &name, dest.to_str().expect("utf8")]),
+        "fetch",
+    );
+    assert!(
+        fs::read(&dest).expect("fetched") == original,
+        "stored copy must be unchanged"
+    );
 }
 
 #[test]
@@ -157,10 +190,24 @@ fn corruption_wrong_passphrase_and_missing_segment() {
     let bad_pass = setup.dir.path().join("wrong-passphrase");
     fs::write(&bad_pass, "not the passphrase\n").expect("write");
     lifeboat_testkit::cluster::chown_to_owner(&bad_pass).expect("chown");
-    let out = setup.cmd().env("LIFEBOAT_PASSPHRASE_FILE", &bad_pass).args(["wal-fetch", &name, dest_s]).output().expect("run");
+    let out = setup
+        .cmd()
+        .env("LIFEBOAT_PASSPHRASE_FILE", &bad_pass)
+        .args(["wal-fetch", &name, dest_s])
+        .output()
+        .expect("run");
     assert_code(&out, 200, "wrong passphrase on fetch");
-    assert!(stderr(&out).contains("passphrase does not open"), "{}", stderr(&out));
-    let out = setup.cmd().env("LIFEBOAT_PASSPHRASE_FILE", &bad_pass).args(["info"]).output().expect("run");
+    assert!(
+        stderr(&out).contains("passphrase does not open"),
+        "{}",
+        stderr(&out)
+    );
+    let out = setup
+        .cmd()
+        .env("LIFEBOAT_PASSPHRASE_FILE", &bad_pass)
+        .args(["info"])
+        .output()
+        .expect("run");
     assert_code(&out, 3, "wrong passphrase on info");
     assert!(!dest.exists());
 
@@ -175,15 +222,24 @@ fn corruption_wrong_passphrase_and_missing_segment() {
     assert_code(&out, 200, "corrupt object");
     assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
     assert!(!dest.exists(), "no file may be left at the destination");
-    let leftovers: Vec<_> = fs::read_dir(&dest_dir).expect("dir").filter_map(Result::ok).map(|e| e.file_name()).collect();
-    assert!(leftovers.iter().all(|n| n == "lifeboat"), "temporary files left: {leftovers:?}");
+    let leftovers: Vec<_> = fs::read_dir(&dest_dir)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        leftovers.iter().all(|n| n == "lifeboat"),
+        "temporary files left: {leftovers:?}"
+    );
 }
 
 #[test]
 fn kill9_during_push_then_retry_succeeds() {
     let setup = Setup::new(Backend::Local, true);
     let cluster = TestCluster::start_new(&setup.archive_conf()).expect("cluster");
-    cluster.stop(lifeboat_pg::cluster::StopMode::Fast).expect("stop");
+    cluster
+        .stop(lifeboat_pg::cluster::StopMode::Fast)
+        .expect("stop");
     // Segments of the cluster, pushed by hand into a fresh repository: kill -9 at varying
     // moments, then retry as PostgreSQL would.
     let fresh = Setup::new(Backend::Local, true);
@@ -212,9 +268,19 @@ fn kill9_during_push_then_retry_succeeds() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    assert_success(&fresh.run(&["wal-push", staged.to_str().expect("utf8")]), "retry after kill -9");
+    assert_success(
+        &fresh.run(&["wal-push", staged.to_str().expect("utf8")]),
+        "retry after kill -9",
+    );
     let dest = staging.join("back");
-    assert_success(&fresh.run(&["wal-fetch", &file_name(&segment), dest.to_str().expect("utf8")]), "fetch");
+    assert_success(
+        &fresh.run(&[
+            "wal-fetch",
+            &file_name(&segment),
+            dest.to_str().expect("utf8"),
+        ]),
+        "fetch",
+    );
     assert!(fs::read(&dest).expect("back") == fs::read(&segment).expect("orig"));
     let info = fresh.info_json();
     assert_eq!(info["wal_files"].as_u64(), Some(1), "{info}");
@@ -226,7 +292,9 @@ fn kill9_during_push_then_retry_succeeds() {
 fn recovery_end_to_end_replays_all_archived_wal() {
     let setup = Setup::new(Backend::Local, true);
     let primary = TestCluster::start_new(&setup.archive_conf()).expect("cluster");
-    primary.psql("create table events(id int primary key, note text)").expect("create");
+    primary
+        .psql("create table events(id int primary key, note text)")
+        .expect("create");
 
     let copy_dir = TestDir::new().expect("dir");
     let data = copy_dir.path().join("data");
@@ -240,7 +308,9 @@ fn recovery_end_to_end_replays_all_archived_wal() {
         let from = batch * 1000 + 1;
         let to = from + 999;
         primary
-            .psql(&format!("insert into events select g, repeat('x', 200) from generate_series({from}, {to}) g"))
+            .psql(&format!(
+                "insert into events select g, repeat('x', 200) from generate_series({from}, {to}) g"
+            ))
             .expect("insert");
         last = to;
         if batch % 2 == 1 {
@@ -248,12 +318,19 @@ fn recovery_end_to_end_replays_all_archived_wal() {
         }
     }
     let final_segment = primary.switch_wal().expect("final switch");
-    primary.wait_archived(&final_segment, WAIT).expect("archived");
-    primary.stop(lifeboat_pg::cluster::StopMode::Fast).expect("stop primary");
+    primary
+        .wait_archived(&final_segment, WAIT)
+        .expect("archived");
+    primary
+        .stop(lifeboat_pg::cluster::StopMode::Fast)
+        .expect("stop primary");
 
     let port = free_port();
     fs::write(data.join("recovery.signal"), "").expect("recovery.signal");
-    let mut conf = fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).expect("conf");
+    let mut conf = fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.conf"))
+        .expect("conf");
     use std::io::Write;
     writeln!(
         conf,
@@ -270,15 +347,28 @@ fn recovery_end_to_end_replays_all_archived_wal() {
         .expect("existing")
         .with_log_file(copy_dir.path().join("postgres.log"));
     let restored = TestCluster::adopt(copy_dir, restored);
-    restored.start(Duration::from_secs(120)).expect("start restored copy");
+    restored
+        .start(Duration::from_secs(120))
+        .expect("start restored copy");
     // Recovery ends when wal-fetch reports the next segment not found; then the server promotes.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while restored.psql("select pg_is_in_recovery()").expect("psql") == "t" {
-        assert!(std::time::Instant::now() < deadline, "recovery did not finish: {}", restored.log_tail(30));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recovery did not finish: {}",
+            restored.log_tail(30)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let count = restored.psql("select count(*), max(id) from events").expect("count");
+    let count = restored
+        .psql("select count(*), max(id) from events")
+        .expect("count");
     assert_eq!(count, format!("{last}|{last}"), "{}", restored.log_tail(30));
     let log = fs::read_to_string(restored.log_file()).unwrap_or_default();
-    assert!(log.contains(&format!("restored log file \"{final_segment}\" from archive")), "{log}");
+    assert!(
+        log.contains(&format!(
+            "restored log file \"{final_segment}\" from archive"
+        )),
+        "{log}"
+    );
 }

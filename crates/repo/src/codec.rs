@@ -57,7 +57,9 @@ impl std::str::FromStr for Compression {
             "none" => Ok(Self::None),
             "zstd" => Ok(Self::Zstd),
             "lz4" => Ok(Self::Lz4),
-            other => Err(format!("unknown compression \"{other}\": expected zstd, lz4 or none")),
+            other => Err(format!(
+                "unknown compression \"{other}\": expected zstd, lz4 or none"
+            )),
         }
     }
 }
@@ -72,7 +74,10 @@ pub struct CompressionSettings {
 
 impl Default for CompressionSettings {
     fn default() -> Self {
-        Self { algorithm: Compression::Zstd, level: 1 }
+        Self {
+            algorithm: Compression::Zstd,
+            level: 1,
+        }
     }
 }
 
@@ -125,14 +130,20 @@ impl ObjectHeader {
         let b: &[u8; HEADER_LEN] = bytes
             .get(..HEADER_LEN)
             .and_then(|s| s.try_into().ok())
-            .ok_or_else(|| format!("{} bytes is shorter than an object header ({HEADER_LEN})", bytes.len()))?;
+            .ok_or_else(|| {
+                format!(
+                    "{} bytes is shorter than an object header ({HEADER_LEN})",
+                    bytes.len()
+                )
+            })?;
         if &b[0..4] != MAGIC {
             return Err("not a lifeboat object (bad magic)".into());
         }
         if b[4] != OBJECT_VERSION {
             return Err(format!("unknown object version {}", b[4]));
         }
-        let compression = Compression::from_code(b[5]).ok_or_else(|| format!("unknown compression code {}", b[5]))?;
+        let compression = Compression::from_code(b[5])
+            .ok_or_else(|| format!("unknown compression code {}", b[5]))?;
         let encrypted = match b[6] {
             0 => false,
             1 => true,
@@ -142,7 +153,13 @@ impl ObjectHeader {
         len.copy_from_slice(&b[8..16]);
         let mut hash = [0u8; 32];
         hash.copy_from_slice(&b[16..48]);
-        Ok(Self { compression, encrypted, key_id: b[7], plain_len: u64::from_le_bytes(len), hash: ContentHash(hash) })
+        Ok(Self {
+            compression,
+            encrypted,
+            key_id: b[7],
+            plain_len: u64::from_le_bytes(len),
+            hash: ContentHash(hash),
+        })
     }
 }
 
@@ -191,7 +208,8 @@ impl Codec {
         };
         let header_bytes = header.to_bytes();
         let payload = match &self.keys {
-            Some(k) => crypto::seal(&k.encryption, &compressed, &header_bytes).map_err(|e| e.to_string())?,
+            Some(k) => crypto::seal(&k.encryption, &compressed, &header_bytes)
+                .map_err(|e| e.to_string())?,
             None => compressed,
         };
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
@@ -207,22 +225,35 @@ impl Codec {
         let compressed = match (&self.keys, header.encrypted) {
             (Some(k), true) => {
                 if header.key_id != k.key_id {
-                    return Err(format!("encrypted with key {} but the repository key is {}", header.key_id, k.key_id));
+                    return Err(format!(
+                        "encrypted with key {} but the repository key is {}",
+                        header.key_id, k.key_id
+                    ));
                 }
-                crypto::open(&k.encryption, payload, &object[..HEADER_LEN])
-                    .map_err(|_| "authentication failed: the object was altered or damaged".to_string())?
+                crypto::open(&k.encryption, payload, &object[..HEADER_LEN]).map_err(|_| {
+                    "authentication failed: the object was altered or damaged".to_string()
+                })?
             }
             (None, false) => payload.to_vec(),
-            (Some(_), false) => return Err("object is not encrypted in an encrypted repository".into()),
+            (Some(_), false) => {
+                return Err("object is not encrypted in an encrypted repository".into());
+            }
             (None, true) => return Err("object is encrypted in an unencrypted repository".into()),
         };
         let plain = decompress(&compressed, header.compression, header.plain_len)?;
         if plain.len() as u64 != header.plain_len {
-            return Err(format!("length {} differs from the recorded {}", plain.len(), header.plain_len));
+            return Err(format!(
+                "length {} differs from the recorded {}",
+                plain.len(),
+                header.plain_len
+            ));
         }
         let actual = self.hash(&plain);
         if actual != header.hash {
-            return Err(format!("content hash {actual} differs from the recorded {}", header.hash));
+            return Err(format!(
+                "content hash {actual} differs from the recorded {}",
+                header.hash
+            ));
         }
         Ok((header, plain))
     }
@@ -231,7 +262,9 @@ impl Codec {
 fn compress(plain: &[u8], settings: CompressionSettings) -> Result<Vec<u8>, String> {
     match settings.algorithm {
         Compression::None => Ok(plain.to_vec()),
-        Compression::Zstd => zstd::bulk::compress(plain, settings.level).map_err(|e| format!("zstd: {e}")),
+        Compression::Zstd => {
+            zstd::bulk::compress(plain, settings.level).map_err(|e| format!("zstd: {e}"))
+        }
         Compression::Lz4 => Ok(lz4_flex::block::compress(plain)),
     }
 }
@@ -254,14 +287,19 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
-        (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
+        (0..100_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect()
     }
 
     fn codecs() -> Vec<Codec> {
         let keys = DataKeys::from_data_key(1, &[3u8; 32]);
         let mut v = Vec::new();
         for algorithm in [Compression::None, Compression::Zstd, Compression::Lz4] {
-            let c = CompressionSettings { algorithm, level: 1 };
+            let c = CompressionSettings {
+                algorithm,
+                level: 1,
+            };
             v.push(Codec::new(c, None));
             v.push(Codec::new(c, Some(keys.clone())));
         }
@@ -285,10 +323,23 @@ mod tests {
         let plain = sample();
         for codec in codecs() {
             let (_, obj) = codec.encode(&plain).unwrap();
-            for pos in [0, 5, 9, 20, HEADER_LEN, HEADER_LEN + 30, obj.len() / 2, obj.len() - 1] {
+            for pos in [
+                0,
+                5,
+                9,
+                20,
+                HEADER_LEN,
+                HEADER_LEN + 30,
+                obj.len() / 2,
+                obj.len() - 1,
+            ] {
                 let mut bad = obj.clone();
                 bad[pos] ^= 0x40;
-                assert!(codec.decode(&bad).is_err(), "flip at {pos} undetected ({:?})", codec.compression);
+                assert!(
+                    codec.decode(&bad).is_err(),
+                    "flip at {pos} undetected ({:?})",
+                    codec.compression
+                );
             }
             assert!(codec.decode(&obj[..obj.len() - 1]).is_err());
         }
@@ -297,21 +348,35 @@ mod tests {
     #[test]
     fn encrypted_objects_hide_plaintext_and_use_keyed_hash() {
         let keys = DataKeys::from_data_key(1, &[3u8; 32]);
-        let codec = Codec::new(CompressionSettings { algorithm: Compression::None, level: 0 }, Some(keys));
+        let codec = Codec::new(
+            CompressionSettings {
+                algorithm: Compression::None,
+                level: 0,
+            },
+            Some(keys),
+        );
         let plain = b"secret secret secret secret".repeat(10);
         let (hash, obj) = codec.encode(&plain).unwrap();
         assert_ne!(hash.0, *blake3::hash(&plain).as_bytes());
         assert!(!obj.windows(13).any(|w| w == b"secret secret"));
-        let other = Codec::new(codec.compression, Some(DataKeys::from_data_key(1, &[4u8; 32])));
+        let other = Codec::new(
+            codec.compression,
+            Some(DataKeys::from_data_key(1, &[4u8; 32])),
+        );
         assert!(other.decode(&obj).is_err());
     }
 
     #[test]
     fn incompressible_data_is_stored_plain() {
-        let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let codec = Codec::new(CompressionSettings::default(), None);
         let (_, obj) = codec.encode(&noise).unwrap();
-        assert_eq!(ObjectHeader::parse(&obj).unwrap().compression, Compression::None);
+        assert_eq!(
+            ObjectHeader::parse(&obj).unwrap().compression,
+            Compression::None
+        );
         assert_eq!(codec.decode(&obj).unwrap().1, noise);
     }
 }

@@ -44,7 +44,11 @@ impl Default for KdfParams {
     /// OWASP's minimum for Argon2id (19 MiB, 2 passes): every `wal-push` that reaches the store pays
     /// this once, so it must stay in the tens of milliseconds.
     fn default() -> Self {
-        Self { m_cost_kib: 19 * 1024, t_cost: 2, p_cost: 1 }
+        Self {
+            m_cost_kib: 19 * 1024,
+            t_cost: 2,
+            p_cost: 1,
+        }
     }
 }
 
@@ -64,7 +68,11 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
     Ok(buf)
 }
 
-pub fn derive_kek(passphrase: &Passphrase, salt: &[u8], params: KdfParams) -> Result<[u8; 32], CryptoError> {
+pub fn derive_kek(
+    passphrase: &Passphrase,
+    salt: &[u8],
+    params: KdfParams,
+) -> Result<[u8; 32], CryptoError> {
     let p = argon2::Params::new(params.m_cost_kib, params.t_cost, params.p_cost, Some(32))
         .map_err(|e| CryptoError::Kdf(e.to_string()))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p);
@@ -95,7 +103,9 @@ pub fn open(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, Crypto
         return Err(CryptoError::Authentication);
     }
     let (nonce_bytes, body) = sealed.split_at(NONCE_LEN);
-    let nonce_arr: [u8; NONCE_LEN] = nonce_bytes.try_into().map_err(|_| CryptoError::Authentication)?;
+    let nonce_arr: [u8; NONCE_LEN] = nonce_bytes
+        .try_into()
+        .map_err(|_| CryptoError::Authentication)?;
     let cipher = XChaCha20Poly1305::new(&(*key).into());
     cipher
         .decrypt(&XNonce::from(nonce_arr), Payload { msg: body, aad })
@@ -148,7 +158,11 @@ mod tests {
     #[test]
     fn kdf_is_deterministic_per_salt() {
         let p = Passphrase::new("correct horse");
-        let params = KdfParams { m_cost_kib: 64, t_cost: 1, p_cost: 1 };
+        let params = KdfParams {
+            m_cost_kib: 64,
+            t_cost: 1,
+            p_cost: 1,
+        };
         let a = derive_kek(&p, b"0123456789abcdef", params).unwrap();
         let b = derive_kek(&p, b"0123456789abcdef", params).unwrap();
         let c = derive_kek(&p, b"fedcba9876543210", params).unwrap();

@@ -20,8 +20,14 @@ pub enum RepoError {
     #[error("the repository at {location} is not encrypted, but a passphrase was given")]
     UnexpectedPassphrase { location: String },
 
-    #[error("repository format version {found} at {location} is not supported by this lifeboat (supports {supported})")]
-    UnsupportedFormat { location: String, found: u32, supported: u32 },
+    #[error(
+        "repository format version {found} at {location} is not supported by this lifeboat (supports {supported})"
+    )]
+    UnsupportedFormat {
+        location: String,
+        found: u32,
+        supported: u32,
+    },
 
     #[error("object {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
@@ -29,7 +35,11 @@ pub enum RepoError {
     #[error(
         "{name} is already archived with different content (stored checksum {stored}, this file {offered}); the stored copy was kept"
     )]
-    WalConflict { name: String, stored: String, offered: String },
+    WalConflict {
+        name: String,
+        stored: String,
+        offered: String,
+    },
 
     #[error(
         "WAL from another cluster: this file has system identifier {offered}, the repository belongs to cluster {bound}"

@@ -46,8 +46,14 @@ mod tests {
             let key = wal(&name);
             assert_eq!(parse_wal_key(&key), Some(name), "{key}");
         }
-        assert_eq!(wal(&WalFileName::parse("000000010000000A000000FE").unwrap()), "wal/000000010000000A/000000010000000A000000FE");
-        assert_eq!(parse_wal_key("wal/0000000100000000/000000010000000A000000FE"), None);
+        assert_eq!(
+            wal(&WalFileName::parse("000000010000000A000000FE").unwrap()),
+            "wal/000000010000000A/000000010000000A000000FE"
+        );
+        assert_eq!(
+            parse_wal_key("wal/0000000100000000/000000010000000A000000FE"),
+            None
+        );
         assert_eq!(parse_wal_key("wal/x"), None);
     }
 }

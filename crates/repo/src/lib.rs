@@ -50,7 +50,10 @@ impl Repository {
     pub async fn init(store: Arc<dyn Store>, options: InitOptions) -> Result<Self> {
         let location = store.describe();
         let existing = store.list("").await?;
-        if existing.iter().any(|o| o.key == keys::CONFIG || o.key == keys::CONFIG_COPY) {
+        if existing
+            .iter()
+            .any(|o| o.key == keys::CONFIG || o.key == keys::CONFIG_COPY)
+        {
             return Err(RepoError::AlreadyInitialized { location });
         }
         if let Some(first) = existing.first() {
@@ -60,7 +63,9 @@ impl Repository {
                 first.key
             )));
         }
-        let repo_id = hex::encode(crypto::random_bytes::<16>().map_err(|e| RepoError::Invalid(e.to_string()))?);
+        let repo_id = hex::encode(
+            crypto::random_bytes::<16>().map_err(|e| RepoError::Invalid(e.to_string()))?,
+        );
         let created = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .map_err(|e| RepoError::Invalid(e.to_string()))?;
@@ -68,18 +73,27 @@ impl Repository {
         let encryption = match &options.passphrase {
             None => None,
             Some(passphrase) => {
-                let crypto_err = |e: crypto::CryptoError| RepoError::Invalid(format!("cannot create encryption keys: {e}"));
+                let crypto_err = |e: crypto::CryptoError| {
+                    RepoError::Invalid(format!("cannot create encryption keys: {e}"))
+                };
                 let salt = crypto::random_bytes::<16>().map_err(crypto_err)?;
-                let data_key = zeroize::Zeroizing::new(crypto::random_bytes::<32>().map_err(crypto_err)?);
-                let kek = zeroize::Zeroizing::new(crypto::derive_kek(passphrase, &salt, options.kdf).map_err(crypto_err)?);
-                let wrapped = crypto::seal(&kek, data_key.as_ref(), &config::wrap_aad(&repo_id, 1)).map_err(crypto_err)?;
+                let data_key =
+                    zeroize::Zeroizing::new(crypto::random_bytes::<32>().map_err(crypto_err)?);
+                let kek = zeroize::Zeroizing::new(
+                    crypto::derive_kek(passphrase, &salt, options.kdf).map_err(crypto_err)?,
+                );
+                let wrapped = crypto::seal(&kek, data_key.as_ref(), &config::wrap_aad(&repo_id, 1))
+                    .map_err(crypto_err)?;
                 keys = Some(DataKeys::from_data_key(1, &data_key));
                 Some(EncryptionConfig {
                     cipher: "xchacha20poly1305".into(),
                     kdf: "argon2id".into(),
                     kdf_params: options.kdf,
                     salt: hex::encode(salt),
-                    keys: vec![WrappedKey { id: 1, wrapped: hex::encode(wrapped) }],
+                    keys: vec![WrappedKey {
+                        id: 1,
+                        wrapped: hex::encode(wrapped),
+                    }],
                 })
             }
         };
@@ -91,15 +105,27 @@ impl Repository {
             compression: options.compression,
             encryption,
         };
-        let json = serde_json::to_vec_pretty(&config).map_err(|e| RepoError::Invalid(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(&config).map_err(|e| RepoError::Invalid(e.to_string()))?;
         // The create-only put of the config is the atomic claim on the location; the copy follows.
-        match store.put(keys::CONFIG, Bytes::from(json.clone()), PutMode::Create).await {
-            Err(e) if e.kind == ErrorKind::AlreadyExists => return Err(RepoError::AlreadyInitialized { location }),
+        match store
+            .put(keys::CONFIG, Bytes::from(json.clone()), PutMode::Create)
+            .await
+        {
+            Err(e) if e.kind == ErrorKind::AlreadyExists => {
+                return Err(RepoError::AlreadyInitialized { location });
+            }
             other => other?,
         }
-        store.put(keys::CONFIG_COPY, Bytes::from(json), PutMode::Create).await?;
+        store
+            .put(keys::CONFIG_COPY, Bytes::from(json), PutMode::Create)
+            .await?;
         let codec = Codec::new(config.compression, keys);
-        Ok(Self { store, config, codec })
+        Ok(Self {
+            store,
+            config,
+            codec,
+        })
     }
 
     /// Open an existing repository, unwrapping its data key with `passphrase` when encrypted.
@@ -107,20 +133,32 @@ impl Repository {
         let config = read_config(store.as_ref()).await?;
         let location = store.describe();
         if config.format != FORMAT_NAME || config.version != FORMAT_VERSION {
-            return Err(RepoError::UnsupportedFormat { location, found: config.version, supported: FORMAT_VERSION });
+            return Err(RepoError::UnsupportedFormat {
+                location,
+                found: config.version,
+                supported: FORMAT_VERSION,
+            });
         }
         let keys = match (&config.encryption, passphrase) {
             (None, maybe) => {
                 if maybe.is_some() {
-                    tracing::warn!("a passphrase is configured but the repository at {location} is not encrypted");
+                    tracing::warn!(
+                        "a passphrase is configured but the repository at {location} is not encrypted"
+                    );
                 }
                 None
             }
             (Some(_), None) => return Err(RepoError::PassphraseRequired { location }),
-            (Some(enc), Some(passphrase)) => Some(unwrap_keys(&config, enc, passphrase, &location)?),
+            (Some(enc), Some(passphrase)) => {
+                Some(unwrap_keys(&config, enc, passphrase, &location)?)
+            }
         };
         let codec = Codec::new(config.compression, keys);
-        Ok(Self { store, config, codec })
+        Ok(Self {
+            store,
+            config,
+            codec,
+        })
     }
 
     pub fn config(&self) -> &RepoConfig {
@@ -156,24 +194,35 @@ impl Repository {
     }
 
     pub fn decode(&self, key: &str, raw: &[u8]) -> Result<(ObjectHeader, Vec<u8>)> {
-        self.codec
-            .decode(raw)
-            .map_err(|reason| RepoError::Corrupt { key: key.to_string(), reason })
+        self.codec.decode(raw).map_err(|reason| RepoError::Corrupt {
+            key: key.to_string(),
+            reason,
+        })
     }
 
     /// Only the header of a stored object (one small range read).
     pub async fn object_header(&self, key: &str) -> Result<ObjectHeader> {
-        let raw = self.store.get_range(key, 0, codec::HEADER_LEN as u64).await?;
-        ObjectHeader::parse(&raw).map_err(|reason| RepoError::Corrupt { key: key.to_string(), reason })
+        let raw = self
+            .store
+            .get_range(key, 0, codec::HEADER_LEN as u64)
+            .await?;
+        ObjectHeader::parse(&raw).map_err(|reason| RepoError::Corrupt {
+            key: key.to_string(),
+            reason,
+        })
     }
 
     /// The cluster this repository is bound to, if any WAL or backup has been stored yet.
     pub async fn identity(&self) -> Result<Option<ClusterIdentity>> {
         match self.get_object(keys::IDENTITY).await {
-            Ok((_, plain)) => serde_json::from_slice(&plain).map(Some).map_err(|e| RepoError::Corrupt {
-                key: keys::IDENTITY.into(),
-                reason: format!("unreadable cluster identity: {e}"),
-            }),
+            Ok((_, plain)) => {
+                serde_json::from_slice(&plain)
+                    .map(Some)
+                    .map_err(|e| RepoError::Corrupt {
+                        key: keys::IDENTITY.into(),
+                        reason: format!("unreadable cluster identity: {e}"),
+                    })
+            }
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
@@ -185,13 +234,18 @@ impl Repository {
             return check_identity(&bound, offered);
         }
         let json = serde_json::to_vec(offered).map_err(|e| RepoError::Invalid(e.to_string()))?;
-        match self.put_object(keys::IDENTITY, &json, PutMode::Create).await {
+        match self
+            .put_object(keys::IDENTITY, &json, PutMode::Create)
+            .await
+        {
             Ok(_) => Ok(()),
             // Another process bound it first: it must be the same cluster.
-            Err(RepoError::Storage(e)) if e.kind == ErrorKind::AlreadyExists => match self.identity().await? {
-                Some(bound) => check_identity(&bound, offered),
-                None => Err(RepoError::Storage(e)),
-            },
+            Err(RepoError::Storage(e)) if e.kind == ErrorKind::AlreadyExists => {
+                match self.identity().await? {
+                    Some(bound) => check_identity(&bound, offered),
+                    None => Err(RepoError::Storage(e)),
+                }
+            }
             Err(e) => Err(e),
         }
     }
@@ -199,7 +253,10 @@ impl Repository {
 
 fn check_identity(bound: &ClusterIdentity, offered: &ClusterIdentity) -> Result<()> {
     if bound.system_identifier != offered.system_identifier {
-        return Err(RepoError::ForeignCluster { bound: bound.system_identifier, offered: offered.system_identifier });
+        return Err(RepoError::ForeignCluster {
+            bound: bound.system_identifier,
+            offered: offered.system_identifier,
+        });
     }
     if bound.wal_segment_size != offered.wal_segment_size {
         return Err(RepoError::IdentityMismatch {
@@ -228,8 +285,13 @@ async fn read_config(store: &dyn Store) -> Result<RepoConfig> {
             Ok(bytes) => match serde_json::from_slice::<RepoConfig>(&bytes) {
                 Ok(config) => return Ok(config),
                 Err(e) => {
-                    tracing::warn!("{key} at {location} is unreadable ({e}); trying the other copy");
-                    first_problem.get_or_insert(RepoError::Corrupt { key: key.into(), reason: e.to_string() });
+                    tracing::warn!(
+                        "{key} at {location} is unreadable ({e}); trying the other copy"
+                    );
+                    first_problem.get_or_insert(RepoError::Corrupt {
+                        key: key.into(),
+                        reason: e.to_string(),
+                    });
                 }
             },
             Err(e) if e.is_not_found() => {}
@@ -239,18 +301,33 @@ async fn read_config(store: &dyn Store) -> Result<RepoConfig> {
     Err(first_problem.unwrap_or(RepoError::NotInitialized { location }))
 }
 
-fn unwrap_keys(config: &RepoConfig, enc: &EncryptionConfig, passphrase: &Passphrase, location: &str) -> Result<DataKeys> {
-    let corrupt = |reason: String| RepoError::Corrupt { key: keys::CONFIG.into(), reason };
+fn unwrap_keys(
+    config: &RepoConfig,
+    enc: &EncryptionConfig,
+    passphrase: &Passphrase,
+    location: &str,
+) -> Result<DataKeys> {
+    let corrupt = |reason: String| RepoError::Corrupt {
+        key: keys::CONFIG.into(),
+        reason,
+    };
     if enc.cipher != "xchacha20poly1305" || enc.kdf != "argon2id" {
-        return Err(corrupt(format!("unknown cipher {} or KDF {}", enc.cipher, enc.kdf)));
+        return Err(corrupt(format!(
+            "unknown cipher {} or KDF {}",
+            enc.cipher, enc.kdf
+        )));
     }
     let salt = hex::decode(&enc.salt).map_err(|e| corrupt(format!("bad salt: {e}")))?;
     let kek = zeroize::Zeroizing::new(
-        crypto::derive_kek(passphrase, &salt, enc.kdf_params).map_err(|e| corrupt(e.to_string()))?,
+        crypto::derive_kek(passphrase, &salt, enc.kdf_params)
+            .map_err(|e| corrupt(e.to_string()))?,
     );
     for wrapped in &enc.keys {
-        let blob = hex::decode(&wrapped.wrapped).map_err(|e| corrupt(format!("bad wrapped key: {e}")))?;
-        if let Ok(data_key) = crypto::open(&kek, &blob, &config::wrap_aad(&config.repo_id, wrapped.id)) {
+        let blob =
+            hex::decode(&wrapped.wrapped).map_err(|e| corrupt(format!("bad wrapped key: {e}")))?;
+        if let Ok(data_key) =
+            crypto::open(&kek, &blob, &config::wrap_aad(&config.repo_id, wrapped.id))
+        {
             let data_key = zeroize::Zeroizing::new(data_key);
             let arr: [u8; 32] = data_key
                 .as_slice()
@@ -260,5 +337,7 @@ fn unwrap_keys(config: &RepoConfig, enc: &EncryptionConfig, passphrase: &Passphr
             return Ok(DataKeys::from_data_key(wrapped.id, &arr));
         }
     }
-    Err(RepoError::WrongPassphrase { location: location.to_string() })
+    Err(RepoError::WrongPassphrase {
+        location: location.to_string(),
+    })
 }

@@ -81,7 +81,12 @@ impl Repository {
             .list(keys::WAL_PREFIX)
             .await?
             .into_iter()
-            .filter_map(|o| keys::parse_wal_key(&o.key).map(|name| StoredWal { name, stored_size: o.size }))
+            .filter_map(|o| {
+                keys::parse_wal_key(&o.key).map(|name| StoredWal {
+                    name,
+                    stored_size: o.size,
+                })
+            })
             .collect();
         out.sort_by_cached_key(|w| w.name.to_string());
         Ok(out)
@@ -92,6 +97,10 @@ fn compare(name: &WalFileName, stored: ContentHash, offered: ContentHash) -> Res
     if stored == offered {
         Ok(PutOutcome::AlreadyStored)
     } else {
-        Err(RepoError::WalConflict { name: name.to_string(), stored: stored.to_hex(), offered: offered.to_hex() })
+        Err(RepoError::WalConflict {
+            name: name.to_string(),
+            stored: stored.to_hex(),
+            offered: offered.to_hex(),
+        })
     }
 }

@@ -303,13 +303,13 @@ impl CloudStore {
                 Failure::BareRedirect => permanent("redirected; check the region and endpoint"),
                 Failure::Unknown => transient("unexpected error"),
             },
+            // 409 outside a create-only put: another operation on the key is in flight.
+            E::AlreadyExists { .. } => transient("conflicting operation in progress"),
+            E::Precondition { .. } | E::NotModified { .. } => permanent("precondition failed"),
             E::InvalidPath { .. }
             | E::NotSupported { .. }
             | E::NotImplemented { .. }
-            | E::UnknownConfigurationKey { .. }
-            | E::AlreadyExists { .. }
-            | E::Precondition { .. }
-            | E::NotModified { .. } => permanent("not supported by this store"),
+            | E::UnknownConfigurationKey { .. } => permanent("not supported by this store"),
             // Task join failures and variants added in future releases: let the retry loop decide.
             _ => transient("unexpected error"),
         }

@@ -97,9 +97,8 @@ impl fmt::Debug for AzureSettings {
 }
 
 /// TOML form of [`RetryPolicy`]: durations as human-readable strings, every field optional.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-#[derive(Default)]
 struct RetryPolicyToml {
     attempt_timeout: Option<String>,
     max_attempts: Option<u32>,

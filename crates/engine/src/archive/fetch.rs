@@ -29,23 +29,39 @@ pub struct FetchOptions {
 
 impl Default for FetchOptions {
     fn default() -> Self {
-        Self { prefetch: 8, spool_dir: None }
+        Self {
+            prefetch: 8,
+            spool_dir: None,
+        }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchOutcome {
     /// The file is complete at the destination.
-    Restored { from_spool: bool, size: u64, prefetch_after: Option<WalSegmentName> },
+    Restored {
+        from_spool: bool,
+        size: u64,
+        prefetch_after: Option<WalSegmentName>,
+    },
     /// The repository does not hold this file.
     NotFound,
 }
 
 pub fn prefetch_dir(dest: &Path, options: &FetchOptions) -> PathBuf {
-    options.spool_dir.clone().unwrap_or_else(|| default_spool(&wal_dir_of(dest))).join("prefetch")
+    options
+        .spool_dir
+        .clone()
+        .unwrap_or_else(|| default_spool(&wal_dir_of(dest)))
+        .join("prefetch")
 }
 
-pub async fn fetch(repo: &LazyRepo, name: &str, dest: &Path, options: &FetchOptions) -> Result<FetchOutcome> {
+pub async fn fetch(
+    repo: &LazyRepo,
+    name: &str,
+    dest: &Path,
+    options: &FetchOptions,
+) -> Result<FetchOutcome> {
     let name = parse_name(name)?;
     let spool = prefetch_dir(dest, options);
     let prefetch_after = match &name {
@@ -58,7 +74,11 @@ pub async fn fetch(repo: &LazyRepo, name: &str, dest: &Path, options: &FetchOpti
         match fs::rename(&spooled, dest) {
             Ok(()) => {
                 fsync_dir(&wal_dir_of(dest))?;
-                return Ok(FetchOutcome::Restored { from_spool: true, size: meta.len(), prefetch_after });
+                return Ok(FetchOutcome::Restored {
+                    from_spool: true,
+                    size: meta.len(),
+                    prefetch_after,
+                });
             }
             // A spool on another file system, or a race with the prefetcher's cleanup: fetch
             // from the repository as if the spool were empty.
@@ -76,17 +96,31 @@ pub async fn fetch(repo: &LazyRepo, name: &str, dest: &Path, options: &FetchOpti
     tokio::task::spawn_blocking(move || write_atomically(&dest_owned, &bytes))
         .await
         .map_err(join_error)??;
-    Ok(FetchOutcome::Restored { from_spool: false, size, prefetch_after })
+    Ok(FetchOutcome::Restored {
+        from_spool: false,
+        size,
+        prefetch_after,
+    })
 }
 
 /// A fetched segment must be what its name says and come from the repository's cluster: the
 /// content hash proves the object is what was stored, this proves what was stored was right.
-async fn check_fetched(repo: &lifeboat_repo::Repository, name: &WalFileName, bytes: &[u8]) -> Result<()> {
-    let Some(found) = validate_wal(name, bytes)? else { return Ok(()) };
-    if let Some(bound) = repo.identity().await? {
-        if bound.system_identifier != found.system_identifier {
-            return Err(lifeboat_repo::RepoError::ForeignCluster { bound: bound.system_identifier, offered: found.system_identifier }.into());
+async fn check_fetched(
+    repo: &lifeboat_repo::Repository,
+    name: &WalFileName,
+    bytes: &[u8],
+) -> Result<()> {
+    let Some(found) = validate_wal(name, bytes)? else {
+        return Ok(());
+    };
+    if let Some(bound) = repo.identity().await?
+        && bound.system_identifier != found.system_identifier
+    {
+        return Err(lifeboat_repo::RepoError::ForeignCluster {
+            bound: bound.system_identifier,
+            offered: found.system_identifier,
         }
+        .into());
     }
     Ok(())
 }
@@ -101,8 +135,15 @@ pub struct PrefetchReport {
 /// Fetch up to `count` segments following `after` on its timeline into the spool, `parallel` at a
 /// time, stopping at the first one the repository does not hold. One prefetcher per spool runs at
 /// a time (a file lock); a second one returns at once.
-pub async fn prefetch(repo: &LazyRepo, after: &WalSegmentName, count: usize, parallel: usize, spool: &Path) -> Result<PrefetchReport> {
-    fs::create_dir_all(spool).map_err(|e| EngineError::io(format!("cannot create {}", spool.display()), e))?;
+pub async fn prefetch(
+    repo: &LazyRepo,
+    after: &WalSegmentName,
+    count: usize,
+    parallel: usize,
+    spool: &Path,
+) -> Result<PrefetchReport> {
+    fs::create_dir_all(spool)
+        .map_err(|e| EngineError::io(format!("cannot create {}", spool.display()), e))?;
     let lock_path = spool.join(".lock");
     let lock = fs::OpenOptions::new()
         .create(true)
@@ -111,7 +152,10 @@ pub async fn prefetch(repo: &LazyRepo, after: &WalSegmentName, count: usize, par
         .open(&lock_path)
         .map_err(|e| EngineError::io(format!("cannot open {}", lock_path.display()), e))?;
     if lock.try_lock().is_err() {
-        return Ok(PrefetchReport { fetched: vec![], skipped_busy: true });
+        return Ok(PrefetchReport {
+            fetched: vec![],
+            skipped_busy: true,
+        });
     }
     let seg_size = match repo.get().await?.identity().await? {
         Some(id) => id.wal_segment_size,
@@ -137,7 +181,9 @@ pub async fn prefetch(repo: &LazyRepo, after: &WalSegmentName, count: usize, par
                 return Ok(Some(seg));
             }
             let name = WalFileName::Segment(seg);
-            let Some(bytes) = repo_handle.get_wal(&name).await? else { return Ok(None) };
+            let Some(bytes) = repo_handle.get_wal(&name).await? else {
+                return Ok(None);
+            };
             check_fetched(repo_handle, &name, &bytes).await?;
             tokio::task::spawn_blocking(move || write_atomically(&target, &bytes))
                 .await
@@ -161,10 +207,14 @@ pub async fn prefetch(repo: &LazyRepo, after: &WalSegmentName, count: usize, par
 /// Remove spooled segments at or before `after` on its timeline (consumed or no longer needed),
 /// segments of older timelines, and temporary files of an interrupted prefetcher.
 fn clean_spool(spool: &Path, after: &WalSegmentName) {
-    let Ok(entries) = fs::read_dir(spool) else { return };
+    let Ok(entries) = fs::read_dir(spool) else {
+        return;
+    };
     let after_text = after.to_string();
     for entry in entries.filter_map(|e| e.ok()) {
-        let Some(file) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        let Some(file) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
         let stale = if file.ends_with(".lifeboat-tmp") {
             true
         } else if let Ok(WalFileName::Segment(seg)) = WalFileName::parse(&file) {

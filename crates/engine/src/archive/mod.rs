@@ -36,8 +36,12 @@ fn default_spool(wal_dir: &Path) -> PathBuf {
 /// History and backup-label files carry no header and yield no identity.
 fn validate_wal(name: &WalFileName, bytes: &[u8]) -> Result<Option<ClusterIdentity>> {
     let header: Option<LongPageHeader> = match name {
-        WalFileName::Segment(seg) => Some(walheader::validate_segment(bytes, seg).map_err(|e| invalid_wal(name, e))?),
-        WalFileName::Partial(seg) => Some(walheader::validate_partial(bytes, seg).map_err(|e| invalid_wal(name, e))?),
+        WalFileName::Segment(seg) => {
+            Some(walheader::validate_segment(bytes, seg).map_err(|e| invalid_wal(name, e))?)
+        }
+        WalFileName::Partial(seg) => {
+            Some(walheader::validate_partial(bytes, seg).map_err(|e| invalid_wal(name, e))?)
+        }
         WalFileName::History(_) | WalFileName::Backup { .. } => {
             if bytes.is_empty() {
                 return Err(EngineError::invalid(
@@ -66,17 +70,26 @@ fn invalid_wal(name: &WalFileName, e: impl std::fmt::Display) -> EngineError {
 /// directory. A crash leaves either no file or the whole file, never a partial one at `dest`.
 fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
     let dir = wal_dir_of(dest);
-    let file_name = dest
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| EngineError::invalid(format!("{} is not a file path", dest.display()), "give a file path"))?;
+    let file_name = dest.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        EngineError::invalid(
+            format!("{} is not a file path", dest.display()),
+            "give a file path",
+        )
+    })?;
     let tmp = dir.join(format!(".{file_name}.lifeboat-tmp"));
     let result = (|| {
-        let mut f = File::create(&tmp).map_err(|e| EngineError::io(format!("cannot create {}", tmp.display()), e))?;
-        f.write_all(bytes).map_err(|e| EngineError::io(format!("cannot write {}", tmp.display()), e))?;
-        f.sync_all().map_err(|e| EngineError::io(format!("cannot fsync {}", tmp.display()), e))?;
-        fs::rename(&tmp, dest)
-            .map_err(|e| EngineError::io(format!("cannot rename {} to {}", tmp.display(), dest.display()), e))?;
+        let mut f = File::create(&tmp)
+            .map_err(|e| EngineError::io(format!("cannot create {}", tmp.display()), e))?;
+        f.write_all(bytes)
+            .map_err(|e| EngineError::io(format!("cannot write {}", tmp.display()), e))?;
+        f.sync_all()
+            .map_err(|e| EngineError::io(format!("cannot fsync {}", tmp.display()), e))?;
+        fs::rename(&tmp, dest).map_err(|e| {
+            EngineError::io(
+                format!("cannot rename {} to {}", tmp.display(), dest.display()),
+                e,
+            )
+        })?;
         fsync_dir(&dir)
     })();
     if result.is_err() {
@@ -95,7 +108,12 @@ fn file_name_of(path: &Path) -> Result<String> {
     path.file_name()
         .and_then(|n| n.to_str())
         .map(str::to_owned)
-        .ok_or_else(|| EngineError::invalid(format!("{} has no file name", path.display()), "pass %p (archive_command) or %f %p (restore_command)"))
+        .ok_or_else(|| {
+            EngineError::invalid(
+                format!("{} has no file name", path.display()),
+                "pass %p (archive_command) or %f %p (restore_command)",
+            )
+        })
 }
 
 fn parse_name(text: &str) -> Result<WalFileName> {

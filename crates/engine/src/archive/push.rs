@@ -33,7 +33,10 @@ pub struct PushOptions {
 
 impl Default for PushOptions {
     fn default() -> Self {
-        Self { parallel: 4, spool_dir: None }
+        Self {
+            parallel: 4,
+            spool_dir: None,
+        }
     }
 }
 
@@ -61,11 +64,20 @@ pub struct PushReport {
 pub async fn push(repo: &LazyRepo, path: &Path, options: &PushOptions) -> Result<PushReport> {
     let name = parse_name(&file_name_of(path)?)?;
     let wal_dir = wal_dir_of(path);
-    let markers = options.spool_dir.clone().unwrap_or_else(|| default_spool(&wal_dir)).join("pushed");
+    let markers = options
+        .spool_dir
+        .clone()
+        .unwrap_or_else(|| default_spool(&wal_dir))
+        .join("pushed");
 
     let bytes = read_file(path).await?;
     if marker_matches(&markers, &name, &bytes).await {
-        return Ok(PushReport { name: name.to_string(), outcome: PushOutcome::PushedAhead, pushed_ahead: vec![], failed_ahead: vec![] });
+        return Ok(PushReport {
+            name: name.to_string(),
+            outcome: PushOutcome::PushedAhead,
+            pushed_ahead: vec![],
+            failed_ahead: vec![],
+        });
     }
     let identity = validate_wal(&name, &bytes)?;
     let repo = repo.get().await?;
@@ -73,7 +85,11 @@ pub async fn push(repo: &LazyRepo, path: &Path, options: &PushOptions) -> Result
         repo.bind_identity(id).await?;
     }
 
-    let ahead = if options.parallel > 1 { ready_files(&wal_dir, &name, &markers, options.parallel - 1) } else { vec![] };
+    let ahead = if options.parallel > 1 {
+        ready_files(&wal_dir, &name, &markers, options.parallel - 1)
+    } else {
+        vec![]
+    };
     let permits = Arc::new(Semaphore::new(options.parallel.max(1)));
     let mut others = JoinSet::new();
     for other in ahead {
@@ -89,7 +105,10 @@ pub async fn push(repo: &LazyRepo, path: &Path, options: &PushOptions) -> Result
     }
 
     let outcome = {
-        let _permit = permits.acquire().await.map_err(|e| EngineError::Internal(e.to_string()))?;
+        let _permit = permits
+            .acquire()
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
         repo.put_wal(&name, Bytes::from(bytes)).await?
     };
     let mut report = PushReport {
@@ -151,7 +170,10 @@ struct Marker {
 
 impl Marker {
     fn of(bytes: &[u8]) -> Self {
-        Self { size: bytes.len(), hash: blake3::hash(bytes) }
+        Self {
+            size: bytes.len(),
+            hash: blake3::hash(bytes),
+        }
     }
 
     fn text(&self) -> String {
@@ -160,9 +182,11 @@ impl Marker {
 
     /// Best effort: a lost marker only means the next call pushes again (and finds it stored).
     fn write(&self, dir: &Path, name: &WalFileName) -> Result<()> {
-        fs::create_dir_all(dir).map_err(|e| EngineError::io(format!("cannot create {}", dir.display()), e))?;
+        fs::create_dir_all(dir)
+            .map_err(|e| EngineError::io(format!("cannot create {}", dir.display()), e))?;
         let tmp = dir.join(format!(".{name}.tmp"));
-        fs::write(&tmp, self.text()).map_err(|e| EngineError::io(format!("cannot write {}", tmp.display()), e))?;
+        fs::write(&tmp, self.text())
+            .map_err(|e| EngineError::io(format!("cannot write {}", tmp.display()), e))?;
         fs::rename(&tmp, dir.join(name.to_string()))
             .map_err(|e| EngineError::io(format!("cannot write marker for {name}"), e))
     }
@@ -181,18 +205,30 @@ async fn marker_matches(dir: &Path, name: &WalFileName, bytes: &[u8]) -> bool {
 /// Up to `limit` other files PostgreSQL has marked `.ready`, in the order it archives them
 /// (history files first, then oldest first), skipping those already pushed ahead. Also removes
 /// markers whose file PostgreSQL no longer has pending.
-fn ready_files(wal_dir: &Path, current: &WalFileName, markers: &Path, limit: usize) -> Vec<WalFileName> {
+fn ready_files(
+    wal_dir: &Path,
+    current: &WalFileName,
+    markers: &Path,
+    limit: usize,
+) -> Vec<WalFileName> {
     let Ok(entries) = fs::read_dir(wal_dir.join("archive_status")) else {
         return vec![];
     };
     let ready: HashSet<String> = entries
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".ready")).map(str::to_owned))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".ready"))
+                .map(str::to_owned)
+        })
         .collect();
     let mut pushed = HashSet::new();
     if let Ok(entries) = fs::read_dir(markers) {
         for entry in entries.filter_map(|e| e.ok()) {
-            let Some(n) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            let Some(n) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
             if ready.contains(&n) {
                 pushed.insert(n);
             } else {

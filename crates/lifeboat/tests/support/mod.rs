@@ -46,7 +46,8 @@ impl Setup {
                 (None, Some(repo))
             }
             Backend::S3 => {
-                let moto = MotoServer::start().expect("moto S3 server must start (pip install 'moto[server]')");
+                let moto = MotoServer::start()
+                    .expect("moto S3 server must start (pip install 'moto[server]')");
                 moto.create_bucket("lifeboat-test").expect("bucket");
                 config.push_str("repo = \"s3://lifeboat-test/some/prefix\"\n");
                 config.push_str(&format!(
@@ -65,7 +66,14 @@ impl Setup {
         let config_path = root.join("lifeboat.toml");
         fs::write(&config_path, config).expect("config");
         chown_to_owner(&root).expect("chown");
-        let setup = Setup { dir, config: config_path, arch, repo_dir, encrypted, _moto: moto };
+        let setup = Setup {
+            dir,
+            config: config_path,
+            arch,
+            repo_dir,
+            encrypted,
+            _moto: moto,
+        };
         let mut init = setup.cmd();
         init.arg("init");
         if !encrypted {
@@ -81,7 +89,9 @@ impl Setup {
         let mut cmd = Command::new(BIN);
         run_as_owner(&mut cmd);
         cmd.arg("--config").arg(&self.config);
-        cmd.env_remove("LIFEBOAT_PASSPHRASE").env_remove("LIFEBOAT_PASSPHRASE_FILE").env_remove("LIFEBOAT_REPO");
+        cmd.env_remove("LIFEBOAT_PASSPHRASE")
+            .env_remove("LIFEBOAT_PASSPHRASE_FILE")
+            .env_remove("LIFEBOAT_REPO");
         cmd
     }
 
@@ -102,7 +112,10 @@ impl Setup {
     }
 
     pub fn archived_copies(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = fs::read_dir(&self.arch).expect("read arch").map(|e| e.expect("entry").path()).collect();
+        let mut v: Vec<PathBuf> = fs::read_dir(&self.arch)
+            .expect("read arch")
+            .map(|e| e.expect("entry").path())
+            .collect();
         v.sort();
         v
     }
@@ -146,5 +159,8 @@ pub fn stderr(out: &Output) -> String {
 }
 
 pub fn file_name(p: &Path) -> String {
-    p.file_name().and_then(|n| n.to_str()).expect("file name").to_string()
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .expect("file name")
+        .to_string()
 }

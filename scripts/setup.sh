@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# Installs everything Lifeboat's tests and benchmarks need on Debian 12.
+#
+#   bash scripts/setup.sh
+#
+# Idempotent and non-interactive: every step checks first and skips when the
+# tool is already there, so a second run takes seconds. Runs as root (CI) or
+# as a sudo-capable user (developer). Exits non-zero with a message when
+# something cannot be installed.
+set -euo pipefail
+
+PG_MAJOR=15
+PG_BIN="/usr/lib/postgresql/${PG_MAJOR}/bin"
+PGBACKREST_WANTED=2.45
+
+log() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Run a command as root: directly when we are root, through sudo otherwise.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    else
+        sudo "$@"
+    fi
+}
+
+check_platform() {
+    [ -r /etc/debian_version ] || die "this script targets Debian 12; /etc/debian_version not found"
+    case "$(cat /etc/debian_version)" in
+        12.*|bookworm*) ;;
+        *) log "warning: Debian $(cat /etc/debian_version) is not Debian 12; continuing anyway" ;;
+    esac
+    if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null; then
+        die "not root and sudo is not installed: run this script as root"
+    fi
+}
+
+# apt-get update costs several seconds, so it runs at most once, and only when
+# something actually has to be installed.
+APT_UPDATED=0
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        log "apt-get update"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+            || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+    log "apt-get install $*"
+    # dpkg's progress output is noise; keep it and show it only on failure.
+    local out
+    out=$(mktemp)
+    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends -o Dpkg::Options::=--force-confold "$@" </dev/null >"$out" 2>&1; then
+        cat "$out" >&2
+        rm -f "$out"
+        die "apt-get install $* failed"
+    fi
+    rm -f "$out"
+}
+
+# --- PostgreSQL 15 ----------------------------------------------------------
+
+postgres_present() {
+    [ -x "$PG_BIN/postgres" ] && [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pg_ctl" ] \
+        && [ -x "$PG_BIN/pgbench" ] \
+        && [ -f "/usr/share/postgresql/${PG_MAJOR}/extension/pg_stat_statements.control" ]
+}
+
+install_postgres() {
+    if postgres_present; then
+        log "postgresql-${PG_MAJOR}: present ($("$PG_BIN/postgres" --version)), skipping"
+        return
+    fi
+    # Tell postgresql-common not to create the default 15/main cluster at all:
+    # tests and benchmarks make their own clusters in temp dirs.
+    # createcluster.conf includes this directory on Debian 12.
+    as_root mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" \
+        | as_root tee /etc/postgresql-common/createcluster.d/lifeboat-no-main.conf >/dev/null
+    # On Debian 12 the contrib modules ship inside postgresql-15
+    # (it Provides: postgresql-contrib-15); postgresql-contrib is the real
+    # package name depending on it.
+    apt_install "postgresql-${PG_MAJOR}" postgresql-contrib
+    postgres_present || die "postgresql-${PG_MAJOR} installed but $PG_BIN is incomplete"
+    log "postgresql-${PG_MAJOR}: installed ($("$PG_BIN/postgres" --version))"
+}
+
+# The Debian package may have created and started a 15/main cluster on port
+# 5432. We do not want it running (it would hold the port and cost memory),
+# but we keep it and the `postgres` OS user, which the tests run clusters as.
+disable_default_cluster() {
+    local conf="/etc/postgresql/${PG_MAJOR}/main"
+    getent passwd postgres >/dev/null || die "OS user 'postgres' is missing (it comes with postgresql-common)"
+    if [ ! -d "$conf" ]; then
+        log "default cluster ${PG_MAJOR}/main: none, nothing to disable"
+        return
+    fi
+    local status
+    status=$(pg_lsclusters -h 2>/dev/null | awk -v v="$PG_MAJOR" '$1==v && $2=="main" {print $4}')
+    if [ "$status" = "online" ]; then
+        log "default cluster ${PG_MAJOR}/main: running, stopping it"
+        as_root pg_ctlcluster "$PG_MAJOR" main stop || die "could not stop cluster ${PG_MAJOR}/main"
+    fi
+    # start.conf=manual keeps it from starting at boot or on `service postgresql start`.
+    if [ "$(grep -v '^#' "$conf/start.conf" | tr -d '[:space:]')" != "manual" ]; then
+        echo "manual" | as_root tee "$conf/start.conf" >/dev/null
+        log "default cluster ${PG_MAJOR}/main: set start.conf to manual"
+    else
+        log "default cluster ${PG_MAJOR}/main: stopped and manual, skipping"
+    fi
+}
+
+# --- pgBackRest (benchmark peer) ------------------------------------------------
+
+install_pgbackrest() {
+    if ! command -v pgbackrest >/dev/null; then
+        apt_install pgbackrest
+    else
+        log "pgbackrest: present, skipping install"
+    fi
+    local version
+    version=$(pgbackrest version 2>/dev/null | awk '{print $2}') \
+        || die "pgbackrest is installed but 'pgbackrest version' fails"
+    if [ "$version" != "$PGBACKREST_WANTED" ]; then
+        log "warning: pgbackrest $version found; the benchmark baseline was measured with $PGBACKREST_WANTED"
+    fi
+    log "pgbackrest: $version"
+}
+
+# --- moto_server (S3 mock for object-store tests) ---------------------------
+
+# The python whose pip installs moto: the first python3 on PATH (pyenv on our
+# machines, /usr/bin/python3 on a plain Debian), or Debian's python3 with
+# python3-pip when the first one has no pip.
+PYTHON=python3
+# pip warns about running as root; CI is root on purpose.
+export PIP_ROOT_USER_ACTION=ignore
+ensure_pip() {
+    if command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1; then
+        PYTHON=python3
+        return
+    fi
+    if ! /usr/bin/python3 -m pip --version >/dev/null 2>&1; then
+        apt_install python3-pip
+    fi
+    /usr/bin/python3 -m pip --version >/dev/null 2>&1 || die "pip is still unusable after installing python3-pip"
+    PYTHON=/usr/bin/python3
+}
+
+install_moto() {
+    if command -v moto_server >/dev/null; then
+        log "moto_server: present at $(command -v moto_server), skipping"
+        return
+    fi
+    ensure_pip
+    log "pip install moto[server] (for $(command -v "$PYTHON"))"
+    # A pyenv/virtualenv python accepts a plain install; Debian's system
+    # python refuses it (PEP 668), so fall back to --user with
+    # --break-system-packages, which only touches ~/.local.
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-warn-script-location 'moto[server]' 2>/dev/null \
+        || "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-warn-script-location --user \
+            --break-system-packages 'moto[server]' \
+        || die "pip install 'moto[server]' failed"
+    # pyenv needs its shims regenerated to expose the new console script.
+    if command -v pyenv >/dev/null; then pyenv rehash || true; fi
+    hash -r
+    local found
+    found=$(command -v moto_server || true)
+    if [ -z "$found" ] && [ -x "$HOME/.local/bin/moto_server" ]; then
+        found="$HOME/.local/bin/moto_server"
+    fi
+    [ -n "$found" ] || die "moto[server] installed but no moto_server script was found"
+    # ~/.local/bin is often not on PATH (CI has no login shell): link the
+    # script into /usr/local/bin so every test process finds it.
+    if ! command -v moto_server >/dev/null; then
+        as_root ln -sf "$found" /usr/local/bin/moto_server
+        log "moto_server: linked $found -> /usr/local/bin/moto_server"
+    fi
+    log "moto_server: installed at $(command -v moto_server)"
+}
+
+# --- cargo-nextest ------------------------------------------------------------
+
+install_nextest() {
+    command -v cargo >/dev/null || die "cargo is not on PATH (install the Rust toolchain with rustup first)"
+    if cargo nextest --version >/dev/null 2>&1; then
+        log "cargo-nextest: present ($(cargo nextest --version 2>/dev/null | head -n1)), skipping"
+        return
+    fi
+    # Building nextest from source takes several minutes; our machines have it.
+    log "cargo install cargo-nextest --locked (takes a few minutes)"
+    cargo install cargo-nextest --locked || die "cargo install cargo-nextest failed"
+}
+
+main() {
+    local start=$SECONDS
+    check_platform
+    install_postgres
+    disable_default_cluster
+    install_pgbackrest
+    install_moto
+    install_nextest
+    log "done in $((SECONDS - start)) s"
+}
+
+main "$@"
