@@ -156,27 +156,31 @@ install_moto() {
     fi
     ensure_pip
     log "pip install moto[server] (for $(command -v "$PYTHON"))"
-    # A pyenv/virtualenv python accepts a plain install; Debian's system
-    # python refuses it (PEP 668), so fall back to --user with
-    # --break-system-packages, which only touches ~/.local.
-    "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-warn-script-location 'moto[server]' 2>/dev/null \
-        || "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-warn-script-location --user \
-            --break-system-packages 'moto[server]' \
-        || die "pip install 'moto[server]' failed"
+    local pip=("$PYTHON" -m pip install --quiet --disable-pip-version-check --no-warn-script-location)
+    # A pyenv/virtualenv python takes a plain install. Debian's python refuses
+    # one (PEP 668): as root, install system-wide into /usr/local (script in
+    # /usr/local/bin, usable by every user); otherwise into ~/.local.
+    if ! "${pip[@]}" 'moto[server]' 2>/dev/null; then
+        if [ "$(id -u)" -eq 0 ]; then
+            "${pip[@]}" --break-system-packages 'moto[server]'
+        else
+            "${pip[@]}" --user --break-system-packages 'moto[server]'
+        fi || die "pip install 'moto[server]' failed"
+    fi
     # pyenv needs its shims regenerated to expose the new console script.
     if command -v pyenv >/dev/null; then pyenv rehash || true; fi
     hash -r
-    local found
-    found=$(command -v moto_server || true)
-    if [ -z "$found" ] && [ -x "$HOME/.local/bin/moto_server" ]; then
-        found="$HOME/.local/bin/moto_server"
-    fi
-    [ -n "$found" ] || die "moto[server] installed but no moto_server script was found"
-    # ~/.local/bin is often not on PATH (CI has no login shell): link the
-    # script into /usr/local/bin so every test process finds it.
     if ! command -v moto_server >/dev/null; then
-        as_root ln -sf "$found" /usr/local/bin/moto_server
-        log "moto_server: linked $found -> /usr/local/bin/moto_server"
+        local user_script="$HOME/.local/bin/moto_server"
+        [ -x "$user_script" ] || die "moto[server] installed but no moto_server script was found"
+        # ~/.local/bin is often not on PATH (CI has no login shell):
+        # link the script where every shell looks, unless something is there.
+        if [ -e /usr/local/bin/moto_server ] || [ -L /usr/local/bin/moto_server ]; then
+            log "moto_server: installed at $user_script; add $HOME/.local/bin to PATH (scripts/test.sh does)"
+            return
+        fi
+        as_root ln -s "$user_script" /usr/local/bin/moto_server
+        log "moto_server: linked $user_script -> /usr/local/bin/moto_server"
     fi
     log "moto_server: installed at $(command -v moto_server)"
 }

@@ -81,7 +81,7 @@ pub struct InitArgs {
 pub struct WalPushArgs {
     /// Path of the WAL file (%p), absolute or relative to the data directory.
     pub path: PathBuf,
-    /// Files stored at once, this one included [config: archive.push_parallel; default 4].
+    /// Files stored at once, this one included [config: archive.push_parallel; default 8].
     #[arg(long)]
     pub parallel: Option<usize>,
 }

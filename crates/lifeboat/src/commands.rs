@@ -126,7 +126,7 @@ async fn wal_push(resolved: &Resolved, args: &WalPushArgs) -> Result<Exit, Failu
         parallel: args
             .parallel
             .or(resolved.file.archive.push_parallel)
-            .unwrap_or(4)
+            .unwrap_or(archive::push::DEFAULT_PUSH_PARALLEL)
             .max(1),
         spool_dir: resolved.file.archive.spool_dir.clone(),
     };

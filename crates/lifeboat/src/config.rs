@@ -33,7 +33,7 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ArchiveConfig {
-    /// WAL files one wal-push stores at once (the requested one and others marked .ready). Default 4.
+    /// WAL files one wal-push stores at once (the requested one and others marked .ready). Default 8.
     pub push_parallel: Option<usize>,
     /// Segments wal-fetch fetches ahead during recovery. Default 8; 0 disables.
     pub prefetch: Option<usize>,

@@ -36,16 +36,41 @@ fn archive_under_load(backend: Backend, encrypted: bool) {
     );
     let dest_dir = setup.scratch("pg_wal");
     let dest = dest_dir.join("RECOVERYXLOG");
+    // Prefetch as `wal-fetch` does in the background, so that the next fetches come from the spool.
+    let first_segment = copies
+        .iter()
+        .map(|p| file_name(p))
+        .find(|n| n.len() == 24)
+        .expect("a segment");
+    let spool = dest_dir.join("lifeboat").join("prefetch");
+    let out = setup.run(&[
+        "wal-prefetch",
+        "--after",
+        &first_segment,
+        "--spool",
+        spool.to_str().expect("utf8"),
+        "--count",
+        "4",
+    ]);
+    assert_success(&out, "wal-prefetch");
+    let mut from_spool = 0;
     for copy in &copies {
         let name = file_name(copy);
-        let out = setup.run(&["wal-fetch", &name, dest.to_str().expect("utf8")]);
+        let out = setup
+            .cmd()
+            .env("LIFEBOAT_LOG", "info")
+            .args(["wal-fetch", &name, dest.to_str().expect("utf8")])
+            .output()
+            .expect("run");
         assert_success(&out, &format!("wal-fetch {name}"));
+        from_spool += usize::from(stderr(&out).contains("(prefetched)"));
         let fetched = fs::read(&dest).expect("fetched file");
         assert!(
             fetched == fs::read(copy).expect("copy"),
             "{name} differs after the round trip"
         );
     }
+    assert!(from_spool >= 1, "no fetch was served by the prefetch spool");
 
     let info = setup.info_json();
     assert_eq!(info["encrypted"], encrypted);

@@ -3,8 +3,10 @@
 //! PostgreSQL calls `archive_command` for one file at a time and waits. To keep `pg_wal` from
 //! growing when the store is slow, each call also pushes up to `parallel - 1` other `.ready` files
 //! concurrently and leaves a marker for each in `<spool>/pushed/`. When PostgreSQL then asks for
-//! one of those, the marker (name, size, BLAKE3 of the bytes) is checked against the file and the
-//! call returns at once without touching the repository. Renaming `.ready` to `.done` stays
+//! one of those, the marker (the file's inode, size, mtime and ctime when it was read for the push)
+//! is checked against a fresh `stat` of the file and the call returns at once, without reading the
+//! file or touching the repository. Any write to the file changes its ctime, so a file that changed
+//! after it was pushed is pushed again (and the repository's never-overwrite rule applies). Renaming `.ready` to `.done` stays
 //! PostgreSQL's job: it only happens after PostgreSQL's own call for the file returned 0.
 
 use std::collections::HashSet;
@@ -22,6 +24,10 @@ use tokio::task::JoinSet;
 use super::{default_spool, file_name_of, parse_name, validate_wal, wal_dir_of};
 use crate::error::join_error;
 use crate::{EngineError, LazyRepo, Result};
+
+/// Enough to keep two cores busy compressing while others wait on fsync; memory is about
+/// 20 MiB per file in flight.
+pub const DEFAULT_PUSH_PARALLEL: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct PushOptions {
@@ -70,8 +76,7 @@ pub async fn push(repo: &LazyRepo, path: &Path, options: &PushOptions) -> Result
         .unwrap_or_else(|| default_spool(&wal_dir))
         .join("pushed");
 
-    let bytes = read_file(path).await?;
-    if marker_matches(&markers, &name, &bytes).await {
+    if marker_matches(&markers, &name, path) {
         return Ok(PushReport {
             name: name.to_string(),
             outcome: PushOutcome::PushedAhead,
@@ -79,6 +84,7 @@ pub async fn push(repo: &LazyRepo, path: &Path, options: &PushOptions) -> Result
             failed_ahead: vec![],
         });
     }
+    let bytes = read_file(path).await?;
     let identity = validate_wal(&name, &bytes)?;
     let repo = repo.get().await?;
     if let Some(id) = &identity {
@@ -141,6 +147,8 @@ async fn push_ahead(
     expected: Option<&ClusterIdentity>,
     markers: &Path,
 ) -> Result<()> {
+    // The fingerprint is taken before reading, so a write during the read makes it stale.
+    let marker = Marker::of(path)?;
     let bytes = read_file(path).await?;
     let identity = validate_wal(name, &bytes)?;
     if let Some(id) = &identity {
@@ -149,7 +157,6 @@ async fn push_ahead(
             _ => repo.bind_identity(id).await?,
         }
     }
-    let marker = Marker::of(&bytes);
     repo.put_wal(name, Bytes::from(bytes)).await?;
     marker.write(markers, name)
 }
@@ -162,22 +169,34 @@ async fn read_file(path: &Path) -> Result<Vec<u8>> {
         .map_err(|e| EngineError::io(format!("cannot read {}", path.display()), e))
 }
 
-/// What a marker records: enough to be sure the file PostgreSQL now asks about is the one pushed.
+/// What a marker records: the identity and last change of the file that was pushed. Any write to
+/// a file changes its ctime; a file replaced by another has another inode.
+#[derive(PartialEq, Eq)]
 struct Marker {
-    size: usize,
-    hash: blake3::Hash,
+    inode: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
 }
 
 impl Marker {
-    fn of(bytes: &[u8]) -> Self {
-        Self {
-            size: bytes.len(),
-            hash: blake3::hash(bytes),
-        }
+    fn of(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path)
+            .map_err(|e| EngineError::io(format!("cannot stat {}", path.display()), e))?;
+        Ok(Self {
+            inode: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        })
     }
 
     fn text(&self) -> String {
-        format!("{} {}\n", self.size, self.hash.to_hex())
+        format!(
+            "{} {} {} {}\n",
+            self.inode, self.size, self.mtime_ns, self.ctime_ns
+        )
     }
 
     /// Best effort: a lost marker only means the next call pushes again (and finds it stored).
@@ -192,14 +211,14 @@ impl Marker {
     }
 }
 
-/// True when an earlier call pushed exactly these bytes under this name; consumes the marker.
-async fn marker_matches(dir: &Path, name: &WalFileName, bytes: &[u8]) -> bool {
-    let path = dir.join(name.to_string());
-    let Ok(recorded) = fs::read_to_string(&path) else {
+/// True when an earlier call pushed this very file, unchanged since; consumes the marker.
+fn marker_matches(dir: &Path, name: &WalFileName, path: &Path) -> bool {
+    let marker_path = dir.join(name.to_string());
+    let Ok(recorded) = fs::read_to_string(&marker_path) else {
         return false;
     };
-    let _ = fs::remove_file(&path);
-    recorded == Marker::of(bytes).text()
+    let _ = fs::remove_file(&marker_path);
+    Marker::of(path).is_ok_and(|now| now.text() == recorded)
 }
 
 /// Up to `limit` other files PostgreSQL has marked `.ready`, in the order it archives them
