@@ -82,7 +82,9 @@ trap 'exit 130' INT TERM
 # --- helpers --------------------------------------------------------------------
 
 check_prereqs() {
-    [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pgbench" ] || die "PostgreSQL 15 not found in $PG_BIN (run scripts/setup.sh)"
+    if [ ! -x "$PG_BIN/initdb" ] || [ ! -x "$PG_BIN/pgbench" ]; then
+        die "PostgreSQL 15 not found in $PG_BIN (run scripts/setup.sh)"
+    fi
     getent passwd postgres >/dev/null || die "OS user postgres missing (run scripts/setup.sh)"
     case " $ARCHIVERS " in *" pgbackrest-"*)
         command -v pgbackrest >/dev/null || die "pgbackrest not installed (run scripts/setup.sh)" ;;
@@ -430,7 +432,7 @@ drain() { # data_dir archive_command log_name
     deadline=$((SECONDS + 5))
     while :; do
         read -r a1 f1 <<<"$(archiver_counts)"
-        [ $((a1 - a0)) -lt "$SEGMENTS" ] && [ "$SECONDS" -lt "$deadline" ] || break
+        if [ $((a1 - a0)) -ge "$SEGMENTS" ] || [ "$SECONDS" -ge "$deadline" ]; then break; fi
         nap 0.1
     done
     DRAIN_ARCHIVED=$((a1 - a0))

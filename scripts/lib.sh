@@ -4,7 +4,7 @@
 log() { printf '[%s] %s\n' "${LOG_TAG:-lifeboat}" "$*"; }
 die() { printf '[%s] ERROR: %s\n' "${LOG_TAG:-lifeboat}" "$*" >&2; exit 1; }
 
-# Run as root, tests and the demo start PostgreSQL start PostgreSQL as the `postgres` OS user, and that
+# Run as root, tests and the demo start PostgreSQL as the `postgres` OS user, and that
 # user has to reach binaries and fixtures under target/. Every directory from
 # / down to the target dir must therefore be traversable (o+x) by it: a clone
 # under /root is not, by default. As root we fix that; otherwise we only say so.

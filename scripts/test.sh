@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO_ROOT=$(pwd -P)
 
-LOG_TAG=test
+LOG_TAG="test"
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
@@ -25,6 +25,7 @@ export RUST_BACKTRACE=1
 export PATH="$PATH:/usr/lib/postgresql/15/bin:$HOME/.local/bin"
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO_ROOT/$TARGET_DIR" ;; esac
 ensure_postgres_can_reach "$TARGET_DIR"
 
 command -v cargo >/dev/null || die "cargo is not on PATH"
