@@ -188,7 +188,9 @@ fn run_in(
     let last_commit = psql(&primary, "select max(created_at) from orders")?;
     let last_segment = psql(&primary, "select pg_walfile_name(pg_switch_wal())")?;
     println!("    {committed} orders committed, the last at {last_commit}");
-    wait_archived(&primary, &last_segment)?;
+    primary
+        .wait_archived(&last_segment, Duration::from_secs(120))
+        .map_err(cluster_failure)?;
     println!("    WAL archived up to {last_segment}");
     print!("{}", lifeboat(&["info"])?);
 
@@ -285,28 +287,6 @@ fn new_cluster(root: &Path, name: &str, conf: &str) -> Result<LocalCluster, Fail
 
 fn psql(cluster: &LocalCluster, sql: &str) -> Result<String, Failure> {
     cluster.psql(sql).map_err(cluster_failure)
-}
-
-fn wait_archived(cluster: &LocalCluster, segment: &str) -> Result<(), Failure> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let row = psql(
-            cluster,
-            "select coalesce(last_archived_wal, '') || '|' || failed_count from pg_stat_archiver",
-        )?;
-        let (last, failed) = row.split_once('|').unwrap_or(("", "0"));
-        if !last.is_empty() && last >= segment {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(Failure::new(
-                Exit::Internal,
-                format!("{segment} was not archived within 2 minutes ({failed} failed attempts)"),
-                Some(format!("see the server log:\n{}", cluster.log_tail(15))),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn free_port() -> Result<u16, Failure> {

@@ -802,6 +802,50 @@ impl LocalCluster {
         }
     }
 
+    /// Wait until `pg_stat_archiver.last_archived_wal` reaches `wal_name` (compared as names, which
+    /// sort in WAL order). The error reports the archiver's failures, if any.
+    pub fn wait_archived(&self, wal_name: &str, timeout: Duration) -> Result<()> {
+        let mode = self.psql("show archive_mode")?;
+        if mode == "off" {
+            return Err(ClusterError::Invalid(format!(
+                "cannot wait for {wal_name} to be archived: archive_mode is off; start the cluster with \
+                 archive_mode = on and an archive_command (or archive_library)"
+            )));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let row = self.psql(
+                "select coalesce(last_archived_wal, ''), archived_count, failed_count, \
+                 coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, '') from pg_stat_archiver",
+            )?;
+            let fields: Vec<&str> = row.split('|').collect();
+            let [last, archived, failed, last_failed, failed_at] = fields[..] else {
+                return Err(ClusterError::Invalid(format!(
+                    "unexpected pg_stat_archiver row {row:?}"
+                )));
+            };
+            if !last.is_empty() && last >= wal_name {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let failures = if failed == "0" {
+                    "no failed attempts".to_owned()
+                } else {
+                    format!("{failed} failed attempts, last for {last_failed} at {failed_at}")
+                };
+                return Err(ClusterError::Timeout {
+                    what: format!("WAL segment {wal_name} was not archived"),
+                    after: timeout,
+                    detail: format!(
+                        "last archived {last:?} ({archived} archived, {failures}); check archive_command and the server log:\n{}",
+                        self.log_tail(20)
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Run `sql` in the `postgres` database; returns psql's unaligned, tuples-only output, trimmed.
     pub fn psql(&self, sql: &str) -> Result<String> {
         self.psql_db("postgres", sql)

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use lifeboat_pg::cluster::{self as pgc, InitOptions, LocalCluster, StopMode};
@@ -153,47 +153,6 @@ impl TestCluster {
             );
         }
         Ok(name)
-    }
-
-    /// Wait until `pg_stat_archiver.last_archived_wal` reaches `wal_name` (compared as names, which
-    /// sort in WAL order). The error reports the archiver's failures, if any.
-    pub fn wait_archived(&self, wal_name: &str, timeout: Duration) -> anyhow::Result<()> {
-        let mode = self.psql("show archive_mode")?;
-        if mode == "off" {
-            bail!(
-                "cannot wait for {wal_name} to be archived: archive_mode is off; start the cluster with \
-                 archive_mode = on and an archive_command (or archive_library)"
-            );
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let row = self.psql(
-                "select coalesce(last_archived_wal, ''), archived_count, failed_count, \
-                 coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, '') from pg_stat_archiver",
-            )?;
-            let fields: Vec<&str> = row.split('|').collect();
-            let [last, archived, failed, last_failed, failed_at] = fields[..] else {
-                bail!("unexpected pg_stat_archiver row {row:?}");
-            };
-            if !last.is_empty() && last >= wal_name {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let failures = if failed == "0" {
-                    "no failed attempts".to_owned()
-                } else {
-                    format!("{failed} failed attempts, last for {last_failed} at {failed_at}")
-                };
-                bail!(
-                    "WAL segment {wal_name} was not archived within {}s: last archived {:?} ({archived} archived, \
-                     {failures}); check archive_command and the server log:\n{}",
-                    timeout.as_secs_f64(),
-                    last,
-                    self.log_tail(20)
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
     }
 
     /// `pgbench -i -s scale`: the pgbench tables, `scale` × 100 000 rows in pgbench_accounts.
