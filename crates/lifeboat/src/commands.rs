@@ -42,6 +42,19 @@ fn repo_location(resolved: &Resolved) -> Result<&str, Failure> {
 
 fn open_store(resolved: &Resolved) -> Result<Arc<dyn Store>, Failure> {
     let location = repo_location(resolved)?;
+    // A missing local directory is a configuration problem (wrong path, or init not run yet), not
+    // a storage failure: say so, with the exit code for configuration.
+    if let Ok(lifeboat_storage::Location::Local(path)) = lifeboat_storage::parse_location(location)
+        && !path.exists()
+    {
+        return Err(Failure::config(
+            format!(
+                "no repository at {location}: the directory {} does not exist",
+                path.display()
+            ),
+            "create it with `lifeboat init`, or check --repo / LIFEBOAT_REPO / `repo` in the config file",
+        ));
+    }
     lifeboat_storage::open(location, &resolved.storage).map_err(|e| storage_failure(location, e))
 }
 
