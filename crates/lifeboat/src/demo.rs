@@ -94,24 +94,8 @@ fn run_in(
     let lifeboat = |args: &[&str]| -> Result<String, Failure> {
         let mut cmd = Command::new(exe);
         pgc::run_as(&mut cmd, owner);
-        let out = cmd
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .map_err(io("cannot run lifeboat"))?;
-        if !out.status.success() {
-            return Err(Failure::new(
-                Exit::Internal,
-                format!(
-                    "`lifeboat {}` failed: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-                None,
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        cmd.arg("--config").arg(&config).args(args);
+        run_checked(&mut cmd, &format!("lifeboat {}", args.join(" ")))
     };
 
     step(1, "create an encrypted repository");
@@ -148,22 +132,11 @@ fn run_in(
         "take a copy of the data directory (pg_basebackup -X none: its WAL must come from the archive)",
     );
     let copy_data = root.join("restored");
-    let out = primary
-        .command("pg_basebackup")
+    let mut basebackup = primary.command("pg_basebackup");
+    basebackup
         .args(["-X", "none", "-c", "fast", "-D"])
-        .arg(&copy_data)
-        .output()
-        .map_err(io("cannot run pg_basebackup"))?;
-    if !out.status.success() {
-        return Err(Failure::new(
-            Exit::Internal,
-            format!(
-                "pg_basebackup failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            None,
-        ));
-    }
+        .arg(&copy_data);
+    run_checked(&mut basebackup, "pg_basebackup")?;
 
     step(
         4,
@@ -266,6 +239,24 @@ fn run_in(
     }
     println!("\ndemo passed: every committed row came back from the archive");
     Ok(Exit::Success)
+}
+
+/// Run `cmd`; its stdout on success, its stderr in the failure otherwise.
+fn run_checked(cmd: &mut Command, what: &str) -> Result<String, Failure> {
+    let out = cmd
+        .output()
+        .map_err(|e| Failure::new(Exit::LocalIo, format!("cannot run {what}: {e}"), None))?;
+    if !out.status.success() {
+        return Err(Failure::new(
+            Exit::Internal,
+            format!(
+                "`{what}` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            None,
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn step(n: u32, what: &str) {

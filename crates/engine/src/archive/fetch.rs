@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 use lifeboat_pg::walname::{WalFileName, WalSegmentName};
+use lifeboat_repo::ClusterIdentity;
 
 use super::{default_spool, fsync_dir, parse_name, validate_wal, wal_dir_of, write_atomically};
 use crate::error::join_error;
@@ -90,7 +91,9 @@ pub async fn fetch(
     let Some(bytes) = repo_handle.get_wal(&name).await? else {
         return Ok(FetchOutcome::NotFound);
     };
-    check_fetched(repo_handle, &name, &bytes).await?;
+    if name.segment().is_some() {
+        check_fetched(repo_handle.identity().await?.as_ref(), &name, &bytes)?;
+    }
     let size = bytes.len() as u64;
     let dest_owned = dest.to_path_buf();
     tokio::task::spawn_blocking(move || write_atomically(&dest_owned, &bytes))
@@ -105,15 +108,12 @@ pub async fn fetch(
 
 /// A fetched segment must be what its name says and come from the repository's cluster: the
 /// content hash proves the object is what was stored, this proves what was stored was right.
-async fn check_fetched(
-    repo: &lifeboat_repo::Repository,
-    name: &WalFileName,
-    bytes: &[u8],
-) -> Result<()> {
+/// `bound` is the repository's cluster identity, read once by the caller.
+fn check_fetched(bound: Option<&ClusterIdentity>, name: &WalFileName, bytes: &[u8]) -> Result<()> {
     let Some(found) = validate_wal(name, bytes)? else {
         return Ok(());
     };
-    if let Some(bound) = repo.identity().await?
+    if let Some(bound) = bound
         && bound.system_identifier != found.system_identifier
     {
         return Err(lifeboat_repo::RepoError::ForeignCluster {
@@ -157,10 +157,10 @@ pub async fn prefetch(
             skipped_busy: true,
         });
     }
-    let seg_size = match repo.get().await?.identity().await? {
-        Some(id) => id.wal_segment_size,
-        None => return Ok(PrefetchReport::default()),
+    let Some(identity) = repo.get().await?.identity().await? else {
+        return Ok(PrefetchReport::default());
     };
+    let seg_size = identity.wal_segment_size;
     clean_spool(spool, after);
 
     let mut wanted = Vec::new();
@@ -184,7 +184,7 @@ pub async fn prefetch(
             let Some(bytes) = repo_handle.get_wal(&name).await? else {
                 return Ok(None);
             };
-            check_fetched(repo_handle, &name, &bytes).await?;
+            check_fetched(Some(&identity), &name, &bytes)?;
             tokio::task::spawn_blocking(move || write_atomically(&target, &bytes))
                 .await
                 .map_err(join_error)??;
