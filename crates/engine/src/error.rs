@@ -19,6 +19,10 @@ pub enum EngineError {
         source: std::io::Error,
     },
 
+    /// PostgreSQL could not be reached, or refused or failed a request.
+    #[error("{message}")]
+    Postgres { message: String, hint: String },
+
     /// A bug: a background task panicked or was cancelled.
     #[error("internal error: {0}")]
     Internal(String),
@@ -41,7 +45,7 @@ impl EngineError {
 
     pub fn hint(&self) -> Option<String> {
         match self {
-            Self::InvalidInput { hint, .. } => Some(hint.clone()),
+            Self::InvalidInput { hint, .. } | Self::Postgres { hint, .. } => Some(hint.clone()),
             Self::Repo(e) => e.hint(),
             Self::LocalIo { source, .. } => Some(match source.kind() {
                 std::io::ErrorKind::PermissionDenied => {
@@ -57,6 +61,22 @@ impl EngineError {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// A session error: the message already says where and what to do next.
+pub(crate) fn postgres(e: lifeboat_pg::session::SessionError) -> EngineError {
+    use lifeboat_pg::session::SessionError as S;
+    let hint = match &e {
+        S::Connect { .. } | S::ConnectTimeout { .. } | S::Config(_) => {
+            "check --db (or `db` in the config file, or the PG* environment) and that the server is running"
+        }
+        S::Unsupported { .. } => "upgrade the server to PostgreSQL 13 or later",
+        _ => "see the server log for details",
+    };
+    EngineError::Postgres {
+        message: e.to_string(),
+        hint: hint.to_string(),
+    }
+}
 
 pub(crate) fn join_error(e: tokio::task::JoinError) -> EngineError {
     EngineError::Internal(format!("background task failed: {e}"))

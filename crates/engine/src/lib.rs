@@ -2,12 +2,19 @@
 //!
 //! Each operation takes typed options and returns a typed report; none reads argv, the
 //! environment or a config file, and none prints: the CLI and (later) the daemon render results.
-//! Today: archive (`wal-push`, `wal-fetch` with its prefetcher) and `info`.
+//! Today: archive (`wal-push`, `wal-fetch` with its prefetcher), `info`, `backup`, `check`, `list`
+//! and `restore`.
 
 pub mod archive;
+pub mod backup;
+pub mod check;
 pub mod error;
 pub mod info;
 pub mod lazy;
+pub mod list;
+pub mod restore;
+pub mod walcheck;
 
+pub(crate) use error::join_error;
 pub use error::{EngineError, Result};
 pub use lazy::LazyRepo;

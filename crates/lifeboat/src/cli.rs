@@ -56,6 +56,17 @@ pub enum Command {
     WalFetch(WalFetchArgs),
     /// Show the repository: identity, encryption, compression, and per timeline the archived WAL and every gap.
     Info(InfoArgs),
+    /// Take a base backup of the running cluster into the repository (needs archive_command =
+    /// 'lifeboat wal-push %p' into the same repository).
+    Backup(BackupArgs),
+    /// List the complete backups and the window a restore can reach.
+    List(ListArgs),
+    /// Check that the cluster is set up for backups: settings, then a WAL switch that must reach
+    /// the repository. Every problem comes with its fix.
+    Check(CheckArgs),
+    /// Restore a backup into a directory, set up to recover to a target (time, LSN, xid, restore
+    /// point, immediate, or the end of the archive).
+    Restore(Box<RestoreArgs>),
     /// Run the archive-and-recover loop on a scratch cluster and a local repository in a temporary
     /// directory, check that every committed row comes back, and clean up.
     Demo(DemoArgs),
@@ -126,4 +137,105 @@ pub struct DemoArgs {
     /// How long to write rows before "losing" the primary.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+}
+
+/// How to reach the cluster: shared by backup and check.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// Data directory [config: pgdata; env: PGDATA; default: the server's data_directory].
+    #[arg(long, value_name = "DIR")]
+    pub pgdata: Option<PathBuf>,
+    /// libpq connection string, e.g. 'host=/var/run/postgresql port=5432 user=postgres'
+    /// [config: db; default: the PG* environment, then the local socket as postgres]. Put passwords
+    /// in ~/.pgpass or PGPASSWORD, never here.
+    #[arg(long, value_name = "CONNINFO")]
+    pub db: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Threads reading, hashing, compressing and encrypting [config: backup.parallel; default: cores].
+    #[arg(long)]
+    pub parallel: Option<usize>,
+    /// Let the backup's starting checkpoint spread over checkpoint_completion_target instead of
+    /// running at once (less I/O burst, slower start).
+    #[arg(long)]
+    pub spread_checkpoint: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Seconds to wait for the switched segment to reach the repository.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("recovery_target").args(["target_time", "target_lsn", "target_xid", "target_name", "target"])))]
+pub struct RestoreArgs {
+    /// Directory to restore into: missing or empty (or, with --delta, a previous restore).
+    #[arg(long, value_name = "DIR")]
+    pub target_dir: PathBuf,
+    /// Backup label, or `latest`. Default: the newest backup that can reach the target.
+    #[arg(long, value_name = "LABEL")]
+    pub backup: Option<String>,
+    /// Recover to this moment, e.g. '2026-11-23 10:15:00+00'.
+    #[arg(long, value_name = "TIMESTAMP")]
+    pub target_time: Option<String>,
+    /// Recover to this WAL position, e.g. 0/3000148.
+    #[arg(long, value_name = "LSN")]
+    pub target_lsn: Option<String>,
+    /// Recover through this transaction id.
+    #[arg(long, value_name = "XID")]
+    pub target_xid: Option<String>,
+    /// Recover to this restore point (pg_create_restore_point).
+    #[arg(long, value_name = "NAME")]
+    pub target_name: Option<String>,
+    /// `immediate`: stop as soon as the backup is consistent.
+    #[arg(long, value_parser = ["immediate"])]
+    pub target: Option<String>,
+    /// What the server does at the target.
+    #[arg(long, value_parser = ["promote", "pause", "shutdown"], default_value = "promote")]
+    pub target_action: String,
+    /// Timeline to follow: latest, current, or a number.
+    #[arg(long, default_value = "latest")]
+    pub target_timeline: String,
+    /// Update a directory in place: keep files that match, rewrite what differs, remove the rest.
+    #[arg(long)]
+    pub delta: bool,
+    /// Set the cluster up as a standby (standby.signal) instead of recovering once.
+    #[arg(long)]
+    pub standby: bool,
+    /// primary_conninfo for --standby.
+    #[arg(long, requires = "standby", value_name = "CONNINFO")]
+    pub primary_conninfo: Option<String>,
+    /// Restore a tablespace elsewhere: OID=DIR or NAME=DIR (repeatable). Default: its original location.
+    #[arg(long, value_name = "OID=DIR")]
+    pub tablespace_map: Vec<String>,
+    /// Print the plan (backup, WAL range, bytes) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Parallel downloads and writes [config: restore.parallel; default: cores].
+    #[arg(long)]
+    pub parallel: Option<usize>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }

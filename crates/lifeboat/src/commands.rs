@@ -27,6 +27,10 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::WalFetch(args) => wal_fetch(&cli, &resolved, args).await,
         Command::Info(args) => info(&resolved, args).await,
         Command::WalPrefetch(args) => wal_prefetch(&resolved, args).await,
+        Command::Backup(args) => crate::backup_cmds::backup(&resolved, args).await,
+        Command::List(args) => crate::backup_cmds::list(&resolved, args).await,
+        Command::Check(args) => crate::backup_cmds::check(&resolved, args).await,
+        Command::Restore(args) => crate::backup_cmds::restore(&cli, &resolved, args).await,
         Command::Demo(_) => Ok(Exit::Success),
     }
 }
@@ -76,7 +80,7 @@ fn storage_failure(location: &str, e: lifeboat_storage::StorageError) -> Failure
     )
 }
 
-async fn open_repo(resolved: &Resolved) -> Result<Repository, Failure> {
+pub(crate) async fn open_repo(resolved: &Resolved) -> Result<Repository, Failure> {
     let store = open_store(resolved)?;
     Ok(Repository::open(store, resolved.passphrase.as_ref()).await?)
 }
@@ -323,7 +327,7 @@ async fn info(resolved: &Resolved, args: &InfoArgs) -> Result<Exit, Failure> {
     Ok(Exit::Success)
 }
 
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;

@@ -23,7 +23,13 @@ pub struct FileConfig {
     pub repo: Option<String>,
     /// File holding the repository passphrase (first line). Keep it mode 0600.
     pub passphrase_file: Option<PathBuf>,
+    /// Data directory of the cluster (backup, check). Default: $PGDATA, then the server's.
+    pub pgdata: Option<PathBuf>,
+    /// libpq connection string of the cluster (backup, check). Default: the PG* environment.
+    pub db: Option<String>,
     pub archive: ArchiveConfig,
+    pub backup: BackupConfig,
+    pub restore: RestoreConfig,
     pub storage: StorageConfig,
     pub s3: S3Settings,
     pub gcs: GcsSettings,
@@ -41,6 +47,22 @@ pub struct ArchiveConfig {
     pub prefetch_parallel: Option<usize>,
     /// Spool directory; default `pg_wal/lifeboat` (beside the WAL, same file system).
     pub spool_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Threads reading, hashing, compressing and encrypting. Default: the number of cores.
+    pub parallel: Option<usize>,
+    /// Seconds to wait for the backup's WAL to reach the repository. Default 300.
+    pub archive_timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestoreConfig {
+    /// Parallel downloads and writes. Default: the number of cores.
+    pub parallel: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -21,6 +21,8 @@ pub enum Exit {
     Corrupt = 6,
     /// A local file could not be read or written.
     LocalIo = 7,
+    /// PostgreSQL could not be reached, or refused or failed a request (backup, check).
+    Postgres = 8,
     /// A bug in lifeboat.
     Internal = 70,
     /// wal-fetch: anything but success or not-found. Above 125, so PostgreSQL stops recovery
@@ -81,6 +83,7 @@ impl From<EngineError> for Failure {
             EngineError::InvalidInput { .. } => Exit::Refused,
             EngineError::Repo(r) => repo_exit(r),
             EngineError::LocalIo { .. } => Exit::LocalIo,
+            EngineError::Postgres { .. } => Exit::Postgres,
             EngineError::Internal(_) => Exit::Internal,
         };
         Failure {

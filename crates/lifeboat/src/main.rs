@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod backup_cmds;
 mod cli;
 mod commands;
 mod config;

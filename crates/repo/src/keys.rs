@@ -10,6 +10,30 @@ pub const CONFIG_COPY: &str = "lifeboat.json.copy";
 pub const IDENTITY: &str = "cluster.json";
 pub const WAL_PREFIX: &str = "wal/";
 const HISTORY_DIR: &str = "wal/history/";
+pub const CHUNK_PREFIX: &str = "data/";
+pub const BACKUP_PREFIX: &str = "backups/";
+const MANIFEST_NAME: &str = "manifest";
+
+/// `data/<first two hex digits>/<64 hex digits>`: a content-addressed chunk of backup data. The
+/// two-digit directory keeps local directories and object-store listings evenly spread.
+pub fn chunk(hash_hex: &str) -> String {
+    format!(
+        "{CHUNK_PREFIX}{}/{hash_hex}",
+        &hash_hex[..2.min(hash_hex.len())]
+    )
+}
+
+/// `backups/<label>/manifest`: written last; a backup exists exactly when this object does.
+pub fn manifest(label: &str) -> String {
+    format!("{BACKUP_PREFIX}{label}/{MANIFEST_NAME}")
+}
+
+/// The backup label a manifest key names.
+pub fn parse_manifest_key(key: &str) -> Option<String> {
+    let rest = key.strip_prefix(BACKUP_PREFIX)?;
+    let (label, name) = rest.split_once('/')?;
+    (name == MANIFEST_NAME && !label.is_empty()).then(|| label.to_string())
+}
 
 /// `wal/<timeline+log>/<name>` for segments and the files named after one (`.partial`, `.backup`),
 /// so a directory holds at most one log file's worth of segments (256 at 16 MiB); history files

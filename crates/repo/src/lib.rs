@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use lifeboat_storage::{ErrorKind, PutMode, Store};
 
+pub mod backup;
 pub mod codec;
 pub mod config;
 pub mod crypto;

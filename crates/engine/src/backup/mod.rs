@@ -1,0 +1,486 @@
+//! `backup`: a consistent base backup of a running cluster into the repository.
+//!
+//! Order (docs/FORMAT.md, "Backups"): `pg_backup_start` on one session → walk the data directory
+//! → copy every file through the chunk pipeline → copy `global/pg_control` last →
+//! `pg_backup_stop` → wait until the WAL from the start to the stop segment is in the repository →
+//! store the manifest. Only the manifest makes the backup exist, so an interrupted backup leaves
+//! chunks (reused by the next backup) but never a restorable-looking backup.
+
+pub mod chunks;
+pub mod scan;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use lifeboat_pg::backup_label::BackupLabel;
+use lifeboat_pg::lsn::Lsn;
+use lifeboat_pg::session::{ConnSpec, Session};
+use lifeboat_pg::walname::WalSegmentName;
+use lifeboat_repo::backup::{
+    ChunkId, Entry, FileEntry, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, Packed, Tablespace,
+};
+use lifeboat_repo::{ClusterIdentity, Repository};
+use serde::Serialize;
+
+use crate::{EngineError, Result};
+use chunks::{Copier, Done, Item};
+use scan::PlannedFile;
+
+pub const DEFAULT_BLOCK_SIZE: u32 = 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// The data directory; `None`: the server's `data_directory`.
+    pub pgdata: Option<PathBuf>,
+    pub conn: ConnSpec,
+    /// Worker threads for read/hash/compress/encrypt (default: the number of cores).
+    pub parallel: usize,
+    pub block_size: u32,
+    /// `pg_backup_start(fast => true)`: an immediate checkpoint instead of a spread one.
+    pub fast_checkpoint: bool,
+    /// How long to wait for the backup's WAL to reach the repository.
+    pub archive_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl BackupOptions {
+    pub fn new(conn: ConnSpec) -> Self {
+        Self {
+            pgdata: None,
+            conn,
+            parallel: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            block_size: DEFAULT_BLOCK_SIZE,
+            fast_checkpoint: true,
+            archive_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a running backup tells its caller (the CLI draws a progress bar from it).
+#[derive(Debug, Clone)]
+pub enum BackupEvent {
+    Started { label: String, start_lsn: Lsn },
+    Planned { files: u64, bytes: u64 },
+    Copied { bytes: u64 },
+    Stopping,
+    WaitingForWal { from: String, to: String },
+}
+
+pub type EventSink = Arc<dyn Fn(BackupEvent) + Send + Sync>;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    pub label: String,
+    pub timeline: u32,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    pub start_wal: String,
+    pub stop_wal: String,
+    pub start_time: String,
+    pub stop_time: String,
+    pub size: u64,
+    pub stored_size: u64,
+    pub duration_seconds: f64,
+    pub files: u64,
+    pub bad_pages: Vec<lifeboat_repo::backup::BadPage>,
+}
+
+impl BackupReport {
+    pub fn from_manifest(m: &Manifest) -> Self {
+        Self {
+            label: m.label.clone(),
+            timeline: m.timeline.get(),
+            start_lsn: m.start_lsn,
+            stop_lsn: m.stop_lsn,
+            start_wal: m.start_wal.clone(),
+            stop_wal: m.stop_wal.clone(),
+            start_time: m.start_time.clone(),
+            stop_time: m.stop_time.clone(),
+            size: m.size,
+            stored_size: m.stored_size,
+            duration_seconds: m.duration_seconds,
+            files: m
+                .entries
+                .iter()
+                .filter(|e| matches!(e, Entry::File(_)))
+                .count() as u64,
+            bad_pages: m.bad_pages.clone(),
+        }
+    }
+}
+
+fn pg_err(e: lifeboat_pg::session::SessionError) -> EngineError {
+    crate::error::postgres(e)
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn new_label() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
+}
+
+pub async fn backup(
+    repo: &Repository,
+    opts: &BackupOptions,
+    events: EventSink,
+) -> Result<BackupReport> {
+    let started = Instant::now();
+    let session = Session::connect(&opts.conn, opts.connect_timeout)
+        .await
+        .map_err(pg_err)?;
+    let version = session.server_version_num();
+    if session.is_in_recovery().await.map_err(pg_err)? {
+        return Err(EngineError::invalid(
+            "the server is a standby (in recovery): lifeboat backs up a primary",
+            "point --db at the primary server",
+        ));
+    }
+    crate::check::require_archiving(&session).await?;
+    let pgdata = match &opts.pgdata {
+        Some(p) => p.clone(),
+        None => session.data_directory().await.map_err(pg_err)?,
+    };
+    let control = read_control(&pgdata)?;
+    let system_identifier = session.system_identifier().await.map_err(pg_err)?;
+    if control.system_identifier != system_identifier {
+        return Err(EngineError::invalid(
+            format!(
+                "{} belongs to cluster {}, but the server at the connection is cluster {system_identifier}",
+                pgdata.display(),
+                control.system_identifier
+            ),
+            "give --pgdata the data directory of the server that --db connects to",
+        ));
+    }
+    let identity = ClusterIdentity {
+        system_identifier,
+        pg_major: version / 10000,
+        wal_segment_size: u64::from(control.wal_segment_size),
+    };
+    repo.bind_identity(&identity).await?;
+
+    // Chunks of the newest complete backup are stored: skip encoding and uploading them again.
+    let previous = repo.manifests().await?;
+    let known: HashSet<ChunkId> = previous
+        .last()
+        .map(|m| referenced_chunks(m).collect())
+        .unwrap_or_default();
+
+    let mut label = new_label();
+    while previous.iter().any(|m| m.label == label) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        label = new_label();
+    }
+    let tablespaces = session.tablespaces().await.map_err(pg_err)?;
+    let config_files = outside_config_files(&session, &pgdata).await?;
+
+    let start_time = now_rfc3339();
+    let start_lsn = session
+        .backup_start(&format!("lifeboat {label}"), opts.fast_checkpoint)
+        .await
+        .map_err(pg_err)?;
+    events(BackupEvent::Started {
+        label: label.clone(),
+        start_lsn,
+    });
+
+    let scanned = {
+        let pgdata = pgdata.clone();
+        tokio::task::spawn_blocking(move || scan::scan(&pgdata))
+            .await
+            .map_err(crate::join_error)??
+    };
+    let mut files = scanned.files;
+    files.extend(config_files);
+    let pg_control = scanned.pg_control.ok_or_else(|| {
+        EngineError::invalid(
+            format!("{} has no global/pg_control", pgdata.display()),
+            "give --pgdata the data directory of the running server",
+        )
+    })?;
+    let total_bytes: u64 = files.iter().map(|f| f.size).sum::<u64>() + pg_control.size;
+    events(BackupEvent::Planned {
+        files: files.len() as u64 + 1,
+        bytes: total_bytes,
+    });
+
+    let block_size = u64::from(opts.block_size);
+    let files = Arc::new(files);
+    let copier = Arc::new(Copier {
+        repo: repo.clone(),
+        files: files.clone(),
+        block_size,
+        checksums: control.data_checksums(),
+        start_lsn,
+        known: Arc::new(known),
+        bytes_read: Default::default(),
+        bytes_stored: Default::default(),
+        bad_pages: Default::default(),
+    });
+    let mut results = Results::new(&files);
+    let items = chunks::plan_items(&files, block_size);
+    let in_flight = opts.parallel.max(1) * 2;
+    copier
+        .run(items, in_flight, |done, _| {
+            events(BackupEvent::Copied {
+                bytes: done_bytes(&done),
+            });
+            results.record(done);
+        })
+        .await?;
+
+    // pg_control last: its checkpoint must be no older than the backup's start.
+    let control_copier = Arc::new(Copier {
+        repo: repo.clone(),
+        files: Arc::new(vec![pg_control.clone()]),
+        block_size,
+        checksums: false,
+        start_lsn,
+        known: Arc::new(HashSet::new()),
+        bytes_read: Default::default(),
+        bytes_stored: Default::default(),
+        bad_pages: Default::default(),
+    });
+    let mut control_results = Results::new(&control_copier.files);
+    control_copier
+        .run(vec![Item::Pack { files: vec![0] }], 1, |done, _| {
+            control_results.record(done)
+        })
+        .await?;
+
+    events(BackupEvent::Stopping);
+    session
+        .set_statement_timeout(opts.archive_timeout)
+        .await
+        .map_err(pg_err)?;
+    let stopped = session.backup_stop(true).await.map_err(pg_err)?;
+    let stop_time = now_rfc3339();
+    let label_info = BackupLabel::parse(&stopped.backup_label).map_err(|e| {
+        EngineError::Internal(format!(
+            "cannot read the backup_label PostgreSQL returned: {e}"
+        ))
+    })?;
+    let timeline = label_info.start_timeline;
+    let seg_size = identity.wal_segment_size;
+    let start_wal = WalSegmentName::from_lsn(timeline, start_lsn, seg_size);
+    let stop_wal = WalSegmentName::from_lsn(
+        timeline,
+        Lsn(stopped.lsn.0.saturating_sub(1).max(start_lsn.0)),
+        seg_size,
+    );
+    events(BackupEvent::WaitingForWal {
+        from: start_wal.to_string(),
+        to: stop_wal.to_string(),
+    });
+    crate::walcheck::wait_for_segments(repo, &start_wal, &stop_wal, seg_size, opts.archive_timeout)
+        .await?;
+
+    let mut entries = scanned.entries;
+    let mut bad_pages = copier
+        .bad_pages
+        .lock()
+        .map(|b| b.clone())
+        .unwrap_or_default();
+    bad_pages.sort_by(|a, b| (&a.path, a.block).cmp(&(&b.path, b.block)));
+    let mut size = 0;
+    for file in results.finish(&files, block_size)? {
+        size += file.size;
+        entries.push(Entry::File(file));
+    }
+    for file in control_results.finish(&control_copier.files, block_size)? {
+        size += file.size;
+        entries.push(Entry::File(file));
+    }
+    let stored_size = copier.bytes_stored.load(Ordering::Relaxed)
+        + control_copier.bytes_stored.load(Ordering::Relaxed);
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT.into(),
+        version: MANIFEST_VERSION,
+        label: label.clone(),
+        system_identifier,
+        pg_version_num: version,
+        timeline,
+        start_lsn,
+        stop_lsn: stopped.lsn,
+        start_wal: start_wal.to_string(),
+        stop_wal: stop_wal.to_string(),
+        start_time,
+        stop_time,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        backup_label: stopped.backup_label,
+        tablespace_map: stopped.tablespace_map.filter(|m| !m.trim().is_empty()),
+        block_size: opts.block_size,
+        data_checksums: control.data_checksums(),
+        size,
+        stored_size,
+        tablespaces: tablespaces
+            .into_iter()
+            .map(|t| Tablespace {
+                oid: t.oid,
+                name: t.name,
+                location: t.location.to_string_lossy().into_owned(),
+            })
+            .collect(),
+        entries,
+        bad_pages,
+    };
+    repo.put_manifest(&manifest).await?;
+    Ok(BackupReport::from_manifest(&manifest))
+}
+
+/// Every chunk a manifest references.
+pub fn referenced_chunks(m: &Manifest) -> impl Iterator<Item = ChunkId> + '_ {
+    m.entries.iter().flat_map(|e| match e {
+        Entry::File(f) => f
+            .blocks
+            .iter()
+            .copied()
+            .chain(f.packed.as_ref().map(|p| p.chunk))
+            .collect::<Vec<_>>(),
+        _ => Vec::new(),
+    })
+}
+
+fn done_bytes(done: &Done) -> u64 {
+    match done {
+        Done::Block { len, .. } => *len,
+        Done::Pack { files, .. } => files.iter().map(|f| f.2).sum(),
+    }
+}
+
+fn read_control(pgdata: &Path) -> Result<lifeboat_pg::control::ControlFile> {
+    let path = pgdata.join(scan::PG_CONTROL);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| EngineError::io(format!("cannot read {}", path.display()), e))?;
+    lifeboat_pg::control::parse_control_file(&bytes).map_err(|e| {
+        EngineError::invalid(
+            format!("{} is not a readable pg_control: {e}", path.display()),
+            "give --pgdata the data directory of the running server",
+        )
+    })
+}
+
+async fn outside_config_files(session: &Session, pgdata: &Path) -> Result<Vec<PlannedFile>> {
+    let mut out = Vec::new();
+    for setting in ["config_file", "hba_file", "ident_file"] {
+        let path = session.setting(setting).await.map_err(pg_err)?;
+        if let Some(f) = scan::outside_config_file(pgdata, Path::new(&path))? {
+            out.push(f);
+        }
+    }
+    Ok(out)
+}
+
+/// Collects the results of the copy into file entries.
+struct Results {
+    blocks: Vec<Vec<Option<(ChunkId, u64)>>>,
+    packed: Vec<Option<(ChunkId, u64, u64, ChunkId)>>,
+}
+
+impl Results {
+    fn new(files: &[PlannedFile]) -> Self {
+        Self {
+            blocks: vec![Vec::new(); files.len()],
+            packed: vec![None; files.len()],
+        }
+    }
+
+    fn record(&mut self, done: Done) {
+        match done {
+            Done::Block {
+                file,
+                index,
+                chunk,
+                len,
+            } => {
+                let slots = &mut self.blocks[file];
+                let index = index as usize;
+                if slots.len() <= index {
+                    slots.resize(index + 1, None);
+                }
+                slots[index] = Some((chunk, len));
+            }
+            Done::Pack { chunk, files } => {
+                for (file, offset, len, hash) in files {
+                    self.packed[file] = Some((chunk, offset, len, hash));
+                }
+            }
+        }
+    }
+
+    /// The file entries, in walk order. A file that vanished while we copied it is left out; one
+    /// that shrank keeps the blocks read up to its first short one.
+    fn finish(self, files: &[PlannedFile], block_size: u64) -> Result<Vec<FileEntry>> {
+        let mut out = Vec::with_capacity(files.len());
+        for (i, f) in files.iter().enumerate() {
+            let mut entry = FileEntry {
+                path: f.rel.clone(),
+                root: f.root,
+                mode: f.mode,
+                size: 0,
+                mtime: f.mtime,
+                blocks: Vec::new(),
+                packed: None,
+            };
+            if f.size >= block_size {
+                for slot in &self.blocks[i] {
+                    let Some((chunk, len)) = slot else {
+                        return Err(EngineError::Internal(format!(
+                            "a block of {} was never copied",
+                            f.rel
+                        )));
+                    };
+                    if *len == 0 {
+                        break;
+                    }
+                    entry.blocks.push(*chunk);
+                    entry.size += len;
+                    if *len < block_size {
+                        break;
+                    }
+                }
+                if entry.blocks.is_empty() {
+                    continue; // vanished
+                }
+            } else {
+                match self.packed[i] {
+                    Some((chunk, offset, len, hash)) => {
+                        entry.size = len;
+                        if len > 0 {
+                            entry.packed = Some(Packed {
+                                chunk,
+                                offset,
+                                hash,
+                            });
+                        }
+                    }
+                    None => continue, // vanished
+                }
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}

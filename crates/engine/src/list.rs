@@ -1,0 +1,76 @@
+//! `list`: the complete backups, oldest first, and the window a restore can reach.
+
+use lifeboat_pg::walname::{WalFileName, WalSegmentName};
+use lifeboat_repo::Repository;
+use serde::Serialize;
+
+use crate::Result;
+use crate::backup::BackupReport;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Listing {
+    pub backups: Vec<BackupReport>,
+    pub window: Window,
+}
+
+/// What a restore can reach: from the end of the oldest backup to the end of the WAL archived
+/// without a gap after the newest backup.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Window {
+    /// The oldest backup's stop time: no restore reaches an earlier moment.
+    pub earliest: Option<String>,
+    /// The newest backup's stop time: later moments need the WAL up to `latest_wal`.
+    pub latest_backup: Option<String>,
+    /// The last segment archived, without a gap, after the newest backup's stop segment: recovery
+    /// can replay up to its end.
+    pub latest_wal: Option<String>,
+}
+
+pub async fn list(repo: &Repository) -> Result<Listing> {
+    let manifests = repo.manifests().await?;
+    let backups: Vec<BackupReport> = manifests.iter().map(BackupReport::from_manifest).collect();
+    let mut window = Window {
+        earliest: manifests.first().map(|m| m.stop_time.clone()),
+        latest_backup: manifests.last().map(|m| m.stop_time.clone()),
+        latest_wal: None,
+    };
+    if let (Some(newest), Some(identity)) = (manifests.last(), repo.identity().await?) {
+        let seg_size = identity.wal_segment_size;
+        if let Ok(stop) = newest.stop_wal.parse::<WalSegmentName>() {
+            window.latest_wal = Some(contiguous_end(repo, &stop, seg_size).await?.to_string());
+        }
+    }
+    Ok(Listing { backups, window })
+}
+
+/// The last segment of the unbroken run of archived segments that starts at `from` (on its
+/// timeline).
+pub async fn contiguous_end(
+    repo: &Repository,
+    from: &WalSegmentName,
+    seg_size: u64,
+) -> Result<WalSegmentName> {
+    let mut segnos: Vec<u64> = repo
+        .list_wal()
+        .await?
+        .into_iter()
+        .filter_map(|w| match w.name {
+            WalFileName::Segment(s) if s.timeline == from.timeline => s.segno(seg_size).ok(),
+            _ => None,
+        })
+        .collect();
+    segnos.sort_unstable();
+    let Ok(mut end) = from.segno(seg_size) else {
+        return Ok(*from);
+    };
+    for n in segnos {
+        if n <= end {
+            continue;
+        }
+        if n != end + 1 {
+            break;
+        }
+        end = n;
+    }
+    Ok(WalSegmentName::from_segno(from.timeline, end, seg_size))
+}

@@ -1,0 +1,375 @@
+//! Backups in the repository: content-addressed chunks and the manifest that makes a backup exist.
+//!
+//! A file of a backup is stored as chunks: a large file as one chunk per block (`block_size`
+//! bytes), small files packed together into one chunk. A chunk's key is its content hash, so an
+//! identical block in any file of any backup is stored once. The manifest lists every entry of
+//! the data directory with its chunk references; it is stored last, create-only, and a backup
+//! exists exactly when its manifest does (docs/FORMAT.md, "Backups").
+
+use bytes::Bytes;
+use lifeboat_pg::lsn::Lsn;
+use lifeboat_pg::timeline::TimelineId;
+use lifeboat_storage::{ErrorKind, PutMode};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::ContentHash;
+use crate::{RepoError, Repository, Result, keys};
+
+pub const MANIFEST_FORMAT: &str = "lifeboat-backup-manifest";
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// A backup's complete description; see docs/FORMAT.md for every field.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    pub label: String,
+    pub system_identifier: u64,
+    pub pg_version_num: u32,
+    pub timeline: TimelineId,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    /// WAL segment holding `start_lsn` and the one holding `stop_lsn`: recovery needs both and
+    /// everything between.
+    pub start_wal: String,
+    pub stop_wal: String,
+    /// RFC 3339, UTC.
+    pub start_time: String,
+    pub stop_time: String,
+    pub duration_seconds: f64,
+    /// From `pg_backup_stop`; written into the restored data directory.
+    pub backup_label: String,
+    #[serde(default)]
+    pub tablespace_map: Option<String>,
+    pub block_size: u32,
+    pub data_checksums: bool,
+    /// Bytes of all files in the backup.
+    pub size: u64,
+    /// Encoded bytes of the chunks this backup added to the repository (chunks it shares with
+    /// earlier backups are not counted again).
+    pub stored_size: u64,
+    #[serde(default)]
+    pub tablespaces: Vec<Tablespace>,
+    pub entries: Vec<Entry>,
+    /// Pages whose checksum did not match when read (and again when re-read).
+    #[serde(default)]
+    pub bad_pages: Vec<BadPage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tablespace {
+    pub oid: u32,
+    pub name: String,
+    /// Where the tablespace lived on the source machine.
+    pub location: String,
+}
+
+/// Which tree an entry belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Root {
+    /// The data directory; tablespace contents appear under `pg_tblspc/<oid>/`.
+    #[default]
+    Pgdata,
+    /// A configuration file kept outside the data directory (Debian's /etc/postgresql/...);
+    /// `path` is its absolute source path without the leading `/`.
+    Config,
+}
+
+impl Root {
+    fn is_pgdata(&self) -> bool {
+        *self == Root::Pgdata
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Entry {
+    Dir {
+        path: String,
+        mode: u32,
+        #[serde(default, skip_serializing_if = "Root::is_pgdata")]
+        root: Root,
+    },
+    /// A symbolic link kept as such (e.g. `pg_wal` pointing elsewhere). Tablespace links under
+    /// `pg_tblspc` are not entries: restore makes them from [`Manifest::tablespaces`].
+    Link {
+        path: String,
+        target: String,
+    },
+    File(FileEntry),
+}
+
+impl Entry {
+    pub fn path(&self) -> &str {
+        match self {
+            Entry::Dir { path, .. } | Entry::Link { path, .. } => path,
+            Entry::File(f) => &f.path,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Root::is_pgdata")]
+    pub root: Root,
+    pub mode: u32,
+    pub size: u64,
+    /// Modification time when read, seconds since the epoch.
+    pub mtime: i64,
+    /// For a file stored in blocks: the chunk of each `block_size` piece, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<ChunkId>,
+    /// For a small file: where it lies in a packed chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packed: Option<Packed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Packed {
+    pub chunk: ChunkId,
+    pub offset: u64,
+    /// The file's own content hash (same keying as chunk hashes), for delta restore.
+    pub hash: ChunkId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadPage {
+    pub path: String,
+    pub block: u32,
+    pub stored_checksum: u16,
+    pub computed_checksum: u16,
+}
+
+/// A chunk's name: the hex content hash of its plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub ContentHash);
+
+impl ChunkId {
+    pub fn key(&self) -> String {
+        keys::chunk(&self.0.to_hex())
+    }
+}
+
+impl std::fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.to_hex())
+    }
+}
+
+impl Serialize for ChunkId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(&text, &mut bytes)
+            .map_err(|e| serde::de::Error::custom(format!("bad chunk id {text:?}: {e}")))?;
+        Ok(ChunkId(ContentHash(bytes)))
+    }
+}
+
+/// Whether a manifest path stays inside the directory it is restored into: relative, no `..`,
+/// no empty or `.` components. A restore refuses anything else.
+pub fn is_safe_relative_path(path: &str) -> bool {
+    // Checked on the text, not through `Path::components`, which quietly drops `.` and `//`.
+    !path.is_empty()
+        && !path.contains('\0')
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
+/// Outcome of storing one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkPut {
+    /// Newly stored; the encoded size.
+    Stored(u64),
+    /// Already in the repository (the same content, by its hash).
+    AlreadyStored,
+}
+
+impl Repository {
+    /// Store an encoded chunk under its id, create-only: a chunk that exists has the same content.
+    pub async fn put_chunk(&self, id: &ChunkId, encoded: Bytes) -> Result<ChunkPut> {
+        let len = encoded.len() as u64;
+        match self.store().put(&id.key(), encoded, PutMode::Create).await {
+            Ok(()) => Ok(ChunkPut::Stored(len)),
+            Err(e) if e.kind == ErrorKind::AlreadyExists => Ok(ChunkPut::AlreadyStored),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether a chunk is stored (a HEAD; used to skip encoding what is already there).
+    pub async fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        match self.store().head(&id.key()).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Fetch a chunk and verify it: decryption, length, content hash, and that the hash is the
+    /// one its key names (an object moved under another key is corrupt, not data).
+    pub async fn get_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let key = id.key();
+        let raw = self.store().get(&key).await?;
+        let codec = self.codec().clone();
+        let id = *id;
+        tokio::task::spawn_blocking(move || {
+            let (header, plain) = codec.decode(&raw).map_err(|reason| RepoError::Corrupt {
+                key: key.clone(),
+                reason,
+            })?;
+            if header.hash != id.0 {
+                return Err(RepoError::Corrupt {
+                    key,
+                    reason: format!("holds content {} under another name", header.hash),
+                });
+            }
+            Ok(plain)
+        })
+        .await
+        .map_err(|e| RepoError::Invalid(format!("decoding a chunk failed: {e}")))?
+    }
+
+    /// Store a finished backup's manifest: the moment the backup starts to exist.
+    pub async fn put_manifest(&self, manifest: &Manifest) -> Result<u64> {
+        let json = serde_json::to_vec(manifest)
+            .map_err(|e| RepoError::Invalid(format!("cannot serialise the manifest: {e}")))?;
+        let key = keys::manifest(&manifest.label);
+        let (_, object) = self.encode(&key, &json)?;
+        let len = object.len() as u64;
+        match self
+            .store()
+            .put(&key, Bytes::from(object), PutMode::Create)
+            .await
+        {
+            Ok(()) => Ok(len),
+            Err(e) if e.kind == ErrorKind::AlreadyExists => Err(RepoError::Invalid(format!(
+                "a backup labelled {} already exists",
+                manifest.label
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Read and check one backup's manifest.
+    pub async fn manifest(&self, label: &str) -> Result<Manifest> {
+        let key = keys::manifest(label);
+        let (_, plain) = self.get_object(&key).await?;
+        let manifest: Manifest =
+            serde_json::from_slice(&plain).map_err(|e| RepoError::Corrupt {
+                key: key.clone(),
+                reason: format!("unreadable manifest: {e}"),
+            })?;
+        if manifest.format != MANIFEST_FORMAT || manifest.version != MANIFEST_VERSION {
+            return Err(RepoError::Corrupt {
+                key,
+                reason: format!(
+                    "manifest format {} version {} is not supported (this lifeboat reads {MANIFEST_FORMAT} {MANIFEST_VERSION})",
+                    manifest.format, manifest.version
+                ),
+            });
+        }
+        if manifest.label != label {
+            return Err(RepoError::Corrupt {
+                key,
+                reason: format!("names backup {} instead", manifest.label),
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// Labels of the complete backups (those with a manifest), in label order. Callers order
+    /// backups by their LSNs and times, never by label.
+    pub async fn backup_labels(&self) -> Result<Vec<String>> {
+        let mut labels: Vec<String> = self
+            .store()
+            .list(keys::BACKUP_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|o| keys::parse_manifest_key(&o.key))
+            .collect();
+        labels.sort();
+        Ok(labels)
+    }
+
+    /// Every complete backup's manifest, oldest stop LSN first.
+    pub async fn manifests(&self) -> Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for label in self.backup_labels().await? {
+            out.push(self.manifest(&label).await?);
+        }
+        out.sort_by(|a, b| {
+            (a.stop_lsn, &a.stop_time, &a.label).cmp(&(b.stop_lsn, &b.stop_time, &b.label))
+        });
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_paths() {
+        for ok in [
+            "base/1/1259",
+            "PG_VERSION",
+            "pg_tblspc/16384/PG_15_1/5/16385",
+        ] {
+            assert!(is_safe_relative_path(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "base/../../x",
+            "base/./x",
+            "base//x",
+            "a/",
+            "a\0b",
+        ] {
+            assert!(!is_safe_relative_path(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_in_json() {
+        let id = ChunkId(ContentHash([7; 32]));
+        let entries = vec![
+            Entry::Dir {
+                path: "base".into(),
+                mode: 0o700,
+                root: Root::Pgdata,
+            },
+            Entry::Link {
+                path: "pg_wal".into(),
+                target: "/wal".into(),
+            },
+            Entry::File(FileEntry {
+                path: "base/1/1259".into(),
+                root: Root::Pgdata,
+                mode: 0o600,
+                size: 3,
+                mtime: 1,
+                blocks: vec![],
+                packed: Some(Packed {
+                    chunk: id,
+                    offset: 5,
+                    hash: id,
+                }),
+            }),
+        ];
+        let json = serde_json::to_string(&entries).unwrap();
+        assert!(json.contains(r#""type":"dir""#), "{json}");
+        let back: Vec<Entry> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, entries);
+    }
+}
