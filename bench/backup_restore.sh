@@ -54,6 +54,7 @@ SOCK=""          # unix socket dir
 PORT=""          # port of the benchmarked cluster
 VPORT=""         # port of a restored copy started for verification
 RUNNING=()       # data dirs of running clusters, for cleanup
+MEASURED_PID=""  # pid of the measured command in progress (its `timeout`), for cleanup
 RESULTS=""       # TSV: one line per measured step
 SCALE_INFO=""    # TSV: one line per scale
 FAILED=0         # number of failed steps
@@ -75,6 +76,11 @@ pg_stop_dir() { # data_dir mode
 
 cleanup() {
     local rc=$? d
+    # A measured command still running (Ctrl-C, TERM): `timeout` passes the
+    # signal on to it.
+    if [ -n "$MEASURED_PID" ]; then
+        { kill -TERM "$MEASURED_PID" && wait "$MEASURED_PID"; } 2>/dev/null || true
+    fi
     for d in "${RUNNING[@]}"; do pg_stop_dir "$d" immediate || true; done
     if [ -n "$WORK" ] && [ -d "$WORK" ]; then
         if [ "$KEEP" = 1 ] || [ "$rc" -ne 0 ]; then
@@ -109,8 +115,7 @@ check_prereqs() {
     done
 }
 
-# First port from $1 up that nothing on 127.0.0.1 answers on and that no
-# other run has taken.
+# First port from $1 up that nothing on 127.0.0.1 answers on (and not PORT).
 free_port() { # from
     local p
     for p in $(seq "$1" $(($1 + 500))); do
@@ -200,34 +205,35 @@ busy_jiffies() { # system-wide busy CPU: user+nice+system+irq+softirq
 load1() { local l _; read -r l _ </proc/loadavg; echo "$l"; }
 
 # Busy CPU of the machine over IDLE_SAMPLE_SECONDS, in ms per second (all
-# cores: 2000 is a 2-core machine flat out).
+# cores: 2000 is a 2-core machine flat out). Sets BUSY. Runs in the main
+# shell (no command substitution), so that Ctrl-C or a TERM stops it at once.
+BUSY=0
 busy_ms_per_s() {
     local j0 j1
     j0=$(busy_jiffies)
     nap "$IDLE_SAMPLE_SECONDS"
     j1=$(busy_jiffies)
-    echo $(( (j1 - j0) * 1000 / CLK_TCK / IDLE_SAMPLE_SECONDS ))
+    BUSY=$(( (j1 - j0) * 1000 / CLK_TCK / IDLE_SAMPLE_SECONDS ))
 }
 
 # Waits (up to IDLE_WAIT_SECONDS) until the machine is idle: on a shared
 # machine another job (a build) would slow down whichever tool it overlaps.
-# Prints the last sample, which goes into the report.
+# Leaves the last sample in BUSY, which goes into the report.
 wait_for_idle() { # label
-    local busy deadline=$((SECONDS + IDLE_WAIT_SECONDS)) warned=0
+    local deadline=$((SECONDS + IDLE_WAIT_SECONDS)) warned=0
     while :; do
-        busy=$(busy_ms_per_s)
-        [ "$busy" -gt "$IDLE_MAX_MS_PER_S" ] || break
+        busy_ms_per_s
+        [ "$BUSY" -gt "$IDLE_MAX_MS_PER_S" ] || break
         if [ "$SECONDS" -ge "$deadline" ]; then
             [ "$IDLE_WAIT_SECONDS" -eq 0 ] \
-                || log "  [$1] warning: machine still busy ($busy ms CPU/s) after ${IDLE_WAIT_SECONDS}s; measuring anyway"
+                || log "  [$1] warning: machine still busy ($BUSY ms CPU/s) after ${IDLE_WAIT_SECONDS}s; measuring anyway"
             break
         fi
         if [ "$warned" -eq 0 ]; then
-            log "  [$1] machine busy ($busy ms CPU/s > $IDLE_MAX_MS_PER_S), waiting up to ${IDLE_WAIT_SECONDS}s for idle"
+            log "  [$1] machine busy ($BUSY ms CPU/s > $IDLE_MAX_MS_PER_S), waiting up to ${IDLE_WAIT_SECONDS}s for idle"
             warned=1
         fi
     done
-    echo "$busy"
 }
 
 bytes_in() { # dir [pruned subdir name]: apparent size of regular files
@@ -235,7 +241,7 @@ bytes_in() { # dir [pruned subdir name]: apparent size of regular files
         find "$1" -path "$1/$2" -prune -o -type f -printf '%s\n'
     else
         find "$1" -type f -printf '%s\n'
-    fi | awk '{s += $1} END {printf "%.0f\n", s}'
+    fi | awk '{s += $1} END {printf "%.0f\n", s}' # %.0f: mawk's %d stops at 2^31
 }
 
 set_archive_command() { # command
@@ -329,7 +335,8 @@ measure() { # scale tool step stored_bytes_fn cmd...
     local tag="s$scale-$tool-$step" pid rc=0 t0 t1 t2 j0 j1 load peak=0
     local tfile="$WORK/logs/$tag.time" maxrss user sys stored="" walb="" busy
     sync
-    busy=$(wait_for_idle "$tool")
+    wait_for_idle "$tool"
+    busy=$BUSY
     load=$(load1)
     log "  [$tool] $step (machine busy $busy ms CPU/s, load average $load): $*"
     t0=$(now_us)
@@ -339,6 +346,7 @@ measure() { # scale tool step stored_bytes_fn cmd...
         env HOME=/var/lib/postgresql USER=postgres LOGNAME=postgres "$@" \
         >"$WORK/logs/$tag.out" 2>"$WORK/logs/$tag.err" &
     pid=$!
+    MEASURED_PID=$pid
     while :; do
         proc_state "$pid"
         case "$PSTATE" in Z|X) break ;; esac
@@ -348,6 +356,7 @@ measure() { # scale tool step stored_bytes_fn cmd...
     done
     wait "$pid" || rc=$?
     t1=$(now_us)
+    MEASURED_PID=""
     sync
     t2=$(now_us)
     j1=$(busy_jiffies)

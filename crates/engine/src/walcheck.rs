@@ -79,7 +79,7 @@ pub async fn wait_for_segments(
                 "check that archive_command runs `lifeboat wal-push %p` with this repository, and look at pg_stat_archiver and the server log for archiving errors; `lifeboat check` tests the whole path",
             ));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -410,8 +410,8 @@ fn u64_field(report: &Value, field: &str) -> u64 {
 // 1. Point-in-time recovery: time, LSN, xid, named restore point, immediate
 // ---------------------------------------------------------------------------------------------
 
-/// A row of `t` as the writer saw it: its id and transaction, and the time and WAL position read
-/// right after its commit returned.
+/// A row of `t` as the writer saw it: its id and transaction, and the time (as PostgreSQL writes
+/// it, `2026-11-23 10:15:00.123456+00`) and WAL position read right after its commit returned.
 #[derive(Debug, Clone)]
 struct Row {
     id: i64,
@@ -438,7 +438,7 @@ fn writer(
             let seen = cluster
                 .psql(
                     "select to_char(clock_timestamp() at time zone 'UTC', \
-                     'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), pg_current_wal_lsn()",
+                     'YYYY-MM-DD HH24:MI:SS.US') || '+00', pg_current_wal_lsn()",
                 )
                 .expect("time and LSN after commit");
             let (after, lsn) = seen.split_once('|').expect("time|lsn");
@@ -520,89 +520,178 @@ fn pitr_time_lsn_xid_name_and_immediate() {
     );
     let row = |id: i64| &rows[usize::try_from(id - 1).expect("id")];
     assert_eq!(listed_labels(&setup), vec![label1.clone(), label2.clone()]);
-
-    // A time between rows 4 and 5: before the second backup, so the first one is used.
-    let (report, copy) = restore_and_start(&setup, &owner, &["--target-time", &row(4).after]);
-    assert_eq!(report["backup"].as_str(), Some(label1.as_str()), "{report}");
-    assert_eq!(ids(&copy), first_n(4), "--target-time {}", row(4).after);
-    copy.psql("insert into t(note) values ('written after promotion')")
-        .expect("the promoted copy is writable");
-    drop(copy);
-
-    // An LSN read right after row 8 committed: rows 1..8.
-    let (report, copy) = restore_and_start(&setup, &owner, &["--target-lsn", &row(8).lsn]);
-    assert_eq!(report["backup"].as_str(), Some(label1.as_str()), "{report}");
-    assert_eq!(ids(&copy), first_n(8), "--target-lsn {}", row(8).lsn);
-    drop(copy);
-
-    // The named restore point created right after row 6, from the first backup.
-    let (_, copy) = restore_and_start(
-        &setup,
-        &owner,
-        &["--backup", &label1, "--target-name", "before_x"],
-    );
-    assert_eq!(
-        ids(&copy),
-        first_n(RESTORE_POINT_AFTER),
-        "--target-name before_x"
-    );
-    drop(copy);
-
-    // A time after the second backup ended: the second backup is used.
     let late = i64::try_from(after_second).expect("count") + 3;
-    let (report, copy) = restore_and_start(&setup, &owner, &["--target-time", &row(late).after]);
-    assert_eq!(report["backup"].as_str(), Some(label2.as_str()), "{report}");
-    assert_eq!(
-        ids(&copy),
-        first_n(late),
-        "--target-time {}",
-        row(late).after
-    );
-    drop(copy);
+    let mut checks = Checks::default();
 
-    // The transaction of a later row: inclusive by default, so that row is there.
-    let by_xid = late + 3;
-    let (_, copy) = restore_and_start(&setup, &owner, &["--target-xid", &row(by_xid).xid]);
-    assert_eq!(
-        ids(&copy),
-        first_n(by_xid),
-        "--target-xid {}",
-        row(by_xid).xid
-    );
-    drop(copy);
+    checks.run("--target-time between rows 4 and 5", || {
+        // Before the second backup started, so the first one is used.
+        let (report, copy) = restore_and_start(&setup, &owner, &["--target-time", &row(4).after]);
+        assert_eq!(report["backup"].as_str(), Some(label1.as_str()), "{report}");
+        assert_eq!(ids(&copy), first_n(4), "--target-time {}", row(4).after);
+        copy.psql("insert into t(note) values ('written after promotion')")
+            .expect("the promoted copy is writable");
+    });
 
-    // `--target immediate` of the second backup: exactly what was committed when it ended, so at
-    // least every row committed before it started and at most those committed before it returned.
-    let (report, copy) = restore_and_start(
-        &setup,
-        &owner,
-        &["--backup", &label2, "--target", "immediate"],
-    );
-    assert_eq!(report["backup"].as_str(), Some(label2.as_str()), "{report}");
-    let got = ids(&copy);
-    let n = got.len();
-    assert_eq!(got, first_n(n as i64), "a consistent prefix of the rows");
-    assert!(
-        (before_second..=after_second).contains(&n),
-        "--target immediate gave {n} rows; {before_second} were committed before the backup \
-         started and {after_second} when it returned"
-    );
-    drop(copy);
+    checks.run("--target-lsn read right after row 8 committed", || {
+        let (report, copy) = restore_and_start(&setup, &owner, &["--target-lsn", &row(8).lsn]);
+        assert_eq!(report["backup"].as_str(), Some(label1.as_str()), "{report}");
+        assert_eq!(ids(&copy), first_n(8), "--target-lsn {}", row(8).lsn);
+    });
 
-    // --dry-run names the backup it would use and writes nothing.
-    let t = target();
-    let out = restore(
-        &setup,
-        &t.data,
-        &["--target-time", &row(late).after, "--dry-run"],
+    checks.run("--target-name before_x (made right after row 6)", || {
+        let (_, copy) = restore_and_start(
+            &setup,
+            &owner,
+            &["--backup", &label1, "--target-name", "before_x"],
+        );
+        assert_eq!(ids(&copy), first_n(RESTORE_POINT_AFTER));
+    });
+
+    checks.run("--target-time after the second backup ended", || {
+        let (report, copy) =
+            restore_and_start(&setup, &owner, &["--target-time", &row(late).after]);
+        assert_eq!(report["backup"].as_str(), Some(label2.as_str()), "{report}");
+        assert_eq!(
+            ids(&copy),
+            first_n(late),
+            "--target-time {}",
+            row(late).after
+        );
+    });
+
+    checks.run("--target-xid of a later row (inclusive)", || {
+        let by_xid = late + 3;
+        let (_, copy) = restore_and_start(&setup, &owner, &["--target-xid", &row(by_xid).xid]);
+        assert_eq!(
+            ids(&copy),
+            first_n(by_xid),
+            "--target-xid {}",
+            row(by_xid).xid
+        );
+    });
+
+    checks.run("--target immediate of the second backup", || {
+        // Exactly what was committed when it ended: at least every row committed before it
+        // started, at most those committed before it returned.
+        let (report, copy) = restore_and_start(
+            &setup,
+            &owner,
+            &["--backup", &label2, "--target", "immediate"],
+        );
+        assert_eq!(report["backup"].as_str(), Some(label2.as_str()), "{report}");
+        let got = ids(&copy);
+        let n = got.len();
+        assert_eq!(got, first_n(n as i64), "a consistent prefix of the rows");
+        assert!(
+            (before_second..=after_second).contains(&n),
+            "--target immediate gave {n} rows; {before_second} were committed before the backup \
+             started and {after_second} when it returned"
+        );
+    });
+
+    checks.run("--dry-run", || {
+        let t = target();
+        let out = restore(
+            &setup,
+            &t.data,
+            &["--target-time", &row(late).after, "--dry-run"],
+        );
+        assert_success(&out, "restore --dry-run");
+        assert!(
+            text(&out).contains(&label2),
+            "the plan names backup {label2}: {}",
+            text(&out)
+        );
+        assert!(!t.data.exists(), "--dry-run created {}", t.data.display());
+    });
+
+    // A time in the same second as the second backup's stop but before its stop record (rows
+    // committed while it copied): that backup had not ended by then, so the first one must be
+    // used. Whether such rows exist depends on timing; when they do not, there is nothing to check.
+    let stop_lsn = lsn_value(second["stop_lsn"].as_str().expect("stop_lsn"));
+    let stop_second = second["stop_time"].as_str().expect("stop_time").to_string();
+    let same_second_before_stop: Vec<&Row> = rows
+        .iter()
+        .filter(|r| {
+            lsn_value(&r.lsn) < stop_lsn
+                && format!("{}Z", r.after[..19].replacen(' ', "T", 1)) == stop_second
+        })
+        .collect();
+    if let Some(early) = same_second_before_stop.first() {
+        checks.run(
+            "--target-time before the second backup's stop, in the same second",
+            || {
+                let (report, copy) =
+                    restore_and_start(&setup, &owner, &["--target-time", &early.after]);
+                assert_eq!(
+                    report["backup"].as_str(),
+                    Some(label1.as_str()),
+                    "{} is before the stop of backup {label2} (stop LSN {}, row {} committed \
+                     before it), so {label1} must be used: {report}",
+                    early.after,
+                    second["stop_lsn"],
+                    early.id
+                );
+                assert_eq!(
+                    ids(&copy),
+                    first_n(early.id),
+                    "--target-time {}",
+                    early.after
+                );
+            },
+        );
+    } else {
+        eprintln!("no row committed in the second of the backup's stop before it: not checked");
+    }
+
+    checks.run(
+        "--target-time in RFC 3339, as lifeboat list prints times",
+        || {
+            let rfc = late + 1;
+            let rfc3339 = row(rfc).after.replacen(' ', "T", 1).replace("+00", "Z");
+            let (report, copy) = restore_and_start(&setup, &owner, &["--target-time", &rfc3339]);
+            assert_eq!(report["backup"].as_str(), Some(label2.as_str()), "{report}");
+            assert_eq!(ids(&copy), first_n(rfc), "--target-time {rfc3339}");
+        },
     );
-    assert_success(&out, "restore --dry-run");
-    assert!(
-        text(&out).contains(&label2),
-        "the plan names backup {label2}: {}",
-        text(&out)
-    );
-    assert!(!t.data.exists(), "--dry-run created {}", t.data.display());
+    checks.finish();
+}
+
+/// `X/Y` (hex) as a number, to compare LSNs.
+fn lsn_value(text: &str) -> u64 {
+    let (hi, lo) = text
+        .split_once('/')
+        .unwrap_or_else(|| panic!("LSN {text:?}"));
+    (u64::from_str_radix(hi, 16).expect("LSN") << 32) | u64::from_str_radix(lo, 16).expect("LSN")
+}
+
+/// Independent checks of one story (each with its own restore), so that one failure does not hide
+/// the others; `finish` fails listing every check that failed.
+#[derive(Default)]
+struct Checks {
+    failed: Vec<String>,
+}
+
+impl Checks {
+    fn run(&mut self, name: &str, check: impl FnOnce()) {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)) {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_default();
+            self.failed.push(format!("{name}: {msg}"));
+        }
+    }
+
+    fn finish(self) {
+        assert!(
+            self.failed.is_empty(),
+            "{} check(s) failed:\n\n{}",
+            self.failed.len(),
+            self.failed.join("\n\n")
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -819,6 +908,64 @@ fn tablespace_round_trips_to_a_new_location() {
             .expect("far"),
         expected
     );
+}
+
+/// `--delta` into a new directory without `--tablespace-map`, on the machine where the source runs:
+/// the tablespace's original location belongs to the running source, so the restore must be refused
+/// and must not touch it (the hint of the refusal without `--delta` suggests adding `--delta`).
+#[test]
+fn restore_delta_never_writes_into_a_running_clusters_tablespace() {
+    let setup = Setup::new(Backend::Local, false);
+    let source = TestCluster::start_new(&setup.archive_conf()).expect("cluster");
+    let original = setup.scratch("ts_original");
+    source
+        .psql(&format!(
+            "create tablespace outside location '{}'",
+            path_str(&original)
+        ))
+        .expect("create tablespace");
+    source
+        .psql(
+            "create table far(id int primary key, v text) tablespace outside; \
+             insert into far select g, 'value ' || g from generate_series(1, 500) g",
+        )
+        .expect("table in the tablespace");
+    let label = label(&backup(&setup, &source));
+    archive_everything(&source);
+    source
+        .psql(
+            "insert into far select g, 'later ' || g from generate_series(501, 1000) g; checkpoint",
+        )
+        .expect("written after the backup");
+    let expected = source
+        .psql("select count(*), sum(id), max(v) from far")
+        .expect("far");
+
+    let t = target();
+    let out = restore(&setup, &t.data, &["--backup", &label, "--delta"]);
+    assert_code(
+        &out,
+        4,
+        "restore --delta onto the tablespace of a running cluster",
+    );
+    assert!(
+        stderr(&out).contains(path_str(&original)),
+        "the message names {}: {}",
+        original.display(),
+        stderr(&out)
+    );
+
+    // Read from disk again: what the source has is what it wrote.
+    source.stop(StopMode::Fast).expect("stop source");
+    source.start(START).expect("start source");
+    assert_eq!(
+        source
+            .psql("select count(*), sum(id), max(v) from far")
+            .expect("far after restart"),
+        expected,
+        "the source's tablespace was overwritten"
+    );
+    amcheck(&source);
 }
 
 // ---------------------------------------------------------------------------------------------

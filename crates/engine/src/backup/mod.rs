@@ -201,6 +201,7 @@ pub async fn backup(
         .backup_start(&format!("lifeboat {label}"), opts.fast_checkpoint)
         .await
         .map_err(pg_err)?;
+    tracing::debug!("backup: started in {:.2} s", started.elapsed().as_secs_f64());
     events(BackupEvent::Started {
         label: label.clone(),
         start_lsn,
@@ -208,7 +209,11 @@ pub async fn backup(
 
     let scanned = {
         let pgdata = pgdata.clone();
-        tokio::task::spawn_blocking(move || scan::scan(&pgdata))
+        let tablespace_dir = lifeboat_pg::pgdata::tablespace_version_dir(
+            control.pg_major,
+            control.catalog_version,
+        );
+        tokio::task::spawn_blocking(move || scan::scan(&pgdata, &tablespace_dir))
             .await
             .map_err(crate::join_error)??
     };
@@ -251,6 +256,7 @@ pub async fn backup(
         })
         .await?;
 
+    tracing::debug!("backup: copied in {:.2} s", started.elapsed().as_secs_f64());
     // pg_control last: its checkpoint must be no older than the backup's start.
     let control_copier = Arc::new(Copier {
         repo: repo.clone(),
@@ -271,12 +277,12 @@ pub async fn backup(
         .await?;
 
     events(BackupEvent::Stopping);
-    session
-        .set_statement_timeout(opts.archive_timeout)
-        .await
-        .map_err(pg_err)?;
-    let stopped = session.backup_stop(true).await.map_err(pg_err)?;
+    // Not pg_backup_stop(wait_for_archive => true): that only learns that *some* archive_command
+    // succeeded, polling once a second with no deadline. Below we wait for the WAL to be in this
+    // repository, which is what a restore needs, polling often and with a deadline.
+    let stopped = session.backup_stop(false).await.map_err(pg_err)?;
     let stop_time = now_rfc3339();
+    tracing::debug!("backup: stopped in {:.2} s", started.elapsed().as_secs_f64());
     let label_info = BackupLabel::parse(&stopped.backup_label).map_err(|e| {
         EngineError::Internal(format!(
             "cannot read the backup_label PostgreSQL returned: {e}"
@@ -297,6 +303,7 @@ pub async fn backup(
     crate::walcheck::wait_for_segments(repo, &start_wal, &stop_wal, seg_size, opts.archive_timeout)
         .await?;
 
+    tracing::debug!("backup: WAL archived in {:.2} s", started.elapsed().as_secs_f64());
     let mut entries = scanned.entries;
     let mut bad_pages = copier
         .bad_pages

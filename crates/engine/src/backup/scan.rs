@@ -39,9 +39,11 @@ pub struct Scan {
 
 pub const PG_CONTROL: &str = "global/pg_control";
 
-pub fn scan(pgdata: &Path) -> Result<Scan> {
+/// Walk `pgdata`. `tablespace_dir` is this server's directory inside each tablespace
+/// (`PG_15_202209061`): others there belong to other server versions and are not copied.
+pub fn scan(pgdata: &Path, tablespace_dir: &str) -> Result<Scan> {
     let mut scan = Scan::default();
-    walk(pgdata, "", &mut scan)?;
+    walk(pgdata, "", tablespace_dir, &mut scan)?;
     Ok(scan)
 }
 
@@ -49,7 +51,7 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> EngineError {
     move |e| EngineError::io(what, e)
 }
 
-fn walk(dir: &Path, rel_dir: &str, scan: &mut Scan) -> Result<()> {
+fn walk(dir: &Path, rel_dir: &str, tablespace_dir: &str, scan: &mut Scan) -> Result<()> {
     let mut names: Vec<(String, PathBuf)> = Vec::new();
     let listing = match fs::read_dir(dir) {
         Ok(listing) => listing,
@@ -107,7 +109,7 @@ fn walk(dir: &Path, rel_dir: &str, scan: &mut Scan) -> Result<()> {
                     "cannot follow the tablespace link {}",
                     abs.display()
                 )))?;
-                walk(&resolved, &rel, scan)?;
+                walk(&resolved, &rel, tablespace_dir, scan)?;
                 continue;
             }
             scan.entries.push(Entry::Link {
@@ -146,9 +148,13 @@ fn walk(dir: &Path, rel_dir: &str, scan: &mut Scan) -> Result<()> {
             }
             Disposition::Copy => {}
         }
+        let in_tablespace_root = rel_dir.starts_with("pg_tblspc/") && rel_dir.matches('/').count() == 1;
+        if in_tablespace_root && name != tablespace_dir {
+            continue;
+        }
         if is_dir {
             push_dir(scan, &rel, &meta);
-            walk(&abs, &rel, scan)?;
+            walk(&abs, &rel, tablespace_dir, scan)?;
         } else {
             let planned = PlannedFile {
                 relation_segno: pgdata::relation_segment(Path::new(&rel)).map(|r| r.segno),
