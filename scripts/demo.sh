@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's first command: install what is needed, build, and run `lifeboat demo` (a scratch
-# cluster archiving into a local encrypted repository, lost and recovered from the archive).
+# cluster archiving into a local encrypted repository, a base backup with `lifeboat backup`, rows
+# written, the primary lost, and `lifeboat restore` back to a moment between two of those rows).
 #
 #   bash scripts/demo.sh [demo options, e.g. --keep or --seconds 10]
 set -euo pipefail

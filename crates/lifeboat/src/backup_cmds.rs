@@ -320,6 +320,7 @@ pub async fn restore(cli: &Cli, resolved: &Resolved, args: &RestoreArgs) -> Resu
             .unwrap_or_else(cores)
             .max(1),
         restore_command: restore_command(cli, resolved)?,
+        archive_off: args.archive_mode == "off",
     };
     let progress = bar(0);
     let events = {

@@ -202,10 +202,12 @@ pub struct RestoreArgs {
     /// Recover to this WAL position, e.g. 0/3000148.
     #[arg(long, value_name = "LSN")]
     pub target_lsn: Option<String>,
-    /// Recover through this transaction id.
+    /// Recover through this transaction id (uses the newest backup unless --backup names an
+    /// older one).
     #[arg(long, value_name = "XID")]
     pub target_xid: Option<String>,
-    /// Recover to this restore point (pg_create_restore_point).
+    /// Recover to this restore point (pg_create_restore_point); uses the newest backup unless
+    /// --backup names an older one.
     #[arg(long, value_name = "NAME")]
     pub target_name: Option<String>,
     /// `immediate`: stop as soon as the backup is consistent.
@@ -232,6 +234,11 @@ pub struct RestoreArgs {
     /// Print the plan (backup, WAL range, bytes) and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// `off` writes archive_mode = off into the restored cluster, so that a copy beside the
+    /// original (a test, an investigation) does not archive a new timeline into the repository.
+    /// `preserve` keeps the backed-up setting: right when the restored cluster replaces the lost one.
+    #[arg(long, value_parser = ["preserve", "off"], default_value = "preserve")]
+    pub archive_mode: String,
     /// Parallel downloads and writes [config: restore.parallel; default: cores].
     #[arg(long)]
     pub parallel: Option<usize>,

@@ -265,12 +265,44 @@ impl Codec {
     }
 }
 
+thread_local! {
+    // A zstd context per thread, kept between objects: making one per call costs an allocation
+    // of several hundred KiB and its page faults, as much as compressing a small object.
+    static ZSTD_COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static ZSTD_DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn zstd_compress(plain: &[u8], level: i32) -> Result<Vec<u8>, String> {
+    ZSTD_COMPRESSOR.with_borrow_mut(|slot| {
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            let c = zstd::bulk::Compressor::new(level).map_err(|e| format!("zstd: {e}"))?;
+            *slot = Some((level, c));
+        }
+        match slot {
+            Some((_, c)) => c.compress(plain).map_err(|e| format!("zstd: {e}")),
+            None => Err("zstd: no compressor".into()),
+        }
+    })
+}
+
+fn zstd_decompress(data: &[u8], cap: usize) -> Result<Vec<u8>, String> {
+    ZSTD_DECOMPRESSOR.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
+        }
+        match slot {
+            Some(d) => d.decompress(data, cap).map_err(|e| format!("zstd: {e}")),
+            None => Err("zstd: no decompressor".into()),
+        }
+    })
+}
+
 fn compress(plain: &[u8], settings: CompressionSettings) -> Result<Vec<u8>, String> {
     match settings.algorithm {
         Compression::None => Ok(plain.to_vec()),
-        Compression::Zstd => {
-            zstd::bulk::compress(plain, settings.level).map_err(|e| format!("zstd: {e}"))
-        }
+        Compression::Zstd => zstd_compress(plain, settings.level),
         Compression::Lz4 => Ok(lz4_flex::block::compress(plain)),
     }
 }
@@ -283,7 +315,7 @@ fn decompress(data: &[u8], algorithm: Compression, plain_len: u64) -> Result<Vec
         .ok_or_else(|| format!("recorded length {plain_len} is implausible"))?;
     match algorithm {
         Compression::None => Ok(data.to_vec()),
-        Compression::Zstd => zstd::bulk::decompress(data, cap).map_err(|e| format!("zstd: {e}")),
+        Compression::Zstd => zstd_decompress(data, cap),
         Compression::Lz4 => lz4_flex::block::decompress(data, cap).map_err(|e| format!("lz4: {e}")),
     }
 }

@@ -117,9 +117,12 @@ fn pg_err(e: lifeboat_pg::session::SessionError) -> EngineError {
     crate::error::postgres(e)
 }
 
+/// Now, in RFC 3339 with microseconds: a restore compares target times with a backup's stop
+/// time, and a whole-second stop time would let a target inside that second pick a backup that
+/// ends after it.
 fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
+    let now = time::OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.microsecond() * 1000)
         .ok()
         .and_then(|t| {
             t.format(&time::format_description::well_known::Rfc3339)
@@ -201,7 +204,10 @@ pub async fn backup(
         .backup_start(&format!("lifeboat {label}"), opts.fast_checkpoint)
         .await
         .map_err(pg_err)?;
-    tracing::debug!("backup: started in {:.2} s", started.elapsed().as_secs_f64());
+    tracing::debug!(
+        "backup: started in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     events(BackupEvent::Started {
         label: label.clone(),
         start_lsn,
@@ -209,10 +215,8 @@ pub async fn backup(
 
     let scanned = {
         let pgdata = pgdata.clone();
-        let tablespace_dir = lifeboat_pg::pgdata::tablespace_version_dir(
-            control.pg_major,
-            control.catalog_version,
-        );
+        let tablespace_dir =
+            lifeboat_pg::pgdata::tablespace_version_dir(control.pg_major, control.catalog_version);
         tokio::task::spawn_blocking(move || scan::scan(&pgdata, &tablespace_dir))
             .await
             .map_err(crate::join_error)??
@@ -243,10 +247,12 @@ pub async fn backup(
         bytes_read: Default::default(),
         bytes_stored: Default::default(),
         bad_pages: Default::default(),
+        cpu: Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1))),
     });
     let mut results = Results::new(&files);
     let items = chunks::plan_items(&files, block_size);
-    let in_flight = opts.parallel.max(1) * 2;
+    // Uploads (and local fsyncs) wait on I/O: keep more items in flight than CPU workers.
+    let in_flight = opts.parallel.max(1) * 4;
     copier
         .run(items, in_flight, |done, _| {
             events(BackupEvent::Copied {
@@ -268,6 +274,7 @@ pub async fn backup(
         bytes_read: Default::default(),
         bytes_stored: Default::default(),
         bad_pages: Default::default(),
+        cpu: Arc::new(tokio::sync::Semaphore::new(1)),
     });
     let mut control_results = Results::new(&control_copier.files);
     control_copier
@@ -282,7 +289,10 @@ pub async fn backup(
     // repository, which is what a restore needs, polling often and with a deadline.
     let stopped = session.backup_stop(false).await.map_err(pg_err)?;
     let stop_time = now_rfc3339();
-    tracing::debug!("backup: stopped in {:.2} s", started.elapsed().as_secs_f64());
+    tracing::debug!(
+        "backup: stopped in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     let label_info = BackupLabel::parse(&stopped.backup_label).map_err(|e| {
         EngineError::Internal(format!(
             "cannot read the backup_label PostgreSQL returned: {e}"
@@ -303,7 +313,10 @@ pub async fn backup(
     crate::walcheck::wait_for_segments(repo, &start_wal, &stop_wal, seg_size, opts.archive_timeout)
         .await?;
 
-    tracing::debug!("backup: WAL archived in {:.2} s", started.elapsed().as_secs_f64());
+    tracing::debug!(
+        "backup: WAL archived in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     let mut entries = scanned.entries;
     let mut bad_pages = copier
         .bad_pages

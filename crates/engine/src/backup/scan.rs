@@ -148,7 +148,8 @@ fn walk(dir: &Path, rel_dir: &str, tablespace_dir: &str, scan: &mut Scan) -> Res
             }
             Disposition::Copy => {}
         }
-        let in_tablespace_root = rel_dir.starts_with("pg_tblspc/") && rel_dir.matches('/').count() == 1;
+        let in_tablespace_root =
+            rel_dir.starts_with("pg_tblspc/") && rel_dir.matches('/').count() == 1;
         if in_tablespace_root && name != tablespace_dir {
             continue;
         }

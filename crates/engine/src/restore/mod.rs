@@ -38,6 +38,9 @@ pub struct RestoreOptions {
     pub tablespace_map: HashMap<String, PathBuf>,
     pub dry_run: bool,
     pub parallel: usize,
+    /// Write `archive_mode = off` into the restored cluster, so that a copy (a drill, a test)
+    /// does not archive its own timeline into the repository.
+    pub archive_off: bool,
     /// The `restore_command` written into the restored cluster's settings.
     pub restore_command: String,
 }
@@ -98,8 +101,12 @@ pub async fn restore(
     let tablespaces = plan::tablespace_dirs(&manifest, &opts.tablespace_map)?;
     let target_dir = absolute(&opts.target_dir)?;
     plan::check_target(&target_dir, opts.delta, "target directory")?;
-    for dir in tablespaces.values() {
-        plan::check_target(dir, opts.delta, "tablespace directory")?;
+    for (oid, dir) in &tablespaces {
+        // Delta may update a tablespace directory only when it belongs to this target already
+        // (its pg_tblspc link points there); anything else may be a live cluster's tablespace.
+        let link = target_dir.join("pg_tblspc").join(oid.to_string());
+        let ours = fs::read_link(&link).is_ok_and(|to| to == *dir);
+        plan::check_tablespace_dir(dir, *oid, opts.delta && ours)?;
     }
     let (wal_to, warnings) =
         plan::check_wal(repo, &manifest, &opts.target, identity.wal_segment_size).await?;
@@ -160,7 +167,10 @@ pub async fn restore(
         .await
         .map_err(join_error)??
     };
-    tracing::debug!("restore: prepared in {:.2} s", started.elapsed().as_secs_f64());
+    tracing::debug!(
+        "restore: prepared in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     report.files_kept = kept;
     report.files_removed = removed;
 
@@ -203,7 +213,10 @@ pub async fn restore(
         events(RestoreEvent::Written { bytes: written });
     }
 
-    tracing::debug!("restore: written in {:.2} s", started.elapsed().as_secs_f64());
+    tracing::debug!(
+        "restore: written in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     events(RestoreEvent::Syncing);
     {
         let targets = targets.clone();
@@ -213,12 +226,22 @@ pub async fn restore(
         let parallel = opts.parallel.max(1);
         let progress = progress.clone();
         tokio::task::spawn_blocking(move || {
-            sync_all(&targets, &progress, &manifest, &target_dir, &tablespaces, parallel)
+            sync_all(
+                &targets,
+                &progress,
+                &manifest,
+                &target_dir,
+                &tablespaces,
+                parallel,
+            )
         })
         .await
         .map_err(join_error)??;
     }
-    tracing::debug!("restore: synced in {:.2} s", started.elapsed().as_secs_f64());
+    tracing::debug!(
+        "restore: synced in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     finish(&manifest, &target_dir, &tablespaces, opts)?;
     if let Some(owner) =
         lifeboat_pg::cluster::cluster_owner().map_err(|e| EngineError::Internal(e.to_string()))?
@@ -729,13 +752,23 @@ fn finish(
         conf.push('\n');
     }
     conf.push_str(&format!(
-        "# Recovery settings added by lifeboat restore of backup {}\n",
+        "# Recovery settings added by lifeboat restore of backup {} (removed by the next restore)\n",
         manifest.label
     ));
+    if opts.archive_off {
+        conf.push_str("archive_mode = 'off'\n");
+    }
+    // PostgreSQL refuses a `Z` zone in recovery_target_time: write the instant as +00.
+    let target = match &opts.target {
+        RecoveryTarget::Time(text) => RecoveryTarget::Time(
+            plan::read_target_time(text).map_or_else(|| text.clone(), |t| t.for_postgres(text)),
+        ),
+        other => other.clone(),
+    };
     conf.push_str(
         &lifeboat_pg::recovery::recovery_settings(
             &opts.restore_command,
-            &opts.target,
+            &target,
             opts.action,
             &opts.timeline,
             if opts.standby {
@@ -760,8 +793,12 @@ fn finish(
     Ok(())
 }
 
-/// Drop settings an earlier restore (delta) wrote, so they are not repeated.
+/// Drop settings an earlier restore (delta) wrote, so they are not repeated: our whole block
+/// (from its marker on), and recovery settings anywhere (PostgreSQL's ALTER SYSTEM rewrites the
+/// file without our marker). archive_mode is dropped only inside our block: outside it, it is
+/// the cluster's own setting.
 fn strip_recovery_settings(conf: &str) -> String {
+    const MARKER: &str = "# Recovery settings added by lifeboat";
     const KEYS: [&str; 9] = [
         "restore_command",
         "recovery_target",
@@ -774,9 +811,10 @@ fn strip_recovery_settings(conf: &str) -> String {
         "primary_conninfo",
     ];
     conf.lines()
+        .take_while(|line| !line.starts_with(MARKER))
         .filter(|line| {
             let key = line.split('=').next().unwrap_or("").trim();
-            !KEYS.contains(&key) && !line.starts_with("# Recovery settings added by lifeboat")
+            !KEYS.contains(&key)
         })
         .map(|l| format!("{l}\n"))
         .collect()

@@ -41,8 +41,49 @@ fn refuse(message: String, hint: &str) -> EngineError {
     EngineError::invalid(message, hint)
 }
 
-/// Parse a recovery target time as PostgreSQL writes timestamps: `YYYY-MM-DD HH:MM:SS[.f][±HH[:MM]]`,
-/// with `T` or a space, `Z` for UTC. A time without a zone is read as UTC.
+/// The widest distance between a local time and UTC (UTC-12 to UTC+14).
+const MAX_ZONE_OFFSET: time::Duration = time::Duration::hours(14);
+
+/// A target time as lifeboat reads it: the instant, and whether the text named its time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetTime {
+    pub instant: OffsetDateTime,
+    pub has_zone: bool,
+}
+
+impl TargetTime {
+    /// The form written into `recovery_target_time`: PostgreSQL rejects `Z`, and a zone-less
+    /// time stays as the user wrote it (the restored server reads it in its own TimeZone).
+    pub fn for_postgres(&self, original: &str) -> String {
+        if !self.has_zone {
+            return original.trim().to_string();
+        }
+        let utc = self.instant.to_offset(time::UtcOffset::UTC);
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00",
+            utc.year(),
+            u8::from(utc.month()),
+            utc.day(),
+            utc.hour(),
+            utc.minute(),
+            utc.second(),
+            utc.microsecond()
+        )
+    }
+}
+
+/// Read a target time as PostgreSQL writes timestamps: `YYYY-MM-DD HH:MM:SS[.f][±HH[:MM]]`,
+/// with `T` or a space, `Z` for UTC.
+pub fn read_target_time(text: &str) -> Option<TargetTime> {
+    let t = text.trim();
+    // After `YYYY-MM-DD HH:MM:SS` only fractions and a zone may follow.
+    let has_zone = t
+        .get(19..)
+        .is_some_and(|rest| rest.contains(['Z', 'z', '+', '-']));
+    parse_target_time(t).map(|instant| TargetTime { instant, has_zone })
+}
+
+/// Parse a recovery target time (see [`read_target_time`]); a time without a zone is read as UTC.
 pub fn parse_target_time(text: &str) -> Option<OffsetDateTime> {
     use time::format_description::well_known::Rfc3339;
     let t = text.trim();
@@ -95,12 +136,22 @@ pub fn choose<'a>(
     }
     let chosen = match target {
         RecoveryTarget::Time(text) => {
-            let wanted = parse_target_time(text).ok_or_else(|| {
+            let target = read_target_time(text).ok_or_else(|| {
                 refuse(
                     format!("cannot read the target time {text:?}"),
                     "write it as PostgreSQL does, e.g. 2026-11-23 10:15:00+00",
                 )
             })?;
+            // Without a zone the server reads the time in its own TimeZone, which may be up to
+            // 14 hours either side of UTC: choose a backup that ended before the earliest reading.
+            let wanted = if target.has_zone {
+                target.instant
+            } else {
+                tracing::warn!(
+                    "the target time {text:?} names no time zone; add one (e.g. +00) so lifeboat can choose the newest backup that reaches it"
+                );
+                target.instant - MAX_ZONE_OFFSET
+            };
             manifests
                 .iter()
                 .rev()
@@ -238,6 +289,32 @@ pub fn check_target(dir: &Path, delta: bool, what: &str) -> Result<()> {
         )),
         Err(e) => Err(EngineError::io(
             format!("cannot read the {what} {}", dir.display()),
+            e,
+        )),
+    }
+}
+
+/// A tablespace's directory must be empty or missing, unless `delta_allowed` (it is already this
+/// target's tablespace).
+pub fn check_tablespace_dir(dir: &Path, oid: u32, delta_allowed: bool) -> Result<()> {
+    match fs::read_dir(dir) {
+        Ok(mut listing) => {
+            if !delta_allowed && listing.next().is_some() {
+                return Err(refuse(
+                    format!(
+                        "the directory {} of tablespace {oid} is not empty (it may be the live cluster's tablespace)",
+                        dir.display()
+                    ),
+                    &format!(
+                        "restore the tablespace elsewhere with --tablespace-map {oid}=/new/dir"
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(EngineError::io(
+            format!("cannot read the tablespace directory {}", dir.display()),
             e,
         )),
     }
