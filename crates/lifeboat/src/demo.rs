@@ -379,11 +379,12 @@ impl Target {
     }
 }
 
-/// `lifeboat restore --target-dir DATA --target-time T`; how long it took. The restore writes
-/// restore_command and recovery.signal itself.
+/// `lifeboat restore --target-dir DATA --target-time T --archive-mode off`; how long it took. The
+/// restore writes restore_command, the target and recovery.signal itself; `--archive-mode off`
+/// keeps the promoted copy from archiving a new timeline into the demo's repository.
 fn restore(demo: &Demo, data: &Path, target: &Target) -> Result<Duration, Failure> {
     println!(
-        "    $ lifeboat restore --target-dir {} --target-time '{}'",
+        "    $ lifeboat restore --target-dir {} --target-time '{}' --archive-mode off",
         data.display(),
         target.text
     );
@@ -392,7 +393,8 @@ fn restore(demo: &Demo, data: &Path, target: &Target) -> Result<Duration, Failur
         .arg("--target-dir")
         .arg(data)
         .arg("--target-time")
-        .arg(&target.text);
+        .arg(&target.text)
+        .args(["--archive-mode", "off"]);
     let started = Instant::now();
     let ran = run_checked(&mut cmd, "lifeboat restore")?;
     let took = started.elapsed();
@@ -400,26 +402,18 @@ fn restore(demo: &Demo, data: &Path, target: &Target) -> Result<Duration, Failur
     Ok(took)
 }
 
-/// The restored data directory as a cluster on `port`, with archiving off: once promoted it would
-/// otherwise archive its new timeline into the demo's repository.
+/// The restored data directory as a cluster on `port`.
 fn restored_cluster(
     demo: &Demo,
     data: &Path,
     port: u16,
     socket_dir: &Path,
 ) -> Result<LocalCluster, Failure> {
-    let restored = LocalCluster::existing(data, port, socket_dir, demo.owner.clone())
-        .map_err(cluster_failure)?
-        .with_log_file(demo.root.join("restored.log"));
-    restored
-        .append_conf(
-            "\n# Added by lifeboat demo: the restored copy does not archive.\narchive_mode = off",
-        )
-        .map_err(cluster_failure)?;
-    println!(
-        "    archive_mode = off on the copy, so it does not archive into the primary's repository"
-    );
-    Ok(restored)
+    Ok(
+        LocalCluster::existing(data, port, socket_dir, demo.owner.clone())
+            .map_err(cluster_failure)?
+            .with_log_file(demo.root.join("restored.log")),
+    )
 }
 
 /// Start the restored cluster and wait until it has replayed to the target and promoted; how long

@@ -230,7 +230,7 @@ impl Copier {
         let chunk = done_chunk(&done);
         let encoded = match chunk {
             Some(chunk) if !self.known.contains(&chunk) => Some(Bytes::from(
-                codec.encode_with_hash(&plain, chunk.0).map_err(|reason| {
+                codec.encode_with_hash(plain, chunk.0).map_err(|reason| {
                     EngineError::Internal(format!("cannot encode a chunk: {reason}"))
                 })?,
             )),
