@@ -326,12 +326,14 @@ proc_state() { # pid: sets PSTATE to its one-letter state, "X" when gone (no for
 }
 
 # Runs one measured step as the postgres user: `sync`, then the command under
-# `timeout` and GNU time, a memory sampler meanwhile, then `sync` again (timed:
-# the step is over once its output is on disk, whatever the tool fsyncs
-# itself). Appends one line to RESULTS. Returns the command's exit status.
-measure() { # scale tool step stored_bytes_fn cmd...
-    local scale=$1 tool=$2 step=$3 stored_fn=$4
-    shift 4
+# `timeout` and GNU time, a memory sampler meanwhile, then `sync -f` (syncfs)
+# of the filesystem holding the step's output (timed: the step is over once
+# its output is on disk, whatever the tool fsyncs itself). One syncfs rather
+# than an fsync per file, which would charge `tar -x` a journal commit per
+# file. Appends one line to RESULTS. Returns the command's exit status.
+measure() { # scale tool step stored_bytes_fn output_dir cmd...
+    local scale=$1 tool=$2 step=$3 stored_fn=$4 output=$5
+    shift 5
     local tag="s$scale-$tool-$step" pid rc=0 t0 t1 t2 j0 j1 load peak=0
     local tfile="$WORK/logs/$tag.time" maxrss user sys stored="" walb="" busy
     sync
@@ -357,7 +359,7 @@ measure() { # scale tool step stored_bytes_fn cmd...
     wait "$pid" || rc=$?
     t1=$(now_us)
     MEASURED_PID=""
-    sync
+    if [ "$rc" -eq 0 ]; then sync -f "$output"; fi
     t2=$(now_us)
     j1=$(busy_jiffies)
     if [ "$rc" -ne 0 ]; then
@@ -448,12 +450,12 @@ prepare_lifeboat() {
 }
 stored_lifeboat() { echo "$(bytes_in "$TOOL_DIR/repo" wal) $(bytes_in "$TOOL_DIR/repo/wal")"; }
 backup_lifeboat() { # scale
-    measure "$1" lifeboat backup stored_lifeboat \
+    measure "$1" lifeboat backup stored_lifeboat "$TOOL_DIR/repo" \
         "$LIFEBOAT_BIN" --config "$LB_CONF" backup --pgdata "$DATA" \
         --db "host=$SOCK port=$PORT user=postgres dbname=postgres" --json
 }
 restore_lifeboat() { # scale
-    measure "$1" lifeboat restore "" \
+    measure "$1" lifeboat restore "" "$RESTORE_DIR" \
         "$LIFEBOAT_BIN" --config "$LB_CONF" restore --target-dir "$RESTORE_DIR" --backup latest
 }
 
@@ -494,11 +496,11 @@ EOF
 }
 stored_pgbackrest() { echo "$(bytes_in "$TOOL_DIR/repo/backup") $(bytes_in "$TOOL_DIR/repo/archive")"; }
 backup_pgbackrest() { # scale
-    measure "$1" pgbackrest backup stored_pgbackrest \
+    measure "$1" pgbackrest backup stored_pgbackrest "$TOOL_DIR/repo" \
         pgbackrest --config="$PGBR_CONF" --stanza=bench --type=full backup
 }
 restore_pgbackrest() { # scale
-    measure "$1" pgbackrest restore "" \
+    measure "$1" pgbackrest restore "" "$RESTORE_DIR" \
         pgbackrest --config="$PGBR_CONF" --stanza=bench --pg1-path="$RESTORE_DIR" restore
 }
 
@@ -512,13 +514,13 @@ prepare_pg_basebackup() {
 }
 stored_pg_basebackup() { echo "$(bytes_in "$TOOL_DIR/backup") $(bytes_in "$TOOL_DIR/wal")"; }
 backup_pg_basebackup() { # scale
-    measure "$1" pg_basebackup backup stored_pg_basebackup \
+    measure "$1" pg_basebackup backup stored_pg_basebackup "$TOOL_DIR/backup" \
         "$PG_BIN/pg_basebackup" -h "$SOCK" -p "$PORT" -U postgres -w -D "$TOOL_DIR/backup" \
         -Ft --compress=server-zstd:level=1,workers=2 -X none --checkpoint=fast
 }
 restore_pg_basebackup() { # scale
     # shellcheck disable=SC2016 # $1 and $2 are expanded by the inner bash
-    measure "$1" pg_basebackup restore "" \
+    measure "$1" pg_basebackup restore "" "$RESTORE_DIR" \
         bash -c 'set -o pipefail; zstd -q -d -c "$1" | tar -x -f - -C "$2"' _ \
         "$TOOL_DIR/backup/base.tar.zst" "$RESTORE_DIR" || return
     # What a restore tool writes for recovery (not timed; needed to verify).
@@ -706,10 +708,11 @@ report() {
 
 How to read it (bench/README.md has the details):
 
-- wall s: from the start of the command to the end of a `sync` run right after it (so every step
-  ends with its output on disk); "of which sync s" is that final `sync`. A `sync` also runs,
-  untimed, before each step; every backup starts after a `CHECKPOINT` and one read of the whole
-  data directory, so all tools see a warm page cache.
+- wall s: from the start of the command to the end of a `sync -f` (syncfs) of the filesystem
+  holding its output, run right after it (so every step ends with its output on disk); "of
+  which sync s" is that final syncfs. A `sync` also runs, untimed, before each step; every backup
+  starts after a `CHECKPOINT` and one read of the whole data directory, so all tools see a warm
+  page cache.
 - MiB/s: size of the data directory without `pg_wal` (first table) / wall s, for backup and restore.
 - stored MiB: the backup in the repository, without the archived WAL (Lifeboat: the repository
   minus `wal/`; pgBackRest: `backup/`; pg_basebackup: the output directory). WAL MiB: the archive

@@ -14,7 +14,7 @@ use lifeboat_pg::lsn::Lsn;
 use lifeboat_pg::recovery::{RecoveryTarget, TargetAction, TargetTimeline};
 use lifeboat_pg::session::ConnSpec;
 
-use crate::cli::{BackupArgs, CheckArgs, Cli, ClusterArgs, ListArgs, RestoreArgs};
+use crate::cli::{BackupArgs, CheckArgs, ClusterArgs, ListArgs, RestoreArgs};
 use crate::commands::{human_bytes, open_repo};
 use crate::config::Resolved;
 use crate::exit::{Exit, Failure};
@@ -140,12 +140,12 @@ pub async fn list(resolved: &Resolved, args: &ListArgs) -> Result<Exit, Failure>
         return Ok(Exit::Success);
     }
     println!(
-        "{:<17} {:<21} {:<21} {:>3} {:>14} {:>10} {:>10} {:>8}",
+        "{:<17} {:<27} {:<27} {:>3} {:>14} {:>10} {:>10} {:>8}",
         "label", "start", "stop", "tl", "stop lsn", "size", "stored", "seconds"
     );
     for b in &listing.backups {
         println!(
-            "{:<17} {:<21} {:<21} {:>3} {:>14} {:>10} {:>10} {:>8.1}",
+            "{:<17} {:<27} {:<27} {:>3} {:>14} {:>10} {:>10} {:>8.1}",
             b.label,
             b.start_time,
             b.stop_time,
@@ -235,7 +235,7 @@ fn shell_quote(text: &str) -> String {
 /// The restore_command for the restored cluster: this binary, with what it needs to find the
 /// repository and its passphrase. Secrets themselves are never written; a passphrase given only
 /// through LIFEBOAT_PASSPHRASE cannot be passed on, and the user is told so.
-fn restore_command(cli: &Cli, resolved: &Resolved) -> Result<String, Failure> {
+fn restore_command(resolved: &Resolved) -> Result<String, Failure> {
     let exe = std::env::current_exe().map_err(|e| {
         Failure::new(
             Exit::Internal,
@@ -261,12 +261,9 @@ fn restore_command(cli: &Cli, resolved: &Resolved) -> Result<String, Failure> {
         parts.push("--config".into());
         parts.push(shell_quote(&absolute(config).to_string_lossy()));
     }
-    if let Some(repo) = &cli.repo {
-        parts.push("--repo".into());
-        parts.push(shell_quote(repo));
-    } else if resolved.config_path.is_none()
-        && let Some(repo) = &resolved.repo
-    {
+    // Always the location this restore used: the restored server's environment may name
+    // another repository (LIFEBOAT_REPO), and a config file alone would let it.
+    if let Some(repo) = &resolved.repo {
         parts.push("--repo".into());
         parts.push(shell_quote(repo));
     }
@@ -282,7 +279,7 @@ fn absolute(p: &Path) -> PathBuf {
     }
 }
 
-pub async fn restore(cli: &Cli, resolved: &Resolved, args: &RestoreArgs) -> Result<Exit, Failure> {
+pub async fn restore(resolved: &Resolved, args: &RestoreArgs) -> Result<Exit, Failure> {
     let usage = |m: String| Failure::new(Exit::Usage, m, None);
     let target = recovery_target(args)?;
     let action: TargetAction = args
@@ -319,7 +316,7 @@ pub async fn restore(cli: &Cli, resolved: &Resolved, args: &RestoreArgs) -> Resu
             .or(resolved.file.restore.parallel)
             .unwrap_or_else(cores)
             .max(1),
-        restore_command: restore_command(cli, resolved)?,
+        restore_command: restore_command(resolved)?,
         archive_off: args.archive_mode == "off",
     };
     let progress = bar(0);

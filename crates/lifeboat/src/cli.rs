@@ -67,8 +67,9 @@ pub enum Command {
     /// Restore a backup into a directory, set up to recover to a target (time, LSN, xid, restore
     /// point, immediate, or the end of the archive).
     Restore(Box<RestoreArgs>),
-    /// Run the archive-and-recover loop on a scratch cluster and a local repository in a temporary
-    /// directory, check that every committed row comes back, and clean up.
+    /// Run the whole loop on a scratch cluster and a local repository in a temporary directory:
+    /// archive, back up, write rows, restore to a moment in the middle, check that exactly the rows
+    /// committed before it came back, report recovery time and data loss, and clean up.
     Demo(DemoArgs),
     /// Internal: fetch segments ahead into the spool (started by wal-fetch in the background).
     #[command(hide = true)]
@@ -134,7 +135,7 @@ pub struct DemoArgs {
     /// Leave the clusters' directories and the repository in place to look at.
     #[arg(long)]
     pub keep: bool,
-    /// How long to write rows before "losing" the primary.
+    /// How long to write rows after the backup (the restore target lies in the middle).
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
 }

@@ -30,7 +30,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Backup(args) => crate::backup_cmds::backup(&resolved, args).await,
         Command::List(args) => crate::backup_cmds::list(&resolved, args).await,
         Command::Check(args) => crate::backup_cmds::check(&resolved, args).await,
-        Command::Restore(args) => crate::backup_cmds::restore(&cli, &resolved, args).await,
+        Command::Restore(args) => crate::backup_cmds::restore(&resolved, args).await,
         Command::Demo(_) => Ok(Exit::Success),
     }
 }

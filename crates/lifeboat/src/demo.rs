@@ -146,8 +146,7 @@ fn run_in(demo: &Demo, options: &DemoOptions, guard: &mut Cleanup) -> Result<Exi
         2,
         "create a scratch cluster archiving with `lifeboat wal-push %p`",
     );
-    let primary = start_primary(demo)?;
-    guard.clusters.push(primary.clone());
+    let primary = start_primary(demo, guard)?;
 
     step(3, "take a base backup with `lifeboat backup`");
     backup(demo, &primary)?;
@@ -186,7 +185,9 @@ fn run_in(demo: &Demo, options: &DemoOptions, guard: &mut Cleanup) -> Result<Exi
             "start the restored cluster on port {port}: it replays WAL from the archive up to the target and promotes"
         ),
     );
-    let restored = restored_cluster(demo, &data, port, &primary.socket_dir)?;
+    let restored = LocalCluster::existing(&data, port, &primary.socket_dir, demo.owner.clone())
+        .map_err(cluster_failure)?
+        .with_log_file(demo.root.join("restored.log"));
     guard.clusters.push(restored.clone());
     let replay_took = start_and_recover(&restored)?;
 
@@ -227,12 +228,14 @@ fn write_config(demo: &Demo) -> Result<(), Failure> {
     .map_err(io("cannot write the config file", &demo.config))
 }
 
-fn start_primary(demo: &Demo) -> Result<LocalCluster, Failure> {
+/// The primary, started (and stopped by `guard` whatever happens next), with the demo's table.
+fn start_primary(demo: &Demo, guard: &mut Cleanup) -> Result<LocalCluster, Failure> {
     let conf = format!(
         "archive_mode = on\narchive_command = {}\n",
         conf_quote(&demo.archive_command())
     );
     let primary = new_cluster(&demo.root, "primary", &conf)?;
+    guard.clusters.push(primary.clone());
     primary.start(START).map_err(cluster_failure)?;
     println!(
         "    cluster {} on port {}",
@@ -402,20 +405,6 @@ fn restore(demo: &Demo, data: &Path, target: &Target) -> Result<Duration, Failur
     Ok(took)
 }
 
-/// The restored data directory as a cluster on `port`.
-fn restored_cluster(
-    demo: &Demo,
-    data: &Path,
-    port: u16,
-    socket_dir: &Path,
-) -> Result<LocalCluster, Failure> {
-    Ok(
-        LocalCluster::existing(data, port, socket_dir, demo.owner.clone())
-            .map_err(cluster_failure)?
-            .with_log_file(demo.root.join("restored.log")),
-    )
-}
-
 /// Start the restored cluster and wait until it has replayed to the target and promoted; how long
 /// that took.
 fn start_and_recover(restored: &LocalCluster) -> Result<Duration, Failure> {
@@ -561,7 +550,7 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<Ran, Failure> {
         return Err(Failure::new(
             Exit::Internal,
             format!("`{what}` failed ({}): {}", out.status, stderr.trim()),
-            Some("the lines above say what failed; run the demo with --keep to look at its directory".into()),
+            Some("run the demo with --keep to look at its directory and the servers' logs".into()),
         ));
     }
     Ok(Ran {
@@ -602,7 +591,7 @@ fn parse_number<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, Failu
         Failure::new(
             Exit::Internal,
             format!("psql answered {text:?} for {what}, which is not a number"),
-            Some("check the psql on the PostgreSQL bin directory's PATH, then run again".into()),
+            Some("this is a bug in the demo: report it with the output above".into()),
         )
     })
 }

@@ -179,7 +179,10 @@ pub async fn restore(
         .values()
         .flat_map(|v| v.iter().map(|p| p.file))
         .collect();
-    report.files_written = touched.len() as u64;
+    // Every file of the backup that was (re)created, empty ones included; delta's kept files not.
+    report.files_written = (targets.len() as u64)
+        .saturating_sub(kept)
+        .max(touched.len() as u64);
     report.chunks_fetched = placements.len() as u64;
     // Each file is fsynced as soon as its last piece is written, so that writeback overlaps the
     // rest of the restore instead of all happening at the end.
