@@ -1339,3 +1339,41 @@ fn check_accepts_a_configured_cluster_and_names_each_fix() {
         "check with wal_level minimal and archiving off",
     );
 }
+
+/// A page damaged on disk (a flipped byte, its checksum no longer matching) is reported by the
+/// backup and recorded in the manifest with its file and block; the backup still completes.
+#[test]
+fn backup_reports_a_page_whose_checksum_fails() {
+    let setup = Setup::new(Backend::Local, false);
+    // No autovacuum: nothing may read (and fail on) the damaged page before the backup does.
+    let cluster = TestCluster::start_new(&format!("{}autovacuum = off\n", setup.archive_conf()))
+        .expect("cluster");
+    cluster
+        .psql("create table damaged as select g as id, repeat('x', 200) as pad from generate_series(1, 2000) g; checkpoint")
+        .expect("table");
+    let rel = cluster
+        .psql("select pg_relation_filepath('damaged')")
+        .expect("path");
+    cluster.stop(StopMode::Fast).expect("stop");
+    // Flip one byte in the middle of block 3: PostgreSQL only notices when it reads the page.
+    let path = cluster.datadir.join(&rel);
+    let mut bytes = std::fs::read(&path).expect("read relation");
+    let at = 3 * 8192 + 4000;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&path, &bytes).expect("write relation");
+    cluster.start(WAIT).expect("start");
+
+    let report = backup(&setup, &cluster);
+    let bad = report["bad_pages"].as_array().expect("bad_pages array");
+    assert_eq!(bad.len(), 1, "expected exactly the damaged page: {report}");
+    assert_eq!(bad[0]["path"], rel.as_str());
+    assert_eq!(bad[0]["block"], 3);
+    let out = backup_cmd(&setup, &cluster)
+        .output()
+        .expect("second backup");
+    assert!(
+        text(&out).contains("failed their checksum") && text(&out).contains(&rel),
+        "the summary must name the damaged page: {}",
+        text(&out)
+    );
+}
