@@ -372,6 +372,9 @@ measure() { # scale tool step stored_bytes_fn output_dir cmd...
         return "$rc"
     fi
     read -r _ maxrss user sys < <(tail -n 1 "$tfile")
+    # The tree is at least its largest process: a peak between two samples
+    # is otherwise missed.
+    [ "$peak" -ge "$maxrss" ] || peak=$maxrss
     if [ -n "$stored_fn" ]; then read -r stored walb < <("$stored_fn"); fi
     printf '%s\t%s\t%s\tok\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scale" "$tool" "$step" \
         "$((t2 - t0))" "$((t2 - t1))" "$maxrss" "$peak" "$user" "$sys" "$((j1 - j0))" \
@@ -720,7 +723,8 @@ How to read it (bench/README.md has the details):
 - peak RSS, largest process: `/usr/bin/time %M`, the largest single process among the command
   and every child it waited for (Linux reports the maximum, not the sum). Process tree: the sum
   of the resident memory of the command and all its descendants, sampled every
-  RSS_SAMPLE_SECONDS; catches pgBackRest's worker processes running at the same time.
+  RSS_SAMPLE_SECONDS (at least the largest process); catches pgBackRest's worker processes
+  running at the same time.
 - CPU s, command: user + system CPU of the command and its children (`/usr/bin/time`). For
   pg_basebackup with server-zstd the server compresses, so that CPU is not in it; CPU s,
   machine (all busy CPU of the machine over the step, from /proc/stat) includes it, and also
