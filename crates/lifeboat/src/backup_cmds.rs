@@ -76,6 +76,15 @@ pub async fn backup(resolved: &Resolved, args: &BackupArgs) -> Result<Exit, Fail
         .unwrap_or_else(cores)
         .max(1);
     opts.fast_checkpoint = !args.spread_checkpoint;
+    if let Some(kib) = resolved.file.backup.block_size_kib {
+        if !(64..=16384).contains(&kib) || !kib.is_power_of_two() {
+            return Err(Failure::config(
+                format!("backup.block_size_kib = {kib} is not a power of two from 64 to 16384"),
+                "use e.g. 1024 (the default) in the [backup] section of the config file",
+            ));
+        }
+        opts.block_size = kib * 1024;
+    }
     if let Some(s) = resolved.file.backup.archive_timeout_seconds {
         opts.archive_timeout = Duration::from_secs(s.max(1));
     }

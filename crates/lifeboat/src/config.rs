@@ -54,6 +54,8 @@ pub struct ArchiveConfig {
 pub struct BackupConfig {
     /// Threads reading, hashing, compressing and encrypting. Default: the number of cores.
     pub parallel: Option<usize>,
+    /// Size of the blocks large files are cut into, in KiB (a power of two, 64 to 16384). Default 1024.
+    pub block_size_kib: Option<u32>,
     /// Seconds to wait for the backup's WAL to reach the repository. Default 300.
     pub archive_timeout_seconds: Option<u64>,
 }

@@ -238,6 +238,23 @@ impl Repository {
         .map_err(|e| RepoError::Invalid(format!("decoding a chunk failed: {e}")))?
     }
 
+    /// Verify and decode a chunk fetched with `store().get(id.key())` into `out` (see
+    /// [`get_chunk`](Self::get_chunk)); for callers that reuse one buffer per thread.
+    pub fn decode_chunk_into(&self, id: &ChunkId, raw: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        let corrupt = |reason: String| RepoError::Corrupt {
+            key: id.key(),
+            reason,
+        };
+        let header = self.codec().decode_into(raw, out).map_err(corrupt)?;
+        if header.hash != id.0 {
+            return Err(corrupt(format!(
+                "holds content {} under another name",
+                header.hash
+            )));
+        }
+        Ok(())
+    }
+
     /// Store a finished backup's manifest: the moment the backup starts to exist.
     pub async fn put_manifest(&self, manifest: &Manifest) -> Result<u64> {
         let json = serde_json::to_vec(manifest)

@@ -226,9 +226,18 @@ impl Codec {
 
     /// Decode and verify an object; the error says what failed (for `RepoError::Corrupt`).
     pub fn decode(&self, object: &[u8]) -> Result<(ObjectHeader, Vec<u8>), String> {
+        let mut plain = Vec::new();
+        let header = self.decode_into(object, &mut plain)?;
+        Ok((header, plain))
+    }
+
+    /// [`decode`](Self::decode) into `out` (cleared first), so a caller decoding many objects can
+    /// reuse one buffer instead of faulting in a fresh one each time.
+    pub fn decode_into(&self, object: &[u8], out: &mut Vec<u8>) -> Result<ObjectHeader, String> {
         let header = ObjectHeader::parse(object)?;
         let payload = &object[HEADER_LEN..];
-        let compressed = match (&self.keys, header.encrypted) {
+        let opened;
+        let compressed: &[u8] = match (&self.keys, header.encrypted) {
             (Some(k), true) => {
                 if header.key_id != k.key_id {
                     return Err(format!(
@@ -236,32 +245,34 @@ impl Codec {
                         header.key_id, k.key_id
                     ));
                 }
-                crypto::open(&k.encryption, payload, &object[..HEADER_LEN]).map_err(|_| {
-                    "authentication failed: the object was altered or damaged".to_string()
-                })?
+                opened =
+                    crypto::open(&k.encryption, payload, &object[..HEADER_LEN]).map_err(|_| {
+                        "authentication failed: the object was altered or damaged".to_string()
+                    })?;
+                &opened
             }
-            (None, false) => payload.to_vec(),
+            (None, false) => payload,
             (Some(_), false) => {
                 return Err("object is not encrypted in an encrypted repository".into());
             }
             (None, true) => return Err("object is encrypted in an unencrypted repository".into()),
         };
-        let plain = decompress(&compressed, header.compression, header.plain_len)?;
-        if plain.len() as u64 != header.plain_len {
+        decompress_into(compressed, header.compression, header.plain_len, out)?;
+        if out.len() as u64 != header.plain_len {
             return Err(format!(
                 "length {} differs from the recorded {}",
-                plain.len(),
+                out.len(),
                 header.plain_len
             ));
         }
-        let actual = self.hash(&plain);
+        let actual = self.hash(out);
         if actual != header.hash {
             return Err(format!(
                 "content hash {actual} differs from the recorded {}",
                 header.hash
             ));
         }
-        Ok((header, plain))
+        Ok(header)
     }
 }
 
@@ -287,18 +298,6 @@ fn zstd_compress(plain: &[u8], level: i32) -> Result<Vec<u8>, String> {
     })
 }
 
-fn zstd_decompress(data: &[u8], cap: usize) -> Result<Vec<u8>, String> {
-    ZSTD_DECOMPRESSOR.with_borrow_mut(|slot| {
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
-        }
-        match slot {
-            Some(d) => d.decompress(data, cap).map_err(|e| format!("zstd: {e}")),
-            None => Err("zstd: no decompressor".into()),
-        }
-    })
-}
-
 fn compress(plain: &[u8], settings: CompressionSettings) -> Result<Vec<u8>, String> {
     match settings.algorithm {
         Compression::None => Ok(plain.to_vec()),
@@ -307,17 +306,43 @@ fn compress(plain: &[u8], settings: CompressionSettings) -> Result<Vec<u8>, Stri
     }
 }
 
-fn decompress(data: &[u8], algorithm: Compression, plain_len: u64) -> Result<Vec<u8>, String> {
+fn decompress_into(
+    data: &[u8],
+    algorithm: Compression,
+    plain_len: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
     // The recorded length bounds the allocation; a corrupt header cannot ask for more than 4 GiB.
     let cap = usize::try_from(plain_len)
         .ok()
         .filter(|&n| n <= 4 << 30)
         .ok_or_else(|| format!("recorded length {plain_len} is implausible"))?;
+    out.clear();
     match algorithm {
-        Compression::None => Ok(data.to_vec()),
-        Compression::Zstd => zstd_decompress(data, cap),
-        Compression::Lz4 => lz4_flex::block::decompress(data, cap).map_err(|e| format!("lz4: {e}")),
+        Compression::None => out.extend_from_slice(data),
+        Compression::Zstd => {
+            out.reserve(cap);
+            ZSTD_DECOMPRESSOR.with_borrow_mut(|slot| {
+                if slot.is_none() {
+                    *slot =
+                        Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
+                }
+                match slot {
+                    Some(d) => d
+                        .decompress_to_buffer(data, out)
+                        .map(|_| ())
+                        .map_err(|e| format!("zstd: {e}")),
+                    None => Err("zstd: no decompressor".to_string()),
+                }
+            })?;
+        }
+        Compression::Lz4 => {
+            out.resize(cap, 0);
+            let n = lz4_flex::block::decompress_into(data, out).map_err(|e| format!("lz4: {e}"))?;
+            out.truncate(n);
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -201,9 +201,16 @@ pub async fn restore(
             let targets = targets.clone();
             let progress = progress.clone();
             async move {
-                let plain = repo.get_chunk(&chunk).await?;
+                let raw = repo
+                    .store()
+                    .get(&chunk.key())
+                    .await
+                    .map_err(lifeboat_repo::RepoError::from)?;
                 tokio::task::spawn_blocking(move || {
-                    write_chunk(&plain, &places[..], &targets, &progress)
+                    PLAIN_BUFFER.with_borrow_mut(|plain| {
+                        repo.decode_chunk_into(&chunk, &raw, plain)?;
+                        write_chunk(plain, &places[..], &targets, &progress)
+                    })
                 })
                 .await
                 .map_err(join_error)?
@@ -605,6 +612,11 @@ fn remove_unexpected(root: &Path, expected: &HashSet<PathBuf>) -> Result<u64> {
         }
     }
     Ok(removed)
+}
+
+thread_local! {
+    // One decode buffer per worker thread, reused from chunk to chunk.
+    static PLAIN_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Which files still wait for pieces, and which are already fsynced.
