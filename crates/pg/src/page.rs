@@ -354,26 +354,4 @@ mod tests {
     fn short_page_panics() {
         let _ = checksum_page(&[0u8; 100], 0);
     }
-
-    /// Not a test of correctness: how fast the checksum runs. Run with
-    /// `cargo test --release -p lifeboat-pg page::tests::checksum_speed -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "a measurement, run by hand in release mode"]
-    fn checksum_speed() {
-        let pages: Vec<Vec<u8>> = (0..64).map(|i| sample_page(Lsn(i), 0)).collect();
-        let n = 100_000u32;
-        let start = std::time::Instant::now();
-        let mut acc = 0u32;
-        for i in 0..n {
-            let page = &pages[usize::try_from(i).unwrap() % pages.len()];
-            acc = acc.wrapping_add(u32::from(checksum_page(std::hint::black_box(page), i)));
-        }
-        let elapsed = start.elapsed();
-        let bytes = f64::from(n) * BLCKSZ as f64;
-        eprintln!(
-            "{n} pages in {elapsed:?}: {:.0} ns/page, {:.2} GiB/s (acc {acc})",
-            elapsed.as_nanos() as f64 / f64::from(n),
-            bytes / elapsed.as_secs_f64() / f64::from(1u32 << 30)
-        );
-    }
 }
