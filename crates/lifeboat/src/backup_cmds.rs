@@ -76,6 +76,7 @@ pub async fn backup(resolved: &Resolved, args: &BackupArgs) -> Result<Exit, Fail
         .unwrap_or_else(cores)
         .max(1);
     opts.fast_checkpoint = !args.spread_checkpoint;
+    opts.full_scan = args.full_scan;
     if let Some(kib) = resolved.file.backup.block_size_kib {
         if !(64..=16384).contains(&kib) || !kib.is_power_of_two() {
             return Err(Failure::config(
@@ -113,10 +114,11 @@ pub async fn backup(resolved: &Resolved, args: &BackupArgs) -> Result<Exit, Fail
     }
     let rate = report.size as f64 / report.duration_seconds.max(0.001) / (1024.0 * 1024.0);
     eprintln!(
-        "backup {} complete: {} in {} files, {} stored, {:.1} s ({rate:.0} MiB/s), WAL {} .. {}",
+        "backup {} complete: {} in {} files ({} unchanged, not read), {} stored, {:.1} s ({rate:.0} MiB/s), WAL {} .. {}",
         report.label,
         human_bytes(report.size),
         report.files,
+        report.files_reused,
         human_bytes(report.stored_size),
         report.duration_seconds,
         report.start_wal,

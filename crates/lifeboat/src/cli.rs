@@ -164,6 +164,10 @@ pub struct BackupArgs {
     /// running at once (less I/O burst, slower start).
     #[arg(long)]
     pub spread_checkpoint: bool,
+    /// Read every file, even those whose size and modification time are unchanged since the
+    /// previous backup (by default their blocks are reused without reading).
+    #[arg(long)]
+    pub full_scan: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,

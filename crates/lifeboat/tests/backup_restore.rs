@@ -1377,3 +1377,53 @@ fn backup_reports_a_page_whose_checksum_fails() {
         text(&out)
     );
 }
+
+/// The second backup reuses the blocks of files unchanged since the first without reading them,
+/// reads what changed, and restores to exactly the source's data; `--full-scan` reads everything.
+#[test]
+fn unchanged_files_are_reused_and_the_incremental_restores() {
+    let setup = Setup::new(Backend::Local, false);
+    let cluster = TestCluster::start_new(&setup.archive_conf()).expect("cluster");
+    cluster.pgbench_init(1).expect("pgbench -i");
+    cluster.psql("checkpoint").expect("checkpoint");
+    // Files must predate the first backup's start by a safety margin to be trusted unchanged.
+    thread::sleep(Duration::from_secs(3));
+    let first = backup(&setup, &cluster);
+    assert_eq!(u64_field(&first, "files_reused"), 0, "{first}");
+
+    cluster
+        .psql("update pgbench_accounts set abalance = abalance + 7 where aid <= 100; checkpoint")
+        .expect("update");
+    let second = backup(&setup, &cluster);
+    let files = u64_field(&second, "files");
+    let reused = u64_field(&second, "files_reused");
+    assert!(
+        reused * 10 >= files * 8,
+        "most files are unchanged, yet only {reused} of {files} were reused: {second}"
+    );
+    assert!(
+        u64_field(&second, "bytes_read") < u64_field(&second, "size") / 2,
+        "{second}"
+    );
+    let full = {
+        let out = backup_cmd(&setup, &cluster)
+            .arg("--full-scan")
+            .output()
+            .expect("run lifeboat backup --full-scan");
+        json_of(&out, "lifeboat backup --full-scan")
+    };
+    assert_eq!(u64_field(&full, "files_reused"), 0, "{full}");
+
+    archive_everything(&cluster);
+    let source = dumpall(&cluster);
+    let target = target();
+    let out = restore(
+        &setup,
+        &target.data,
+        &["--backup", &label(&second), "--archive-mode", "off"],
+    );
+    assert_success(&out, "restore of the incremental backup");
+    let restored = start_restored(target, cluster.owner.clone());
+    assert_same_dump(&source, &dumpall(&restored));
+    amcheck(&restored);
+}

@@ -54,6 +54,12 @@ pub struct Manifest {
     /// Pages whose checksum did not match when read (and again when re-read).
     #[serde(default)]
     pub bad_pages: Vec<BadPage>,
+    /// Bytes read from the data directory; the rest came unchanged from the previous backup.
+    #[serde(default)]
+    pub bytes_read: u64,
+    /// Files whose entries were reused from the previous backup without being read.
+    #[serde(default)]
+    pub files_reused: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

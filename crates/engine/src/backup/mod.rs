@@ -20,7 +20,8 @@ use lifeboat_pg::lsn::Lsn;
 use lifeboat_pg::session::{ConnSpec, Session};
 use lifeboat_pg::walname::WalSegmentName;
 use lifeboat_repo::backup::{
-    ChunkId, Entry, FileEntry, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, Packed, Tablespace,
+    ChunkId, Entry, FileEntry, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, Packed, Root,
+    Tablespace,
 };
 use lifeboat_repo::{ClusterIdentity, Repository};
 use serde::Serialize;
@@ -41,6 +42,8 @@ pub struct BackupOptions {
     pub block_size: u32,
     /// `pg_backup_start(fast => true)`: an immediate checkpoint instead of a spread one.
     pub fast_checkpoint: bool,
+    /// Read every file, even those unchanged since the previous backup.
+    pub full_scan: bool,
     /// How long to wait for the backup's WAL to reach the repository.
     pub archive_timeout: Duration,
     pub connect_timeout: Duration,
@@ -54,6 +57,7 @@ impl BackupOptions {
             parallel: std::thread::available_parallelism().map_or(2, |n| n.get()),
             block_size: DEFAULT_BLOCK_SIZE,
             fast_checkpoint: true,
+            full_scan: false,
             archive_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(30),
         }
@@ -86,6 +90,10 @@ pub struct BackupReport {
     pub stored_size: u64,
     pub duration_seconds: f64,
     pub files: u64,
+    /// Files unchanged since the previous backup, whose blocks were reused without reading.
+    pub files_reused: u64,
+    /// Bytes read from the data directory (the rest was reused).
+    pub bytes_read: u64,
     pub bad_pages: Vec<lifeboat_repo::backup::BadPage>,
 }
 
@@ -108,6 +116,8 @@ impl BackupReport {
                 .iter()
                 .filter(|e| matches!(e, Entry::File(_)))
                 .count() as u64,
+            files_reused: m.files_reused,
+            bytes_read: m.bytes_read,
             bad_pages: m.bad_pages.clone(),
         }
     }
@@ -223,16 +233,34 @@ pub async fn backup(
     };
     let mut files = scanned.files;
     files.extend(config_files);
+    let (files, reused) = if opts.full_scan {
+        (files, Vec::new())
+    } else {
+        split_unchanged(files, previous.last(), opts.block_size)
+    };
+    let reused_bytes: u64 = reused.iter().map(|f| f.size).sum();
+    if !reused.is_empty() {
+        tracing::info!(
+            "{} files ({} bytes) unchanged since backup {}: their blocks are reused without reading",
+            reused.len(),
+            reused_bytes,
+            previous.last().map_or("", |m| m.label.as_str())
+        );
+    }
     let pg_control = scanned.pg_control.ok_or_else(|| {
         EngineError::invalid(
             format!("{} has no global/pg_control", pgdata.display()),
             "give --pgdata the data directory of the running server",
         )
     })?;
-    let total_bytes: u64 = files.iter().map(|f| f.size).sum::<u64>() + pg_control.size;
+    let total_bytes: u64 =
+        files.iter().map(|f| f.size).sum::<u64>() + pg_control.size + reused_bytes;
     events(BackupEvent::Planned {
-        files: files.len() as u64 + 1,
+        files: (files.len() + reused.len()) as u64 + 1,
         bytes: total_bytes,
+    });
+    events(BackupEvent::Copied {
+        bytes: reused_bytes,
     });
 
     let block_size = u64::from(opts.block_size);
@@ -333,6 +361,20 @@ pub async fn backup(
         size += file.size;
         entries.push(Entry::File(file));
     }
+    let files_reused = reused.len() as u64;
+    for file in reused {
+        size += file.size;
+        entries.push(Entry::File(file));
+    }
+    // Walk order for readers of the manifest: directories first (as walked), then files by path.
+    entries.sort_by(|a, b| match (a, b) {
+        (Entry::File(x), Entry::File(y)) => {
+            (x.root == Root::Config, &x.path).cmp(&(y.root == Root::Config, &y.path))
+        }
+        (Entry::File(_), _) => std::cmp::Ordering::Greater,
+        (_, Entry::File(_)) => std::cmp::Ordering::Less,
+        _ => std::cmp::Ordering::Equal,
+    });
     let stored_size = copier.bytes_stored.load(Ordering::Relaxed)
         + control_copier.bytes_stored.load(Ordering::Relaxed);
     let manifest = Manifest {
@@ -365,9 +407,62 @@ pub async fn backup(
             .collect(),
         entries,
         bad_pages,
+        bytes_read: copier.bytes_read.load(Ordering::Relaxed)
+            + control_copier.bytes_read.load(Ordering::Relaxed),
+        files_reused,
     };
     repo.put_manifest(&manifest).await?;
     Ok(BackupReport::from_manifest(&manifest))
+}
+
+/// Seconds by which a file must predate the previous backup's start to be trusted unchanged: a
+/// write in the same second as that backup's read could leave size and mtime as they were.
+const UNCHANGED_MARGIN_SECONDS: i64 = 2;
+
+/// Split the walk into files to read and files whose entry in `previous` can be reused as it is:
+/// same size and modification time, and modified well before `previous` started (so the copy it
+/// holds was taken after the last change). Reused entries keep their chunk references.
+fn split_unchanged(
+    files: Vec<PlannedFile>,
+    previous: Option<&Manifest>,
+    block_size: u32,
+) -> (Vec<PlannedFile>, Vec<FileEntry>) {
+    let Some(prev) = previous.filter(|p| p.block_size == block_size) else {
+        return (files, Vec::new());
+    };
+    let Ok(prev_start) = time::OffsetDateTime::parse(
+        &prev.start_time,
+        &time::format_description::well_known::Rfc3339,
+    ) else {
+        return (files, Vec::new());
+    };
+    let trusted_before = prev_start.unix_timestamp() - UNCHANGED_MARGIN_SECONDS;
+    let by_path: std::collections::HashMap<(bool, &str), &FileEntry> = prev
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::File(f) => Some(((f.root == Root::Config, f.path.as_str()), f)),
+            _ => None,
+        })
+        .collect();
+    let mut read = Vec::with_capacity(files.len());
+    let mut reused = Vec::new();
+    for f in files {
+        match by_path.get(&(f.root == Root::Config, f.rel.as_str())) {
+            Some(old)
+                if old.size == f.size
+                    && old.mtime == f.mtime
+                    && f.mtime < trusted_before
+                    && (f.size == 0 || !old.blocks.is_empty() || old.packed.is_some()) =>
+            {
+                let mut entry = (*old).clone();
+                entry.mode = f.mode;
+                reused.push(entry);
+            }
+            _ => read.push(f),
+        }
+    }
+    (read, reused)
 }
 
 /// Every chunk a manifest references.
