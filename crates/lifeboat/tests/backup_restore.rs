@@ -1427,3 +1427,66 @@ fn unchanged_files_are_reused_and_the_incremental_restores() {
     assert_same_dump(&source, &dumpall(&restored));
     amcheck(&restored);
 }
+
+/// `restore --standby --primary-conninfo`: the copy starts as a streaming standby of the source,
+/// stays in recovery, and receives a row committed on the primary after it started.
+#[test]
+fn standby_restore_follows_the_primary() {
+    let setup = Setup::new(Backend::Local, false);
+    let primary = TestCluster::start_new(&setup.archive_conf()).expect("cluster");
+    primary
+        .psql("create table s(id int); insert into s values (1)")
+        .expect("table");
+    backup(&setup, &primary);
+    let target = target();
+    let out = restore(
+        &setup,
+        &target.data,
+        &[
+            "--standby",
+            "--primary-conninfo",
+            &primary.conninfo(),
+            "--archive-mode",
+            "off",
+        ],
+    );
+    assert_success(&out, "restore --standby");
+    assert!(
+        target.data.join("standby.signal").exists(),
+        "no standby.signal"
+    );
+    assert!(
+        !target.data.join("recovery.signal").exists(),
+        "recovery.signal beside standby.signal"
+    );
+
+    let log = target.dir.path().join("postgres.log");
+    let standby = LocalCluster::existing(
+        &target.data,
+        free_port(),
+        target.dir.path(),
+        primary.owner.clone(),
+    )
+    .expect("standby")
+    .with_log_file(log);
+    let standby = TestCluster::adopt(target.dir, standby);
+    standby.start(START).expect("standby starts");
+    primary
+        .psql("insert into s values (2)")
+        .expect("insert on the primary");
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let row = standby
+            .psql("select pg_is_in_recovery()::text || '|' || count(*) from s")
+            .unwrap_or_default();
+        if row == "true|2" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not receive the new row (last: {row}):\n{}",
+            standby.log_tail(30)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
