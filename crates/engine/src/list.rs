@@ -27,7 +27,12 @@ pub struct Window {
 }
 
 pub async fn list(repo: &Repository) -> Result<Listing> {
-    let manifests = repo.manifests().await?;
+    let (manifests, unreadable) = repo.readable_manifests().await?;
+    for (label, problem) in &unreadable {
+        tracing::warn!(
+            "backup {label} is unreadable and not listed: {problem}; run `lifeboat verify`"
+        );
+    }
     let backups: Vec<BackupReport> = manifests.iter().map(BackupReport::from_manifest).collect();
     let mut window = Window {
         earliest: manifests.first().map(|m| m.stop_time.clone()),

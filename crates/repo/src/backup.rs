@@ -323,6 +323,42 @@ impl Repository {
         Ok(labels)
     }
 
+    /// The ids of every chunk in the repository (one listing of `data/`).
+    pub async fn chunk_ids(&self) -> Result<std::collections::HashSet<ChunkId>> {
+        Ok(self
+            .store()
+            .list(keys::CHUNK_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|o| {
+                let hex_name = o.key.rsplit('/').next()?;
+                let mut bytes = [0u8; 32];
+                hex::decode_to_slice(hex_name, &mut bytes).ok()?;
+                (keys::chunk(hex_name) == o.key).then_some(ChunkId(ContentHash(bytes)))
+            })
+            .collect())
+    }
+
+    /// Like [`manifests`](Self::manifests), but a manifest that is damaged (not one the store
+    /// failed to deliver) is set aside with its problem instead of failing the whole listing, so
+    /// one bad backup does not stop `list`, `backup` or `restore` of the others. Expire uses the
+    /// strict form: it must never guess what an unreadable manifest references.
+    pub async fn readable_manifests(&self) -> Result<(Vec<Manifest>, Vec<(String, String)>)> {
+        let mut out = Vec::new();
+        let mut unreadable = Vec::new();
+        for label in self.backup_labels().await? {
+            match self.manifest(&label).await {
+                Ok(m) => out.push(m),
+                Err(RepoError::Corrupt { reason, .. }) => unreadable.push((label, reason)),
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| {
+            (a.stop_lsn, &a.stop_time, &a.label).cmp(&(b.stop_lsn, &b.stop_time, &b.label))
+        });
+        Ok((out, unreadable))
+    }
+
     /// Every complete backup's manifest, oldest stop LSN first.
     pub async fn manifests(&self) -> Result<Vec<Manifest>> {
         let mut out = Vec::new();

@@ -94,7 +94,10 @@ pub async fn restore(
             "take one with `lifeboat backup`",
         )
     })?;
-    let manifests = repo.manifests().await?;
+    let (manifests, unreadable) = repo.readable_manifests().await?;
+    for (label, problem) in &unreadable {
+        tracing::warn!("backup {label} is unreadable and cannot be chosen: {problem}");
+    }
     let manifest = plan::choose(&manifests, opts.backup.as_deref(), &opts.target)?.clone();
     drop(manifests);
     plan::check_paths(&manifest)?;
