@@ -9,10 +9,12 @@ pub mod archive;
 pub mod backup;
 pub mod check;
 pub mod error;
+pub mod expire;
 pub mod info;
 pub mod lazy;
 pub mod list;
 pub mod restore;
+pub mod verify;
 pub mod walcheck;
 
 pub(crate) use error::join_error;

@@ -67,6 +67,13 @@ pub enum Command {
     /// Restore a backup into a directory, set up to recover to a target (time, LSN, xid, restore
     /// point, immediate, or the end of the archive).
     Restore(Box<RestoreArgs>),
+    /// Apply the retention policy: delete the backups it does not keep, the WAL no kept backup
+    /// needs and the blocks no kept backup references (--dry-run shows what would go).
+    Expire(ExpireArgs),
+    /// Prove the backups restorable: read back every chunk they reference and every WAL file,
+    /// check the WAL has no gap from each backup's start on; exits 6 on any problem. Reads only
+    /// what earlier runs have not verified (--full: everything).
+    Verify(VerifyArgs),
     /// Run the whole loop on a scratch cluster and a local repository in a temporary directory:
     /// archive, back up, write rows, restore to a moment in the middle, check that exactly the rows
     /// committed before it came back, report recovery time and data loss, and clean up.
@@ -248,6 +255,38 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub parallel: Option<usize>,
     /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExpireArgs {
+    /// Keep the newest N backups [config: retention.keep_last; either flag replaces the
+    /// configured policy as a whole].
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep what restores to any moment of the last D days: the backups that ended within them
+    /// and the last one before [config: retention.keep_days]. With --keep-last too, a backup
+    /// either rule keeps is kept.
+    #[arg(long, value_name = "D")]
+    pub keep_days: Option<u32>,
+    /// Print what would be deleted and the restore window before and after; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Check only this backup and the WAL from its start on (default: every backup and all WAL).
+    #[arg(long, value_name = "LABEL")]
+    pub backup: Option<String>,
+    /// Read everything again, also what earlier runs verified (they recorded it in verify/state).
+    #[arg(long)]
+    pub full: bool,
+    /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }

@@ -31,6 +31,8 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::List(args) => crate::backup_cmds::list(&resolved, args).await,
         Command::Check(args) => crate::backup_cmds::check(&resolved, args).await,
         Command::Restore(args) => crate::backup_cmds::restore(&resolved, args).await,
+        Command::Verify(args) => crate::verify_cmd::verify(&resolved, args).await,
+        Command::Expire(args) => crate::expire_cmd::expire(&resolved, args).await,
         Command::Demo(_) => Ok(Exit::Success),
     }
 }

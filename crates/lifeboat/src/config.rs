@@ -30,6 +30,7 @@ pub struct FileConfig {
     pub archive: ArchiveConfig,
     pub backup: BackupConfig,
     pub restore: RestoreConfig,
+    pub retention: RetentionConfig,
     pub storage: StorageConfig,
     pub s3: S3Settings,
     pub gcs: GcsSettings,
@@ -65,6 +66,16 @@ pub struct BackupConfig {
 pub struct RestoreConfig {
     /// Parallel downloads and writes. Default: the number of cores.
     pub parallel: Option<usize>,
+}
+
+/// What `expire` keeps when no flag says otherwise; a backup either rule keeps is kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Keep the newest N backups.
+    pub keep_last: Option<u32>,
+    /// Keep what restores to any moment of the last D days.
+    pub keep_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -15,6 +15,8 @@ mod commands;
 mod config;
 mod demo;
 mod exit;
+mod expire_cmd;
+mod verify_cmd;
 
 use exit::{Exit, Failure};
 

@@ -54,6 +54,24 @@ pub fn parse_wal_key(key: &str) -> Option<WalFileName> {
     (wal(&name) == key).then_some(name)
 }
 
+/// Lock objects, one per running holder (docs/FORMAT.md, "Locks"); the only objects that are
+/// rewritten (the heartbeat) and deleted by their writer.
+pub const LOCK_PREFIX: &str = "locks/";
+
+/// `locks/<kind>-<id>`: the lock of one running `backup` or `expire`. `id` is random, so two
+/// holders never write the same key.
+pub fn lock(kind: &str, id: &str) -> String {
+    format!("{LOCK_PREFIX}{kind}-{id}")
+}
+
+/// The (kind, id) a lock key names.
+pub fn parse_lock_key(key: &str) -> Option<(String, String)> {
+    let name = key.strip_prefix(LOCK_PREFIX)?;
+    let (kind, id) = name.split_once('-')?;
+    (!kind.is_empty() && !id.is_empty() && !id.contains('/'))
+        .then(|| (kind.to_string(), id.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

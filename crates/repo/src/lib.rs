@@ -17,6 +17,7 @@ pub mod crypto;
 pub mod error;
 pub mod identity;
 pub mod keys;
+pub mod lock;
 pub mod wal;
 
 pub use codec::{Codec, Compression, CompressionSettings, ContentHash, ObjectHeader};

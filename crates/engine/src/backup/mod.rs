@@ -23,6 +23,7 @@ use lifeboat_repo::backup::{
     ChunkId, Entry, FileEntry, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, Packed, Root,
     Tablespace,
 };
+use lifeboat_repo::lock::{LockKind, RepoLock};
 use lifeboat_repo::{ClusterIdentity, Repository};
 use serde::Serialize;
 
@@ -171,6 +172,25 @@ pub async fn backup(
         ));
     }
     crate::check::require_archiving(&session).await?;
+    // Held until the manifest is stored: no second backup meanwhile, and no expire deleting the
+    // chunks this backup reuses from the previous one (docs/FORMAT.md, "Locks").
+    let mut lock = RepoLock::acquire(repo, LockKind::Backup)
+        .await
+        .map_err(crate::expire::lock_error)?;
+    let result = backup_locked(repo, opts, events, session, version, started, &lock).await;
+    lock.release().await;
+    result
+}
+
+async fn backup_locked(
+    repo: &Repository,
+    opts: &BackupOptions,
+    events: EventSink,
+    session: Session,
+    version: u32,
+    started: Instant,
+    lock: &RepoLock,
+) -> Result<BackupReport> {
     let pgdata = match &opts.pgdata {
         Some(p) => p.clone(),
         None => session.data_directory().await.map_err(pg_err)?,
@@ -194,11 +214,21 @@ pub async fn backup(
     };
     repo.bind_identity(&identity).await?;
 
-    // Chunks of the newest complete backup are stored: skip encoding and uploading them again.
-    let previous = repo.manifests().await?;
+    // Chunks of the newest complete backup that are still in the repository need not be encoded
+    // or uploaded again. Checking presence (one listing) lets a backup repair a chunk that was
+    // lost or removed after verify found it damaged: it is stored anew instead of referenced.
+    let (previous, unreadable) = repo.readable_manifests().await?;
+    for (label, problem) in &unreadable {
+        tracing::warn!("backup {label} is unreadable and ignored: {problem}");
+    }
+    let stored = repo.chunk_ids().await?;
     let known: HashSet<ChunkId> = previous
         .last()
-        .map(|m| referenced_chunks(m).collect())
+        .map(|m| {
+            referenced_chunks(m)
+                .filter(|c| stored.contains(c))
+                .collect()
+        })
         .unwrap_or_default();
 
     let mut label = new_label();
@@ -236,7 +266,7 @@ pub async fn backup(
     let (files, reused) = if opts.full_scan {
         (files, Vec::new())
     } else {
-        split_unchanged(files, previous.last(), opts.block_size)
+        split_unchanged(files, previous.last(), opts.block_size, &known)
     };
     let reused_bytes: u64 = reused.iter().map(|f| f.size).sum();
     if !reused.is_empty() {
@@ -411,6 +441,9 @@ pub async fn backup(
             + control_copier.bytes_read.load(Ordering::Relaxed),
         files_reused,
     };
+    // Publishing a backup whose chunks an expire that took our lock over may be deleting would
+    // list a backup that does not restore.
+    lock.check_held().await.map_err(crate::expire::lock_error)?;
     repo.put_manifest(&manifest).await?;
     Ok(BackupReport::from_manifest(&manifest))
 }
@@ -426,6 +459,7 @@ fn split_unchanged(
     files: Vec<PlannedFile>,
     previous: Option<&Manifest>,
     block_size: u32,
+    present: &HashSet<ChunkId>,
 ) -> (Vec<PlannedFile>, Vec<FileEntry>) {
     let Some(prev) = previous.filter(|p| p.block_size == block_size) else {
         return (files, Vec::new());
@@ -453,7 +487,12 @@ fn split_unchanged(
                 if old.size == f.size
                     && old.mtime == f.mtime
                     && f.mtime < trusted_before
-                    && (f.size == 0 || !old.blocks.is_empty() || old.packed.is_some()) =>
+                    && (f.size == 0 || !old.blocks.is_empty() || old.packed.is_some())
+                    && old.blocks.iter().all(|c| present.contains(c))
+                    && old
+                        .packed
+                        .as_ref()
+                        .is_none_or(|p| present.contains(&p.chunk)) =>
             {
                 let mut entry = (*old).clone();
                 entry.mode = f.mode;

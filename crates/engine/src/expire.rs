@@ -1,0 +1,620 @@
+//! `expire`: keep what the retention policy says, delete the rest, in an order that a crash at any
+//! moment cannot turn into a listed backup that does not restore.
+//!
+//! Order (docs/FORMAT.md, "Retention and garbage collection"), under the repository lock, so no
+//! backup runs meanwhile:
+//! 1. the manifests of the expired backups, oldest first: from then on they are not backups;
+//! 2. WAL before the earliest start segment of the kept backups, oldest first (history files stay);
+//! 3. chunks that no manifest still in the repository references.
+//!
+//! Each step deletes only what no backup still listed needs once the steps before it are done,
+//! so stopping anywhere leaves every listed backup restorable; running `expire` again finishes
+//! the job (steps 2 and 3 always run, whether or not a backup expires this time).
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+
+use futures::StreamExt;
+use lifeboat_pg::walname::{WalFileName, WalSegmentName};
+use lifeboat_repo::backup::Manifest;
+use lifeboat_repo::lock::{LockError, LockKind, RepoLock};
+use lifeboat_repo::{RepoError, Repository, keys};
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::list::Window;
+use crate::{EngineError, Result};
+
+/// Deletes in flight at once: object stores answer each in tens of milliseconds.
+const DELETE_PARALLEL: usize = 16;
+/// Deletes between two checks that the lock is still ours.
+const DELETE_BATCH: usize = 256;
+
+#[derive(Debug, Clone, Default)]
+pub struct ExpireOptions {
+    /// Keep the newest N backups.
+    pub keep_last: Option<u32>,
+    /// Keep what is needed to restore to any moment of the last D days.
+    pub keep_days: Option<u32>,
+    /// Report what would go; change nothing.
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpireReport {
+    pub dry_run: bool,
+    pub policy: Policy,
+    /// Newest last, with the reason each is kept.
+    pub kept: Vec<BackupFate>,
+    /// Oldest first.
+    pub expired: Vec<BackupFate>,
+    pub manifest_bytes: u64,
+    pub wal: WalRemoval,
+    pub chunks: ChunkRemoval,
+    /// Every byte deleted (or, with `dry_run`, that would be).
+    pub bytes_freed: u64,
+    pub window_before: Window,
+    pub window_after: Window,
+    /// Things worth knowing that did not stop the run (e.g. a lock seen during a dry run).
+    pub warnings: Vec<String>,
+    pub duration_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Policy {
+    pub keep_last: Option<u32>,
+    pub keep_days: Option<u32>,
+    /// The rule in words, as the report prints it.
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupFate {
+    pub label: String,
+    pub stop_time: String,
+    pub stop_lsn: String,
+    pub timeline: u32,
+    /// Why it is kept; empty for an expired backup.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct WalRemoval {
+    /// Complete segments.
+    pub segments: u64,
+    /// `.partial` and `.backup` files.
+    pub other_files: u64,
+    pub bytes: u64,
+    /// The first and last file deleted, by position (then timeline).
+    pub first: Option<String>,
+    pub last: Option<String>,
+    /// WAL from this segment on is kept (the earliest start of a kept backup), on every timeline.
+    pub kept_from: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ChunkRemoval {
+    pub count: u64,
+    pub bytes: u64,
+    /// Chunks still referenced, which stay.
+    pub remaining: u64,
+    pub remaining_bytes: u64,
+}
+
+/// Turn a lock refusal or loss into the engine's error (exit 4, with the hint).
+pub(crate) fn lock_error(e: LockError) -> EngineError {
+    match e {
+        LockError::Repo(r) => EngineError::Repo(r),
+        other => {
+            let hint = other.hint().unwrap_or_default();
+            EngineError::invalid(other.to_string(), hint)
+        }
+    }
+}
+
+pub async fn expire(repo: &Repository, opts: &ExpireOptions) -> Result<ExpireReport> {
+    let started = Instant::now();
+    let policy = check_policy(opts)?;
+    if opts.dry_run {
+        // A dry run writes nothing, not even a lock; it says when its plan may be moving.
+        let now = OffsetDateTime::now_utc();
+        let stale_after = lifeboat_repo::lock::LockSettings::default().stale_after;
+        let warnings = repo
+            .locks()
+            .await?
+            .into_iter()
+            .filter_map(|l| match l.record {
+                Ok(r) if r.stale_reason(now, stale_after).is_none() => Some(format!(
+                    "the repository is locked ({}): a real run would be refused now",
+                    r.describe(now)
+                )),
+                _ => None,
+            })
+            .collect();
+        let plan = plan(repo, opts, policy).await?;
+        return Ok(plan.into_report(true, warnings, started));
+    }
+
+    let mut lock = RepoLock::acquire(repo, LockKind::Expire)
+        .await
+        .map_err(lock_error)?;
+    let result = match plan(repo, opts, policy).await {
+        Ok(plan) => execute(repo, &lock, plan, started).await,
+        Err(e) => Err(e),
+    };
+    lock.release().await;
+    result
+}
+
+fn check_policy(opts: &ExpireOptions) -> Result<Policy> {
+    let hint = "pass --keep-last N and/or --keep-days D, or set keep_last / keep_days in the \
+                [retention] section of the config file";
+    if opts.keep_last.is_none() && opts.keep_days.is_none() {
+        return Err(EngineError::invalid(
+            "no retention policy: refusing to guess what to keep",
+            hint,
+        ));
+    }
+    if opts.keep_last == Some(0) || opts.keep_days == Some(0) {
+        return Err(EngineError::invalid(
+            "a retention of 0 backups or 0 days keeps nothing (the newest backup is always kept)",
+            hint,
+        ));
+    }
+    let rule = match (opts.keep_last, opts.keep_days) {
+        (Some(1), None) => "keep the newest backup".to_string(),
+        (Some(n), None) => format!("keep the newest {n} backups"),
+        (None, Some(d)) => format!(
+            "keep what restores to any moment of the last {d} days (the backups that ended \
+             within them and the last one that ended before)"
+        ),
+        (Some(n), Some(d)) => format!(
+            "keep a backup if either rule keeps it: the newest {n}, or what restores to any \
+             moment of the last {d} days"
+        ),
+        (None, None) => String::new(),
+    };
+    Ok(Policy {
+        keep_last: opts.keep_last,
+        keep_days: opts.keep_days,
+        rule,
+    })
+}
+
+/// Which backups stay, and why. `manifests` is oldest first (by stop LSN, then stop time).
+/// Returns one entry per manifest: `Some(reason)` to keep it, `None` to expire it.
+pub fn choose(
+    manifests: &[Manifest],
+    keep_last: Option<u32>,
+    keep_days: Option<u32>,
+    now: OffsetDateTime,
+) -> Vec<Option<String>> {
+    let n = manifests.len();
+    let mut fate: Vec<Option<String>> = vec![None; n];
+    if n == 0 {
+        return fate;
+    }
+    let mut keep = |i: usize, why: String| {
+        if fate[i].is_none() {
+            fate[i] = Some(why);
+        }
+    };
+    keep(n - 1, "the newest backup".into());
+    if let Some(last) = keep_last {
+        let last = usize::try_from(last).unwrap_or(usize::MAX).min(n);
+        for i in n - last..n {
+            keep(i, format!("among the newest {last}"));
+        }
+    }
+    if let Some(days) = keep_days {
+        let boundary = now - time::Duration::days(i64::from(days));
+        // Walking from the newest back: every backup that ended after the boundary, then the
+        // first one that ended at or before it, which is what restores the boundary moment.
+        for i in (0..n).rev() {
+            match OffsetDateTime::parse(&manifests[i].stop_time, &Rfc3339) {
+                Ok(stop) if stop > boundary => keep(i, format!("ended within {days} days")),
+                Ok(_) => {
+                    keep(
+                        i,
+                        format!(
+                            "the last to end before the {days}-day boundary: it restores to the start of that window"
+                        ),
+                    );
+                    break;
+                }
+                // A time we cannot read: keep it rather than guess its age.
+                Err(_) => keep(i, "its stop time is unreadable".into()),
+            }
+        }
+    }
+    fate
+}
+
+struct Plan {
+    policy: Policy,
+    kept: Vec<Manifest>,
+    expired: Vec<Manifest>,
+    kept_reasons: Vec<String>,
+    manifest_sizes: BTreeMap<String, u64>,
+    /// Oldest first.
+    wal: Vec<(WalFileName, u64, u64)>,
+    wal_kept_from: Option<String>,
+    /// Chunk keys no kept manifest references, with their sizes.
+    chunks: Vec<(String, u64)>,
+    chunks_remaining: (u64, u64),
+    window_before: Window,
+    window_after: Window,
+}
+
+async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result<Plan> {
+    let manifests = repo.manifests().await?;
+    let fates = choose(
+        &manifests,
+        opts.keep_last,
+        opts.keep_days,
+        OffsetDateTime::now_utc(),
+    );
+    let mut kept = Vec::new();
+    let mut kept_reasons = Vec::new();
+    let mut expired = Vec::new();
+    for (m, fate) in manifests.iter().zip(fates) {
+        match fate {
+            Some(why) => {
+                kept.push(m.clone());
+                kept_reasons.push(why);
+            }
+            None => expired.push(m.clone()),
+        }
+    }
+    let manifest_sizes: BTreeMap<String, u64> = repo
+        .store()
+        .list(keys::BACKUP_PREFIX)
+        .await
+        .map_err(RepoError::from)?
+        .into_iter()
+        .filter_map(|o| keys::parse_manifest_key(&o.key).map(|label| (label, o.size)))
+        .collect();
+
+    let identity = repo.identity().await?;
+    let listed_wal = repo.list_wal().await?;
+    let mut wal = Vec::new();
+    let mut wal_kept_from = None;
+    let mut latest_wal = None;
+    if let (Some(identity), false) = (identity, kept.is_empty()) {
+        let seg_size = identity.wal_segment_size;
+        // The earliest start among the kept backups (normally the oldest one's): no kept backup
+        // reads WAL before its own start, on any timeline.
+        let mut cutoff: Option<(u64, WalSegmentName)> = None;
+        for m in &kept {
+            let start = parse_segment(&m.start_wal, &m.label)?;
+            let segno = start.segno(seg_size).map_err(|e| {
+                EngineError::Internal(format!("backup {}: bad start_wal: {e}", m.label))
+            })?;
+            if cutoff.is_none_or(|(c, _)| segno < c) {
+                cutoff = Some((segno, start));
+            }
+        }
+        let max_timeline = kept.iter().map(|m| m.timeline).max();
+        if let (Some((cutoff, cut_name)), Some(max_timeline)) = (cutoff, max_timeline) {
+            wal_kept_from = Some(cut_name.to_string());
+            for stored in &listed_wal {
+                let Some(seg) = stored.name.segment() else {
+                    continue; // timeline history files are always kept
+                };
+                let Ok(segno) = seg.segno(seg_size) else {
+                    continue;
+                };
+                if seg.timeline <= max_timeline && segno < cutoff {
+                    wal.push((stored.name, segno, stored.stored_size));
+                }
+            }
+            wal.sort_by_key(|(name, segno, _)| (*segno, name.timeline(), name.to_string()));
+        }
+        if let Some(newest) = kept.last()
+            && let Ok(stop) = newest.stop_wal.parse::<WalSegmentName>()
+        {
+            latest_wal = Some(
+                crate::list::contiguous_end(repo, &stop, seg_size)
+                    .await?
+                    .to_string(),
+            );
+        }
+    }
+
+    // Chunks: everything under data/ that no kept manifest names. With no backup at all there is
+    // nothing to keep chunks for, but also nothing to expire: leave the chunks for the next
+    // backup to reuse.
+    let mut chunks = Vec::new();
+    let mut chunks_remaining = (0, 0);
+    if !kept.is_empty() {
+        let referenced = referenced_keys(&kept);
+        for object in repo
+            .store()
+            .list(keys::CHUNK_PREFIX)
+            .await
+            .map_err(RepoError::from)?
+        {
+            if !is_chunk_key(&object.key) {
+                continue; // not ours to judge
+            }
+            if referenced.contains(&object.key) {
+                chunks_remaining.0 += 1;
+                chunks_remaining.1 += object.size;
+            } else {
+                chunks.push((object.key, object.size));
+            }
+        }
+        chunks.sort();
+    }
+
+    let window = |ms: &[Manifest]| Window {
+        earliest: ms.first().map(|m| m.stop_time.clone()),
+        latest_backup: ms.last().map(|m| m.stop_time.clone()),
+        latest_wal: latest_wal.clone(),
+    };
+    Ok(Plan {
+        policy,
+        window_before: window(&manifests),
+        window_after: window(&kept),
+        kept,
+        expired,
+        kept_reasons,
+        manifest_sizes,
+        wal,
+        wal_kept_from,
+        chunks,
+        chunks_remaining,
+    })
+}
+
+fn parse_segment(text: &str, label: &str) -> Result<WalSegmentName> {
+    text.parse().map_err(|e| {
+        EngineError::invalid(
+            format!("backup {label} names an invalid WAL segment {text:?}: {e}"),
+            "the manifest is damaged; nothing was deleted. Run `lifeboat list` and check the repository",
+        )
+    })
+}
+
+fn referenced_keys(manifests: &[Manifest]) -> HashSet<String> {
+    manifests
+        .iter()
+        .flat_map(crate::backup::referenced_chunks)
+        .map(|c| c.key())
+        .collect()
+}
+
+/// `data/<hh>/<64 hex>` with `hh` its first two digits: the only objects garbage collection
+/// deletes under `data/`.
+fn is_chunk_key(key: &str) -> bool {
+    let Some(rest) = key.strip_prefix(keys::CHUNK_PREFIX) else {
+        return false;
+    };
+    let Some((dir, name)) = rest.split_once('/') else {
+        return false;
+    };
+    name.len() == 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && name.starts_with(dir)
+        && dir.len() == 2
+}
+
+impl Plan {
+    fn into_report(self, dry_run: bool, warnings: Vec<String>, started: Instant) -> ExpireReport {
+        let fate = |m: &Manifest, reason: String| BackupFate {
+            label: m.label.clone(),
+            stop_time: m.stop_time.clone(),
+            stop_lsn: m.stop_lsn.to_string(),
+            timeline: m.timeline.get(),
+            reason,
+        };
+        let manifest_bytes: u64 = self
+            .expired
+            .iter()
+            .filter_map(|m| self.manifest_sizes.get(&m.label))
+            .sum();
+        let mut wal = WalRemoval {
+            kept_from: self.wal_kept_from.clone(),
+            ..Default::default()
+        };
+        for (name, _, size) in &self.wal {
+            match name {
+                WalFileName::Segment(_) => wal.segments += 1,
+                _ => wal.other_files += 1,
+            }
+            wal.bytes += size;
+        }
+        wal.first = self.wal.first().map(|w| w.0.to_string());
+        wal.last = self.wal.last().map(|w| w.0.to_string());
+        let chunks = ChunkRemoval {
+            count: self.chunks.len() as u64,
+            bytes: self.chunks.iter().map(|c| c.1).sum(),
+            remaining: self.chunks_remaining.0,
+            remaining_bytes: self.chunks_remaining.1,
+        };
+        ExpireReport {
+            dry_run,
+            policy: self.policy,
+            kept: self
+                .kept
+                .iter()
+                .zip(self.kept_reasons)
+                .map(|(m, why)| fate(m, why))
+                .collect(),
+            expired: self
+                .expired
+                .iter()
+                .map(|m| fate(m, String::new()))
+                .collect(),
+            manifest_bytes,
+            bytes_freed: manifest_bytes + wal.bytes + chunks.bytes,
+            wal,
+            chunks,
+            window_before: self.window_before,
+            window_after: self.window_after,
+            warnings,
+            duration_seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+async fn execute(
+    repo: &Repository,
+    lock: &RepoLock,
+    mut plan: Plan,
+    started: Instant,
+) -> Result<ExpireReport> {
+    let held = || async { lock.check_held().await.map_err(lock_error) };
+
+    // 1. Manifests, oldest first: each delete is the moment that backup stops existing. Nothing
+    //    it needs is gone yet, so a crash here leaves it listed and still restorable.
+    for m in &plan.expired {
+        held().await?;
+        repo.store()
+            .delete(&keys::manifest(&m.label))
+            .await
+            .map_err(RepoError::from)?;
+        tracing::info!("expired backup {} (ended {})", m.label, m.stop_time);
+    }
+
+    // 2. WAL before every kept backup's start, oldest first, so that what remains after a crash
+    //    is still one unbroken run.
+    let wal_keys: Vec<String> = plan.wal.iter().map(|(n, _, _)| keys::wal(n)).collect();
+    delete_all(repo, &wal_keys, &held).await?;
+
+    // 3. Chunks. The references are re-read from what is in the repository now, so that a
+    //    manifest we did not plan with (there should be none: backups wait for our lock) is
+    //    respected all the same.
+    let kept_labels: HashSet<&str> = plan.kept.iter().map(|m| m.label.as_str()).collect();
+    let mut extra = Vec::new();
+    for label in repo.backup_labels().await? {
+        if !kept_labels.contains(label.as_str()) {
+            tracing::warn!("backup {label} appeared during expire: its chunks are kept");
+            extra.push(repo.manifest(&label).await?);
+        }
+    }
+    if !extra.is_empty() {
+        let also = referenced_keys(&extra);
+        plan.chunks.retain(|(key, _)| !also.contains(key));
+    }
+    let chunk_keys: Vec<String> = plan.chunks.iter().map(|(k, _)| k.clone()).collect();
+    delete_all(repo, &chunk_keys, &held).await?;
+
+    Ok(plan.into_report(false, Vec::new(), started))
+}
+
+/// Delete `keys` in order, a batch at a time (each batch after a check that the lock is ours),
+/// several deletes in flight within a batch.
+async fn delete_all<F, Fut>(repo: &Repository, keys: &[String], held: &F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    for batch in keys.chunks(DELETE_BATCH) {
+        held().await?;
+        let mut deletes = futures::stream::iter(batch)
+            .map(|key| async move { repo.store().delete(key).await })
+            .buffered(DELETE_PARALLEL);
+        while let Some(result) = deletes.next().await {
+            result.map_err(RepoError::from)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_pg::lsn::Lsn;
+
+    /// A manifest with only what ordering and retention look at; other fields take defaults.
+    fn manifest(label: &str, stop_lsn: u64, stop_time: &str) -> Manifest {
+        serde_json::from_value(serde_json::json!({
+            "format": "lifeboat-backup-manifest", "version": 1, "label": label,
+            "system_identifier": 1, "pg_version_num": 150000, "timeline": 1,
+            "start_lsn": Lsn(stop_lsn - 1), "stop_lsn": Lsn(stop_lsn),
+            "start_wal": "000000010000000000000001", "stop_wal": "000000010000000000000001",
+            "start_time": stop_time, "stop_time": stop_time, "duration_seconds": 1.0,
+            "backup_label": "", "block_size": 1048576, "data_checksums": true, "size": 0,
+            "stored_size": 0, "entries": []
+        }))
+        .unwrap()
+    }
+
+    fn kept(fates: &[Option<String>]) -> Vec<bool> {
+        fates.iter().map(Option::is_some).collect()
+    }
+
+    #[test]
+    fn keep_last_keeps_the_newest_by_position_never_by_label() {
+        let now = OffsetDateTime::now_utc();
+        // Labels in reverse order of age: the order that counts is the stop LSN.
+        let ms = vec![
+            manifest("z", 10, "2026-01-01T00:00:00Z"),
+            manifest("y", 20, "2026-01-02T00:00:00Z"),
+            manifest("x", 30, "2026-01-03T00:00:00Z"),
+        ];
+        assert_eq!(kept(&choose(&ms, Some(2), None, now)), [false, true, true]);
+        assert_eq!(kept(&choose(&ms, Some(1), None, now)), [false, false, true]);
+        assert_eq!(kept(&choose(&ms, Some(9), None, now)), [true, true, true]);
+        assert!(choose(&[], Some(1), None, now).is_empty());
+    }
+
+    #[test]
+    fn keep_days_keeps_the_window_and_the_backup_that_opens_it() {
+        let now = OffsetDateTime::parse("2026-01-10T12:00:00Z", &Rfc3339).unwrap();
+        let ms = vec![
+            manifest("a", 10, "2026-01-01T00:00:00Z"),
+            manifest("b", 20, "2026-01-02T00:00:00Z"),
+            manifest("c", 30, "2026-01-08T00:00:00Z"),
+            manifest("d", 40, "2026-01-09T00:00:00Z"),
+            manifest("e", 50, "2026-01-10T00:00:00Z"),
+        ];
+        // 7 days back is 2026-01-03T12:00: c, d, e ended after it; b restores to it.
+        let fates = choose(&ms, None, Some(7), now);
+        assert_eq!(kept(&fates), [false, true, true, true, true]);
+        assert!(fates[1].as_deref().unwrap().contains("boundary"));
+        // Union with keep_last.
+        assert_eq!(
+            kept(&choose(&ms, Some(4), Some(1), now)),
+            [false, true, true, true, true]
+        );
+        // Everything older than the window except the newest: only the newest stays.
+        let old = vec![
+            manifest("a", 10, "2025-01-01T00:00:00Z"),
+            manifest("b", 20, "2025-01-02T00:00:00Z"),
+        ];
+        assert_eq!(kept(&choose(&old, None, Some(7), now)), [false, true]);
+    }
+
+    #[test]
+    fn chunk_keys() {
+        let hex = "ab".repeat(32);
+        assert!(is_chunk_key(&format!("data/ab/{hex}")));
+        assert!(!is_chunk_key(&format!("data/cd/{hex}")));
+        assert!(!is_chunk_key("data/ab/readme"));
+        assert!(!is_chunk_key(&format!("backups/ab/{hex}")));
+    }
+
+    #[test]
+    fn no_policy_is_refused() {
+        assert!(check_policy(&ExpireOptions::default()).is_err());
+        assert!(
+            check_policy(&ExpireOptions {
+                keep_last: Some(0),
+                ..Default::default()
+            })
+            .is_err()
+        );
+        let p = check_policy(&ExpireOptions {
+            keep_last: Some(2),
+            keep_days: Some(7),
+            dry_run: false,
+        })
+        .unwrap();
+        assert!(p.rule.contains("either"), "{}", p.rule);
+    }
+}

@@ -1,0 +1,125 @@
+//! `expire`: resolve the retention policy (flags, else `[retention]` in the config file), call the
+//! engine, print what went (or would go) and the restore window before and after.
+
+use lifeboat_engine::expire::{ExpireOptions, ExpireReport};
+
+use crate::cli::ExpireArgs;
+use crate::commands::{human_bytes, open_repo};
+use crate::config::Resolved;
+use crate::exit::{Exit, Failure};
+
+pub async fn expire(resolved: &Resolved, args: &ExpireArgs) -> Result<Exit, Failure> {
+    // A policy is one thing: given on the command line, it replaces the config file's as a whole
+    // (mixing `--keep-last 2` with a configured `keep_days = 30` would keep far more than asked).
+    let from_flags = args.keep_last.is_some() || args.keep_days.is_some();
+    let (keep_last, keep_days) = if from_flags {
+        (args.keep_last, args.keep_days)
+    } else {
+        (
+            resolved.file.retention.keep_last,
+            resolved.file.retention.keep_days,
+        )
+    };
+    let repo = open_repo(resolved).await?;
+    let opts = ExpireOptions {
+        keep_last,
+        keep_days,
+        dry_run: args.dry_run,
+    };
+    let report = lifeboat_engine::expire::expire(&repo, &opts).await?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Failure::new(Exit::Internal, e.to_string(), None))?;
+        println!("{text}");
+    } else {
+        print_text(
+            &report,
+            if from_flags {
+                "command line"
+            } else {
+                "config file"
+            },
+        );
+    }
+    for w in &report.warnings {
+        eprintln!("WARNING: {w}");
+    }
+    Ok(Exit::Success)
+}
+
+fn print_text(r: &ExpireReport, source: &str) {
+    let verb = if r.dry_run { "would delete" } else { "deleted" };
+    println!("policy ({source}): {}", r.policy.rule);
+    if r.kept.is_empty() && r.expired.is_empty() {
+        println!("no backups in the repository: nothing to expire");
+        return;
+    }
+    for b in &r.expired {
+        println!(
+            "{verb} backup {} (ended {}, stop LSN {})",
+            b.label, b.stop_time, b.stop_lsn
+        );
+    }
+    for b in &r.kept {
+        println!(
+            "keep backup {} (ended {}): {}",
+            b.label, b.stop_time, b.reason
+        );
+    }
+    let w = &r.wal;
+    if w.segments + w.other_files == 0 {
+        println!(
+            "WAL: nothing to delete{}",
+            w.kept_from
+                .as_deref()
+                .map(|s| format!(" (kept from {s} on)"))
+                .unwrap_or_default()
+        );
+    } else {
+        println!(
+            "WAL: {verb} {} segments{} from {} to {}, {} (kept from {} on; timeline history files stay)",
+            w.segments,
+            if w.other_files > 0 {
+                format!(" and {} .backup/.partial files", w.other_files)
+            } else {
+                String::new()
+            },
+            w.first.as_deref().unwrap_or("-"),
+            w.last.as_deref().unwrap_or("-"),
+            human_bytes(w.bytes),
+            w.kept_from.as_deref().unwrap_or("-")
+        );
+    }
+    println!(
+        "chunks: {verb} {} unreferenced ({}); {} referenced remain ({})",
+        r.chunks.count,
+        human_bytes(r.chunks.bytes),
+        r.chunks.remaining,
+        human_bytes(r.chunks.remaining_bytes)
+    );
+    println!(
+        "{} {} in {:.1} s (backups: {}, WAL files: {}, chunks: {})",
+        if r.dry_run { "would free" } else { "freed" },
+        human_bytes(r.bytes_freed),
+        r.duration_seconds,
+        r.expired.len(),
+        w.segments + w.other_files,
+        r.chunks.count
+    );
+    let window = |w: &lifeboat_engine::list::Window| {
+        format!(
+            "from {} to the end of WAL segment {}",
+            w.earliest.as_deref().unwrap_or("-"),
+            w.latest_wal.as_deref().unwrap_or("-")
+        )
+    };
+    println!("restore window before: {}", window(&r.window_before));
+    println!(
+        "restore window {}: {}",
+        if r.dry_run { "after " } else { "now   " },
+        window(&r.window_after)
+    );
+    if r.dry_run {
+        println!("dry run: nothing was changed");
+    }
+}
