@@ -187,24 +187,43 @@ use_archiving() { # label only(0|1) command variant...
     die "[$label] archive_command does not archive: $cmd"
 }
 
-# Gives the segments (and backup history files) completed since FROM to every
-# archive that lacks them, with that variant's own command, run by hand.
+# Gives the WAL files archived since FROM (the segments and backup history
+# files PostgreSQL marked .done) to every archive that lacks them, with that
+# variant's own command, run by hand. (Not "the segments before the current
+# one": pg_walfile_name() of an LSN on a segment boundary names the segment
+# before it.) A backup history file PostgreSQL already removed is not given.
 catch_up() { # label from_segment
-    local label=$1 from=$2 upto f name v n=0 cmd
-    upto=$(current_wal)
-    for f in "$DATA"/pg_wal/*; do
+    local label=$1 from=$2 f name v n=0 cmd
+    for f in "$DATA"/pg_wal/archive_status/*.done; do
         name=${f##*/}
+        name=${name%.done}
         [[ $name =~ ^[0-9A-F]{24}(\.[0-9A-F]{8}\.backup)?$ ]] || continue
-        if [[ ${name:0:24} < $from ]] || [[ ! ${name:0:24} < $upto ]]; then continue; fi
+        [[ ! ${name:0:24} < $from ]] || continue
+        [ -e "$DATA/pg_wal/$name" ] || continue
         for v in "${VARIANTS[@]}"; do
             in_archive "${V_ARCH[$v]}" "$name" && continue
-            cmd=${V_CMD[$v]//%p/$f}
+            cmd=${V_CMD[$v]//%p/$DATA/pg_wal/$name}
+            echo "$cmd" >>"$WORK/logs/catch-up.log"
             as_pg sh -c "$cmd" >>"$WORK/logs/catch-up.log" 2>&1 \
                 || die "[$label] could not archive $name by hand for $v; see $WORK/logs/catch-up.log"
             n=$((n + 1))
         done
     done
     [ "$n" -eq 0 ] || log "  [$label] archived $n file(s) by hand into the other repositories"
+}
+
+# Every archive holds every segment from FROM on that PostgreSQL archived.
+check_archives() { # label from_segment
+    local label=$1 from=$2 f name v
+    for f in "$DATA"/pg_wal/archive_status/*.done; do
+        name=${f##*/}
+        name=${name%.done}
+        [[ $name =~ ^[0-9A-F]{24}$ ]] || continue
+        [[ ! $name < $from ]] || continue
+        for v in "${VARIANTS[@]}"; do
+            in_archive "${V_ARCH[$v]}" "$name" || die "[$label] $name is missing from the archive of $v"
+        done
+    done
 }
 
 # --- the variants -----------------------------------------------------------------
@@ -233,7 +252,12 @@ prepare_variants() {
         case "$v" in
         lifeboat-*)
             bs=${v#lifeboat-}
-            LB_EXTRA_CONF=$(printf '[backup]\nblock_size_kib = %s' "$bs")
+            # Its own spool directory: the markers of segments pushed ahead
+            # (pg_wal/lifeboat/pushed by default) name a file, not a
+            # repository, and one repository's marker would let the wal-push
+            # of another skip that file.
+            new_pg_dir "$TOOL_DIR/spool"
+            LB_EXTRA_CONF=$(printf '[archive]\nspool_dir = "%s"\n\n[backup]\nblock_size_kib = %s' "$TOOL_DIR/spool" "$bs")
             prepare_lifeboat
             V_KIND[$v]=lifeboat V_BS[$v]=$bs V_CONF[$v]=$LB_CONF
             ;;
@@ -302,6 +326,7 @@ run_backup() { # variant step
     drain_archiving "$v"
     catch_up "$v" "$from"
     use_archiving all 0 "$CHAIN" "${VARIANTS[@]}"
+    check_archives "$v" "$from"
     [ "$rc" -eq 0 ] || return 0
     after=$(repo_backup_bytes "$v")
     out="$WORK/logs/s$SCALE-$v-$step.out"
@@ -472,7 +497,7 @@ lifeboat_breakdown() { # variant
             m = split($1, ps, " "); names = ""
             for (i = 1; i <= m && i <= 6; i++) names = names (i > 1 ? ", " : "") relname(ps[i])
             if (m > 6) names = names sprintf(", ... (%d changed files)", m)
-            printf "%d\tpack of %d small files (%.0f KiB), changed: %s\t%s\t%s\n", bytes, $3, $2 / 1024, names, "1/1", bytes
+            printf "%d\tpack of %d small file%s (%.0f KiB), changed: %s\t%s\t%s\n", bytes, $3, ($3 == 1 ? "" : "s"), $2 / 1024, names, "1/1", bytes
         } else {
             printf "%d\t%s (%.1f MiB)\t%s/%s\t%d\n", bytes, relname($1), $2 / 1048576, $4, $3, bytes
         }
@@ -495,7 +520,7 @@ pgbackrest_breakdown() {
         if (match(base, /_(fsm|vm|init)$/)) { fork = substr(base, RSTART + 1); base = substr(base, 1, RSTART - 1) }
         name = (base in rel) ? rel[base] (fork == "" ? "" : " (" fork ")") (seg == "" ? "" : " segment " substr(seg, 2)) : p
         cmd = "stat -c %s " data "/" p " 2>/dev/null"; s = 0; cmd | getline s; close(cmd)
-        printf "%s (%.1f MiB)\t%d\n", name, s / 1048576, $1
+        printf "%s (%s)\t%d\n", name, (s >= 1048576 ? sprintf("%.1f MiB", s / 1048576) : sprintf("%.0f KiB", s / 1024)), $1
     }' >"$WORK/pgbackrest-breakdown.tsv"
 }
 
