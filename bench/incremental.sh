@@ -53,7 +53,27 @@ CHAIN=""                 # every variant's archive_command, joined with &&
 EXTRA=""                 # TSV: per measured backup, what `measure` does not record
 INFO=""                  # key<TAB>value: the cluster, the workload
 SUM_AFTER=""             # sum(abalance) after the workload: what every restore must show
-LB_BIN_INFO=""
+LB_BIN_INFO=""           # the Lifeboat binary the first Lifeboat step ran
+LB_BIN_MTIME=""
+LB_BIN_CHANGED=""        # set when the binary was replaced between two steps
+
+# Describes the Lifeboat binary before each Lifeboat step: on a shared machine
+# someone may rebuild it in the middle of a run.
+lb_bin_check() { # label
+    local mtime info
+    mtime=$(date -u -r "$LIFEBOAT_BIN" +%Y-%m-%dT%H:%M:%SZ)
+    [ "$mtime" != "$LB_BIN_MTIME" ] || return 0
+    info="binary of $mtime"
+    "$LIFEBOAT_BIN" backup --help 2>/dev/null | grep -q -- --full-scan \
+        || info="$info, no --full-scan: built before the incremental fast path"
+    if [ -z "$LB_BIN_MTIME" ]; then
+        LB_BIN_INFO=$info
+    else
+        log "  [$1] warning: $LIFEBOAT_BIN was replaced since the previous Lifeboat step (now: $info)"
+        LB_BIN_CHANGED="${LB_BIN_CHANGED}before $1: $info; "
+    fi
+    LB_BIN_MTIME=$mtime
+}
 
 check_prereqs() {
     local t
@@ -312,6 +332,7 @@ run_backup() { # variant step
     before=$(repo_backup_bytes "$v")
     case "${V_KIND[$v]}" in
     lifeboat)
+        lb_bin_check "$v $step"
         measure "$SCALE" "$v" "$step" stored_lifeboat "$TOOL_DIR/repo" \
             "$LIFEBOAT_BIN" --config "$LB_CONF" backup --pgdata "$DATA" \
             --db "host=$SOCK port=$PORT user=postgres dbname=postgres" --json || rc=$?
@@ -543,6 +564,7 @@ report() {
             "$(findmnt -no SOURCE,FSTYPE -T "$WORK" | tr -s ' ' ' ')" "$DISK_FREE_START"
         printf -- '- versions: %s; %s; %s (%s); zstd %s\n' "$pgv" "${pgbrv:-pgBackRest not installed}" \
             "${lbv:-lifeboat not built}" "$LB_BIN_INFO" "${zstdv:-?}"
+        [ -z "$LB_BIN_CHANGED" ] || printf -- '- **warning: the Lifeboat binary was replaced during the run**, %sthe figures of the steps before and after it are not comparable\n' "$LB_BIN_CHANGED"
         printf -- '- SCALE=%s SECONDS_HOT=%s CLIENTS=%s HOT_PERCENT=%s BLOCK_SIZES="%s" TOOLS="%s" VERIFY=%s IDLE_MAX_MS_PER_S=%s IDLE_WAIT_SECONDS=%s; load average at the end: %s\n' \
             "$SCALE" "$SECONDS_HOT" "$CLIENTS" "$HOT_PERCENT" "$BLOCK_SIZES" "$TOOLS" "$VERIFY" \
             "$IDLE_MAX_MS_PER_S" "$IDLE_WAIT_SECONDS" "$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -701,11 +723,6 @@ main() {
     : >"$EXTRA"
     : >"$INFO"
     DISK_FREE_START=$(df -Ph "$WORK" | awk 'NR==2 {print $4}')
-    if [ -x "$LIFEBOAT_BIN" ]; then
-        LB_BIN_INFO="binary of $(date -u -r "$LIFEBOAT_BIN" +%Y-%m-%dT%H:%M:%SZ)"
-        "$LIFEBOAT_BIN" backup --help 2>/dev/null | grep -q -- --full-scan \
-            || LB_BIN_INFO="$LB_BIN_INFO, no --full-scan: built before the incremental fast path"
-    fi
     log "work dir $WORK; SCALE=$SCALE SECONDS_HOT=$SECONDS_HOT BLOCK_SIZES=\"$BLOCK_SIZES\" TOOLS=\"$TOOLS\"; $(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg)"
     init_cluster
     load_data

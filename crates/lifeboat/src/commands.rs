@@ -197,7 +197,7 @@ async fn wal_fetch(cli: &Cli, resolved: &Resolved, args: &WalFetchArgs) -> Resul
                     cli,
                     resolved,
                     &after,
-                    &archive::fetch::prefetch_dir(&args.dest, &options),
+                    &archive::fetch::prefetch_dir(&args.dest, &options, repo.store().as_ref()),
                     options.prefetch,
                 );
             }

@@ -13,6 +13,21 @@ use lifeboat_testkit::free_port;
 use support::*;
 
 /// pgbench load with `archive_command = 'cp %p ARCH/%f && lifeboat wal-push %p'`; then every file in
+/// Whether the prefetch spool (any repository's subdirectory) holds a segment.
+fn spool_has_segments(spool: &std::path::Path) -> bool {
+    fs::read_dir(spool)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|repo_dir| {
+            fs::read_dir(repo_dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|f| f.file_name().len() == 24)
+        })
+}
+
 /// ARCH is in the repository and `wal-fetch` returns it byte-identical; `info` sees no gap.
 fn archive_under_load(backend: Backend, encrypted: bool) {
     let setup = Setup::new(backend, encrypted);
@@ -36,23 +51,29 @@ fn archive_under_load(backend: Backend, encrypted: bool) {
     );
     let dest_dir = setup.scratch("pg_wal");
     let dest = dest_dir.join("RECOVERYXLOG");
-    // Prefetch as `wal-fetch` does in the background, so that the next fetches come from the spool.
+    // A first fetch starts the prefetcher in the background; wait until it has filled the spool
+    // (one subdirectory per repository), so that the next fetches come from it.
     let first_segment = copies
         .iter()
         .map(|p| file_name(p))
         .find(|n| n.len() == 24)
         .expect("a segment");
+    let out = setup
+        .cmd()
+        .args(["wal-fetch", &first_segment, dest.to_str().expect("utf8")])
+        .output()
+        .expect("run");
+    assert_success(&out, "first wal-fetch");
     let spool = dest_dir.join("lifeboat").join("prefetch");
-    let out = setup.run(&[
-        "wal-prefetch",
-        "--after",
-        &first_segment,
-        "--spool",
-        spool.to_str().expect("utf8"),
-        "--count",
-        "4",
-    ]);
-    assert_success(&out, "wal-prefetch");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !spool_has_segments(&spool) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the prefetcher put nothing in {}",
+            spool.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let mut from_spool = 0;
     for copy in &copies {
         let name = file_name(copy);
@@ -396,4 +417,72 @@ fn recovery_end_to_end_replays_all_archived_wal() {
         )),
         "{log}"
     );
+}
+
+/// Two repositories fed by one cluster (`wal-push` chained twice in archive_command) with a
+/// backlog of `.ready` files, so that push-ahead runs: each repository gets every segment. (The
+/// spool's "pushed ahead" markers once were shared, and the second repository silently missed
+/// segments the first had pushed ahead.)
+#[test]
+fn two_chained_repositories_each_get_every_segment() {
+    let first = Setup::new(Backend::Local, false);
+    let second = Setup::new(Backend::Local, false);
+    let cluster = TestCluster::start_new(&format!(
+        "archive_mode = on\narchive_command = 'false'\narchive_timeout = 0\n"
+    ))
+    .expect("cluster");
+    cluster.psql("create table b(x int)").expect("table");
+    for i in 0..12 {
+        cluster
+            .psql(&format!("insert into b values ({i})"))
+            .expect("insert");
+        cluster.switch_wal().expect("switch");
+    }
+    // Now archive into both: PostgreSQL finds a backlog of .ready files.
+    let command = format!(
+        "cp %p {arch}/%f && {BIN} --config {a} wal-push %p && {BIN} --config {b} wal-push %p",
+        arch = first.arch.display(),
+        a = first.config.display(),
+        b = second.config.display()
+    );
+    cluster
+        .psql(&format!("alter system set archive_command = '{command}'"))
+        .expect("set archive_command");
+    cluster.psql("select pg_reload_conf()").expect("reload");
+    cluster.psql("insert into b values (99)").expect("insert");
+    let last = cluster.switch_wal().expect("switch");
+    cluster.wait_archived(&last, WAIT).expect("archived");
+
+    let segments: Vec<String> = first
+        .archived_copies()
+        .iter()
+        .map(|p| file_name(p))
+        .filter(|n| n.len() == 24)
+        .collect();
+    assert!(segments.len() >= 12, "{segments:?}");
+    for setup in [&first, &second] {
+        let dest_dir = setup.scratch("fetched");
+        for name in &segments {
+            let dest = dest_dir.join(name);
+            let out = setup
+                .cmd()
+                .args([
+                    "wal-fetch",
+                    "--prefetch",
+                    "0",
+                    name,
+                    dest.to_str().expect("utf8"),
+                ])
+                .output()
+                .expect("run");
+            assert_success(
+                &out,
+                &format!("wal-fetch {name} from {}", setup.config.display()),
+            );
+            assert!(
+                fs::read(&dest).expect("fetched") == fs::read(first.arch.join(name)).expect("copy"),
+                "{name} differs"
+            );
+        }
+    }
 }

@@ -49,12 +49,18 @@ pub enum FetchOutcome {
     NotFound,
 }
 
-pub fn prefetch_dir(dest: &Path, options: &FetchOptions) -> PathBuf {
+/// Where segments fetched ahead for this repository wait (see [`super::spool_subdir`]).
+pub fn prefetch_dir(
+    dest: &Path,
+    options: &FetchOptions,
+    store: &dyn lifeboat_storage::Store,
+) -> PathBuf {
     options
         .spool_dir
         .clone()
         .unwrap_or_else(|| default_spool(&wal_dir_of(dest)))
         .join("prefetch")
+        .join(super::spool_subdir(store))
 }
 
 pub async fn fetch(
@@ -64,7 +70,7 @@ pub async fn fetch(
     options: &FetchOptions,
 ) -> Result<FetchOutcome> {
     let name = parse_name(name)?;
-    let spool = prefetch_dir(dest, options);
+    let spool = prefetch_dir(dest, options, repo.store().as_ref());
     let prefetch_after = match &name {
         WalFileName::Segment(seg) if options.prefetch > 0 => Some(*seg),
         _ => None,

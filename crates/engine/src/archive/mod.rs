@@ -32,6 +32,15 @@ fn default_spool(wal_dir: &Path) -> PathBuf {
     wal_dir.join("lifeboat")
 }
 
+/// The spool's subdirectory for one repository, named after its location. Markers and prefetched
+/// files are facts about one repository: with two repositories fed from one cluster (`wal-push`
+/// chained twice in archive_command) a shared marker would make the second call return 0 for a
+/// segment only the first one stored.
+pub fn spool_subdir(store: &dyn lifeboat_storage::Store) -> String {
+    let hash = blake3::hash(store.describe().as_bytes());
+    format!("repo-{}", &hash.to_hex()[..16])
+}
+
 /// Check that `bytes` really is the WAL file `name` says, and say which cluster wrote it.
 /// History and backup-label files carry no header and yield no identity.
 fn validate_wal(name: &WalFileName, bytes: &[u8]) -> Result<Option<ClusterIdentity>> {

@@ -74,7 +74,8 @@ pub async fn push(repo: &LazyRepo, path: &Path, options: &PushOptions) -> Result
         .spool_dir
         .clone()
         .unwrap_or_else(|| default_spool(&wal_dir))
-        .join("pushed");
+        .join("pushed")
+        .join(super::spool_subdir(repo.store().as_ref()));
 
     if marker_matches(&markers, &name, path) {
         return Ok(PushReport {
