@@ -230,8 +230,8 @@ fn recovery_target(args: &RestoreArgs) -> Result<RecoveryTarget, Failure> {
     })
 }
 
-/// Quote for `sh -c` (PostgreSQL runs restore_command through the shell).
-fn shell_quote(text: &str) -> String {
+/// Quote for `sh -c` (PostgreSQL runs archive_command and restore_command through the shell).
+pub(crate) fn shell_quote(text: &str) -> String {
     if !text.is_empty()
         && text
             .bytes()

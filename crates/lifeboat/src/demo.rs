@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use lifeboat_pg::cluster::{self as pgc, ClusterError, InitOptions, LocalCluster, StopMode};
 
+use crate::backup_cmds::shell_quote;
 use crate::exit::{Exit, Failure};
 
 /// How long a server may take to start (the restored one: until it is consistent).
@@ -648,19 +649,6 @@ fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Failure {
             format!("{what}: {e}"),
             Some("check that the temporary directory (TMPDIR) is writable and not full".into()),
         )
-    }
-}
-
-/// Quote for `sh -c` (PostgreSQL runs archive_command through the shell).
-fn shell_quote(text: &str) -> String {
-    if !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-=:+,".contains(&b))
-    {
-        text.to_string()
-    } else {
-        format!("'{}'", text.replace('\'', "'\\''"))
     }
 }
 

@@ -427,9 +427,9 @@ fn recovery_end_to_end_replays_all_archived_wal() {
 fn two_chained_repositories_each_get_every_segment() {
     let first = Setup::new(Backend::Local, false);
     let second = Setup::new(Backend::Local, false);
-    let cluster = TestCluster::start_new(&format!(
-        "archive_mode = on\narchive_command = 'false'\narchive_timeout = 0\n"
-    ))
+    let cluster = TestCluster::start_new(
+        "archive_mode = on\narchive_command = 'false'\narchive_timeout = 0\n",
+    )
     .expect("cluster");
     cluster.psql("create table b(x int)").expect("table");
     for i in 0..12 {

@@ -293,7 +293,7 @@ thread_local! {
 }
 
 /// `pread` until `buf` is full or the file ends; returns the bytes read.
-fn read_at_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+pub(crate) fn read_at_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], offset + done as u64) {

@@ -20,6 +20,7 @@ use lifeboat_repo::Repository;
 use lifeboat_repo::backup::{ChunkId, Entry, FileEntry, Manifest, Root};
 use serde::Serialize;
 
+use crate::backup::chunks::read_at_full;
 use crate::{EngineError, Result, join_error};
 pub use plan::Plan;
 
@@ -836,17 +837,4 @@ fn strip_recovery_settings(conf: &str) -> String {
         })
         .map(|l| format!("{l}\n"))
         .collect()
-}
-
-fn read_at_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
