@@ -62,7 +62,7 @@ fn bar(total: u64) -> ProgressBar {
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Failure::new(Exit::Internal, e.to_string(), None))?;
-    println!("{text}");
+    outln!("{text}");
     Ok(())
 }
 
@@ -147,15 +147,22 @@ pub async fn list(resolved: &Resolved, args: &ListArgs) -> Result<Exit, Failure>
         return Ok(Exit::Success);
     }
     if listing.backups.is_empty() {
-        println!("no backups yet: take one with `lifeboat backup`");
+        outln!("no backups yet: take one with `lifeboat backup`");
         return Ok(Exit::Success);
     }
-    println!(
+    outln!(
         "{:<17} {:<27} {:<27} {:>3} {:>14} {:>10} {:>10} {:>8}",
-        "label", "start", "stop", "tl", "stop lsn", "size", "stored", "seconds"
+        "label",
+        "start",
+        "stop",
+        "tl",
+        "stop lsn",
+        "size",
+        "stored",
+        "seconds"
     );
     for b in &listing.backups {
-        println!(
+        outln!(
             "{:<17} {:<27} {:<27} {:>3} {:>14} {:>10} {:>10} {:>8.1}",
             b.label,
             b.start_time,
@@ -168,7 +175,7 @@ pub async fn list(resolved: &Resolved, args: &ListArgs) -> Result<Exit, Failure>
         );
     }
     let w = &listing.window;
-    println!(
+    outln!(
         "restore window: from {} to the end of WAL segment {} (newest backup ended {})",
         w.earliest.as_deref().unwrap_or("-"),
         w.latest_wal.as_deref().unwrap_or("-"),
@@ -186,17 +193,17 @@ pub async fn check(resolved: &Resolved, args: &CheckArgs) -> Result<Exit, Failur
     if args.json {
         print_json(&report)?;
     } else {
-        println!(
+        outln!(
             "cluster {} (PostgreSQL {}), repository {}",
             report.system_identifier,
             report.server_version,
             repo.location()
         );
         for p in &report.problems {
-            println!("PROBLEM: {}\n  FIX: {}", p.what, p.fix);
+            outln!("PROBLEM: {}\n  FIX: {}", p.what, p.fix);
         }
         if let (Some(seg), Some(s)) = (&report.switched_segment, report.archive_seconds) {
-            println!("ok: segment {seg} reached the repository {s:.1} s after the switch");
+            outln!("ok: segment {seg} reached the repository {s:.1} s after the switch");
         }
     }
     if report.problems.is_empty() {
@@ -354,7 +361,7 @@ pub async fn restore(resolved: &Resolved, args: &RestoreArgs) -> Result<Exit, Fa
         }
         if report.dry_run {
             if !args.json {
-                println!(
+                outln!(
                     "would restore backup {} (ended {}, LSN {}, timeline {}) into {}: {} files, {}",
                     plan.backup,
                     plan.backup_stop_time,
@@ -364,13 +371,13 @@ pub async fn restore(resolved: &Resolved, args: &RestoreArgs) -> Result<Exit, Fa
                     plan.files,
                     human_bytes(plan.bytes)
                 );
-                println!(
+                outln!(
                     "WAL needed from {} to {}; all present",
                     plan.wal_from,
                     plan.wal_to.as_deref().unwrap_or("the target")
                 );
                 for (oid, dir) in &plan.tablespaces {
-                    println!("tablespace {oid} -> {}", dir.display());
+                    outln!("tablespace {oid} -> {}", dir.display());
                 }
             }
             return Ok(Exit::Success);

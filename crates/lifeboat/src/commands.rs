@@ -120,7 +120,7 @@ async fn init(resolved: &Resolved, args: &InitArgs) -> Result<Exit, Failure> {
         ..InitOptions::default()
     };
     let repo = Repository::init(store, options).await?;
-    println!(
+    outln!(
         "created {} repository at {} (id {}, compression {} level {})",
         if encrypted {
             "an encrypted"
@@ -133,7 +133,7 @@ async fn init(resolved: &Resolved, args: &InitArgs) -> Result<Exit, Failure> {
         args.compression_level
     );
     if encrypted {
-        println!("keep the passphrase safe: without it nothing in the repository can be restored");
+        outln!("keep the passphrase safe: without it nothing in the repository can be restored");
     }
     Ok(Exit::Success)
 }
@@ -266,15 +266,16 @@ async fn info(resolved: &Resolved, args: &InfoArgs) -> Result<Exit, Failure> {
     if args.json {
         let text = serde_json::to_string_pretty(&info)
             .map_err(|e| Failure::new(Exit::Internal, e.to_string(), None))?;
-        println!("{text}");
+        outln!("{text}");
         return Ok(Exit::Success);
     }
-    println!("repository   {} (id {})", info.location, info.repo_id);
-    println!(
+    outln!("repository   {} (id {})", info.location, info.repo_id);
+    outln!(
         "format       version {}, created {}",
-        info.format_version, info.created
+        info.format_version,
+        info.created
     );
-    println!(
+    outln!(
         "encryption   {}",
         if info.encrypted {
             "XChaCha20-Poly1305, key wrapped by an Argon2id passphrase key"
@@ -282,26 +283,27 @@ async fn info(resolved: &Resolved, args: &InfoArgs) -> Result<Exit, Failure> {
             "none"
         }
     );
-    println!(
+    outln!(
         "compression  {} (level {})",
-        info.compression, info.compression_level
+        info.compression,
+        info.compression_level
     );
     match &info.cluster {
-        Some(c) => println!(
+        Some(c) => outln!(
             "cluster      system identifier {}, PostgreSQL {}, WAL segments of {} MiB",
             c.system_identifier,
             c.pg_major,
             c.wal_segment_size >> 20
         ),
-        None => println!("cluster      not bound yet (no WAL archived)"),
+        None => outln!("cluster      not bound yet (no WAL archived)"),
     }
-    println!(
+    outln!(
         "WAL          {} files, {} stored",
         info.wal_files,
         human_bytes(info.wal_stored_bytes)
     );
     for tl in &info.timelines {
-        println!(
+        outln!(
             "timeline {:<3} {} .. {} ({} segments, {})",
             tl.timeline,
             tl.first_segment,
@@ -314,17 +316,19 @@ async fn info(resolved: &Resolved, args: &InfoArgs) -> Result<Exit, Failure> {
             }
         );
         for gap in &tl.gaps {
-            println!(
+            outln!(
                 "  gap        {} .. {} ({} segments missing)",
-                gap.first_missing, gap.last_missing, gap.count
+                gap.first_missing,
+                gap.last_missing,
+                gap.count
             );
         }
         for p in &tl.partial_files {
-            println!("  partial    {p}");
+            outln!("  partial    {p}");
         }
     }
     for h in &info.history_files {
-        println!("history      {h}");
+        outln!("history      {h}");
     }
     Ok(Exit::Success)
 }

@@ -30,7 +30,7 @@ pub async fn expire(resolved: &Resolved, args: &ExpireArgs) -> Result<Exit, Fail
     if args.json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| Failure::new(Exit::Internal, e.to_string(), None))?;
-        println!("{text}");
+        outln!("{text}");
     } else {
         print_text(
             &report,
@@ -49,26 +49,30 @@ pub async fn expire(resolved: &Resolved, args: &ExpireArgs) -> Result<Exit, Fail
 
 fn print_text(r: &ExpireReport, source: &str) {
     let verb = if r.dry_run { "would delete" } else { "deleted" };
-    println!("policy ({source}): {}", r.policy.rule);
+    outln!("policy ({source}): {}", r.policy.rule);
     if r.kept.is_empty() && r.expired.is_empty() {
-        println!("no backups in the repository: nothing to expire");
+        outln!("no backups in the repository: nothing to expire");
         return;
     }
     for b in &r.expired {
-        println!(
+        outln!(
             "{verb} backup {} (ended {}, stop LSN {})",
-            b.label, b.stop_time, b.stop_lsn
+            b.label,
+            b.stop_time,
+            b.stop_lsn
         );
     }
     for b in &r.kept {
-        println!(
+        outln!(
             "keep backup {} (ended {}): {}",
-            b.label, b.stop_time, b.reason
+            b.label,
+            b.stop_time,
+            b.reason
         );
     }
     let w = &r.wal;
     if w.segments + w.other_files == 0 {
-        println!(
+        outln!(
             "WAL: nothing to delete{}",
             w.kept_from
                 .as_deref()
@@ -76,7 +80,7 @@ fn print_text(r: &ExpireReport, source: &str) {
                 .unwrap_or_default()
         );
     } else {
-        println!(
+        outln!(
             "WAL: {verb} {} segments{} from {} to {}, {} (kept from {} on; timeline history files stay)",
             w.segments,
             if w.other_files > 0 {
@@ -90,14 +94,14 @@ fn print_text(r: &ExpireReport, source: &str) {
             w.kept_from.as_deref().unwrap_or("-")
         );
     }
-    println!(
+    outln!(
         "chunks: {verb} {} unreferenced ({}); {} referenced remain ({})",
         r.chunks.count,
         human_bytes(r.chunks.bytes),
         r.chunks.remaining,
         human_bytes(r.chunks.remaining_bytes)
     );
-    println!(
+    outln!(
         "{} {} in {:.1} s (backups: {}, WAL files: {}, chunks: {})",
         if r.dry_run { "would free" } else { "freed" },
         human_bytes(r.bytes_freed),
@@ -113,13 +117,13 @@ fn print_text(r: &ExpireReport, source: &str) {
             w.latest_wal.as_deref().unwrap_or("-")
         )
     };
-    println!("restore window before: {}", window(&r.window_before));
-    println!(
+    outln!("restore window before: {}", window(&r.window_before));
+    outln!(
         "restore window {}: {}",
         if r.dry_run { "after " } else { "now   " },
         window(&r.window_after)
     );
     if r.dry_run {
-        println!("dry run: nothing was changed");
+        outln!("dry run: nothing was changed");
     }
 }

@@ -9,6 +9,18 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// `println!` for command output that treats a closed standard output (`lifeboat info | head`) as
+/// the reader having had enough: exit quietly with 141, as a process stopped by SIGPIPE does,
+/// instead of panicking. Any other write failure is an error with the local I/O exit code.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            crate::stdout_failed(&e);
+        }
+    }};
+}
+
 mod backup_cmds;
 mod cli;
 mod commands;
@@ -59,6 +71,18 @@ fn main() -> ExitCode {
         Ok(exit) => ExitCode::from(exit.code()),
         Err(failure) => report(&failure, in_recovery),
     }
+}
+
+/// See [`outln`].
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "lifeboat: error: cannot write to standard output: {e}"
+    );
+    std::process::exit(i32::from(Exit::LocalIo.code()));
 }
 
 /// Print a failure PostgreSQL-style: `lifeboat: error: …` then `HINT: …`.

@@ -486,3 +486,26 @@ fn two_chained_repositories_each_get_every_segment() {
         }
     }
 }
+
+/// Output into a pipe whose reader has gone (`lifeboat info | head -1`): a quiet exit with 141,
+/// as a process stopped by SIGPIPE, never a panic.
+#[test]
+fn closed_stdout_is_a_quiet_exit_not_a_panic() {
+    let setup = Setup::new(Backend::Local, false);
+    // The reading end is closed before lifeboat starts, so its first write finds no reader.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = setup
+        .cmd()
+        .arg("info")
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("panicked"),
+        "it panicked: {}",
+        stderr(&out)
+    );
+}
