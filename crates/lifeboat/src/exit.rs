@@ -25,6 +25,8 @@ pub enum Exit {
     Postgres = 8,
     /// A bug in lifeboat.
     Internal = 70,
+    /// Standard output was closed by its reader; the command stopped quietly (as on SIGPIPE).
+    ClosedOutput = 141,
     /// wal-fetch: anything but success or not-found. Above 125, so PostgreSQL stops recovery
     /// instead of treating the file as missing and ending recovery early.
     AbortRecovery = 200,

@@ -76,7 +76,7 @@ fn main() -> ExitCode {
 /// See [`outln`].
 fn stdout_failed(e: &std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(141);
+        std::process::exit(i32::from(Exit::ClosedOutput.code()));
     }
     let _ = writeln!(
         std::io::stderr(),
