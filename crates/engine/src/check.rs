@@ -9,6 +9,7 @@ use lifeboat_pg::walname::WalFileName;
 use lifeboat_repo::{Repository, keys};
 use serde::Serialize;
 
+use crate::error::postgres;
 use crate::{EngineError, Result};
 
 #[derive(Debug, Clone, Serialize)]
@@ -27,30 +28,26 @@ pub struct CheckReport {
     pub archive_seconds: Option<f64>,
 }
 
-fn pg_err(e: lifeboat_pg::session::SessionError) -> EngineError {
-    crate::error::postgres(e)
-}
-
 /// The archiving settings' problems, each with its fix.
 async fn archiving_problems(session: &Session) -> Result<Vec<Problem>> {
     let mut problems = Vec::new();
-    let wal_level = session.setting("wal_level").await.map_err(pg_err)?;
+    let wal_level = session.setting("wal_level").await.map_err(postgres)?;
     if wal_level == "minimal" {
         problems.push(Problem {
             what: "wal_level is minimal: the WAL cannot rebuild a base backup".into(),
             fix: "set wal_level = replica in postgresql.conf and restart the server".into(),
         });
     }
-    let archive_mode = session.setting("archive_mode").await.map_err(pg_err)?;
+    let archive_mode = session.setting("archive_mode").await.map_err(postgres)?;
     if archive_mode == "off" {
         problems.push(Problem {
             what: "archive_mode is off: no WAL is archived".into(),
             fix: "set archive_mode = on in postgresql.conf and restart the server".into(),
         });
     }
-    let command = session.setting("archive_command").await.map_err(pg_err)?;
+    let command = session.setting("archive_command").await.map_err(postgres)?;
     let library = if session.server_version_num() >= 150000 {
-        session.setting("archive_library").await.map_err(pg_err)?
+        session.setting("archive_library").await.map_err(postgres)?
     } else {
         String::new()
     };
@@ -100,9 +97,9 @@ pub(crate) async fn require_archiving(session: &Session) -> Result<()> {
 pub async fn check(repo: &Repository, conn: &ConnSpec, timeout: Duration) -> Result<CheckReport> {
     let session = Session::connect(conn, Duration::from_secs(30))
         .await
-        .map_err(pg_err)?;
+        .map_err(postgres)?;
     let server_version = session.server_version_num();
-    let system_identifier = session.system_identifier().await.map_err(pg_err)?;
+    let system_identifier = session.system_identifier().await.map_err(postgres)?;
     let mut problems = archiving_problems(&session).await?;
     if let Some(bound) = repo.identity().await?
         && bound.system_identifier != system_identifier
@@ -125,7 +122,7 @@ pub async fn check(repo: &Repository, conn: &ConnSpec, timeout: Duration) -> Res
     if !report.problems.is_empty() {
         return Ok(report);
     }
-    if session.is_in_recovery().await.map_err(pg_err)? {
+    if session.is_in_recovery().await.map_err(postgres)? {
         report.problems.push(Problem {
             what: "the server is a standby: a WAL switch cannot be forced here".into(),
             fix: "run lifeboat check against the primary".into(),
@@ -136,8 +133,8 @@ pub async fn check(repo: &Repository, conn: &ConnSpec, timeout: Duration) -> Res
     session
         .create_restore_point("lifeboat check")
         .await
-        .map_err(pg_err)?;
-    let (_, segment) = session.switch_wal().await.map_err(pg_err)?;
+        .map_err(postgres)?;
+    let (_, segment) = session.switch_wal().await.map_err(postgres)?;
     let name = segment.to_string();
     let key = keys::wal(&WalFileName::Segment(segment));
     let began = Instant::now();

@@ -83,6 +83,38 @@ fn backup_cmd(setup: &Setup, cluster: &LocalCluster) -> Command {
     cmd
 }
 
+/// Restore the newest backup (archiving off in the copy), start it, and wait until `query`
+/// returns `expected` there.
+fn restore_newest_and_wait(setup: &Setup, source: &LocalCluster, query: &str, expected: &str) {
+    let dir = TestDir::new().expect("dir");
+    let data = dir.path().join("data");
+    let out = setup
+        .cmd()
+        .args(["restore", "--archive-mode", "off", "--target-dir"])
+        .arg(&data)
+        .output()
+        .expect("restore");
+    assert_success(&out, "restore of the newest backup");
+    let restored = LocalCluster::existing(&data, free_port(), dir.path(), source.owner.clone())
+        .expect("restored")
+        .with_log_file(dir.path().join("postgres.log"));
+    let restored = TestCluster::adopt(dir, restored);
+    restored.start(WAIT).expect("start restored");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let row = restored.psql(query).unwrap_or_default();
+        if row == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restored cluster answers {row:?}, expected {expected:?}:\n{}",
+            restored.log_tail(30)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Chunk objects in the local repository: how many, and their bytes.
 fn chunk_usage(setup: &Setup) -> (usize, u64) {
     let data = setup
@@ -195,34 +227,12 @@ fn kill9_during_backup_and_expire_leaves_a_clean_repository() {
     let sum = cluster
         .psql("select sum(abalance) from pgbench_accounts")
         .expect("sum");
-    let dir = TestDir::new().expect("dir");
-    let data = dir.path().join("data");
-    let out = setup
-        .cmd()
-        .args(["restore", "--archive-mode", "off", "--target-dir"])
-        .arg(&data)
-        .output()
-        .expect("restore");
-    assert_success(&out, "restore after the crash loops");
-    let restored = LocalCluster::existing(&data, free_port(), dir.path(), cluster.owner.clone())
-        .expect("restored")
-        .with_log_file(dir.path().join("postgres.log"));
-    let restored = TestCluster::adopt(dir, restored);
-    restored.start(WAIT).expect("start restored");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let row = restored
-            .psql("select pg_is_in_recovery()::text || '|' || sum(abalance) from pgbench_accounts")
-            .unwrap_or_default();
-        if row == format!("false|{sum}") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "restored cluster: {row}, expected sum {sum}"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+    restore_newest_and_wait(
+        &setup,
+        &cluster,
+        "select pg_is_in_recovery()::text || '|' || sum(abalance) from pgbench_accounts",
+        &format!("false|{sum}"),
+    );
 }
 
 #[test]
@@ -365,33 +375,10 @@ fn wal_push_under_load_while_backup_and_expire_run() {
     assert!(compared >= 2, "only {compared} segments compared");
     verify_clean(&setup, "the load");
 
-    let dir = TestDir::new().expect("dir");
-    let data = dir.path().join("data");
-    let out = setup
-        .cmd()
-        .args(["restore", "--archive-mode", "off", "--target-dir"])
-        .arg(&data)
-        .output()
-        .expect("restore");
-    assert_success(&out, "restore of the newest backup");
-    let restored = LocalCluster::existing(&data, free_port(), dir.path(), cluster.owner.clone())
-        .expect("restored")
-        .with_log_file(dir.path().join("postgres.log"));
-    let restored = TestCluster::adopt(dir, restored);
-    restored.start(WAIT).expect("start restored");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let row = restored
-            .psql("select pg_is_in_recovery()::text || '|' || count(*) from last_row where id = 42")
-            .unwrap_or_default();
-        if row == "false|1" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restored cluster lacks the last committed row (last: {row}):\n{}",
-            restored.log_tail(30)
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+    restore_newest_and_wait(
+        &setup,
+        &cluster,
+        "select pg_is_in_recovery()::text || '|' || count(*) from last_row where id = 42",
+        "false|1",
+    );
 }

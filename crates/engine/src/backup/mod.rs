@@ -27,6 +27,7 @@ use lifeboat_repo::lock::{LockKind, RepoLock};
 use lifeboat_repo::{ClusterIdentity, Repository};
 use serde::Serialize;
 
+use crate::error::postgres;
 use crate::{EngineError, Result};
 use chunks::{Copier, Done, Item};
 use scan::PlannedFile;
@@ -124,10 +125,6 @@ impl BackupReport {
     }
 }
 
-fn pg_err(e: lifeboat_pg::session::SessionError) -> EngineError {
-    crate::error::postgres(e)
-}
-
 /// Now, in RFC 3339 with microseconds: a restore compares target times with a backup's stop
 /// time, and a whole-second stop time would let a target inside that second pick a backup that
 /// ends after it.
@@ -163,9 +160,9 @@ pub async fn backup(
     let started = Instant::now();
     let session = Session::connect(&opts.conn, opts.connect_timeout)
         .await
-        .map_err(pg_err)?;
+        .map_err(postgres)?;
     let version = session.server_version_num();
-    if session.is_in_recovery().await.map_err(pg_err)? {
+    if session.is_in_recovery().await.map_err(postgres)? {
         return Err(EngineError::invalid(
             "the server is a standby (in recovery): lifeboat backs up a primary",
             "point --db at the primary server",
@@ -193,10 +190,10 @@ async fn backup_locked(
 ) -> Result<BackupReport> {
     let pgdata = match &opts.pgdata {
         Some(p) => p.clone(),
-        None => session.data_directory().await.map_err(pg_err)?,
+        None => session.data_directory().await.map_err(postgres)?,
     };
     let control = read_control(&pgdata)?;
-    let system_identifier = session.system_identifier().await.map_err(pg_err)?;
+    let system_identifier = session.system_identifier().await.map_err(postgres)?;
     if control.system_identifier != system_identifier {
         return Err(EngineError::invalid(
             format!(
@@ -236,14 +233,14 @@ async fn backup_locked(
         tokio::time::sleep(Duration::from_millis(300)).await;
         label = new_label();
     }
-    let tablespaces = session.tablespaces().await.map_err(pg_err)?;
+    let tablespaces = session.tablespaces().await.map_err(postgres)?;
     let config_files = outside_config_files(&session, &pgdata).await?;
 
     let start_time = now_rfc3339();
     let start_lsn = session
         .backup_start(&format!("lifeboat {label}"), opts.fast_checkpoint)
         .await
-        .map_err(pg_err)?;
+        .map_err(postgres)?;
     tracing::debug!(
         "backup: started in {:.2} s",
         started.elapsed().as_secs_f64()
@@ -345,7 +342,7 @@ async fn backup_locked(
     // Not pg_backup_stop(wait_for_archive => true): that only learns that *some* archive_command
     // succeeded, polling once a second with no deadline. Below we wait for the WAL to be in this
     // repository, which is what a restore needs, polling often and with a deadline.
-    let stopped = session.backup_stop(false).await.map_err(pg_err)?;
+    let stopped = session.backup_stop(false).await.map_err(postgres)?;
     let stop_time = now_rfc3339();
     tracing::debug!(
         "backup: stopped in {:.2} s",
@@ -539,7 +536,7 @@ fn read_control(pgdata: &Path) -> Result<lifeboat_pg::control::ControlFile> {
 async fn outside_config_files(session: &Session, pgdata: &Path) -> Result<Vec<PlannedFile>> {
     let mut out = Vec::new();
     for setting in ["config_file", "hba_file", "ident_file"] {
-        let path = session.setting(setting).await.map_err(pg_err)?;
+        let path = session.setting(setting).await.map_err(postgres)?;
         if let Some(f) = scan::outside_config_file(pgdata, Path::new(&path))? {
             out.push(f);
         }
