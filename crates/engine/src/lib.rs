@@ -8,6 +8,7 @@
 pub mod archive;
 pub mod backup;
 pub mod check;
+pub mod drill;
 pub mod error;
 pub mod expire;
 pub mod info;

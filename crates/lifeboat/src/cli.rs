@@ -78,6 +78,16 @@ pub enum Command {
     /// archive, back up, write rows, restore to a moment in the middle, check that exactly the rows
     /// committed before it came back, report recovery time and data loss, and clean up.
     Demo(DemoArgs),
+    /// Prove a backup restores: restore it into a scratch directory, start PostgreSQL on a free
+    /// local port, recover to a target, run pg_amcheck and the configured check queries, record
+    /// the result (recovery time, data-loss window) in the repository, and remove everything.
+    /// Exits 0 when the drill passed, 7 when it failed.
+    Drill(DrillArgs),
+    /// Run the daemon: scheduled jobs ([schedule]), health checks and alerts ([health], [alerts]),
+    /// Prometheus /metrics, a dashboard and a JSON API on [serve] listen (default 127.0.0.1:7433).
+    Serve(ServeArgs),
+    /// Alerts: `lifeboat alert test` sends a test message through every configured channel.
+    Alert(AlertArgs),
     /// Internal: fetch segments ahead into the spool (started by wal-fetch in the background).
     #[command(hide = true)]
     WalPrefetch(WalPrefetchArgs),
@@ -145,6 +155,50 @@ pub struct DemoArgs {
     /// How long to write rows after the backup (the restore target lies in the middle).
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// Which backup: `latest`, `random` (any retained backup), or a label [config: drill.backup;
+    /// default latest].
+    #[arg(long, value_name = "CHOICE")]
+    pub backup: Option<String>,
+    /// Recovery target: `latest` (the end of the archive) or `random` (a random point between the
+    /// backup's end and the end of the archive) [config: drill.target; default latest].
+    #[arg(long, value_name = "TARGET")]
+    pub target: Option<String>,
+    /// Directory under which the scratch cluster is made [config: drill.scratch_dir; default: TMPDIR].
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
+    /// Leave the scratch cluster's directory in place (stopped) to look at.
+    #[arg(long)]
+    pub keep: bool,
+    /// What started the drill, as recorded: `manual` or `schedule`.
+    #[arg(long, default_value = "manual", value_parser = ["manual", "schedule"], hide = true)]
+    pub trigger: String,
+    /// Print the drill record as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the dashboard, metrics and API [config: serve.listen; default 127.0.0.1:7433].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct AlertArgs {
+    #[command(subcommand)]
+    pub command: AlertCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertCommand {
+    /// Send a test message through every configured channel ([alerts] webhook and email); exits
+    /// 0 only when every channel took it.
+    Test,
 }
 
 /// How to reach the cluster: shared by backup and check.

@@ -33,6 +33,9 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Restore(args) => crate::backup_cmds::restore(&resolved, args).await,
         Command::Verify(args) => crate::verify_cmd::verify(&resolved, args).await,
         Command::Expire(args) => crate::expire_cmd::expire(&resolved, args).await,
+        Command::Drill(args) => crate::drill_cmd::drill(&resolved, args).await,
+        Command::Serve(args) => crate::daemon_cmds::serve(&cli, &resolved, args).await,
+        Command::Alert(args) => crate::alert_cmd::alert(&resolved, args).await,
         Command::Demo(_) => Ok(Exit::Success),
     }
 }

@@ -32,6 +32,13 @@ pub struct FileConfig {
     pub restore: RestoreConfig,
     pub retention: RetentionConfig,
     pub storage: StorageConfig,
+    /// `lifeboat drill` and the daemon's drills.
+    pub drill: lifeboat_engine::drill::DrillConfig,
+    /// The daemon (`lifeboat serve`).
+    pub serve: lifeboat_daemon::config::ServeConfig,
+    pub schedule: lifeboat_daemon::config::ScheduleConfig,
+    pub health: lifeboat_daemon::config::HealthConfig,
+    pub alerts: lifeboat_daemon::config::AlertsConfig,
     pub s3: S3Settings,
     pub gcs: GcsSettings,
     pub azure: AzureSettings,

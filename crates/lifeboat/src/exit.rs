@@ -23,6 +23,9 @@ pub enum Exit {
     LocalIo = 7,
     /// PostgreSQL could not be reached, or refused or failed a request (backup, check).
     Postgres = 8,
+    /// `drill`: the drill ran and failed (the record says which step and why). `alert test`: a
+    /// channel did not take the message.
+    Failed = 9,
     /// A bug in lifeboat.
     Internal = 70,
     /// Standard output was closed by its reader; the command stopped quietly (as on SIGPIPE).

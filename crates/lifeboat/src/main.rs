@@ -21,11 +21,14 @@ macro_rules! outln {
     }};
 }
 
+mod alert_cmd;
 mod backup_cmds;
 mod cli;
 mod commands;
 mod config;
+mod daemon_cmds;
 mod demo;
+mod drill_cmd;
 mod exit;
 mod expire_cmd;
 mod verify_cmd;

@@ -72,6 +72,35 @@ pub fn parse_lock_key(key: &str) -> Option<(String, String)> {
         .then(|| (kind.to_string(), id.to_string()))
 }
 
+/// Operational records (docs/FORMAT.md, "Records"); nothing here is needed to restore.
+pub const RECORDS_PREFIX: &str = "records/";
+pub const JOBS_PREFIX: &str = "records/jobs/";
+pub const DRILLS_PREFIX: &str = "records/drills/";
+/// What the daemon has alerted about.
+pub const ALERT_STATE: &str = "records/alerts";
+/// The repository's stored size over time.
+pub const SIZE_HISTORY: &str = "records/size-history";
+
+/// `records/jobs/<job>`: one job's run history.
+pub fn job_history(job: &str) -> String {
+    format!("{JOBS_PREFIX}{job}")
+}
+
+pub fn parse_job_history_key(key: &str) -> Option<String> {
+    let job = key.strip_prefix(JOBS_PREFIX)?;
+    (!job.is_empty() && !job.contains('/')).then(|| job.to_string())
+}
+
+/// `records/drills/<id>`: one drill's result.
+pub fn drill(id: &str) -> String {
+    format!("{DRILLS_PREFIX}{id}")
+}
+
+pub fn parse_drill_key(key: &str) -> Option<String> {
+    let id = key.strip_prefix(DRILLS_PREFIX)?;
+    (!id.is_empty() && !id.contains('/') && !id.contains(".tmp")).then(|| id.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,7 @@ pub mod error;
 pub mod identity;
 pub mod keys;
 pub mod lock;
+pub mod records;
 pub mod wal;
 
 pub use codec::{Codec, Compression, CompressionSettings, ContentHash, ObjectHeader};

@@ -1,0 +1,328 @@
+//! Operational records kept in the repository (docs/FORMAT.md, "Records"): job history, drill
+//! results, alert state and repository size samples.
+//!
+//! They live beside the data they describe, so they survive a restart of the daemon and any host
+//! that can open the repository can read them. Each is one encoded object (encrypted when the
+//! repository is), rewritten whole with an atomic overwrite; a damaged record is reported and
+//! replaced, never allowed to stop a backup. Nothing here is needed to restore.
+
+use std::collections::BTreeMap;
+
+use lifeboat_storage::PutMode;
+use serde::{Deserialize, Serialize};
+
+use crate::{RepoError, Repository, Result, keys};
+
+/// Runs kept per job: enough for a dashboard's history, small enough to rewrite each time.
+pub const JOB_RUNS_KEPT: usize = 100;
+/// Drill records kept; older ones are deleted when a new one is written.
+pub const DRILLS_KEPT: usize = 200;
+/// Size samples kept (one a sampling interval; at one an hour, about two months).
+pub const SIZE_SAMPLES_KEPT: usize = 1500;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    /// The daemon stopped it (shutdown) before it finished; nothing half-recorded.
+    Interrupted,
+}
+
+/// One run of a scheduled (or on-demand) job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRun {
+    /// The scheduled moment this run was for (RFC 3339), when it came from a schedule.
+    pub scheduled_for: Option<String>,
+    pub started: String,
+    pub finished: String,
+    pub duration_seconds: f64,
+    pub outcome: Outcome,
+    /// Why it failed or was interrupted: the command's own error and hint.
+    pub message: Option<String>,
+    /// The command's JSON summary (e.g. the backup's label and sizes), when it printed one.
+    #[serde(default)]
+    pub summary: Option<serde_json::Value>,
+    /// The host that ran it.
+    #[serde(default)]
+    pub host: String,
+}
+
+/// History of one job, e.g. `backup` or `drill`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobHistory {
+    pub job: String,
+    pub last_success: Option<JobRun>,
+    pub last_failure: Option<JobRun>,
+    /// Newest last, at most [`JOB_RUNS_KEPT`].
+    pub runs: Vec<JobRun>,
+}
+
+impl JobHistory {
+    pub fn record(&mut self, run: JobRun) {
+        match run.outcome {
+            Outcome::Succeeded => self.last_success = Some(run.clone()),
+            Outcome::Failed => self.last_failure = Some(run.clone()),
+            Outcome::Interrupted => {}
+        }
+        self.runs.push(run);
+        let excess = self.runs.len().saturating_sub(JOB_RUNS_KEPT);
+        self.runs.drain(..excess);
+    }
+
+    pub fn last_run(&self) -> Option<&JobRun> {
+        self.runs.last()
+    }
+}
+
+/// One check of a drill: `pg_amcheck`, or one of the operator's queries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillCheck {
+    /// `pg_amcheck`, or the query text.
+    pub name: String,
+    pub passed: bool,
+    /// What the query returned, or the tool's complaint.
+    pub detail: String,
+}
+
+/// The result of one restore drill (`lifeboat drill`, or the daemon's schedule).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillRecord {
+    /// Unique, sortable: `<start as YYYYMMDDTHHMMSSZ>-<random>`.
+    pub id: String,
+    pub host: String,
+    /// `schedule` or `manual`.
+    pub trigger: String,
+    pub started: String,
+    pub finished: String,
+    /// The backup restored (None when none could be chosen).
+    pub backup: Option<String>,
+    /// How the backup was picked: `latest` or `random`.
+    pub backup_choice: String,
+    /// The recovery target: `latest` (end of the archive) or the target set, e.g. `lsn 0/5A000028`.
+    pub target: String,
+    pub passed: bool,
+    /// The step that failed (`choose`, `restore`, `start`, `recover`, `amcheck`, `check`), if any.
+    pub failed_step: Option<String>,
+    /// Why it failed, in words an operator can act on.
+    pub failure: Option<String>,
+    /// Fetching and writing the backup.
+    pub restore_seconds: Option<f64>,
+    /// Starting PostgreSQL until recovery ended and it accepted connections.
+    pub replay_seconds: Option<f64>,
+    /// Restore plus replay: the recovery time an outage would have taken.
+    pub recovery_seconds: Option<f64>,
+    /// Commit time of the newest transaction the restored cluster holds (RFC 3339).
+    pub newest_commit: Option<String>,
+    /// How much was lost: the target (for `latest`, the moment the drill started) minus the
+    /// newest commit reached. None when it cannot be known.
+    pub data_loss_seconds: Option<f64>,
+    pub bytes_restored: u64,
+    pub checks: Vec<DrillCheck>,
+}
+
+/// An alert that is firing: what is wrong since when, and when it was last sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveAlert {
+    /// Stable key, e.g. `wal_archive_lag` or `job_failed:backup`.
+    pub key: String,
+    pub summary: String,
+    pub detail: String,
+    pub since: String,
+    pub last_notified: Option<String>,
+    pub notifications: u32,
+}
+
+/// What the daemon has alerted about: survives restarts, so a persisting problem is not announced
+/// again by every start, and a problem fixed while the daemon was down still gets its "resolved".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlertState {
+    pub active: BTreeMap<String, ActiveAlert>,
+    /// Messages sent, newest last (at most 100), for the dashboard.
+    #[serde(default)]
+    pub sent: Vec<SentAlert>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SentAlert {
+    pub time: String,
+    pub key: String,
+    /// `firing`, `resolved` or `test`.
+    pub kind: String,
+    pub summary: String,
+    /// Channels that took it, and the ones that failed with why.
+    pub delivered: Vec<String>,
+    pub failed: Vec<String>,
+}
+
+/// The repository's total stored size at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SizeSample {
+    /// Unix seconds.
+    pub time: i64,
+    pub bytes: u64,
+}
+
+impl Repository {
+    async fn get_record<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.get_object(key).await {
+            Ok((_, plain)) => {
+                serde_json::from_slice(&plain)
+                    .map(Some)
+                    .map_err(|e| RepoError::Corrupt {
+                        key: key.to_string(),
+                        reason: format!("not a valid record: {e}"),
+                    })
+            }
+            Err(RepoError::Storage(e)) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_record<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        let plain = serde_json::to_vec(value)
+            .map_err(|e| RepoError::Invalid(format!("cannot serialise {key}: {e}")))?;
+        self.put_object(key, &plain, PutMode::Overwrite).await?;
+        Ok(())
+    }
+
+    pub async fn job_history(&self, job: &str) -> Result<Option<JobHistory>> {
+        self.get_record(&keys::job_history(job)).await
+    }
+
+    pub async fn put_job_history(&self, history: &JobHistory) -> Result<()> {
+        self.put_record(&keys::job_history(&history.job), history)
+            .await
+    }
+
+    /// Every job's history, by job name.
+    pub async fn job_histories(&self) -> Result<Vec<JobHistory>> {
+        let mut out = Vec::new();
+        for meta in self.store().list(keys::JOBS_PREFIX).await? {
+            if let Some(job) = keys::parse_job_history_key(&meta.key)
+                && let Some(history) = self.job_history(&job).await?
+            {
+                out.push(history);
+            }
+        }
+        out.sort_by(|a, b| a.job.cmp(&b.job));
+        Ok(out)
+    }
+
+    /// Store a drill's record and delete the oldest beyond [`DRILLS_KEPT`].
+    pub async fn put_drill(&self, record: &DrillRecord) -> Result<()> {
+        self.put_record(&keys::drill(&record.id), record).await?;
+        let mut ids = self.drill_ids().await?;
+        let excess = ids.len().saturating_sub(DRILLS_KEPT);
+        for id in ids.drain(..excess) {
+            self.store().delete(&keys::drill(&id)).await?;
+        }
+        Ok(())
+    }
+
+    /// Drill ids, oldest first.
+    pub async fn drill_ids(&self) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = self
+            .store()
+            .list(keys::DRILLS_PREFIX)
+            .await?
+            .iter()
+            .filter_map(|m| keys::parse_drill_key(&m.key))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The newest `limit` drills, newest first. Unreadable records are skipped with a warning.
+    pub async fn recent_drills(&self, limit: usize) -> Result<Vec<DrillRecord>> {
+        let ids = self.drill_ids().await?;
+        let mut out = Vec::new();
+        for id in ids.iter().rev().take(limit) {
+            match self.get_record::<DrillRecord>(&keys::drill(id)).await {
+                Ok(Some(record)) => out.push(record),
+                Ok(None) => {}
+                Err(RepoError::Corrupt { key, reason }) => {
+                    tracing::warn!("drill record {key} is unreadable: {reason}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn alert_state(&self) -> Result<AlertState> {
+        Ok(self
+            .get_record(keys::ALERT_STATE)
+            .await?
+            .unwrap_or_default())
+    }
+
+    pub async fn put_alert_state(&self, state: &AlertState) -> Result<()> {
+        self.put_record(keys::ALERT_STATE, state).await
+    }
+
+    pub async fn size_history(&self) -> Result<Vec<SizeSample>> {
+        Ok(self
+            .get_record(keys::SIZE_HISTORY)
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Append a sample, keeping the newest [`SIZE_SAMPLES_KEPT`].
+    pub async fn add_size_sample(&self, sample: SizeSample) -> Result<Vec<SizeSample>> {
+        let mut samples = match self.size_history().await {
+            Ok(s) => s,
+            Err(RepoError::Corrupt { key, reason }) => {
+                tracing::warn!("{key} is unreadable ({reason}); starting the size history anew");
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        samples.push(sample);
+        let excess = samples.len().saturating_sub(SIZE_SAMPLES_KEPT);
+        samples.drain(..excess);
+        self.put_record(keys::SIZE_HISTORY, &samples).await?;
+        Ok(samples)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(outcome: Outcome, n: usize) -> JobRun {
+        JobRun {
+            scheduled_for: None,
+            started: format!("s{n}"),
+            finished: format!("f{n}"),
+            duration_seconds: 1.0,
+            outcome,
+            message: None,
+            summary: None,
+            host: "h".into(),
+        }
+    }
+
+    #[test]
+    fn history_keeps_last_success_and_failure_and_caps_runs() {
+        let mut h = JobHistory {
+            job: "backup".into(),
+            ..Default::default()
+        };
+        h.record(run(Outcome::Failed, 0));
+        for n in 1..=JOB_RUNS_KEPT + 5 {
+            h.record(run(Outcome::Succeeded, n));
+        }
+        h.record(run(Outcome::Interrupted, 999));
+        assert_eq!(h.runs.len(), JOB_RUNS_KEPT);
+        assert_eq!(
+            h.last_failure.as_ref().map(|r| r.started.as_str()),
+            Some("s0")
+        );
+        assert_eq!(
+            h.last_success.as_ref().map(|r| r.started.clone()),
+            Some(format!("s{}", JOB_RUNS_KEPT + 5))
+        );
+        assert_eq!(h.last_run().map(|r| r.outcome), Some(Outcome::Interrupted));
+    }
+}
