@@ -253,7 +253,7 @@ pub(crate) fn shell_quote(text: &str) -> String {
 /// The restore_command for the restored cluster: this binary, with what it needs to find the
 /// repository and its passphrase. Secrets themselves are never written; a passphrase given only
 /// through LIFEBOAT_PASSPHRASE cannot be passed on, and the user is told so.
-fn restore_command(resolved: &Resolved) -> Result<String, Failure> {
+pub(crate) fn restore_command(resolved: &Resolved) -> Result<String, Failure> {
     let exe = std::env::current_exe().map_err(|e| {
         Failure::new(
             Exit::Internal,
