@@ -185,6 +185,18 @@ install_moto() {
     log "moto_server: installed at $(command -v moto_server)"
 }
 
+# --- Chromium (headless browser for the dashboard test) ---------------------
+
+install_chromium() {
+    if [ -x /usr/bin/chromium ]; then
+        log "chromium: present ($(/usr/bin/chromium --version 2>/dev/null | head -n1)), skipping"
+        return
+    fi
+    apt_install chromium
+    [ -x /usr/bin/chromium ] || die "chromium installed but /usr/bin/chromium is missing"
+    log "chromium: installed ($(/usr/bin/chromium --version 2>/dev/null | head -n1))"
+}
+
 # --- cargo-nextest ------------------------------------------------------------
 
 install_nextest() {
@@ -205,6 +217,7 @@ main() {
     disable_default_cluster
     install_pgbackrest
     install_moto
+    install_chromium
     install_nextest
     log "done in $((SECONDS - start)) s"
 }

@@ -1,1 +1,403 @@
-//! TODO
+//! The daemon's HTTP side: the dashboard, `/metrics`, the JSON API and `/healthz`.
+//!
+//! Handlers only read the latest snapshot (a read lock held while rendering), so a slow
+//! repository or a stuck PostgreSQL never makes a page hang. docs/DAEMON_API.md describes every
+//! route.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use axum::Router;
+use axum::extract::{Query, Request, State};
+use axum::http::StatusCode;
+use axum::http::header::{self, HeaderMap};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::status::SharedSnapshot;
+use crate::{dashboard, metrics};
+
+/// What a 401 says: enough for an operator to fix the request without reading the docs.
+const UNAUTHORIZED: &str = "401 Unauthorized: this Lifeboat daemon requires a token.\n\
+Send the header `Authorization: Bearer TOKEN`, or add `?token=TOKEN` to the URL.\n\
+The token is the first line of the file named by `token_file` in the [serve] section.\n";
+
+/// Pages must never be cached: an old "recoverable" page is worse than none.
+const NO_STORE: (header::HeaderName, &str) = (header::CACHE_CONTROL, "no-store");
+
+/// Everything the page needs is inline; forbid the rest, so that even an escaping bug could not
+/// load or send anything elsewhere.
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; \
+                   img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// All routes. With `token`, every route but `/healthz` needs it (header or `?token=`).
+pub fn router(snapshot: SharedSnapshot, token: Option<String>) -> Router {
+    let protected = Router::new()
+        .route("/", get(dashboard_page))
+        .route("/metrics", get(metrics_page))
+        .route("/api/status", get(api_status))
+        .route("/api/backups", get(api_backups))
+        .route("/api/drills", get(api_drills))
+        .route("/api/jobs", get(api_jobs))
+        .with_state(snapshot);
+    let protected = match token {
+        Some(token) => protected.route_layer(middleware::from_fn_with_state(token, require_token)),
+        None => protected,
+    };
+    protected
+        .route("/healthz", get(|| async { ([NO_STORE], "ok\n") }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, [NO_STORE], "404 Not Found\n") })
+}
+
+/// Serve until `shutdown` resolves, then finish the requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn require_token(State(token): State<String>, request: Request, next: Next) -> Response {
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    // Parsed here rather than extracted, so a malformed query is a 401, not a 400 that skips auth.
+    let query = Query::<HashMap<String, String>>::try_from_uri(request.uri()).ok();
+    let from_query = query
+        .as_ref()
+        .and_then(|q| q.get("token"))
+        .map(String::as_str);
+    // An empty token (an empty token file) matches nothing: fail closed.
+    let ok = [bearer, from_query]
+        .into_iter()
+        .flatten()
+        .any(|given| !given.is_empty() && constant_time_eq(given.as_bytes(), token.as_bytes()));
+    if ok {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [
+            (header::WWW_AUTHENTICATE, "Bearer realm=\"lifeboat\""),
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            NO_STORE,
+        ],
+        UNAUTHORIZED,
+    )
+        .into_response()
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a guess was right.
+/// The time depends only on the expected token's length.
+fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != expected.len());
+    for (i, e) in expected.iter().enumerate() {
+        diff |= e ^ given.get(i).copied().unwrap_or(!e);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+async fn dashboard_page(State(snapshot): State<SharedSnapshot>) -> Response {
+    let page = dashboard::render(&*snapshot.read().await);
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            NO_STORE,
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            // The URL may carry `?token=`: never hand it to another site.
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        page,
+    )
+        .into_response()
+}
+
+/// Prometheus text by default; OpenMetrics when the scraper prefers it (Prometheus asks).
+async fn metrics_page(State(snapshot): State<SharedSnapshot>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    let s = snapshot.read().await;
+    let (content_type, body) = if openmetrics {
+        (
+            metrics::OPENMETRICS_CONTENT_TYPE,
+            metrics::render_openmetrics(&s),
+        )
+    } else {
+        (metrics::CONTENT_TYPE, metrics::render(&s))
+    };
+    ([(header::CONTENT_TYPE, content_type), NO_STORE], body).into_response()
+}
+
+fn json_response(value: Result<serde_json::Value, serde_json::Error>) -> Response {
+    match value.and_then(|v| serde_json::to_string_pretty(&v)) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json"), NO_STORE], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [NO_STORE],
+            format!("cannot serialise the status: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn api_status(State(snapshot): State<SharedSnapshot>) -> Response {
+    json_response(serde_json::to_value(&*snapshot.read().await))
+}
+
+async fn api_backups(State(snapshot): State<SharedSnapshot>) -> Response {
+    let s = snapshot.read().await;
+    json_response(
+        serde_json::to_value(&s.backups)
+            .and_then(|b| Ok(json!({"backups": b, "window": serde_json::to_value(&s.window)?}))),
+    )
+}
+
+async fn api_drills(State(snapshot): State<SharedSnapshot>) -> Response {
+    let s = snapshot.read().await;
+    json_response(serde_json::to_value(&s.drills).map(|d| json!({"drills": d})))
+}
+
+async fn api_jobs(State(snapshot): State<SharedSnapshot>) -> Response {
+    let s = snapshot.read().await;
+    json_response(serde_json::to_value(&s.jobs).map(|j| json!({"jobs": j})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{JobStatus, Snapshot};
+    use lifeboat_engine::backup::BackupReport;
+    use lifeboat_pg::lsn::Lsn;
+    use lifeboat_repo::records::{DrillRecord, JobHistory};
+
+    fn snapshot() -> SharedSnapshot {
+        let shared = Snapshot::shared();
+        let s = Snapshot {
+            generated_at: Some("2026-01-02T11:00:00Z".into()),
+            host: "db1".into(),
+            version: "0.1.0".into(),
+            recoverable: true,
+            backups: vec![BackupReport {
+                label: "20260102T100000Z".into(),
+                timeline: 1,
+                start_lsn: Lsn(0x100_0028),
+                stop_lsn: Lsn(0x300_0100),
+                start_wal: "000000010000000000000001".into(),
+                stop_wal: "000000010000000000000003".into(),
+                start_time: "2026-01-02T10:00:00Z".into(),
+                stop_time: "2026-01-02T10:00:12Z".into(),
+                size: 100,
+                stored_size: 50,
+                duration_seconds: 12.0,
+                files: 3,
+                files_reused: 0,
+                bytes_read: 100,
+                bad_pages: Vec::new(),
+            }],
+            jobs: vec![JobStatus {
+                job: "backup".into(),
+                schedule: Some("0 * * * *".into()),
+                next_run: None,
+                running_since: None,
+                history: JobHistory {
+                    job: "backup".into(),
+                    ..Default::default()
+                },
+            }],
+            drills: vec![DrillRecord {
+                id: "d1".into(),
+                host: "db1".into(),
+                trigger: "manual".into(),
+                started: "2026-01-02T10:30:00Z".into(),
+                finished: "2026-01-02T10:31:00Z".into(),
+                backup: Some("20260102T100000Z".into()),
+                backup_choice: "latest".into(),
+                target: "latest".into(),
+                passed: true,
+                failed_step: None,
+                failure: None,
+                restore_seconds: Some(1.0),
+                replay_seconds: Some(1.0),
+                recovery_seconds: Some(2.0),
+                newest_commit: None,
+                data_loss_seconds: None,
+                bytes_restored: 10,
+                checks: Vec::new(),
+            }],
+            ..Default::default()
+        };
+        shared.try_write().map(|mut w| *w = s).ok();
+        shared
+    }
+
+    /// The router on a real socket; the server stops when the returned sender is dropped.
+    async fn start(token: Option<&str>) -> (String, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let app = router(snapshot(), token.map(String::from));
+        tokio::spawn(async move {
+            serve(listener, app, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("serve");
+        });
+        (format!("http://{addr}"), tx)
+    }
+
+    async fn get(url: &str) -> (u16, String, String) {
+        let r = reqwest::get(url).await.expect("request");
+        let status = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        (status, ct, r.text().await.expect("body"))
+    }
+
+    #[tokio::test]
+    async fn every_route_answers_with_its_content_type() {
+        let (base, _stop) = start(None).await;
+
+        let (status, ct, body) = get(&format!("{base}/")).await;
+        assert_eq!(status, 200);
+        assert_eq!(ct, "text/html; charset=utf-8");
+        assert!(body.contains("id=\"recoverable\"") && body.contains("20260102T100000Z"));
+
+        let (status, ct, body) = get(&format!("{base}/metrics")).await;
+        assert_eq!(status, 200);
+        assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+        assert!(
+            body.lines().any(|l| l == "lifeboat_recoverable 1.0"),
+            "{body}"
+        );
+
+        let client = reqwest::Client::new();
+        let r = client
+            .get(format!("{base}/metrics"))
+            .header(
+                "accept",
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+            )
+            .send()
+            .await
+            .expect("request");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .expect("ascii")
+                .starts_with("application/openmetrics-text")
+        );
+        assert!(r.text().await.expect("body").ends_with("# EOF\n"));
+
+        let (status, ct, body) = get(&format!("{base}/api/status")).await;
+        assert_eq!((status, ct.as_str()), (200, "application/json"));
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["recoverable"], true);
+        assert_eq!(v["host"], "db1");
+        assert_eq!(v["backups"][0]["label"], "20260102T100000Z");
+
+        let (_, _, body) = get(&format!("{base}/api/backups")).await;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["backups"][0]["start_lsn"], "0/1000028");
+        assert!(v["window"].is_object());
+
+        let (_, _, body) = get(&format!("{base}/api/drills")).await;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["drills"][0]["passed"], true);
+
+        let (_, _, body) = get(&format!("{base}/api/jobs")).await;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["jobs"][0]["job"], "backup");
+
+        let (status, _, body) = get(&format!("{base}/healthz")).await;
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+        let (status, _, _) = get(&format!("{base}/nope")).await;
+        assert_eq!(status, 404);
+    }
+
+    #[tokio::test]
+    async fn a_token_protects_everything_but_healthz() {
+        let (base, _stop) = start(Some("s3cret token")).await;
+        let client = reqwest::Client::new();
+        for path in [
+            "/",
+            "/metrics",
+            "/api/status",
+            "/api/backups",
+            "/api/drills",
+            "/api/jobs",
+        ] {
+            let (status, ct, body) = get(&format!("{base}{path}")).await;
+            assert_eq!(status, 401, "{path}");
+            assert!(ct.starts_with("text/plain"));
+            assert!(body.contains("Authorization: Bearer"), "{body}");
+
+            let wrong = client
+                .get(format!("{base}{path}"))
+                .bearer_auth("s3cret tokem")
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(wrong.status().as_u16(), 401, "{path}");
+
+            let right = client
+                .get(format!("{base}{path}"))
+                .bearer_auth("s3cret token")
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(right.status().as_u16(), 200, "{path}");
+        }
+        // In the URL, percent-encoded as a browser would.
+        let (status, _, _) = get(&format!("{base}/?token=s3cret%20token")).await;
+        assert_eq!(status, 200);
+        let (status, _, _) = get(&format!("{base}/?token=s3cret")).await;
+        assert_eq!(status, 401);
+        let (status, _, body) = get(&format!("{base}/healthz")).await;
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+    }
+
+    #[tokio::test]
+    async fn graceful_shutdown_ends_serve() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, router(Snapshot::shared(), None), async {
+            let _ = rx.await;
+        }));
+        let _ = tx.send(());
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("serve returns after shutdown")
+            .expect("join");
+        assert!(done.is_ok());
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abd", b"abc"));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+        assert!(!constant_time_eq(b"abcd", b"abc"));
+        assert!(!constant_time_eq(b"", b"abc"));
+    }
+}

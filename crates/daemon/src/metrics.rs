@@ -1,1 +1,802 @@
-//! TODO
+//! `/metrics`: the status snapshot in Prometheus text format.
+//!
+//! A fresh registry is built from the snapshot on every scrape: every value already lives in the
+//! snapshot, so there is no second copy to keep in step, and a series whose value is unknown
+//! (`None`) is simply not exported, because a made-up 0 would read as "backup is 0 seconds old"
+//! or "no WAL lag" to an alert rule. docs/DAEMON_API.md lists every metric.
+
+use std::sync::atomic::AtomicU64;
+
+use lifeboat_repo::records::Outcome;
+use prometheus_client::encoding::text::encode_registry;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::status::{Severity, Snapshot};
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+type Labels = Vec<(String, String)>;
+
+/// Content type of [`render`]: the classic Prometheus text format every scraper understands.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Content type of [`render_openmetrics`], served when the scraper asks for it (Prometheus does).
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The snapshot in the Prometheus text format, version 0.0.4.
+///
+/// prometheus-client writes OpenMetrics; the two differ only in `# UNIT`/`# EOF` lines and in
+/// how a counter's `# TYPE` is named, which is rewritten here so strict 0.0.4 parsers (promtool,
+/// older agents) accept every line.
+pub fn render(s: &Snapshot) -> String {
+    openmetrics_to_prometheus(&render_openmetrics(s))
+}
+
+/// The snapshot in the OpenMetrics text format (ends with `# EOF`).
+pub fn render_openmetrics(s: &Snapshot) -> String {
+    let registry = build(s);
+    let mut out = String::new();
+    // Writing into a String cannot fail; an error here would only be a bug in the encoder, and a
+    // truncated scrape is still better than none.
+    if encode_registry(&mut out, &registry).is_err() {
+        tracing::warn!("encoding metrics failed; the scrape is incomplete");
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+/// Rewrite OpenMetrics text as Prometheus 0.0.4 text: drop `# UNIT` and `# EOF`, and name the
+/// `# HELP`/`# TYPE` of a counter or info family after its sample (`_total`, `_info`), an info
+/// being a gauge in 0.0.4.
+fn openmetrics_to_prometheus(text: &str) -> String {
+    let renamed: Vec<(&str, &str, &str)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            if let Some(name) = l.strip_suffix(" counter") {
+                Some((name, "_total", "counter"))
+            } else {
+                l.strip_suffix(" info").map(|name| (name, "_info", "gauge"))
+            }
+        })
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            let (_, suffix, kind) = renamed.iter().find(|(n, _, _)| *n == name)?;
+            let tail = if *prefix == "# TYPE " { kind } else { tail };
+            Some(format!("{prefix}{name}{suffix} {tail}"))
+        });
+        match rewritten {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 time, or of PostgreSQL's text form of a
+/// `timestamptz` (`2026-01-02 10:15:03.123+00`, as `pg_stat_archiver` gives it).
+pub(crate) fn unix_seconds(text: &str) -> Option<f64> {
+    let parsed = OffsetDateTime::parse(text, &Rfc3339).ok().or_else(|| {
+        let mut t = text.trim().replacen(' ', "T", 1);
+        // PostgreSQL writes the offset as `+00` or `+05:30`; RFC 3339 needs `+00:00`.
+        if let Some(pos) = t.rfind(['+', '-'])
+            && pos > 10
+            && t.len() - pos == 3
+        {
+            t.push_str(":00");
+        }
+        OffsetDateTime::parse(&t, &Rfc3339).ok()
+    })?;
+    Some(parsed.unix_timestamp_nanos() as f64 / 1e9)
+}
+
+/// Registers only what is known: see the module comment.
+struct Builder {
+    registry: Registry,
+}
+
+impl Builder {
+    fn gauge(&mut self, name: &str, help: &str, unit: Option<Unit>, value: Option<f64>) {
+        let Some(value) = value else { return };
+        let gauge = FloatGauge::default();
+        gauge.set(value);
+        match unit {
+            Some(unit) => self.registry.register_with_unit(name, help, unit, gauge),
+            None => self.registry.register(name, help, gauge),
+        }
+    }
+
+    fn family(&mut self, name: &str, help: &str, unit: Option<Unit>, samples: Vec<(Labels, f64)>) {
+        if samples.is_empty() {
+            return;
+        }
+        let family = Family::<Labels, FloatGauge>::default();
+        for (labels, value) in samples {
+            family.get_or_create(&labels).set(value);
+        }
+        match unit {
+            Some(unit) => self.registry.register_with_unit(name, help, unit, family),
+            None => self.registry.register(name, help, family),
+        }
+    }
+
+    fn counter(&mut self, name: &str, help: &str, value: Option<u64>) {
+        let Some(value) = value else { return };
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value);
+        self.registry.register(name, help, counter);
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
+}
+
+fn flag(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Failed => "failed",
+        Outcome::Interrupted => "interrupted",
+    }
+}
+
+const OUTCOMES: [Outcome; 3] = [Outcome::Succeeded, Outcome::Failed, Outcome::Interrupted];
+
+fn build(s: &Snapshot) -> Registry {
+    let mut b = Builder {
+        registry: Registry::with_prefix("lifeboat"),
+    };
+    b.registry.register(
+        "build",
+        "Lifeboat version and host",
+        Info::new(labels(&[("version", &s.version), ("host", &s.host)])),
+    );
+    let gathered = s.generated_at.is_some();
+    let repo_reachable = !s.findings.iter().any(|f| f.key == "repository_unreachable");
+    b.gauge(
+        "up",
+        "1 when the last status check completed and reached the repository",
+        None,
+        Some(flag(gathered && repo_reachable)),
+    );
+    if !gathered {
+        // Before the first check every other value would be a default, not a measurement.
+        return b.registry;
+    }
+    b.gauge(
+        "status_timestamp",
+        "When the status these metrics show was gathered",
+        Some(Unit::Seconds),
+        s.generated_at.as_deref().and_then(unix_seconds),
+    );
+    b.gauge(
+        "recoverable",
+        "1 when a complete backup exists and the WAL after it has no gap",
+        None,
+        Some(flag(s.recoverable)),
+    );
+
+    backups(&mut b, s);
+    wal(&mut b, s);
+    b.family(
+        "volume_free",
+        "Free space on the volume (pg_wal, data)",
+        Some(Unit::Bytes),
+        s.volumes
+            .iter()
+            .map(|v| {
+                let l = labels(&[("volume", &v.name), ("path", &v.path)]);
+                (l, v.free_bytes as f64)
+            })
+            .collect(),
+    );
+    b.family(
+        "volume_size",
+        "Total size of the volume (pg_wal, data)",
+        Some(Unit::Bytes),
+        s.volumes
+            .iter()
+            .map(|v| {
+                let l = labels(&[("volume", &v.name), ("path", &v.path)]);
+                (l, v.total_bytes as f64)
+            })
+            .collect(),
+    );
+    jobs(&mut b, s);
+    drills(&mut b, s);
+    b.gauge(
+        "repository_size",
+        "Bytes of every object in the repository at the last measurement",
+        Some(Unit::Bytes),
+        s.repository_bytes.map(|v| v as f64),
+    );
+    b.gauge(
+        "active_alerts",
+        "Alerts firing now",
+        None,
+        Some(s.active_alerts.len() as f64),
+    );
+    b.family(
+        "findings",
+        "Problems the last health check found, by severity",
+        None,
+        [Severity::Warning, Severity::Critical]
+            .iter()
+            .map(|sev| {
+                let name = match sev {
+                    Severity::Warning => "warning",
+                    Severity::Critical => "critical",
+                };
+                let n = s.findings.iter().filter(|f| f.severity == *sev).count();
+                (labels(&[("severity", name)]), n as f64)
+            })
+            .collect(),
+    );
+    b.registry
+}
+
+fn backups(b: &mut Builder, s: &Snapshot) {
+    b.gauge(
+        "backups",
+        "Complete backups in the repository",
+        None,
+        Some(s.backups.len() as f64),
+    );
+    b.gauge(
+        "newest_backup_age",
+        "Time since the newest complete backup finished",
+        Some(Unit::Seconds),
+        s.newest_backup_age_seconds,
+    );
+    b.gauge(
+        "restore_window_start_timestamp",
+        "The earliest moment a restore can reach: the oldest backup's stop time",
+        Some(Unit::Seconds),
+        s.window.earliest.as_deref().and_then(unix_seconds),
+    );
+    let Some(latest) = s.backups.last() else {
+        return;
+    };
+    b.gauge(
+        "latest_backup_stop_timestamp",
+        "When the newest complete backup finished",
+        Some(Unit::Seconds),
+        unix_seconds(&latest.stop_time),
+    );
+    b.gauge(
+        "latest_backup_size",
+        "Size of the data directory the newest backup copied",
+        Some(Unit::Bytes),
+        Some(latest.size as f64),
+    );
+    b.gauge(
+        "latest_backup_stored",
+        "Bytes the newest backup added to the repository (after deduplication, compression)",
+        Some(Unit::Bytes),
+        Some(latest.stored_size as f64),
+    );
+    b.gauge(
+        "latest_backup_duration",
+        "How long the newest backup took",
+        Some(Unit::Seconds),
+        Some(latest.duration_seconds),
+    );
+    b.gauge(
+        "latest_backup_files",
+        "Files in the newest backup",
+        None,
+        Some(latest.files as f64),
+    );
+    b.gauge(
+        "latest_backup_files_reused",
+        "Files of the newest backup unchanged since the previous one, reused without reading",
+        None,
+        Some(latest.files_reused as f64),
+    );
+    b.gauge(
+        "latest_backup_bad_pages",
+        "Pages whose checksum failed while the newest backup read them",
+        None,
+        Some(latest.bad_pages.len() as f64),
+    );
+}
+
+fn wal(b: &mut Builder, s: &Snapshot) {
+    let w = &s.wal;
+    b.gauge(
+        "wal_archive_lag",
+        "Age of the oldest WAL segment waiting to be archived: what an outage now would lose",
+        Some(Unit::Seconds),
+        w.archive_lag_seconds,
+    );
+    b.gauge(
+        "wal_ready_segments",
+        "WAL segments PostgreSQL marked ready and not yet archived",
+        None,
+        w.ready_segments.map(|v| v as f64),
+    );
+    b.counter(
+        "wal_archive_failures",
+        "Failed archive_command runs (pg_stat_archiver.failed_count)",
+        w.failed_count,
+    );
+    b.gauge(
+        "wal_last_archived_timestamp",
+        "When PostgreSQL last archived a WAL file (pg_stat_archiver)",
+        Some(Unit::Seconds),
+        w.last_archived_time.as_deref().and_then(unix_seconds),
+    );
+    b.gauge(
+        "wal_last_failed_timestamp",
+        "When archive_command last failed (pg_stat_archiver)",
+        Some(Unit::Seconds),
+        w.last_failed_time.as_deref().and_then(unix_seconds),
+    );
+    let gaps: usize = w.timelines.iter().map(|t| t.gaps.len()).sum();
+    let missing: u64 = w
+        .timelines
+        .iter()
+        .flat_map(|t| &t.gaps)
+        .map(|g| g.count)
+        .sum();
+    b.gauge(
+        "wal_gaps",
+        "Gaps in the archived WAL, over every timeline",
+        None,
+        Some(gaps as f64),
+    );
+    b.gauge(
+        "wal_missing_segments",
+        "WAL segments missing inside those gaps",
+        None,
+        Some(missing as f64),
+    );
+    b.gauge(
+        "wal_files",
+        "WAL files in the repository",
+        None,
+        Some(w.wal_files as f64),
+    );
+    b.gauge(
+        "wal_stored",
+        "Bytes the archived WAL takes in the repository",
+        Some(Unit::Bytes),
+        Some(w.wal_stored_bytes as f64),
+    );
+}
+
+fn jobs(b: &mut Builder, s: &Snapshot) {
+    let per_job = |f: &dyn Fn(&crate::status::JobStatus) -> Option<f64>| -> Vec<(Labels, f64)> {
+        s.jobs
+            .iter()
+            .filter_map(|j| f(j).map(|v| (labels(&[("job", &j.job)]), v)))
+            .collect()
+    };
+    b.family(
+        "job_last_success_timestamp",
+        "When the job last finished successfully",
+        Some(Unit::Seconds),
+        per_job(&|j| {
+            j.history
+                .last_success
+                .as_ref()
+                .and_then(|r| unix_seconds(&r.finished))
+        }),
+    );
+    b.family(
+        "job_last_failure_timestamp",
+        "When the job last failed",
+        Some(Unit::Seconds),
+        per_job(&|j| {
+            j.history
+                .last_failure
+                .as_ref()
+                .and_then(|r| unix_seconds(&r.finished))
+        }),
+    );
+    b.family(
+        "job_last_duration",
+        "How long the job's last run took",
+        Some(Unit::Seconds),
+        per_job(&|j| j.history.last_run().map(|r| r.duration_seconds)),
+    );
+    b.family(
+        "job_last_exit_code",
+        "Exit code of the job's last run (docs/EXIT_CODES.md), when it exited by itself",
+        None,
+        per_job(&|j| {
+            j.history
+                .last_run()
+                .and_then(|r| r.exit_code)
+                .map(f64::from)
+        }),
+    );
+    b.family(
+        "job_running",
+        "1 while the job runs",
+        None,
+        per_job(&|j| Some(flag(j.running_since.is_some()))),
+    );
+    b.family(
+        "job_next_run_timestamp",
+        "When the schedule runs the job next",
+        Some(Unit::Seconds),
+        per_job(&|j| j.next_run.as_deref().and_then(unix_seconds)),
+    );
+    // One series per outcome, 1 on the last run's: a series that is 0 rather than absent keeps
+    // `lifeboat_job_last_outcome{outcome="failed"} == 1` rules simple.
+    let mut last_outcome = Vec::new();
+    let mut runs = Vec::new();
+    for j in &s.jobs {
+        let last = j.history.last_run().map(|r| r.outcome);
+        for o in OUTCOMES {
+            let l = labels(&[("job", &j.job), ("outcome", outcome_name(o))]);
+            if let Some(last) = last {
+                last_outcome.push((l.clone(), flag(last == o)));
+            }
+            let n = j.history.runs.iter().filter(|r| r.outcome == o).count();
+            runs.push((l, n as f64));
+        }
+    }
+    b.family(
+        "job_last_outcome",
+        "1 for the outcome of the job's last run, 0 for the others",
+        None,
+        last_outcome,
+    );
+    // A gauge, not a counter: the history keeps only the newest runs, so this can go down.
+    b.family(
+        "job_recorded_runs",
+        "Runs of the job in its recorded history (the newest 100), by outcome",
+        None,
+        runs,
+    );
+}
+
+fn drills(b: &mut Builder, s: &Snapshot) {
+    b.gauge(
+        "drills_recorded",
+        "Restore drills in the recorded history shown",
+        None,
+        Some(s.drills.len() as f64),
+    );
+    // Newest first.
+    if let Some(passed) = s.drills.iter().find(|d| d.passed) {
+        b.gauge(
+            "drill_last_success_timestamp",
+            "When the newest passing restore drill finished",
+            Some(Unit::Seconds),
+            unix_seconds(&passed.finished),
+        );
+    }
+    let Some(d) = s.drills.first() else { return };
+    b.gauge(
+        "drill_last_passed",
+        "1 when the newest restore drill passed",
+        None,
+        Some(flag(d.passed)),
+    );
+    b.gauge(
+        "drill_last_timestamp",
+        "When the newest restore drill finished",
+        Some(Unit::Seconds),
+        unix_seconds(&d.finished),
+    );
+    b.gauge(
+        "drill_last_restore",
+        "Newest drill: time to fetch and write the backup",
+        Some(Unit::Seconds),
+        d.restore_seconds,
+    );
+    b.gauge(
+        "drill_last_replay",
+        "Newest drill: time from starting PostgreSQL to the end of recovery",
+        Some(Unit::Seconds),
+        d.replay_seconds,
+    );
+    b.gauge(
+        "drill_last_recovery",
+        "Newest drill: restore plus replay, the recovery time an outage would take",
+        Some(Unit::Seconds),
+        d.recovery_seconds,
+    );
+    b.gauge(
+        "drill_last_data_loss",
+        "Newest drill: the target minus the newest commit the restored cluster held",
+        Some(Unit::Seconds),
+        d.data_loss_seconds,
+    );
+    b.gauge(
+        "drill_last_restored",
+        "Newest drill: bytes restored",
+        Some(Unit::Bytes),
+        Some(d.bytes_restored as f64),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{Finding, JobStatus, Volume, WalStatus};
+    use lifeboat_engine::backup::BackupReport;
+    use lifeboat_engine::info::{Gap, TimelineInfo};
+    use lifeboat_engine::list::Window;
+    use lifeboat_pg::lsn::Lsn;
+    use lifeboat_repo::records::{DrillRecord, JobHistory, JobRun};
+
+    fn backup(label: &str, stop: &str) -> BackupReport {
+        BackupReport {
+            label: label.into(),
+            timeline: 1,
+            start_lsn: Lsn(0x100_0028),
+            stop_lsn: Lsn(0x300_0100),
+            start_wal: "000000010000000000000001".into(),
+            stop_wal: "000000010000000000000003".into(),
+            start_time: "2026-01-02T10:00:00Z".into(),
+            stop_time: stop.into(),
+            size: 5_000_000,
+            stored_size: 1_200_000,
+            duration_seconds: 12.5,
+            files: 900,
+            files_reused: 850,
+            bytes_read: 100,
+            bad_pages: Vec::new(),
+        }
+    }
+
+    fn run(outcome: Outcome, finished: &str) -> JobRun {
+        JobRun {
+            scheduled_for: None,
+            started: "2026-01-02T09:59:00Z".into(),
+            finished: finished.into(),
+            duration_seconds: 42.0,
+            outcome,
+            message: None,
+            summary: None,
+            host: "db1".into(),
+            exit_code: None,
+        }
+    }
+
+    fn snapshot() -> Snapshot {
+        let mut history = JobHistory {
+            job: "backup".into(),
+            ..Default::default()
+        };
+        history.record(run(Outcome::Failed, "2026-01-02T09:00:00Z"));
+        history.record(run(Outcome::Succeeded, "2026-01-02T10:00:12Z"));
+        Snapshot {
+            generated_at: Some("2026-01-02T11:00:00Z".into()),
+            host: "db1".into(),
+            repository: "/var/lib/lifeboat".into(),
+            version: "0.1.0".into(),
+            recoverable: true,
+            window: Window {
+                earliest: Some("2026-01-01T10:00:12Z".into()),
+                latest_backup: Some("2026-01-02T10:00:12Z".into()),
+                latest_wal: Some("000000010000000000000009".into()),
+            },
+            backups: vec![
+                backup("20260101T100000Z", "2026-01-01T10:00:12Z"),
+                backup("20260102T100000Z", "2026-01-02T10:00:12Z"),
+            ],
+            newest_backup_age_seconds: Some(3588.0),
+            wal: WalStatus {
+                ready_segments: Some(2),
+                archive_lag_seconds: Some(7.5),
+                failed_count: Some(3),
+                last_archived_time: Some("2026-01-02 10:59:50.5+00".into()),
+                timelines: vec![TimelineInfo {
+                    timeline: 1,
+                    first_segment: "000000010000000000000001".into(),
+                    last_segment: "000000010000000000000009".into(),
+                    segments: 7,
+                    gaps: vec![Gap {
+                        first_missing: "000000010000000000000004".into(),
+                        last_missing: "000000010000000000000005".into(),
+                        count: 2,
+                    }],
+                    partial_files: Vec::new(),
+                    backup_files: Vec::new(),
+                }],
+                ..Default::default()
+            },
+            volumes: vec![Volume {
+                name: "pg_wal".into(),
+                path: "/pg/wal".into(),
+                total_bytes: 1000,
+                free_bytes: 400,
+            }],
+            jobs: vec![JobStatus {
+                job: "backup".into(),
+                schedule: Some("0 * * * *".into()),
+                next_run: Some("2026-01-02T12:00:00Z".into()),
+                running_since: None,
+                history,
+            }],
+            drills: vec![DrillRecord {
+                id: "20260102T060000Z-ab".into(),
+                host: "db1".into(),
+                trigger: "schedule".into(),
+                started: "2026-01-02T06:00:00Z".into(),
+                finished: "2026-01-02T06:01:00Z".into(),
+                backup: Some("20260101T100000Z".into()),
+                backup_choice: "latest".into(),
+                target: "latest".into(),
+                passed: true,
+                failed_step: None,
+                failure: None,
+                restore_seconds: Some(20.0),
+                replay_seconds: Some(5.5),
+                recovery_seconds: Some(25.5),
+                newest_commit: None,
+                data_loss_seconds: None,
+                bytes_restored: 4096,
+                checks: Vec::new(),
+            }],
+            findings: vec![Finding {
+                key: "wal_backlog".into(),
+                severity: Severity::Warning,
+                summary: "s".into(),
+                detail: "d".into(),
+            }],
+            repository_bytes: Some(123_456),
+            ..Default::default()
+        }
+    }
+
+    fn has(text: &str, line: &str) {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing line {line:?} in:\n{text}"
+        );
+    }
+
+    #[test]
+    fn key_series_are_exported_with_conventional_names() {
+        let text = render(&snapshot());
+        has(&text, "lifeboat_up 1.0");
+        has(&text, "lifeboat_recoverable 1.0");
+        has(&text, "lifeboat_backups 2.0");
+        has(&text, "lifeboat_newest_backup_age_seconds 3588.0");
+        has(&text, "lifeboat_latest_backup_size_bytes 5000000.0");
+        has(&text, "lifeboat_latest_backup_stored_bytes 1200000.0");
+        has(&text, "lifeboat_latest_backup_duration_seconds 12.5");
+        has(
+            &text,
+            "lifeboat_latest_backup_stop_timestamp_seconds 1767348012.0",
+        );
+        has(&text, "lifeboat_wal_archive_lag_seconds 7.5");
+        has(&text, "lifeboat_wal_ready_segments 2.0");
+        has(&text, "# TYPE lifeboat_wal_archive_failures_total counter");
+        has(&text, "lifeboat_wal_archive_failures_total 3");
+        has(&text, "# TYPE lifeboat_build_info gauge");
+        has(
+            &text,
+            "# HELP lifeboat_build_info Lifeboat version and host.",
+        );
+        has(
+            &text,
+            "lifeboat_wal_last_archived_timestamp_seconds 1767351590.5",
+        );
+        has(&text, "lifeboat_wal_gaps 1.0");
+        has(&text, "lifeboat_wal_missing_segments 2.0");
+        has(
+            &text,
+            "lifeboat_volume_free_bytes{volume=\"pg_wal\",path=\"/pg/wal\"} 400.0",
+        );
+        has(
+            &text,
+            "lifeboat_volume_size_bytes{volume=\"pg_wal\",path=\"/pg/wal\"} 1000.0",
+        );
+        has(
+            &text,
+            "lifeboat_job_last_success_timestamp_seconds{job=\"backup\"} 1767348012.0",
+        );
+        has(
+            &text,
+            "lifeboat_job_last_failure_timestamp_seconds{job=\"backup\"} 1767344400.0",
+        );
+        has(
+            &text,
+            "lifeboat_job_last_duration_seconds{job=\"backup\"} 42.0",
+        );
+        has(&text, "lifeboat_job_running{job=\"backup\"} 0.0");
+        has(
+            &text,
+            "lifeboat_job_last_outcome{job=\"backup\",outcome=\"succeeded\"} 1.0",
+        );
+        has(
+            &text,
+            "lifeboat_job_last_outcome{job=\"backup\",outcome=\"failed\"} 0.0",
+        );
+        has(
+            &text,
+            "lifeboat_job_recorded_runs{job=\"backup\",outcome=\"failed\"} 1.0",
+        );
+        has(&text, "lifeboat_drill_last_passed 1.0");
+        has(&text, "lifeboat_drill_last_recovery_seconds 25.5");
+        has(&text, "lifeboat_drill_last_restore_seconds 20.0");
+        has(&text, "lifeboat_drill_last_replay_seconds 5.5");
+        has(&text, "lifeboat_drill_last_timestamp_seconds 1767333660.0");
+        has(&text, "lifeboat_repository_size_bytes 123456.0");
+        has(&text, "lifeboat_active_alerts 0.0");
+        has(&text, "lifeboat_findings{severity=\"warning\"} 1.0");
+        has(&text, "lifeboat_findings{severity=\"critical\"} 0.0");
+        has(
+            &text,
+            "lifeboat_build_info{version=\"0.1.0\",host=\"db1\"} 1",
+        );
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+    }
+
+    #[test]
+    fn unknown_values_are_omitted_not_zero() {
+        let mut s = snapshot();
+        s.drills[0].data_loss_seconds = None;
+        s.wal.archive_lag_seconds = None;
+        s.wal.failed_count = None;
+        s.repository_bytes = None;
+        s.newest_backup_age_seconds = None;
+        let text = render(&s);
+        for name in [
+            "lifeboat_drill_last_data_loss_seconds",
+            "lifeboat_wal_archive_lag_seconds",
+            "lifeboat_wal_archive_failures",
+            "lifeboat_repository_size_bytes",
+            "lifeboat_newest_backup_age_seconds",
+            "lifeboat_wal_last_failed_timestamp_seconds",
+        ] {
+            assert!(!text.contains(name), "{name} exported:\n{text}");
+        }
+    }
+
+    #[test]
+    fn before_the_first_check_only_up_and_build_info() {
+        let text = render(&Snapshot {
+            version: "0.1.0".into(),
+            ..Default::default()
+        });
+        has(&text, "lifeboat_up 0.0");
+        assert!(!text.contains("lifeboat_recoverable"));
+        assert!(!text.contains("lifeboat_backups"));
+        assert!(render_openmetrics(&Snapshot::default()).ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn openmetrics_keeps_units_and_counter_family_names() {
+        let text = render_openmetrics(&snapshot());
+        has(&text, "# TYPE lifeboat_wal_archive_failures counter");
+        has(&text, "# TYPE lifeboat_build info");
+        has(&text, "# UNIT lifeboat_wal_archive_lag_seconds seconds");
+    }
+
+    #[test]
+    fn times_in_rfc3339_and_postgres_form() {
+        assert_eq!(unix_seconds("1970-01-01T00:01:00Z"), Some(60.0));
+        assert_eq!(unix_seconds("1970-01-01 00:01:00+00"), Some(60.0));
+        assert_eq!(unix_seconds("1970-01-01 01:01:00.5+01"), Some(60.5));
+        assert_eq!(unix_seconds("1970-01-01 05:31:00+05:30"), Some(60.0));
+        assert_eq!(unix_seconds("soon"), None);
+    }
+}
