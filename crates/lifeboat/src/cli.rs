@@ -25,9 +25,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Log level on stderr (error, warn, info, debug, trace); LIFEBOAT_LOG overrides with a filter.
-    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
-    pub log_level: String,
+    /// Log level on stderr (error, warn, info, debug, trace) [default: info for serve, warn
+    /// otherwise]; LIFEBOAT_LOG overrides with a filter.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
 
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -81,7 +82,7 @@ pub enum Command {
     /// Prove a backup restores: restore it into a scratch directory, start PostgreSQL on a free
     /// local port, recover to a target, run pg_amcheck and the configured check queries, record
     /// the result (recovery time, data-loss window) in the repository, and remove everything.
-    /// Exits 0 when the drill passed, 7 when it failed.
+    /// Exits 0 when the drill passed, 9 when it failed.
     Drill(DrillArgs),
     /// Run the daemon: scheduled jobs ([schedule]), health checks and alerts ([health], [alerts]),
     /// Prometheus /metrics, a dashboard and a JSON API on [serve] listen (default 127.0.0.1:7433).

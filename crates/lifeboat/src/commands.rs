@@ -49,7 +49,7 @@ fn repo_location(resolved: &Resolved) -> Result<&str, Failure> {
     })
 }
 
-fn open_store(resolved: &Resolved) -> Result<Arc<dyn Store>, Failure> {
+pub(crate) fn open_store(resolved: &Resolved) -> Result<Arc<dyn Store>, Failure> {
     let location = repo_location(resolved)?;
     // A missing local directory is a configuration problem (wrong path, or init not run yet), not
     // a storage failure: say so, with the exit code for configuration.

@@ -1,9 +1,87 @@
-//! `lifeboat serve`. (Being written.)
+//! `lifeboat serve`: resolve the daemon's settings, then hand over to `lifeboat_daemon::serve`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use lifeboat_daemon::DaemonConfig;
+use lifeboat_daemon::runner::Launcher;
+use lifeboat_daemon::serve::{ServeError, ServeOptions};
+use lifeboat_engine::LazyRepo;
 
 use crate::cli::{Cli, ServeArgs};
 use crate::config::Resolved;
 use crate::exit::{Exit, Failure};
 
-pub async fn serve(_cli: &Cli, _resolved: &Resolved, _args: &ServeArgs) -> Result<Exit, Failure> {
-    Err(Failure::new(Exit::Usage, "serve is not written yet", None))
+pub async fn serve(cli: &Cli, resolved: &Resolved, args: &ServeArgs) -> Result<Exit, Failure> {
+    let file = &resolved.file;
+    let config = DaemonConfig {
+        serve: file.serve.clone(),
+        schedule: file.schedule.clone(),
+        health: file.health.clone(),
+        alerts: file.alerts.clone(),
+    };
+    let listen = args.listen.unwrap_or(config.serve.listen);
+    let token = match &config.serve.token_file {
+        Some(path) => Some(read_token(path)?),
+        None => None,
+    };
+    let store = crate::commands::open_store(resolved)?;
+    let exe = std::env::current_exe().map_err(|e| {
+        Failure::new(
+            Exit::Internal,
+            format!("cannot find my own executable to run jobs with: {e}"),
+            None,
+        )
+    })?;
+    let launcher = Launcher {
+        exe,
+        // Children read the same file, however the daemon found it (flag, environment, default).
+        config: resolved.config_path.clone(),
+        repo: cli.repo.clone(),
+        host: lifeboat_repo::lock::this_host(),
+    };
+    let options = ServeOptions {
+        config,
+        listen,
+        token,
+        repo: Arc::new(LazyRepo::new(store, resolved.passphrase.clone())),
+        db: file.db.clone(),
+        pgdata: file
+            .pgdata
+            .clone()
+            .or_else(|| std::env::var_os("PGDATA").map(Into::into)),
+        launcher,
+    };
+    match lifeboat_daemon::serve::serve(options).await {
+        Ok(()) => Ok(Exit::Success),
+        Err(ServeError::Config(message)) => Err(Failure::config(
+            message,
+            "fix the config file (see the README's configuration reference) and start again",
+        )),
+        Err(ServeError::Listen(message)) => Err(Failure::new(
+            Exit::LocalIo,
+            message,
+            Some("pick a free port in [serve] listen, or stop the other process".into()),
+        )),
+    }
+}
+
+fn read_token(path: &Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::config(
+            format!("cannot read [serve] token_file {}: {e}", path.display()),
+            "create the file with a long random token on its first line (e.g. `openssl rand -hex 32`), mode 0600",
+        )
+    })?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.len() < 16 {
+        return Err(Failure::config(
+            format!(
+                "the token in {} is shorter than 16 characters",
+                path.display()
+            ),
+            "write a long random token on its first line, e.g. `openssl rand -hex 32`",
+        ));
+    }
+    Ok(token)
 }

@@ -30,6 +30,9 @@ pub enum Exit {
     Internal = 70,
     /// Standard output was closed by its reader; the command stopped quietly (as on SIGPIPE).
     ClosedOutput = 141,
+    /// `drill`: stopped by SIGTERM or SIGINT; its scratch cluster was stopped and removed and
+    /// nothing was recorded (as a process stopped by SIGTERM would exit).
+    Interrupted = 143,
     /// wal-fetch: anything but success or not-found. Above 125, so PostgreSQL stops recovery
     /// instead of treating the file as missing and ending recovery early.
     AbortRecovery = 200,

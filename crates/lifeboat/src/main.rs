@@ -105,14 +105,22 @@ fn report(failure: &Failure, in_recovery: bool) -> ExitCode {
 
 fn init_logging(cli: &cli::Cli) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("LIFEBOAT_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(cli.log_level.as_str()));
+    let filter = EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| {
+        let default = match cli.command {
+            cli::Command::Serve(_) => "info",
+            _ => "warn",
+        };
+        EnvFilter::new(cli.log_level.as_deref().unwrap_or(default))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
     if cli.log_format == cli::LogFormat::Json {
         builder.json().init();
+    } else if matches!(cli.command, cli::Command::Serve(_)) {
+        // A daemon's lines need their time (journald adds its own, a plain file does not).
+        builder.init();
     } else {
         builder.without_time().init();
     }

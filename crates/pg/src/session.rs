@@ -408,6 +408,17 @@ fn split_pgpass_field(text: &str) -> Option<(String, &str)> {
 // The session
 // ---------------------------------------------------------------------------------------------
 
+/// A row of `pg_stat_archiver`; times are RFC 3339 in UTC.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArchiverStats {
+    pub archived_count: u64,
+    pub last_archived_wal: Option<String>,
+    pub last_archived_time: Option<String>,
+    pub failed_count: u64,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_time: Option<String>,
+}
+
 /// A tablespace other than `pg_default` and `pg_global`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tablespace {
@@ -755,6 +766,40 @@ impl Session {
     }
 
     /// One row, one non-null text column.
+    /// `pg_stat_archiver`: what the archiver last stored and last failed on, and when.
+    pub async fn archiver_stats(&self) -> Result<ArchiverStats> {
+        let what = "reading pg_stat_archiver";
+        let row = self
+            .client
+            .query_one(
+                "select archived_count::text, last_archived_wal, \
+                        to_char(last_archived_time at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                        failed_count::text, last_failed_wal, \
+                        to_char(last_failed_time at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+                 from pg_stat_archiver",
+                &[],
+            )
+            .await
+            .map_err(|e| self.query_error(what, &e))?;
+        let text = |i: usize| -> Result<Option<String>> {
+            row.try_get::<_, Option<String>>(i)
+                .map_err(|e| self.query_error(what, &e))
+        };
+        let count = |i: usize| -> Result<u64> {
+            let t = text(i)?.unwrap_or_default();
+            t.parse()
+                .map_err(|_| self.unexpected(what, format!("count {t:?}")))
+        };
+        Ok(ArchiverStats {
+            archived_count: count(0)?,
+            last_archived_wal: text(1)?,
+            last_archived_time: text(2)?,
+            failed_count: count(3)?,
+            last_failed_wal: text(4)?,
+            last_failed_time: text(5)?,
+        })
+    }
+
     async fn query_text(
         &self,
         what: &str,

@@ -46,6 +46,9 @@ pub struct JobRun {
     /// The host that ran it.
     #[serde(default)]
     pub host: String,
+    /// The command's exit code (docs/EXIT_CODES.md), when it exited by itself.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
 }
 
 /// History of one job, e.g. `backup` or `drill`.
@@ -300,6 +303,7 @@ mod tests {
             message: None,
             summary: None,
             host: "h".into(),
+            exit_code: None,
         }
     }
 
