@@ -993,101 +993,9 @@ if(location.search){document.querySelectorAll('a.keep-query').forEach(function(l
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{Finding, WalStatus};
-    use lifeboat_engine::info::{Gap, TimelineInfo};
-    use lifeboat_engine::list::Window;
-    use lifeboat_pg::lsn::Lsn;
-    use lifeboat_repo::records::{ActiveAlert, DrillCheck, JobHistory, SentAlert};
-
-    fn backup(label: &str) -> BackupReport {
-        BackupReport {
-            label: label.into(),
-            timeline: 1,
-            start_lsn: Lsn(0x100_0028),
-            stop_lsn: Lsn(0x300_0100),
-            start_wal: "000000010000000000000001".into(),
-            stop_wal: "000000010000000000000003".into(),
-            start_time: "2026-01-02T10:00:00Z".into(),
-            stop_time: "2026-01-02T10:00:12.5Z".into(),
-            size: 5 << 20,
-            stored_size: 1 << 20,
-            duration_seconds: 12.5,
-            files: 900,
-            files_reused: 850,
-            bytes_read: 100,
-            bad_pages: Vec::new(),
-        }
-    }
-
-    fn drill(passed: bool) -> DrillRecord {
-        DrillRecord {
-            id: "20260102T060000Z-ab".into(),
-            host: "db1".into(),
-            trigger: "manual".into(),
-            started: "2026-01-02T10:30:00Z".into(),
-            finished: "2026-01-02T10:31:00Z".into(),
-            backup: Some("20260102T100000Z".into()),
-            backup_choice: "latest".into(),
-            target: "latest".into(),
-            passed,
-            failed_step: (!passed).then(|| "check".into()),
-            failure: (!passed).then(|| "query returned <nothing>".into()),
-            restore_seconds: Some(20.0),
-            replay_seconds: Some(5.5),
-            recovery_seconds: Some(25.5),
-            newest_commit: None,
-            data_loss_seconds: Some(0.8),
-            bytes_restored: 4096,
-            checks: vec![DrillCheck {
-                name: "SELECT count(*) > 0 FROM \"orders\" WHERE note <> '<b>'".into(),
-                passed,
-                detail: "t".into(),
-            }],
-        }
-    }
-
-    fn snapshot() -> Snapshot {
-        Snapshot {
-            generated_at: Some("2026-01-02T11:00:00Z".into()),
-            host: "db1".into(),
-            repository: "/var/lib/lifeboat".into(),
-            version: "0.1.0".into(),
-            recoverable: true,
-            window: Window {
-                earliest: Some("2026-01-02T10:00:12.5Z".into()),
-                latest_backup: Some("2026-01-02T10:00:12.5Z".into()),
-                latest_wal: Some("000000010000000000000009".into()),
-            },
-            backups: vec![backup("20260102T100000Z")],
-            newest_backup_age_seconds: Some(3587.5),
-            wal: WalStatus {
-                last_archived_wal: Some("000000010000000000000009".into()),
-                last_archived_time: Some("2026-01-02 10:59:00+00".into()),
-                timelines: vec![TimelineInfo {
-                    timeline: 1,
-                    first_segment: "000000010000000000000001".into(),
-                    last_segment: "000000010000000000000009".into(),
-                    segments: 9,
-                    gaps: Vec::new(),
-                    partial_files: Vec::new(),
-                    backup_files: Vec::new(),
-                }],
-                ..Default::default()
-            },
-            jobs: vec![JobStatus {
-                job: "backup".into(),
-                schedule: Some("0 * * * *".into()),
-                next_run: Some("2026-01-02T12:00:00Z".into()),
-                running_since: None,
-                history: JobHistory {
-                    job: "backup".into(),
-                    ..Default::default()
-                },
-            }],
-            drills: vec![drill(true)],
-            ..Default::default()
-        }
-    }
+    use crate::samples::{self, drill, snapshot};
+    use crate::status::Finding;
+    use lifeboat_repo::records::{ActiveAlert, SentAlert};
 
     fn section<'a>(page: &'a str, id: &str) -> &'a str {
         let start = page
@@ -1134,11 +1042,7 @@ mod tests {
             last_notified: None,
             notifications: 1,
         });
-        s.wal.timelines[0].gaps.push(Gap {
-            first_missing: "000000010000000000000004".into(),
-            last_missing: "000000010000000000000005".into(),
-            count: 2,
-        });
+        s.wal.timelines[0].gaps.push(samples::gap());
         let page = render(&s);
         let banner = section(&page, "recoverable");
         assert!(banner.contains("class=\"banner bad\""));
@@ -1177,15 +1081,8 @@ mod tests {
         s.drills[0].passed = false;
         s.drills[0].checks[0].name = evil.into();
         s.jobs[0].history.record(JobRun {
-            scheduled_for: None,
-            started: "2026-01-02T09:00:00Z".into(),
-            finished: "2026-01-02T09:00:01Z".into(),
-            duration_seconds: 1.0,
-            outcome: Outcome::Failed,
             message: Some(evil.into()),
-            summary: None,
-            host: "h".into(),
-            exit_code: None,
+            ..samples::run(Outcome::Failed, "2026-01-02T10:00:00Z")
         });
         s.sent_alerts.push(SentAlert {
             time: "2026-01-02T10:00:00Z".into(),

@@ -176,68 +176,15 @@ async fn api_jobs(State(snapshot): State<SharedSnapshot>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{JobStatus, Snapshot};
-    use lifeboat_engine::backup::BackupReport;
-    use lifeboat_pg::lsn::Lsn;
-    use lifeboat_repo::records::{DrillRecord, JobHistory};
+    use crate::samples;
+    use crate::status::Snapshot;
 
     fn snapshot() -> SharedSnapshot {
         let shared = Snapshot::shared();
-        let s = Snapshot {
-            generated_at: Some("2026-01-02T11:00:00Z".into()),
-            host: "db1".into(),
-            version: "0.1.0".into(),
-            recoverable: true,
-            backups: vec![BackupReport {
-                label: "20260102T100000Z".into(),
-                timeline: 1,
-                start_lsn: Lsn(0x100_0028),
-                stop_lsn: Lsn(0x300_0100),
-                start_wal: "000000010000000000000001".into(),
-                stop_wal: "000000010000000000000003".into(),
-                start_time: "2026-01-02T10:00:00Z".into(),
-                stop_time: "2026-01-02T10:00:12Z".into(),
-                size: 100,
-                stored_size: 50,
-                duration_seconds: 12.0,
-                files: 3,
-                files_reused: 0,
-                bytes_read: 100,
-                bad_pages: Vec::new(),
-            }],
-            jobs: vec![JobStatus {
-                job: "backup".into(),
-                schedule: Some("0 * * * *".into()),
-                next_run: None,
-                running_since: None,
-                history: JobHistory {
-                    job: "backup".into(),
-                    ..Default::default()
-                },
-            }],
-            drills: vec![DrillRecord {
-                id: "d1".into(),
-                host: "db1".into(),
-                trigger: "manual".into(),
-                started: "2026-01-02T10:30:00Z".into(),
-                finished: "2026-01-02T10:31:00Z".into(),
-                backup: Some("20260102T100000Z".into()),
-                backup_choice: "latest".into(),
-                target: "latest".into(),
-                passed: true,
-                failed_step: None,
-                failure: None,
-                restore_seconds: Some(1.0),
-                replay_seconds: Some(1.0),
-                recovery_seconds: Some(2.0),
-                newest_commit: None,
-                data_loss_seconds: None,
-                bytes_restored: 10,
-                checks: Vec::new(),
-            }],
-            ..Default::default()
-        };
-        shared.try_write().map(|mut w| *w = s).ok();
+        shared
+            .try_write()
+            .map(|mut w| *w = samples::snapshot())
+            .ok();
         shared
     }
 
@@ -269,6 +216,18 @@ mod tests {
             .unwrap_or_default()
             .to_string();
         (status, ct, r.text().await.expect("body"))
+    }
+
+    /// The status of a GET of `url` with `token` in an `Authorization: Bearer` header.
+    async fn status_with_token(url: &str, token: &str) -> u16 {
+        reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+            .status()
+            .as_u16()
     }
 
     #[tokio::test]
@@ -336,7 +295,6 @@ mod tests {
     #[tokio::test]
     async fn a_token_protects_everything_but_healthz() {
         let (base, _stop) = start(Some("s3cret token")).await;
-        let client = reqwest::Client::new();
         for path in [
             "/",
             "/metrics",
@@ -350,21 +308,9 @@ mod tests {
             assert!(ct.starts_with("text/plain"));
             assert!(body.contains("Authorization: Bearer"), "{body}");
 
-            let wrong = client
-                .get(format!("{base}{path}"))
-                .bearer_auth("s3cret tokem")
-                .send()
-                .await
-                .expect("request");
-            assert_eq!(wrong.status().as_u16(), 401, "{path}");
-
-            let right = client
-                .get(format!("{base}{path}"))
-                .bearer_auth("s3cret token")
-                .send()
-                .await
-                .expect("request");
-            assert_eq!(right.status().as_u16(), 200, "{path}");
+            let url = format!("{base}{path}");
+            assert_eq!(status_with_token(&url, "s3cret tokem").await, 401, "{path}");
+            assert_eq!(status_with_token(&url, "s3cret token").await, 200, "{path}");
         }
         // In the URL, percent-encoded as a browser would.
         let (status, _, _) = get(&format!("{base}/?token=s3cret%20token")).await;

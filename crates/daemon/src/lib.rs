@@ -18,6 +18,8 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod runner;
+#[cfg(test)]
+mod samples;
 pub mod schedule;
 pub mod serve;
 pub mod status;

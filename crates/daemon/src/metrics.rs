@@ -537,132 +537,67 @@ fn drills(b: &mut Builder, s: &Snapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{Finding, JobStatus, Volume, WalStatus};
+    use crate::samples::{self, run};
+    use crate::status::{Finding, Volume, WalStatus};
     use lifeboat_engine::backup::BackupReport;
-    use lifeboat_engine::info::{Gap, TimelineInfo};
-    use lifeboat_engine::list::Window;
-    use lifeboat_pg::lsn::Lsn;
-    use lifeboat_repo::records::{DrillRecord, JobHistory, JobRun};
+    use lifeboat_repo::records::DrillRecord;
 
+    /// 5,000,000 bytes, 1,200,000 stored, finished at `stop`.
     fn backup(label: &str, stop: &str) -> BackupReport {
         BackupReport {
-            label: label.into(),
-            timeline: 1,
-            start_lsn: Lsn(0x100_0028),
-            stop_lsn: Lsn(0x300_0100),
-            start_wal: "000000010000000000000001".into(),
-            stop_wal: "000000010000000000000003".into(),
-            start_time: "2026-01-02T10:00:00Z".into(),
             stop_time: stop.into(),
             size: 5_000_000,
             stored_size: 1_200_000,
-            duration_seconds: 12.5,
-            files: 900,
-            files_reused: 850,
-            bytes_read: 100,
-            bad_pages: Vec::new(),
+            ..samples::backup(label)
         }
     }
 
-    fn run(outcome: Outcome, finished: &str) -> JobRun {
-        JobRun {
-            scheduled_for: None,
-            started: "2026-01-02T09:59:00Z".into(),
-            finished: finished.into(),
-            duration_seconds: 42.0,
-            outcome,
-            message: None,
-            summary: None,
-            host: "db1".into(),
-            exit_code: None,
-        }
-    }
-
+    /// The sample snapshot with two backups, a WAL backlog with a gap, a volume, a failed and a
+    /// succeeded backup run, a scheduled drill at 06:00 and a warning.
     fn snapshot() -> Snapshot {
-        let mut history = JobHistory {
-            job: "backup".into(),
-            ..Default::default()
+        let mut s = samples::snapshot();
+        s.window.earliest = Some("2026-01-01T10:00:12Z".into());
+        s.window.latest_backup = Some("2026-01-02T10:00:12Z".into());
+        s.backups = vec![
+            backup("20260101T100000Z", "2026-01-01T10:00:12Z"),
+            backup("20260102T100000Z", "2026-01-02T10:00:12Z"),
+        ];
+        s.newest_backup_age_seconds = Some(3588.0);
+        s.wal = WalStatus {
+            ready_segments: Some(2),
+            archive_lag_seconds: Some(7.5),
+            failed_count: Some(3),
+            last_archived_time: Some("2026-01-02 10:59:50.5+00".into()),
+            ..s.wal
         };
+        s.wal.timelines[0].segments = 7;
+        s.wal.timelines[0].gaps.push(samples::gap());
+        s.volumes = vec![Volume {
+            name: "pg_wal".into(),
+            path: "/pg/wal".into(),
+            total_bytes: 1000,
+            free_bytes: 400,
+        }];
+        let history = &mut s.jobs[0].history;
         history.record(run(Outcome::Failed, "2026-01-02T09:00:00Z"));
         history.record(run(Outcome::Succeeded, "2026-01-02T10:00:12Z"));
-        Snapshot {
-            generated_at: Some("2026-01-02T11:00:00Z".into()),
-            host: "db1".into(),
-            repository: "/var/lib/lifeboat".into(),
-            version: "0.1.0".into(),
-            recoverable: true,
-            window: Window {
-                earliest: Some("2026-01-01T10:00:12Z".into()),
-                latest_backup: Some("2026-01-02T10:00:12Z".into()),
-                latest_wal: Some("000000010000000000000009".into()),
-            },
-            backups: vec![
-                backup("20260101T100000Z", "2026-01-01T10:00:12Z"),
-                backup("20260102T100000Z", "2026-01-02T10:00:12Z"),
-            ],
-            newest_backup_age_seconds: Some(3588.0),
-            wal: WalStatus {
-                ready_segments: Some(2),
-                archive_lag_seconds: Some(7.5),
-                failed_count: Some(3),
-                last_archived_time: Some("2026-01-02 10:59:50.5+00".into()),
-                timelines: vec![TimelineInfo {
-                    timeline: 1,
-                    first_segment: "000000010000000000000001".into(),
-                    last_segment: "000000010000000000000009".into(),
-                    segments: 7,
-                    gaps: vec![Gap {
-                        first_missing: "000000010000000000000004".into(),
-                        last_missing: "000000010000000000000005".into(),
-                        count: 2,
-                    }],
-                    partial_files: Vec::new(),
-                    backup_files: Vec::new(),
-                }],
-                ..Default::default()
-            },
-            volumes: vec![Volume {
-                name: "pg_wal".into(),
-                path: "/pg/wal".into(),
-                total_bytes: 1000,
-                free_bytes: 400,
-            }],
-            jobs: vec![JobStatus {
-                job: "backup".into(),
-                schedule: Some("0 * * * *".into()),
-                next_run: Some("2026-01-02T12:00:00Z".into()),
-                running_since: None,
-                history,
-            }],
-            drills: vec![DrillRecord {
-                id: "20260102T060000Z-ab".into(),
-                host: "db1".into(),
-                trigger: "schedule".into(),
-                started: "2026-01-02T06:00:00Z".into(),
-                finished: "2026-01-02T06:01:00Z".into(),
-                backup: Some("20260101T100000Z".into()),
-                backup_choice: "latest".into(),
-                target: "latest".into(),
-                passed: true,
-                failed_step: None,
-                failure: None,
-                restore_seconds: Some(20.0),
-                replay_seconds: Some(5.5),
-                recovery_seconds: Some(25.5),
-                newest_commit: None,
-                data_loss_seconds: None,
-                bytes_restored: 4096,
-                checks: Vec::new(),
-            }],
-            findings: vec![Finding {
-                key: "wal_backlog".into(),
-                severity: Severity::Warning,
-                summary: "s".into(),
-                detail: "d".into(),
-            }],
-            repository_bytes: Some(123_456),
-            ..Default::default()
-        }
+        s.drills = vec![DrillRecord {
+            trigger: "schedule".into(),
+            started: "2026-01-02T06:00:00Z".into(),
+            finished: "2026-01-02T06:01:00Z".into(),
+            backup: Some("20260101T100000Z".into()),
+            data_loss_seconds: None,
+            checks: Vec::new(),
+            ..samples::drill(true)
+        }];
+        s.findings = vec![Finding {
+            key: "wal_backlog".into(),
+            severity: Severity::Warning,
+            summary: "s".into(),
+            detail: "d".into(),
+        }];
+        s.repository_bytes = Some(123_456);
+        s
     }
 
     fn has(text: &str, line: &str) {

@@ -4,11 +4,11 @@
 mod support;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use support::receivers::{RECEIVE_WAIT, SmtpReceiver, WEBHOOK_SECRET, WebhookReceiver};
-use support::{BIN, assert_code, assert_success};
+use support::{BIN, assert_code, assert_success, text};
 
 fn alert_test(config: &Path) -> Output {
     Command::new(BIN)
@@ -23,12 +23,11 @@ fn alert_test(config: &Path) -> Output {
         .expect("run lifeboat alert test")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// `text` as the config file `lifeboat.toml` in `dir`.
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let config = dir.join("lifeboat.toml");
+    fs::write(&config, text).expect("config");
+    config
 }
 
 /// A port nothing listens on: bound, then released.
@@ -48,10 +47,9 @@ fn test_message_reaches_webhook_and_email() {
     fs::write(&url_file, format!("{url}\n")).expect("url file");
     let password_file = dir.path().join("smtp-password");
     fs::write(&password_file, "hunter2\n").expect("password file");
-    let config = dir.path().join("lifeboat.toml");
-    fs::write(
-        &config,
-        format!(
+    let config = write_config(
+        dir.path(),
+        &format!(
             r#"
 [[alerts.webhook]]
 name = "ops-chat"
@@ -69,8 +67,7 @@ password_file = "{}"
             url_file.display(),
             password_file.display()
         ),
-    )
-    .expect("config");
+    );
 
     let out = alert_test(&config);
     assert_success(&out, "alert test");
@@ -122,10 +119,9 @@ fn unreachable_or_refusing_channel_exits_9_naming_it() {
     let (smtp_port, smtp) = SmtpReceiver::start();
     smtp.set_refuse(true);
     let dead_url = format!("http://127.0.0.1:{}/hooks/{WEBHOOK_SECRET}", closed_port());
-    let config = dir.path().join("lifeboat.toml");
-    fs::write(
-        &config,
-        format!(
+    let config = write_config(
+        dir.path(),
+        &format!(
             r#"
 [[alerts.webhook]]
 url = "{url}"
@@ -141,8 +137,7 @@ from = "lifeboat@example.com"
 to = ["oncall@example.com"]
 "#
         ),
-    )
-    .expect("config");
+    );
 
     let out = alert_test(&config);
     assert_code(
@@ -172,8 +167,7 @@ to = ["oncall@example.com"]
 #[test]
 fn no_channel_or_bad_alerts_config_exits_3() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("lifeboat.toml");
-    fs::write(&config, "[alerts]\nrepeat = \"1h\"\n").expect("config");
+    let config = write_config(dir.path(), "[alerts]\nrepeat = \"1h\"\n");
     let out = alert_test(&config);
     assert_code(&out, 3, "alert test without channels");
     assert!(
@@ -183,14 +177,13 @@ fn no_channel_or_bad_alerts_config_exits_3() {
     );
 
     let missing = dir.path().join("no-such-url-file");
-    fs::write(
-        &config,
-        format!(
+    let config = write_config(
+        dir.path(),
+        &format!(
             "[[alerts.webhook]]\nname = \"pager\"\nurl_file = \"{}\"\n",
             missing.display()
         ),
-    )
-    .expect("config");
+    );
     let out = alert_test(&config);
     assert_code(&out, 3, "alert test with a missing url_file");
     let all = text(&out);

@@ -42,14 +42,6 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Parse a command's stdout as JSON after checking it succeeded.
 fn json_of(out: &Output, what: &str) -> Value {
     assert_success(out, what);

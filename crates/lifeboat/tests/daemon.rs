@@ -6,10 +6,8 @@
 mod support;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -17,169 +15,22 @@ use chrono::{Timelike, Utc};
 use lifeboat_testkit::cluster::TestCluster;
 use lifeboat_testkit::free_port;
 use serde_json::Value;
+use support::daemon::{Daemon, daemon_config, tail};
 use support::receivers::{SmtpReceiver, WebhookReceiver};
 use support::*;
 
-/// A running `lifeboat serve`, killed on drop if the test did not stop it.
-struct Daemon {
-    child: Option<Child>,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(setup: &Setup, port: u16, log_name: &str) -> Daemon {
-        let log = setup.dir.path().join(log_name);
-        let out = fs::File::create(&log).expect("daemon log");
-        let err = out.try_clone().expect("daemon log");
-        let child = setup
-            .cmd()
-            .args(["--log-level", "info", "serve"])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("start lifeboat serve");
-        let daemon = Daemon {
-            child: Some(child),
-            port,
-            log,
-        };
-        daemon.wait_status(
-            "the daemon answers /api/status",
-            Duration::from_secs(60),
-            |s| s["generated_at"].is_string(),
-        );
-        daemon
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        http_get(self.port, path)
-    }
-
-    fn status(&self) -> Value {
-        let (code, body) = self.get("/api/status");
-        assert_eq!(code, 200, "/api/status: {body}");
-        serde_json::from_str(&body).expect("status JSON")
-    }
-
-    fn wait_status(&self, what: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = try_get(self.port, "/api/status")
-                .and_then(|body| serde_json::from_str::<Value>(&body).ok())
-                && done(&status)
-            {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting until {what}; daemon log:\n{}",
-                tail(&self.log_text(), 60)
-            );
-            thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    /// SIGTERM, then wait for the exit.
-    fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("daemon running");
-        let pid = child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for daemon") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "the daemon did not exit within {timeout:?} of SIGTERM; log:\n{}",
-                    tail(&self.log_text(), 60)
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            if thread::panicking() {
-                eprintln!("daemon log:\n{}", tail(&self.log_text(), 80));
-            }
-        }
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn try_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
-}
-
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the daemon");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send request");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read response");
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    (code, body.to_string())
-}
-
-/// A cluster archiving with `lifeboat wal-push` (no second copy: these tests run long) and
-/// switching segments every few seconds while anything is written.
-fn archiving_cluster(setup: &Setup, archive_timeout_s: u32) -> TestCluster {
+/// A local repository and a cluster archiving into it with `lifeboat wal-push` (no second copy:
+/// these tests run long), switching segments every `archive_timeout_s` seconds while anything is
+/// written (0: never), with pgbench tables of scale `scale`.
+fn archiving_cluster(archive_timeout_s: u32, scale: u32) -> (Setup, TestCluster) {
+    let setup = Setup::new(Backend::Local, false);
     let conf = format!(
         "archive_mode = on\narchive_command = '{BIN} --config {} wal-push %p'\narchive_timeout = {archive_timeout_s}\n",
         setup.config.display()
     );
-    TestCluster::start_new(&conf).expect("start cluster")
-}
-
-/// Append the daemon's sections to the setup's config file.
-fn add_config(setup: &Setup, text: &str) {
-    let mut f = fs::OpenOptions::new()
-        .append(true)
-        .open(&setup.config)
-        .expect("config file");
-    f.write_all(text.as_bytes()).expect("write config");
+    let cluster = TestCluster::start_new(&conf).expect("start cluster");
+    cluster.pgbench_init(scale).expect("pgbench -i");
+    (setup, cluster)
 }
 
 fn job<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
@@ -227,17 +78,14 @@ fn wait_messages(
 /// archive_command raises exactly one WAL-lag alert, and fixing it exactly one recovery message.
 #[test]
 fn daemon_backs_up_drills_and_alerts_once_on_wal_lag() {
-    let setup = Setup::new(Backend::Local, false);
-    let cluster = archiving_cluster(&setup, 5);
-    cluster.pgbench_init(2).expect("pgbench -i");
+    let (setup, cluster) = archiving_cluster(5, 2);
     let (hook_url, hook) = WebhookReceiver::start();
     let port = free_port();
-    add_config(
+    daemon_config(
         &setup,
+        &cluster,
         &format!(
-            r#"db = "{conninfo}"
-pgdata = "{pgdata}"
-[backup]
+            r#"[backup]
 archive_timeout_seconds = 30
 [serve]
 listen = "127.0.0.1:{port}"
@@ -258,9 +106,7 @@ repeat = "1h"
 [[alerts.webhook]]
 name = "test-receiver"
 url = "{hook_url}"
-"#,
-            conninfo = cluster.conninfo(),
-            pgdata = cluster.datadir.display(),
+"#
         ),
     );
     // Load for the whole test, at a modest rate so two cores also serve the daemon's jobs.
@@ -391,9 +237,7 @@ url = "{hook_url}"
 /// fails, says why, and alerts, by webhook and by e-mail to a local SMTP server.
 #[test]
 fn a_drill_of_a_corrupted_backup_fails_says_why_and_alerts() {
-    let setup = Setup::new(Backend::Local, false);
-    let cluster = archiving_cluster(&setup, 0);
-    cluster.pgbench_init(1).expect("pgbench -i");
+    let (setup, cluster) = archiving_cluster(0, 1);
     let backup = setup
         .cmd()
         .args(["backup", "--json", "--db"])
@@ -427,12 +271,11 @@ fn a_drill_of_a_corrupted_backup_fails_says_why_and_alerts() {
     let (hook_url, hook) = WebhookReceiver::start();
     let (smtp_port, smtp) = SmtpReceiver::start();
     let port = free_port();
-    add_config(
+    daemon_config(
         &setup,
+        &cluster,
         &format!(
-            r#"db = "{conninfo}"
-pgdata = "{pgdata}"
-[serve]
+            r#"[serve]
 listen = "127.0.0.1:{port}"
 check_interval = "2s"
 [schedule]
@@ -447,9 +290,7 @@ port = {smtp_port}
 tls = "none"
 from = "lifeboat@example.com"
 to = ["oncall@example.com"]
-"#,
-            conninfo = cluster.conninfo(),
-            pgdata = cluster.datadir.display(),
+"#
         ),
     );
     let daemon = Daemon::start(&setup, port, "daemon.log");
@@ -515,21 +356,18 @@ to = ["oncall@example.com"]
 /// the restart (no second "no backup" alert, then its resolution).
 #[test]
 fn sigterm_during_a_backup_then_restart_runs_the_missed_job_and_keeps_history() {
-    let setup = Setup::new(Backend::Local, false);
-    let cluster = archiving_cluster(&setup, 0);
     // Enough data that the backup is still running when the signal comes.
-    cluster.pgbench_init(30).expect("pgbench -i");
+    let (setup, cluster) = archiving_cluster(0, 30);
     let (hook_url, hook) = WebhookReceiver::start();
     let port = free_port();
     // One scheduled moment, a few seconds from now (cron in UTC, with seconds).
     let at = Utc::now() + chrono::Duration::seconds(8);
     let once = format!("{} {} {} * * *", at.second(), at.minute(), at.hour());
-    add_config(
+    daemon_config(
         &setup,
+        &cluster,
         &format!(
-            r#"db = "{conninfo}"
-pgdata = "{pgdata}"
-[serve]
+            r#"[serve]
 listen = "127.0.0.1:{port}"
 check_interval = "1s"
 shutdown_grace = "0s"
@@ -539,9 +377,7 @@ backup = "{once}"
 min_free_percent = 0.5
 [[alerts.webhook]]
 url = "{hook_url}"
-"#,
-            conninfo = cluster.conninfo(),
-            pgdata = cluster.datadir.display(),
+"#
         ),
     );
     let mut daemon = Daemon::start(&setup, port, "daemon-1.log");

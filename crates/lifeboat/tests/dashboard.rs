@@ -8,63 +8,21 @@
 mod support;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use lifeboat_testkit::cluster::TestCluster;
 use lifeboat_testkit::free_port;
 use serde_json::Value;
+use support::daemon::{Daemon, daemon_config};
 use support::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Contains `<`, `>` and quotes: the page must show it as text, not as markup.
 const CHECK: &str = "select count(*) > 0 from t where v <> '<b>x</b>'";
-
-/// `lifeboat serve`, killed on drop so a failing assertion never leaves it running.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn log_text(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("daemon log:\n{}", self.log_text());
-        }
-    }
-}
-
-/// The body of a 200 answer, None for anything else (not up yet, error).
-fn get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
-}
 
 /// Run Chromium headless with `args` on `url`, killed if it takes longer than two minutes.
 fn chromium(profile: &Path, args: &[&str], url: &str) -> Output {
@@ -154,21 +112,14 @@ fn dashboard_in_a_browser_shows_backup_drill_and_recoverable() {
         .psql("insert into t select g, md5(g::text) from generate_series(1, 1000) g")
         .expect("insert rows");
     let port = free_port();
-    let mut config = fs::OpenOptions::new()
-        .append(true)
-        .open(&setup.config)
-        .expect("open config");
-    write!(
-        config,
-        "db = \"{conninfo}\"\npgdata = \"{pgdata}\"\n\
-         [drill]\nchecks = [{check:?}]\ntimeout = \"5m\"\n\
-         [serve]\nlisten = \"127.0.0.1:{port}\"\ncheck_interval = \"2s\"\n",
-        conninfo = cluster.conninfo(),
-        pgdata = cluster.datadir.display(),
-        check = CHECK,
-    )
-    .expect("append config");
-    drop(config);
+    daemon_config(
+        &setup,
+        &cluster,
+        &format!(
+            "[drill]\nchecks = [{CHECK:?}]\ntimeout = \"5m\"\n\
+             [serve]\nlisten = \"127.0.0.1:{port}\"\ncheck_interval = \"2s\"\n"
+        ),
+    );
 
     let out = setup.run(&["backup", "--json"]);
     assert_success(&out, "lifeboat backup");
@@ -188,36 +139,17 @@ fn dashboard_in_a_browser_shows_backup_drill_and_recoverable() {
         .expect("run lifeboat drill");
     assert_success(&out, "lifeboat drill");
 
-    let log = setup.dir.path().join("daemon.log");
-    let log_file = fs::File::create(&log).expect("daemon log");
-    let child = setup
-        .cmd()
-        .args(["--log-level", "info", "serve"])
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().expect("log"))
-        .stderr(log_file)
-        .spawn()
-        .expect("start lifeboat serve");
-    let daemon = Daemon { child, log };
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let status = get(port, "/api/status").and_then(|b| serde_json::from_str::<Value>(&b).ok());
-        let ready = status.as_ref().is_some_and(|s| {
+    let daemon = Daemon::start(&setup, port, "daemon.log");
+    daemon.wait_status(
+        &format!("/api/status shows backup {label} and the drill"),
+        Duration::from_secs(90),
+        |s| {
             s["backups"]
                 .as_array()
                 .is_some_and(|b| b.iter().any(|b| b["label"] == label.as_str()))
                 && s["drills"].as_array().is_some_and(|d| !d.is_empty())
-        });
-        if ready {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/api/status never showed backup {label} and the drill; last: {status:#?}\nlog:\n{}",
-            daemon.log_text()
-        );
-        thread::sleep(Duration::from_millis(500));
-    }
+        },
+    );
 
     let url = format!("http://127.0.0.1:{port}/");
     let profiles = setup.scratch("chromium");

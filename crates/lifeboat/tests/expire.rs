@@ -28,14 +28,6 @@ const START: Duration = Duration::from_secs(180);
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn json_of(out: &Output, what: &str) -> Value {
     assert_success(out, what);
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {

@@ -87,14 +87,6 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// `verify --json ARGS`: the report, after checking the exit code.
 fn verify_json(run: impl Fn(&[&str]) -> Output, args: &[&str], code: i32) -> Value {
     let mut all = vec!["verify", "--json"];
