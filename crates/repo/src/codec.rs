@@ -165,6 +165,53 @@ impl ObjectHeader {
     }
 }
 
+/// See [`Codec::stream_encoder`].
+pub struct StreamEncoder<'a> {
+    codec: &'a Codec,
+    hasher: blake3::Hasher,
+    zstd: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    plain_len: u64,
+    seen: u64,
+}
+
+impl StreamEncoder<'_> {
+    pub fn update(&mut self, piece: &[u8]) -> Result<(), String> {
+        use std::io::Write as _;
+        self.seen += piece.len() as u64;
+        if self.seen > self.plain_len {
+            return Err(format!(
+                "more than the announced {} bytes: the file grew while it was read",
+                self.plain_len
+            ));
+        }
+        self.hasher.update(piece);
+        self.zstd.write_all(piece).map_err(|e| format!("zstd: {e}"))
+    }
+
+    /// The content hash and the encoded object; `Ok(None)` when the data did not compress (the
+    /// caller then stores it as is with [`Codec::encode`], as the one-shot path would).
+    pub fn finish(self) -> Result<Option<(ContentHash, Vec<u8>)>, String> {
+        if self.seen != self.plain_len {
+            return Err(format!(
+                "{} bytes read of the announced {}: the file changed while it was read",
+                self.seen, self.plain_len
+            ));
+        }
+        let compressed = self.zstd.finish().map_err(|e| format!("zstd: {e}"))?;
+        if compressed.len() as u64 >= self.plain_len {
+            return Ok(None);
+        }
+        let hash = ContentHash(*self.hasher.finalize().as_bytes());
+        let object = self.codec.seal_object(
+            Compression::Zstd,
+            self.plain_len,
+            hash,
+            Cow::Owned(compressed),
+        )?;
+        Ok(Some((hash, object)))
+    }
+}
+
 /// Encodes and decodes objects for one repository (its compression and keys).
 #[derive(Debug, Clone)]
 pub struct Codec {
@@ -205,11 +252,22 @@ impl Codec {
             algorithm = Compression::None;
             compressed = Cow::Borrowed(plain);
         }
+        self.seal_object(algorithm, plain.len() as u64, hash, compressed)
+    }
+
+    /// Header, then the payload: encrypted when the repository is, authenticated with the header.
+    fn seal_object(
+        &self,
+        compression: Compression,
+        plain_len: u64,
+        hash: ContentHash,
+        compressed: Cow<'_, [u8]>,
+    ) -> Result<Vec<u8>, String> {
         let header = ObjectHeader {
-            compression: algorithm,
+            compression,
             encrypted: self.keys.is_some(),
             key_id: self.keys.as_ref().map_or(0, |k| k.key_id),
-            plain_len: plain.len() as u64,
+            plain_len,
             hash,
         };
         let header_bytes = header.to_bytes();
@@ -222,6 +280,36 @@ impl Codec {
         out.extend_from_slice(&header_bytes);
         out.extend_from_slice(&payload);
         Ok(out)
+    }
+
+    /// An encoder fed piece by piece, for a large file read through one small buffer: hashing
+    /// and compressing each piece while it is still in the CPU cache costs far less than reading
+    /// the whole file into fresh memory first (a 16 MiB WAL segment faults in 4096 pages). `None`
+    /// for compressions without a streaming form here (lz4 blocks, none): use [`encode`](Self::encode).
+    pub fn stream_encoder(&self, plain_len: u64) -> Result<Option<StreamEncoder<'_>>, String> {
+        if self.compression.algorithm != Compression::Zstd {
+            return Ok(None);
+        }
+        let capacity = usize::try_from(plain_len / 4).unwrap_or(0);
+        let mut zstd =
+            zstd::stream::write::Encoder::new(Vec::with_capacity(capacity), self.compression.level)
+                .map_err(|e| format!("zstd: {e}"))?;
+        // The same frame as the one-shot compressor writes: content size in the header.
+        zstd.set_pledged_src_size(Some(plain_len))
+            .map_err(|e| format!("zstd: {e}"))?;
+        zstd.include_contentsize(true)
+            .map_err(|e| format!("zstd: {e}"))?;
+        let hasher = match &self.keys {
+            Some(k) => blake3::Hasher::new_keyed(&k.hashing),
+            None => blake3::Hasher::new(),
+        };
+        Ok(Some(StreamEncoder {
+            codec: self,
+            hasher,
+            zstd,
+            plain_len,
+            seen: 0,
+        }))
     }
 
     /// Decode and verify an object; the error says what failed (for `RepoError::Corrupt`).
@@ -379,6 +467,42 @@ mod tests {
             assert_eq!(header.hash, hash);
             assert_eq!(header.encrypted, codec.is_encrypted());
         }
+    }
+
+    #[test]
+    fn streamed_encoding_matches_the_one_shot_hash_and_decodes() {
+        let plain = sample();
+        let mut streamed_any = false;
+        for codec in codecs() {
+            let Some(mut enc) = codec.stream_encoder(plain.len() as u64).unwrap() else {
+                continue;
+            };
+            streamed_any = true;
+            for piece in plain.chunks(1000) {
+                enc.update(piece).unwrap();
+            }
+            let (hash, obj) = enc.finish().unwrap().expect("compressible");
+            assert_eq!(hash, codec.hash(&plain));
+            let (header, back) = codec.decode(&obj).unwrap();
+            assert_eq!(back, plain);
+            assert_eq!(header.hash, hash);
+            assert_eq!(header.compression, Compression::Zstd);
+
+            let mut short = codec
+                .stream_encoder(plain.len() as u64 + 1)
+                .unwrap()
+                .unwrap();
+            short.update(&plain).unwrap();
+            assert!(short.finish().is_err(), "a file that shrank is an error");
+            let mut long = codec.stream_encoder(3).unwrap().unwrap();
+            assert!(long.update(&plain).is_err(), "a file that grew is an error");
+            let mut noise = vec![0u8; 4096];
+            blake3::Hasher::new().finalize_xof().fill(&mut noise);
+            let mut incompressible = codec.stream_encoder(noise.len() as u64).unwrap().unwrap();
+            incompressible.update(&noise).unwrap();
+            assert!(incompressible.finish().unwrap().is_none());
+        }
+        assert!(streamed_any);
     }
 
     #[test]

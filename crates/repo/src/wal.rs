@@ -27,12 +27,24 @@ impl Repository {
     /// different content it is a [`RepoError::WalConflict`] and the stored object stays as it is.
     /// Hashing and compression run on a blocking thread so parallel pushes use every core.
     pub async fn put_wal(&self, name: &WalFileName, plain: Bytes) -> Result<PutOutcome> {
-        let key = keys::wal(name);
         let codec = self.codec().clone();
-        let hash_input = plain.clone();
-        let hash = tokio::task::spawn_blocking(move || codec.hash(&hash_input))
+        let (hash, object) = tokio::task::spawn_blocking(move || codec.encode(&plain))
             .await
-            .map_err(|e| RepoError::Invalid(format!("hashing {name} failed: {e}")))?;
+            .map_err(|e| RepoError::Invalid(format!("encoding {name} failed: {e}")))?
+            .map_err(|reason| RepoError::Invalid(format!("cannot encode {name}: {reason}")))?;
+        self.put_wal_encoded(name, hash, object).await
+    }
+
+    /// Store a WAL file already encoded with this repository's codec (e.g. streamed from disk by
+    /// [`Codec::stream_encoder`](crate::Codec::stream_encoder)), `hash` being its content hash;
+    /// the same never-replace rule as [`put_wal`](Self::put_wal).
+    pub async fn put_wal_encoded(
+        &self,
+        name: &WalFileName,
+        hash: ContentHash,
+        object: Vec<u8>,
+    ) -> Result<PutOutcome> {
+        let key = keys::wal(name);
         let store = self.store();
         if !store.capabilities().conditional_create {
             // Without an atomic create, look first; the remaining race is two different files
@@ -43,11 +55,6 @@ impl Repository {
                 Err(e) => return Err(e),
             }
         }
-        let codec = self.codec().clone();
-        let object = tokio::task::spawn_blocking(move || codec.encode_with_hash(&plain, hash))
-            .await
-            .map_err(|e| RepoError::Invalid(format!("encoding {name} failed: {e}")))?
-            .map_err(|reason| RepoError::Invalid(format!("cannot encode {name}: {reason}")))?;
         match store.put(&key, Bytes::from(object), PutMode::Create).await {
             Ok(()) => Ok(PutOutcome::Stored),
             // Also reached when our own earlier attempt landed before a timeout: same hash, fine.

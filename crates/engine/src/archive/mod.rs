@@ -44,15 +44,27 @@ pub fn spool_subdir(store: &dyn lifeboat_storage::Store) -> String {
 /// Check that `bytes` really is the WAL file `name` says, and say which cluster wrote it.
 /// History and backup-label files carry no header and yield no identity.
 fn validate_wal(name: &WalFileName, bytes: &[u8]) -> Result<Option<ClusterIdentity>> {
+    validate_wal_start(name, bytes, bytes.len() as u64)
+}
+
+/// [`validate_wal`] from the start of the file (at least its first page) and its length, for a
+/// file read piece by piece.
+fn validate_wal_start(
+    name: &WalFileName,
+    start: &[u8],
+    file_len: u64,
+) -> Result<Option<ClusterIdentity>> {
     let header: Option<LongPageHeader> = match name {
-        WalFileName::Segment(seg) => {
-            Some(walheader::validate_segment(bytes, seg).map_err(|e| invalid_wal(name, e))?)
-        }
-        WalFileName::Partial(seg) => {
-            Some(walheader::validate_partial(bytes, seg).map_err(|e| invalid_wal(name, e))?)
-        }
+        WalFileName::Segment(seg) => Some(
+            walheader::validate_segment_header(start, file_len, seg)
+                .map_err(|e| invalid_wal(name, e))?,
+        ),
+        WalFileName::Partial(seg) => Some(
+            walheader::validate_partial_header(start, file_len, seg)
+                .map_err(|e| invalid_wal(name, e))?,
+        ),
         WalFileName::History(_) | WalFileName::Backup { .. } => {
-            if bytes.is_empty() {
+            if file_len == 0 {
                 return Err(EngineError::invalid(
                     format!("{name} is empty"),
                     "PostgreSQL never archives an empty history or backup file: check the file system",

@@ -14,14 +14,15 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use lifeboat_pg::walname::WalFileName;
 use lifeboat_repo::ClusterIdentity;
 use lifeboat_repo::wal::PutOutcome as RepoPut;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{default_spool, file_name_of, parse_name, validate_wal, wal_dir_of};
+use super::{
+    default_spool, file_name_of, parse_name, validate_wal, validate_wal_start, wal_dir_of,
+};
 use crate::error::join_error;
 use crate::{EngineError, LazyRepo, Result};
 
@@ -85,9 +86,9 @@ pub async fn push(repo: &LazyRepo, path: &Path, options: &PushOptions) -> Result
             failed_ahead: vec![],
         });
     }
-    let bytes = read_file(path).await?;
-    let identity = validate_wal(&name, &bytes)?;
     let repo = repo.get().await?;
+    let prepared = prepare(repo, &name, path).await?;
+    let identity = prepared.identity;
     if let Some(id) = &identity {
         repo.bind_identity(id).await?;
     }
@@ -116,7 +117,8 @@ pub async fn push(repo: &LazyRepo, path: &Path, options: &PushOptions) -> Result
             .acquire()
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))?;
-        repo.put_wal(&name, Bytes::from(bytes)).await?
+        repo.put_wal_encoded(&name, prepared.hash, prepared.object)
+            .await?
     };
     let mut report = PushReport {
         name: name.to_string(),
@@ -150,24 +152,111 @@ async fn push_ahead(
 ) -> Result<()> {
     // The fingerprint is taken before reading, so a write during the read makes it stale.
     let marker = Marker::of(path)?;
-    let bytes = read_file(path).await?;
-    let identity = validate_wal(name, &bytes)?;
-    if let Some(id) = &identity {
+    let prepared = prepare(repo, name, path).await?;
+    if let Some(id) = &prepared.identity {
         match expected {
             Some(exp) if exp == id => {}
             _ => repo.bind_identity(id).await?,
         }
     }
-    repo.put_wal(name, Bytes::from(bytes)).await?;
+    repo.put_wal_encoded(name, prepared.hash, prepared.object)
+        .await?;
     marker.write(markers, name)
 }
 
-async fn read_file(path: &Path) -> Result<Vec<u8>> {
+/// Pieces a WAL file is read in: small enough to stay in the CPU cache while it is hashed and
+/// compressed, large enough for few system calls.
+const READ_PIECE: usize = 1 << 20;
+
+/// A WAL file checked and encoded, ready to store.
+struct Prepared {
+    identity: Option<ClusterIdentity>,
+    hash: lifeboat_repo::ContentHash,
+    object: Vec<u8>,
+}
+
+/// Read, check and encode a WAL file in one pass through one small buffer, on a blocking thread
+/// (parallel pushes use every core).
+async fn prepare(
+    repo: &lifeboat_repo::Repository,
+    name: &WalFileName,
+    path: &Path,
+) -> Result<Prepared> {
+    let codec = repo.codec().clone();
+    let name = *name;
     let owned = path.to_path_buf();
-    tokio::task::spawn_blocking(move || fs::read(&owned))
+    tokio::task::spawn_blocking(move || prepare_blocking(&codec, &name, &owned))
         .await
         .map_err(join_error)?
-        .map_err(|e| EngineError::io(format!("cannot read {}", path.display()), e))
+}
+
+fn prepare_blocking(
+    codec: &lifeboat_repo::Codec,
+    name: &WalFileName,
+    path: &Path,
+) -> Result<Prepared> {
+    use std::io::Read as _;
+    let io = |e| EngineError::io(format!("cannot read {}", path.display()), e);
+    let encode_error = |reason: String| {
+        EngineError::io(
+            format!("cannot archive {}", path.display()),
+            std::io::Error::other(reason),
+        )
+    };
+    let mut file = fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut piece = vec![
+        0u8;
+        READ_PIECE
+            .min(usize::try_from(len).unwrap_or(READ_PIECE))
+            .max(1)
+    ];
+    let first = read_piece(&mut file, &mut piece).map_err(io)?;
+    let identity = validate_wal_start(name, &piece[..first], len)?;
+    if let Some(mut encoder) = codec.stream_encoder(len).map_err(encode_error)? {
+        encoder.update(&piece[..first]).map_err(encode_error)?;
+        loop {
+            let n = read_piece(&mut file, &mut piece).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            encoder.update(&piece[..n]).map_err(encode_error)?;
+        }
+        if let Some((hash, object)) = encoder.finish().map_err(encode_error)? {
+            return Ok(Prepared {
+                identity,
+                hash,
+                object,
+            });
+        }
+    }
+    // No streaming form for this compression, or data that does not compress: the whole file.
+    let mut whole = Vec::new();
+    fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut whole))
+        .map_err(io)?;
+    let identity = validate_wal(name, &whole)?;
+    let (hash, object) = codec.encode(&whole).map_err(encode_error)?;
+    Ok(Prepared {
+        identity,
+        hash,
+        object,
+    })
+}
+
+/// Fill `buf` from `file` (short only at the end of the file); the bytes read.
+fn read_piece(file: &mut fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read as _;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// What a marker records: the identity and last change of the file that was pushed. Any write to
