@@ -9,9 +9,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "lifeboat",
     version,
-    about = "Keeps a PostgreSQL cluster's data safe: continuous WAL archiving to local disk or object storage.",
-    long_about = "Keeps a PostgreSQL cluster's data safe: continuous WAL archiving to local disk or any \
-S3-compatible store (GCS and Azure too), verified, compressed and encrypted.\n\n\
+    about = "Keeps a PostgreSQL cluster's data safe: WAL archiving, base backups, point-in-time restore, restore drills, and a daemon that schedules, watches and alerts.",
+    long_about = "Keeps a PostgreSQL cluster's data safe: continuous WAL archiving and deduplicated base \
+backups to local disk or any S3-compatible store (GCS and Azure too), verified, compressed and encrypted; \
+point-in-time restore; restore drills that prove each backup restores; and `lifeboat serve`, a daemon \
+that schedules it all, watches and alerts.\n\n\
 Wire it into postgresql.conf:\n    archive_command = 'lifeboat wal-push %p'\n    restore_command = 'lifeboat wal-fetch %f %p'\n\n\
 The repository comes from --repo, LIFEBOAT_REPO, or `repo` in the config file (--config, LIFEBOAT_CONFIG, \
 or /etc/lifeboat/lifeboat.toml). Exit codes: docs/EXIT_CODES.md."
