@@ -451,3 +451,35 @@ url = "{hook_url}"
     assert_eq!(messages_for(&hook, "not_recoverable", "firing").len(), 1);
     assert_eq!(messages_for(&hook, "not_recoverable", "resolved").len(), 1);
 }
+
+/// Configuration mistakes stop `serve` before it starts, with exit 3 and the key to fix: a
+/// dashboard reachable from other hosts without a token, and a cron line that is not one.
+#[test]
+fn serve_refuses_an_open_listener_without_a_token_and_a_bad_cron_line() {
+    let setup = Setup::new(Backend::Local, false);
+    let base = fs::read_to_string(&setup.config).expect("config");
+    let port = free_port();
+
+    fs::write(
+        &setup.config,
+        format!("{base}[serve]\nlisten = \"0.0.0.0:{port}\"\n"),
+    )
+    .expect("config");
+    let out = setup.run(&["serve"]);
+    assert_code(&out, 3, "serve on 0.0.0.0 without a token");
+    let err = stderr(&out);
+    assert!(err.contains("token_file"), "{err}");
+
+    fs::write(
+        &setup.config,
+        format!(
+            "{base}[serve]\nlisten = \"127.0.0.1:{port}\"\n[schedule]\nbackup = \"every hour\"\n"
+        ),
+    )
+    .expect("config");
+    let out = setup.run(&["serve"]);
+    assert_code(&out, 3, "serve with a bad cron line");
+    let err = stderr(&out);
+    assert!(err.contains("[schedule] backup"), "{err}");
+    assert!(err.contains("0 * * * *"), "the fix is shown: {err}");
+}
