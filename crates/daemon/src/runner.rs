@@ -20,6 +20,8 @@ use crate::schedule::{JobKind, rfc3339};
 
 /// Keep at most this much of a child's stderr (its error is at the end).
 const STDERR_KEPT: usize = 64 * 1024;
+/// A JSON summary larger than this is not kept (memory stays bounded whatever a child prints).
+const STDOUT_KEPT: usize = 16 << 20;
 /// After SIGTERM, how long a child may take before it is killed.
 const TERM_GRACE: Duration = Duration::from_secs(15);
 
@@ -87,7 +89,7 @@ impl Launcher {
         let stdout = child
             .stdout
             .take()
-            .map(|s| tokio::spawn(read_all(s, usize::MAX)));
+            .map(|s| tokio::spawn(read_all(s, STDOUT_KEPT)));
         let stderr = child
             .stderr
             .take()

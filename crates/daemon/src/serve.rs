@@ -350,23 +350,27 @@ async fn health_loop(daemon: Arc<Daemon>, notifier: Notifier) {
     };
     let config = &daemon.options.config;
     let host = daemon.options.launcher.host.clone();
-    let mut alerts: Option<AlertState> = None;
+    let mut alerts = AlertState::default();
+    let mut alerts_loaded = false;
     let mut alerts_dirty = false;
     let mut last_size: Option<std::time::Instant> = None;
     let mut stop = daemon.stop.clone();
     loop {
         let stopping = is_stopping(&daemon.stop);
         // The alert state comes from the repository once, so a restart neither repeats nor
-        // forgets alerts.
-        if alerts.is_none()
-            && let Ok(repo) = sources.repo.get().await
-        {
+        // forgets alerts. Until it can be read (the repository may be what is down), alerts
+        // still go out from the state in memory, merged with the stored one later.
+        if !alerts_loaded && let Ok(repo) = sources.repo.get().await {
             match repo.alert_state().await {
-                Ok(state) => alerts = Some(state),
-                Err(e) => {
-                    tracing::warn!("the alert state is unreadable ({e}); starting anew");
-                    alerts = Some(AlertState::default());
+                Ok(stored) => {
+                    merge_alert_state(&mut alerts, stored);
+                    alerts_loaded = true;
                 }
+                Err(lifeboat_repo::RepoError::Corrupt { key, reason }) => {
+                    tracing::warn!("the alert state {key} is unreadable ({reason}); starting anew");
+                    alerts_loaded = true;
+                }
+                Err(e) => tracing::warn!("cannot read the alert state yet: {e}"),
             }
         }
         let mut fresh = daemon.snapshot.read().await.clone();
@@ -392,22 +396,20 @@ async fn health_loop(daemon: Arc<Daemon>, notifier: Notifier) {
             }
         }
         let findings = health::findings(&fresh, &problems, &config.health);
-        let messages = match alerts.as_mut() {
-            Some(state) => {
-                let before = state.clone();
-                let now = time::OffsetDateTime::now_utc();
-                let messages = alert::plan(state, &findings, now, config.alerts.repeat, &host);
-                alerts_dirty |= *state != before;
-                fresh.active_alerts = state.active.values().cloned().collect();
-                fresh.sent_alerts = state.sent.clone();
-                messages
-            }
-            None => Vec::new(),
+        let messages = {
+            let before = alerts.clone();
+            let now = time::OffsetDateTime::now_utc();
+            let messages = alert::plan(&mut alerts, &findings, now, config.alerts.repeat, &host);
+            alerts_dirty |= alerts != before;
+            fresh.active_alerts = alerts.active.values().cloned().collect();
+            fresh.sent_alerts = alerts.sent.clone();
+            messages
         };
         fresh.findings = findings;
         // Publish before sending: a channel may take seconds, the dashboard should not.
         publish(&daemon, fresh).await;
-        if let Some(state) = alerts.as_mut() {
+        {
+            let state = &mut alerts;
             for msg in messages {
                 // Without a channel the log is the only one: say it once, not every check.
                 let delivery = if notifier.is_empty() {
@@ -425,7 +427,10 @@ async fn health_loop(daemon: Arc<Daemon>, notifier: Notifier) {
                 alert::record_delivery(state, &msg, &delivery, time::OffsetDateTime::now_utc());
                 alerts_dirty = true;
             }
-            if alerts_dirty && let Ok(repo) = sources.repo.get().await {
+            if alerts_dirty
+                && alerts_loaded
+                && let Ok(repo) = sources.repo.get().await
+            {
                 match repo.put_alert_state(state).await {
                     Ok(()) => alerts_dirty = false,
                     Err(e) => tracing::warn!("cannot save the alert state: {e}"),
@@ -447,6 +452,19 @@ async fn health_loop(daemon: Arc<Daemon>, notifier: Notifier) {
             }
         }
     }
+}
+
+/// Fold the stored alert state into the one built while it could not be read: alerts active
+/// before the restart stay active (so they resolve once, or stay quiet while they persist).
+fn merge_alert_state(current: &mut AlertState, stored: AlertState) {
+    for (key, active) in stored.active {
+        current.active.entry(key).or_insert(active);
+    }
+    let mut sent = stored.sent;
+    sent.append(&mut current.sent);
+    let excess = sent.len().saturating_sub(alert::SENT_KEPT);
+    sent.drain(..excess);
+    current.sent = sent;
 }
 
 /// Replace the shared snapshot with a fresh one, keeping what the executor changed meanwhile
@@ -481,4 +499,66 @@ fn is_stopping(stop: &watch::Receiver<bool>) -> bool {
 async fn repo_size(repo: &lifeboat_repo::Repository) -> Result<u64, String> {
     let objects = repo.store().list("").await.map_err(|e| e.to_string())?;
     Ok(objects.iter().map(|o| o.size).sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_repo::records::{ActiveAlert, SentAlert};
+
+    fn active(key: &str, summary: &str) -> ActiveAlert {
+        ActiveAlert {
+            key: key.into(),
+            summary: summary.into(),
+            detail: String::new(),
+            since: "2026-01-01T00:00:00Z".into(),
+            last_notified: Some("2026-01-01T00:00:00Z".into()),
+            notifications: 1,
+        }
+    }
+
+    fn sent(key: &str) -> SentAlert {
+        SentAlert {
+            time: "2026-01-01T00:00:00Z".into(),
+            key: key.into(),
+            kind: "firing".into(),
+            summary: String::new(),
+            delivered: vec!["webhook #1".into()],
+            failed: vec![],
+        }
+    }
+
+    #[test]
+    fn stored_alerts_join_those_raised_while_the_repository_was_unreadable() {
+        let mut current = AlertState::default();
+        current.active.insert(
+            "repository_unreachable".into(),
+            active("repository_unreachable", "now"),
+        );
+        current
+            .active
+            .insert("wal_archive_lag".into(), active("wal_archive_lag", "now"));
+        current.sent.push(sent("repository_unreachable"));
+        let mut stored = AlertState::default();
+        stored.active.insert(
+            "wal_archive_lag".into(),
+            active("wal_archive_lag", "before"),
+        );
+        stored
+            .active
+            .insert("backup_age".into(), active("backup_age", "before"));
+        stored.sent = (0..alert::SENT_KEPT).map(|_| sent("backup_age")).collect();
+        merge_alert_state(&mut current, stored);
+        let keys: Vec<&str> = current.active.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["backup_age", "repository_unreachable", "wal_archive_lag"]
+        );
+        assert_eq!(current.active["wal_archive_lag"].summary, "now");
+        assert_eq!(current.sent.len(), alert::SENT_KEPT);
+        assert_eq!(
+            current.sent.last().map(|s| s.key.as_str()),
+            Some("repository_unreachable")
+        );
+    }
 }
