@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -40,42 +40,6 @@ const CHECK_LIMIT: Duration = Duration::from_secs(150);
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
-}
-
-/// Parse a command's stdout as JSON after checking it succeeded.
-fn json_of(out: &Output, what: &str) -> Value {
-    assert_success(out, what);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{what}: stdout is not one JSON object ({e}):\n{}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-fn backup_cmd(setup: &Setup, cluster: &LocalCluster) -> Command {
-    let mut cmd = setup.cmd();
-    cmd.arg("backup")
-        .arg("--db")
-        .arg(cluster.conninfo())
-        .arg("--pgdata")
-        .arg(&cluster.datadir)
-        .arg("--json");
-    cmd
-}
-
-/// `lifeboat backup --json` of `cluster`; its report.
-fn backup(setup: &Setup, cluster: &LocalCluster) -> Value {
-    let out = backup_cmd(setup, cluster)
-        .output()
-        .expect("run lifeboat backup");
-    let report = json_of(&out, "lifeboat backup");
-    assert!(
-        report["label"].as_str().is_some_and(|l| !l.is_empty()),
-        "backup report without a label: {report}"
-    );
-    report
 }
 
 fn label(report: &Value) -> String {
@@ -488,7 +452,7 @@ fn pitr_time_lsn_xid_name_and_immediate() {
         .expect("create t");
     let owner = source.owner.clone();
 
-    let first = backup(&setup, &source);
+    let first = setup.backup(&source);
     let label1 = label(&first);
 
     let rows = Arc::new(Mutex::new(Vec::new()));
@@ -496,7 +460,7 @@ fn pitr_time_lsn_xid_name_and_immediate() {
     let handle = writer((*source).clone(), stop.clone(), rows.clone());
     wait_rows(&rows, 10, &handle);
     let before_second = row_count(&rows);
-    let second = backup(&setup, &source);
+    let second = setup.backup(&source);
     let label2 = label(&second);
     let after_second = row_count(&rows);
     wait_rows(&rows, after_second + 10, &handle);
@@ -711,7 +675,7 @@ fn round_trip(backend: Backend, encrypted: bool) {
         )
         .expect("things");
 
-    let report = backup(&setup, &source);
+    let report = setup.backup(&source);
     let label = label(&report);
     assert_eq!(report["timeline"].as_u64(), Some(1), "{report}");
     assert!(u64_field(&report, "files") > 100, "{report}");
@@ -782,7 +746,7 @@ fn backup_under_pgbench_load_restores_consistent() {
         !load.is_finished(),
         "pgbench stopped before the backup started"
     );
-    let report = backup(&setup, &source);
+    let report = setup.backup(&source);
     let label = label(&report);
     load.join()
         .expect("pgbench thread")
@@ -843,7 +807,7 @@ fn tablespace_round_trips_to_a_new_location() {
     let expected = source
         .psql("select count(*), sum(id), max(v) from far")
         .expect("far");
-    let report = backup(&setup, &source);
+    let report = setup.backup(&source);
     let label = label(&report);
     archive_everything(&source);
 
@@ -921,7 +885,7 @@ fn restore_delta_never_writes_into_a_running_clusters_tablespace() {
              insert into far select g, 'value ' || g from generate_series(1, 500) g",
         )
         .expect("table in the tablespace");
-    let label = label(&backup(&setup, &source));
+    let label = label(&setup.backup(&source));
     archive_everything(&source);
     source
         .psql(
@@ -968,7 +932,7 @@ fn delta_restore_equals_fresh_restore_and_rewrites_only_changes() {
     let setup = Setup::new(Backend::Local, false);
     let source = TestCluster::start_new(&setup.archive_conf()).expect("cluster");
     source.pgbench_init(1).expect("pgbench -i");
-    let report = backup(&setup, &source);
+    let report = setup.backup(&source);
     let label = label(&report);
     let total_files = u64_field(&report, "files");
     archive_everything(&source);
@@ -1036,7 +1000,7 @@ fn restore_refuses_non_empty_target_and_running_postmaster() {
     source
         .psql("create table keep(x int); insert into keep select generate_series(1, 300)")
         .expect("table");
-    backup(&setup, &source);
+    setup.backup(&source);
     archive_everything(&source);
 
     // A directory holding something, without --delta.
@@ -1085,7 +1049,7 @@ fn restore_refuses_missing_wal_in_range() {
     let setup = Setup::new(Backend::Local, false);
     let source = TestCluster::start_new(&setup.archive_conf()).expect("cluster");
     source.psql("create table w(x int)").expect("table");
-    let report = backup(&setup, &source);
+    let report = setup.backup(&source);
     let stop_wal = report["stop_wal"].as_str().expect("stop_wal").to_string();
 
     let mut switched = Vec::new();
@@ -1127,7 +1091,7 @@ fn restore_refuses_missing_wal_in_range() {
 fn restore_refuses_manifest_path_outside_target() {
     let setup = Setup::new(Backend::Local, false);
     let source = TestCluster::start_new(&setup.archive_conf()).expect("cluster");
-    let report = backup(&setup, &source);
+    let report = setup.backup(&source);
     let label = label(&report);
     archive_everything(&source);
 
@@ -1191,7 +1155,8 @@ fn kill9_during_backup_leaves_no_backup_and_next_backup_restores() {
     let repo = setup.repo_dir.clone().expect("local repository");
     let chunks = repo.join(lifeboat_repo::keys::CHUNK_PREFIX);
 
-    let mut child = backup_cmd(&setup, &source)
+    let mut child = setup
+        .backup_cmd(&source)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -1223,7 +1188,7 @@ fn kill9_during_backup_leaves_no_backup_and_next_backup_restores() {
         Vec::<String>::new(),
         "an interrupted backup is never listed"
     );
-    let report = backup(&setup, &source);
+    let report = setup.backup(&source);
     let label = label(&report);
     assert_eq!(listed_labels(&setup), vec![label.clone()]);
     archive_everything(&source);
@@ -1355,14 +1320,12 @@ fn backup_reports_a_page_whose_checksum_fails() {
     std::fs::write(&path, &bytes).expect("write relation");
     cluster.start(WAIT).expect("start");
 
-    let report = backup(&setup, &cluster);
+    let report = setup.backup(&cluster);
     let bad = report["bad_pages"].as_array().expect("bad_pages array");
     assert_eq!(bad.len(), 1, "expected exactly the damaged page: {report}");
     assert_eq!(bad[0]["path"], rel.as_str());
     assert_eq!(bad[0]["block"], 3);
-    let out = backup_cmd(&setup, &cluster)
-        .output()
-        .expect("second backup");
+    let out = setup.backup_cmd(&cluster).output().expect("second backup");
     assert!(
         text(&out).contains("failed their checksum") && text(&out).contains(&rel),
         "the summary must name the damaged page: {}",
@@ -1380,13 +1343,13 @@ fn unchanged_files_are_reused_and_the_incremental_restores() {
     cluster.psql("checkpoint").expect("checkpoint");
     // Files must predate the first backup's start by a safety margin to be trusted unchanged.
     thread::sleep(Duration::from_secs(3));
-    let first = backup(&setup, &cluster);
+    let first = setup.backup(&cluster);
     assert_eq!(u64_field(&first, "files_reused"), 0, "{first}");
 
     cluster
         .psql("update pgbench_accounts set abalance = abalance + 7 where aid <= 100; checkpoint")
         .expect("update");
-    let second = backup(&setup, &cluster);
+    let second = setup.backup(&cluster);
     let files = u64_field(&second, "files");
     let reused = u64_field(&second, "files_reused");
     assert!(
@@ -1398,7 +1361,8 @@ fn unchanged_files_are_reused_and_the_incremental_restores() {
         "{second}"
     );
     let full = {
-        let out = backup_cmd(&setup, &cluster)
+        let out = setup
+            .backup_cmd(&cluster)
             .arg("--full-scan")
             .output()
             .expect("run lifeboat backup --full-scan");
@@ -1429,7 +1393,7 @@ fn standby_restore_follows_the_primary() {
     primary
         .psql("create table s(id int); insert into s values (1)")
         .expect("table");
-    backup(&setup, &primary);
+    setup.backup(&primary);
     let target = target();
     let out = restore(
         &setup,

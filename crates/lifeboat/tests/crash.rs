@@ -73,16 +73,6 @@ fn verify_clean(setup: &Setup, after: &str) {
     assert_success(&out, &format!("verify after {after}"));
 }
 
-fn backup_cmd(setup: &Setup, cluster: &LocalCluster) -> Command {
-    let mut cmd = setup.cmd();
-    cmd.arg("backup")
-        .arg("--db")
-        .arg(cluster.conninfo())
-        .arg("--pgdata")
-        .arg(&cluster.datadir);
-    cmd
-}
-
 /// Restore the newest backup (archiving off in the copy), start it, and wait until `query`
 /// returns `expected` there.
 fn restore_newest_and_wait(setup: &Setup, source: &LocalCluster, query: &str, expected: &str) {
@@ -154,7 +144,7 @@ fn kill9_during_backup_and_expire_leaves_a_clean_repository() {
     cluster.pgbench_init(2).expect("pgbench -i");
     let mut moments = Moments::new();
 
-    let span = timed(backup_cmd(&setup, &cluster), "first backup");
+    let span = timed(setup.backup_cmd(&cluster), "first backup");
     let mut killed = 0;
     let mut reused_bytes = 0;
     for round in 0..ROUNDS {
@@ -164,15 +154,12 @@ fn kill9_during_backup_and_expire_leaves_a_clean_repository() {
             ))
             .expect("write");
         let (_, bytes_before_kill) = chunk_usage(&setup);
-        killed += usize::from(kill_after(
-            backup_cmd(&setup, &cluster),
-            moments.within(span),
-        ));
+        killed += usize::from(kill_after(setup.backup_cmd(&cluster), moments.within(span)));
         verify_clean(&setup, &format!("kill -9 of backup, round {round}"));
         let (_, bytes_after_kill) = chunk_usage(&setup);
         let before = backup_labels(&setup).len();
-        let out = backup_cmd(&setup, &cluster)
-            .arg("--json")
+        let out = setup
+            .backup_cmd(&cluster)
             .output()
             .expect("backup after a kill");
         assert_success(&out, "backup after a kill");
@@ -204,12 +191,12 @@ fn kill9_during_backup_and_expire_leaves_a_clean_repository() {
     };
     timed(expire(&setup), "first expire");
     // Each round expires two backups; an uninterrupted round-sized expire gives the span.
-    timed(backup_cmd(&setup, &cluster), "backup before expire");
-    timed(backup_cmd(&setup, &cluster), "backup before expire");
+    timed(setup.backup_cmd(&cluster), "backup before expire");
+    timed(setup.backup_cmd(&cluster), "backup before expire");
     let mut span = timed(expire(&setup), "round-sized expire").max(Duration::from_millis(50));
     for round in 0..ROUNDS {
-        timed(backup_cmd(&setup, &cluster), "backup before expire");
-        timed(backup_cmd(&setup, &cluster), "backup before expire");
+        timed(setup.backup_cmd(&cluster), "backup before expire");
+        timed(setup.backup_cmd(&cluster), "backup before expire");
         killed += usize::from(kill_after(expire(&setup), moments.within(span)));
         verify_clean(&setup, &format!("kill -9 of expire, round {round}"));
         span = timed(expire(&setup), "expire after a kill").max(Duration::from_millis(50));
@@ -325,7 +312,7 @@ fn wal_push_under_load_while_backup_and_expire_run() {
     };
     let mut rounds = 0;
     while !load.is_finished() {
-        let out = backup_cmd(&setup, &cluster).output().expect("backup");
+        let out = setup.backup_cmd(&cluster).output().expect("backup");
         assert_success(&out, "backup under load");
         let out = setup.run(&["expire", "--keep-last", "2"]);
         assert_success(&out, "expire under load");

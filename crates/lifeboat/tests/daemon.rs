@@ -238,15 +238,7 @@ url = "{hook_url}"
 #[test]
 fn a_drill_of_a_corrupted_backup_fails_says_why_and_alerts() {
     let (setup, cluster) = archiving_cluster(0, 1);
-    let backup = setup
-        .cmd()
-        .args(["backup", "--json", "--db"])
-        .arg(cluster.conninfo())
-        .arg("--pgdata")
-        .arg(&cluster.datadir)
-        .output()
-        .expect("backup");
-    assert_success(&backup, "lifeboat backup");
+    setup.backup(&cluster);
     // Flip a byte in the middle of the largest chunk: a relation's block the restore needs.
     let data = setup.repo_dir.as_ref().expect("local repo").join("data");
     let mut chunks: Vec<(u64, PathBuf)> = Vec::new();

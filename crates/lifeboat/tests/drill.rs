@@ -44,18 +44,7 @@ fn fixture(drill_conf: &str, backups: usize) -> Fixture {
     insert_rows(&cluster, 0);
     let mut labels = Vec::new();
     for n in 0..backups {
-        let out = setup
-            .cmd()
-            .arg("backup")
-            .arg("--db")
-            .arg(cluster.conninfo())
-            .arg("--pgdata")
-            .arg(&cluster.datadir)
-            .arg("--json")
-            .output()
-            .expect("run lifeboat backup");
-        assert_success(&out, "lifeboat backup");
-        let report: Value = serde_json::from_slice(&out.stdout).expect("backup JSON");
+        let report = setup.backup(&cluster);
         labels.push(report["label"].as_str().expect("label").to_string());
         insert_rows(&cluster, n as u32 + 1);
     }

@@ -28,31 +28,9 @@ const START: Duration = Duration::from_secs(180);
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn json_of(out: &Output, what: &str) -> Value {
-    assert_success(out, what);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{what}: stdout is not one JSON object ({e}):\n{}",
-            text(out)
-        )
-    })
-}
-
-fn backup_cmd(setup: &Setup, cluster: &LocalCluster) -> Command {
-    let mut cmd = setup.cmd();
-    cmd.arg("backup")
-        .arg("--db")
-        .arg(cluster.conninfo())
-        .arg("--pgdata")
-        .arg(&cluster.datadir)
-        .arg("--json");
-    cmd
-}
-
 /// `lifeboat backup --json`; its label.
 fn backup(setup: &Setup, cluster: &LocalCluster) -> String {
-    let out = backup_cmd(setup, cluster).output().expect("run backup");
-    let report = json_of(&out, "lifeboat backup");
+    let report = setup.backup(cluster);
     report["label"]
         .as_str()
         .unwrap_or_else(|| panic!("no label in {report}"))
@@ -573,7 +551,8 @@ fn a_second_backup_and_expire_are_refused_while_a_backup_runs() {
     // seconds.
     source.pgbench_init(5).expect("pgbench -i -s 5");
 
-    let mut child = backup_cmd(&setup, &source)
+    let mut child = setup
+        .backup_cmd(&source)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -590,7 +569,7 @@ fn a_second_backup_and_expire_are_refused_while_a_backup_runs() {
     let pid = child.id().to_string();
 
     let refused_expire = expire(&setup, &["--keep-last", "1"]);
-    let refused_backup = backup_cmd(&setup, &source).output().expect("run backup");
+    let refused_backup = setup.backup_cmd(&source).output().expect("run backup");
     let still_running = child.try_wait().expect("try_wait").is_none();
     let out = child.wait_with_output().expect("wait for the first backup");
     assert_success(&out, "the backup holding the lock");
@@ -637,7 +616,7 @@ fn fresh_locks_are_respected_and_stale_ones_taken_over() {
     let mut dead = LockRecord::for_this_process(LockKind::Backup).expect("record");
     dead.pid = dead_pid();
     plant_lock(&setup, &dead);
-    let out = backup_cmd(&setup, &source).output().expect("run backup");
+    let out = setup.backup_cmd(&source).output().expect("run backup");
     assert_success(&out, "backup over a dead process's lock");
     assert!(
         stderr(&out).contains("taking over the stale repository lock")
@@ -650,7 +629,7 @@ fn fresh_locks_are_respected_and_stale_ones_taken_over() {
     // A live holder on this machine (this test process): both commands refuse and say who.
     let live = LockRecord::for_this_process(LockKind::Backup).expect("record");
     plant_lock(&setup, &live);
-    let out = backup_cmd(&setup, &source).output().expect("run backup");
+    let out = setup.backup_cmd(&source).output().expect("run backup");
     assert_code(&out, 4, "backup while another backup holds the lock");
     assert!(
         stderr(&out).contains(&format!("backup running as pid {}", std::process::id())),
@@ -676,7 +655,7 @@ fn fresh_locks_are_respected_and_stale_ones_taken_over() {
     remote.pid = dead_pid(); // means nothing on another machine
     remote.heartbeat = minutes_ago(1);
     plant_lock(&setup, &remote);
-    let out = backup_cmd(&setup, &source).output().expect("run backup");
+    let out = setup.backup_cmd(&source).output().expect("run backup");
     assert_code(&out, 4, "backup while an expire runs elsewhere");
     assert!(
         stderr(&out).contains(&format!(

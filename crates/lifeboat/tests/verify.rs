@@ -630,21 +630,6 @@ fn corrupted_manifest_is_a_finding_and_the_other_backups_are_checked() {
 // A live cluster: a new backup is verified incrementally (encrypted repository)
 // ---------------------------------------------------------------------------------------------
 
-fn backup(setup: &Setup, cluster: &TestCluster) -> Value {
-    let out = setup
-        .cmd()
-        .arg("backup")
-        .arg("--db")
-        .arg(cluster.conninfo())
-        .arg("--pgdata")
-        .arg(&cluster.datadir)
-        .arg("--json")
-        .output()
-        .expect("run lifeboat backup");
-    assert_success(&out, "lifeboat backup");
-    serde_json::from_slice(&out.stdout).expect("backup report")
-}
-
 #[test]
 fn second_run_reads_only_what_a_new_backup_added() {
     let setup = Setup::new(Backend::Local, true);
@@ -652,7 +637,7 @@ fn second_run_reads_only_what_a_new_backup_added() {
     source
         .psql("create table t as select g, md5(g::text) as h from generate_series(1, 20000) g")
         .expect("table");
-    backup(&setup, &source);
+    setup.backup(&source);
     let first = verify_json(|a| setup.run(a), &[], 0);
     let referenced1 = counter(&first, "chunks_referenced");
     assert_eq!(counter(&first, "chunks_read"), referenced1, "{first}");
@@ -664,7 +649,7 @@ fn second_run_reads_only_what_a_new_backup_added() {
             "create table u as select g, md5((g * 7)::text) as h from generate_series(1, 40000) g",
         )
         .expect("table u");
-    let report = backup(&setup, &source);
+    let report = setup.backup(&source);
     let last = source.switch_wal().expect("switch");
     source.wait_archived(&last, WAIT).expect("archived");
 
@@ -721,7 +706,7 @@ fn regenerate_fixture() {
     let big = source
         .psql("select pg_relation_filepath('big')")
         .expect("filepath");
-    let first = backup(&setup, &source);
+    let first = setup.backup(&source);
     for i in 0..2 {
         source
             .psql(&format!(
@@ -730,7 +715,7 @@ fn regenerate_fixture() {
             .expect("insert");
         source.switch_wal().expect("switch");
     }
-    let second = backup(&setup, &source);
+    let second = setup.backup(&source);
     for i in 0..3 {
         source
             .psql(&format!(

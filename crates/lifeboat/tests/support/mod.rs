@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use lifeboat_pg::cluster::LocalCluster;
 use lifeboat_testkit::cluster::{TestDir, chown_to_owner, run_as_owner};
 use lifeboat_testkit::s3::MotoServer;
 
@@ -98,6 +99,32 @@ impl Setup {
         cmd
     }
 
+    /// `lifeboat backup --json` of `cluster`, not yet run.
+    pub fn backup_cmd(&self, cluster: &LocalCluster) -> Command {
+        let mut cmd = self.cmd();
+        cmd.arg("backup")
+            .arg("--db")
+            .arg(cluster.conninfo())
+            .arg("--pgdata")
+            .arg(&cluster.datadir)
+            .arg("--json");
+        cmd
+    }
+
+    /// `lifeboat backup --json` of `cluster`, which must succeed; its report.
+    pub fn backup(&self, cluster: &LocalCluster) -> serde_json::Value {
+        let out = self
+            .backup_cmd(cluster)
+            .output()
+            .expect("run lifeboat backup");
+        let report = json_of(&out, "lifeboat backup");
+        assert!(
+            report["label"].as_str().is_some_and(|l| !l.is_empty()),
+            "backup report without a label: {report}"
+        );
+        report
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().expect("run lifeboat")
     }
@@ -155,6 +182,18 @@ pub fn assert_code(out: &Output, code: i32, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Parse a command's stdout as JSON after checking it succeeded.
+pub fn json_of(out: &Output, what: &str) -> serde_json::Value {
+    assert_success(out, what);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what}: stdout is not one JSON object ({e}):\n{}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 /// A command's stdout and stderr together, for messages and searches.
