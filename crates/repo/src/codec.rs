@@ -169,14 +169,16 @@ impl ObjectHeader {
 pub struct StreamEncoder<'a> {
     codec: &'a Codec,
     hasher: blake3::Hasher,
-    zstd: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    compressed: Vec<u8>,
     plain_len: u64,
     seen: u64,
 }
 
 impl StreamEncoder<'_> {
+    /// Hash `piece` and compress it as a frame of its own. A one-shot frame of a contiguous
+    /// piece takes zstd's fast path; a streaming context wraps around its window and takes the
+    /// slower "external dictionary" path, about twice the CPU per byte of WAL.
     pub fn update(&mut self, piece: &[u8]) -> Result<(), String> {
-        use std::io::Write as _;
         self.seen += piece.len() as u64;
         if self.seen > self.plain_len {
             return Err(format!(
@@ -185,7 +187,20 @@ impl StreamEncoder<'_> {
             ));
         }
         self.hasher.update(piece);
-        self.zstd.write_all(piece).map_err(|e| format!("zstd: {e}"))
+        let level = self.codec.compression.level;
+        ZSTD_COMPRESSOR.with_borrow_mut(|slot| {
+            let (_, compressor) = zstd_compressor(slot, level)?;
+            // The context and the frame buffer are the thread's, reused from file to file.
+            ZSTD_FRAME.with_borrow_mut(|frame| {
+                frame.clear();
+                frame.reserve(zstd::zstd_safe::compress_bound(piece.len()));
+                compressor
+                    .compress_to_buffer(piece, frame)
+                    .map_err(|e| format!("zstd: {e}"))?;
+                self.compressed.extend_from_slice(frame);
+                Ok(())
+            })
+        })
     }
 
     /// The content hash and the encoded object; `Ok(None)` when the data did not compress (the
@@ -197,8 +212,7 @@ impl StreamEncoder<'_> {
                 self.seen, self.plain_len
             ));
         }
-        let compressed = self.zstd.finish().map_err(|e| format!("zstd: {e}"))?;
-        if compressed.len() as u64 >= self.plain_len {
+        if self.compressed.len() as u64 >= self.plain_len {
             return Ok(None);
         }
         let hash = ContentHash(*self.hasher.finalize().as_bytes());
@@ -206,7 +220,7 @@ impl StreamEncoder<'_> {
             Compression::Zstd,
             self.plain_len,
             hash,
-            Cow::Owned(compressed),
+            Cow::Owned(self.compressed),
         )?;
         Ok(Some((hash, object)))
     }
@@ -291,14 +305,8 @@ impl Codec {
             return Ok(None);
         }
         let capacity = usize::try_from(plain_len / 4).unwrap_or(0);
-        let mut zstd =
-            zstd::stream::write::Encoder::new(Vec::with_capacity(capacity), self.compression.level)
-                .map_err(|e| format!("zstd: {e}"))?;
-        // The same frame as the one-shot compressor writes: content size in the header.
-        zstd.set_pledged_src_size(Some(plain_len))
-            .map_err(|e| format!("zstd: {e}"))?;
-        zstd.include_contentsize(true)
-            .map_err(|e| format!("zstd: {e}"))?;
+        // Every frame records its content size; a payload of several frames is still one zstd
+        // stream (RFC 8878), which any zstd decoder, ours included, reads whole.
         let hasher = match &self.keys {
             Some(k) => blake3::Hasher::new_keyed(&k.hashing),
             None => blake3::Hasher::new(),
@@ -306,7 +314,7 @@ impl Codec {
         Ok(Some(StreamEncoder {
             codec: self,
             hasher,
-            zstd,
+            compressed: Vec::with_capacity(capacity),
             plain_len,
             seen: 0,
         }))
@@ -367,22 +375,32 @@ impl Codec {
 thread_local! {
     // A zstd context per thread, kept between objects: making one per call costs an allocation
     // of several hundred KiB and its page faults, as much as compressing a small object.
-    static ZSTD_COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+    static ZSTD_COMPRESSOR: std::cell::RefCell<ZstdSlot> =
         const { std::cell::RefCell::new(None) };
+    static ZSTD_FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     static ZSTD_DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
 }
 
+type ZstdSlot = Option<(i32, zstd::bulk::Compressor<'static>)>;
+
+/// The thread's compressor for `level`, made on first use.
+fn zstd_compressor(
+    slot: &mut ZstdSlot,
+    level: i32,
+) -> Result<&mut (i32, zstd::bulk::Compressor<'static>), String> {
+    if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+        let c = zstd::bulk::Compressor::new(level).map_err(|e| format!("zstd: {e}"))?;
+        *slot = Some((level, c));
+    }
+    slot.as_mut()
+        .ok_or_else(|| "zstd: no compressor".to_string())
+}
+
 fn zstd_compress(plain: &[u8], level: i32) -> Result<Vec<u8>, String> {
     ZSTD_COMPRESSOR.with_borrow_mut(|slot| {
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            let c = zstd::bulk::Compressor::new(level).map_err(|e| format!("zstd: {e}"))?;
-            *slot = Some((level, c));
-        }
-        match slot {
-            Some((_, c)) => c.compress(plain).map_err(|e| format!("zstd: {e}")),
-            None => Err("zstd: no compressor".into()),
-        }
+        let (_, c) = zstd_compressor(slot, level)?;
+        c.compress(plain).map_err(|e| format!("zstd: {e}"))
     })
 }
 

@@ -164,9 +164,11 @@ async fn push_ahead(
     marker.write(markers, name)
 }
 
-/// Pieces a WAL file is read in: small enough to stay in the CPU cache while it is hashed and
-/// compressed, large enough for few system calls.
-const READ_PIECE: usize = 1 << 20;
+/// Pieces a WAL file is read in, each hashed and compressed as a zstd frame of its own while it
+/// is in the CPU cache. Measured on 64 segments of `VACUUM FULL` WAL: 1 MiB pieces 35 ms of CPU
+/// per segment, 512 KiB 27 ms (the buffer stays in L2) for 1.9% more stored bytes than one
+/// frame per file, 256 KiB no faster and 3.6% larger.
+const READ_PIECE: usize = 512 << 10;
 
 /// A WAL file checked and encoded, ready to store.
 struct Prepared {
