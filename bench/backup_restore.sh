@@ -27,6 +27,7 @@ STEP_TIMEOUT=${STEP_TIMEOUT:-3600}       # seconds before a measured command is 
 RSS_SAMPLE_SECONDS=${RSS_SAMPLE_SECONDS:-0.2} # period of the process-tree memory sampler
 IDLE_MAX_MS_PER_S=${IDLE_MAX_MS_PER_S:-200}  # machine busier than this (CPU ms/s) = "not idle"
 IDLE_WAIT_SECONDS=${IDLE_WAIT_SECONDS:-300}  # how long to wait for idle before each step (0: never)
+SETTLE_SECONDS=${SETTLE_SECONDS:-300}    # after deleting an earlier run, wait this long before measuring (see lib.sh)
 IDLE_SAMPLE_SECONDS=${IDLE_SAMPLE_SECONDS:-2}
 OUT_DIR=${OUT_DIR:-$REPO_ROOT/bench/out}
 
@@ -90,7 +91,7 @@ prepare_pg_basebackup() {
     # it needs a working archive. Plain copies, made durable.
     ARCHIVE_COMMAND="cp %p $TOOL_DIR/wal/%f && sync $TOOL_DIR/wal/%f"
     ARCHIVE_DIR="$TOOL_DIR/wal"
-    rm -rf "$TOOL_DIR/backup"
+    discard "$TOOL_DIR/backup"
 }
 stored_pg_basebackup() { echo "$(bytes_in "$TOOL_DIR/backup") $(bytes_in "$TOOL_DIR/wal")"; }
 backup_pg_basebackup() { # scale
@@ -135,13 +136,13 @@ run_tool() { # scale tool
     warm_up
     "backup_$tool" "$scale" || return 0
     new_pg_dir "$RESTORE_DIR"
-    "restore_$tool" "$scale" || { rm -rf "$RESTORE_DIR"; return 0; }
+    "restore_$tool" "$scale" || { discard "$RESTORE_DIR"; return 0; }
     verify_restore "$scale" "$tool" "$RESTORE_DIR"
     log "  [$tool] restored copy: $VERIFIED"
     printf '%s\t%s\tverify\t%s\n' "$scale" "$tool" "$VERIFIED" >>"$RESULTS"
     [ "$VERIFIED" = ok ] || [ "$VERIFIED" = - ] || FAILED=$((FAILED + 1))
-    rm -rf "$RESTORE_DIR"
-    [ "$KEEP" = 1 ] || rm -rf "$TOOL_DIR"
+    discard "$RESTORE_DIR"
+    [ "$KEEP" = 1 ] || discard "$TOOL_DIR"
 }
 
 # --- the cluster ------------------------------------------------------------------

@@ -103,6 +103,7 @@ prepare_workdir() {
         done
         log "removing the work dir of an earlier run: $BENCH_DIR"
         rm -rf "$BENCH_DIR"
+        DELETED_AT=$SECONDS
     fi
     mkdir -p "$BENCH_DIR"
     WORK=$(cd "$BENCH_DIR" && pwd -P)
@@ -117,7 +118,7 @@ prepare_workdir() {
 }
 
 new_pg_dir() { # path: a fresh empty directory owned by postgres
-    rm -rf "$1"
+    discard "$1"
     install -d -o postgres -g postgres -m 0700 "$1"
 }
 
@@ -177,8 +178,28 @@ busy_ms_per_s() {
 # Waits (up to IDLE_WAIT_SECONDS) until the machine is idle: on a shared
 # machine another job (a build) would slow down whichever tool it overlaps.
 # Leaves the last sample in BUSY, which goes into the report.
+# ext4 will not reuse an inode freed in the last 60 to 300 seconds and checks
+# every candidate it skips: right after a large deletion, creating files costs
+# far more kernel CPU, and most for whichever tool creates the most files. So
+# measured steps never follow a deletion closely: between steps, directories
+# go to $WORK/trash (deleted at exit), and after the earlier run's work dir was
+# removed the first step waits until SETTLE_SECONDS have passed.
+DELETED_AT=-100000
+discard() { # dir: out of the way now, deleted at exit
+    [ -e "$1" ] || return 0
+    mkdir -p "$WORK/trash"
+    mv "$1" "$(mktemp -u "$WORK/trash/XXXXXX")"
+}
+wait_for_settled_fs() { # label
+    local left=$((DELETED_AT + ${SETTLE_SECONDS:-300} - SECONDS))
+    [ "$left" -gt 0 ] || return 0
+    log "  [$1] waiting ${left}s: inodes freed by the earlier run's deletion are not reusable yet (SETTLE_SECONDS)"
+    sleep "$left"
+}
+
 wait_for_idle() { # label
     local deadline=$((SECONDS + IDLE_WAIT_SECONDS)) warned=0
+    wait_for_settled_fs "$1"
     while :; do
         busy_ms_per_s
         [ "$BUSY" -gt "$IDLE_MAX_MS_PER_S" ] || break
