@@ -422,9 +422,14 @@ impl Run<'_> {
 
     async fn restore(&mut self, manifest: &Manifest, target: &RecoveryTarget) -> Result<(), Halt> {
         let dir = self.scratch.dir.clone();
-        let created = tokio::task::spawn_blocking(move || make_scratch_dir(&dir))
-            .await
-            .map_err(join_error)?;
+        let created = tokio::task::spawn_blocking(move || {
+            if let Some(parent) = dir.parent() {
+                sweep_abandoned(parent);
+            }
+            make_scratch_dir(&dir)
+        })
+        .await
+        .map_err(join_error)?;
         if let Err(why) = created {
             return Err(failed(
                 step::RESTORE,
@@ -786,7 +791,77 @@ fn make_scratch_dir(dir: &Path) -> std::result::Result<(), String> {
     }
     fs::create_dir(dir)
         .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
+        .and_then(|()| {
+            fs::write(
+                dir.join(OWNER_FILE),
+                format!("{} {}\n", std::process::id(), boot_id()),
+            )
+        })
         .map_err(|e| format!("cannot create the scratch directory {}: {e}", dir.display()))
+}
+
+/// In each scratch directory: `<pid> <boot id>` of the drill that made it, so that a later drill
+/// can tell a directory abandoned by a drill that is gone (kill -9, a crash, a reboot), whose
+/// server may still run on a full copy of the data, from one in use. Removed from a directory
+/// kept on purpose (`--keep`), which is then never swept.
+const OWNER_FILE: &str = "drill.owner";
+
+fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|id| id.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Stop the server of, and remove, every scratch directory under `parent` whose drill is gone.
+/// A directory whose owner cannot be read, or whose pid runs (perhaps reused: then it waits for
+/// a later sweep), is left alone.
+fn sweep_abandoned(parent: &Path) {
+    let Ok(listing) = fs::read_dir(parent) else {
+        return;
+    };
+    let this_boot = boot_id();
+    for entry in listing.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("lifeboat-drill-")
+        {
+            continue;
+        }
+        let dir = entry.path();
+        let Ok(owner) = fs::read_to_string(dir.join(OWNER_FILE)) else {
+            continue;
+        };
+        let mut fields = owner.split_whitespace();
+        let Some(pid) = fields.next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if fields.next() == Some(this_boot.as_str()) && pgc::pid_alive(pid) {
+            continue;
+        }
+        tracing::warn!(
+            "removing the scratch directory {} left by drill process {pid}, which is gone (killed or crashed); stopping its server first",
+            dir.display()
+        );
+        let mut abandoned = Scratch::new(dir.clone(), false);
+        abandoned.created = true;
+        let data = dir.join("data");
+        if data.join("postmaster.pid").exists() {
+            match pgc::cluster_owner()
+                .and_then(|owner| LocalCluster::existing(&data, 0, &dir, owner))
+            {
+                Ok(cluster) => abandoned.cluster = Some(cluster),
+                Err(e) => {
+                    tracing::warn!("cannot stop the server on {}: {e}", data.display());
+                    abandoned.cleaned = true;
+                    continue;
+                }
+            }
+        }
+        for problem in abandoned.cleanup() {
+            tracing::warn!("{problem}");
+        }
+    }
 }
 
 /// Settings the copy starts with, after the cluster's own: whatever the backed-up cluster was
@@ -1124,6 +1199,10 @@ impl Scratch {
                 "processes {working:?} still work in {}: they are left alone",
                 self.dir.display()
             ));
+        }
+        if self.keep {
+            // Kept on purpose: no later drill may sweep it.
+            let _ = fs::remove_file(self.dir.join(OWNER_FILE));
         }
         if self.keep || !problems.is_empty() {
             return problems;

@@ -359,19 +359,7 @@ fn sigterm_stops_the_drill_and_records_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start lifeboat drill");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !server_running_under(&f.scratch) {
-        assert!(
-            Instant::now() < deadline,
-            "the drill's server did not start within 120 s"
-        );
-        assert!(
-            child.try_wait().expect("try_wait").is_none(),
-            "the drill ended before its server started"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-    thread::sleep(Duration::from_millis(500));
+    wait_for_scratch_server(&f.scratch, &mut child);
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -386,6 +374,68 @@ fn sigterm_stops_the_drill_and_records_nothing() {
     );
     assert!(f.recorded().is_empty(), "an interrupted drill was recorded");
     f.assert_nothing_left();
+}
+
+/// kill -9 of a drill while its server runs leaves the server and a full copy of the data; the
+/// next drill stops that server and removes the directory before it starts, and passes.
+#[test]
+fn the_next_drill_sweeps_what_a_killed_drill_left() {
+    let flag = std::env::temp_dir().join(format!("lifeboat-drill-flag-{}", std::process::id()));
+    let _ = fs::remove_file(&flag);
+    // The check waits while `flag` is absent: the first drill is killed during it, the second
+    // finds the flag and passes at once.
+    let check = format!(
+        "select count(*) from pg_sleep(case when (pg_stat_file('{}', true)).size is null then 120 else 0 end)",
+        flag.display()
+    );
+    let f = fixture(&format!("amcheck = false\nchecks = [\"{check}\"]"), 1);
+    let mut child = f.drill_cmd(&[]).spawn().expect("start lifeboat drill");
+    wait_for_scratch_server(&f.scratch, &mut child);
+    child.kill().expect("kill -9 the drill");
+    child.wait().expect("reap the drill");
+    let left: Vec<PathBuf> = fs::read_dir(&f.scratch)
+        .expect("read scratch dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(
+        server_running_under(&f.scratch),
+        "the killed drill's server should outlive it"
+    );
+
+    fs::write(&flag, "go").expect("write the flag");
+    let out = f.drill(&[]);
+    let _ = fs::remove_file(&flag);
+    assert_code(&out, 0, "the drill after a killed one");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "removing the scratch directory {} left by drill process {}",
+            left[0].display(),
+            child.id()
+        )),
+        "{err}"
+    );
+    assert!(!left[0].exists(), "the abandoned directory is still there");
+    assert_eq!(f.recorded().len(), 1, "only the finished drill is recorded");
+    f.assert_nothing_left();
+}
+
+/// Wait (120 s at most) until `child`, a running drill, has started its scratch server.
+fn wait_for_scratch_server(scratch: &Path, child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !server_running_under(scratch) {
+        assert!(
+            Instant::now() < deadline,
+            "the drill's server did not start within 120 s"
+        );
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the drill ended before its server started"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(500));
 }
 
 /// Whether a postmaster runs in some `lifeboat-drill-*/data` under `scratch`.
