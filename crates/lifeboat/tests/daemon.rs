@@ -6,7 +6,7 @@
 mod support;
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,6 +31,16 @@ fn archiving_cluster(archive_timeout_s: u32, scale: u32) -> (Setup, TestCluster)
     let cluster = TestCluster::start_new(&conf).expect("start cluster");
     cluster.pgbench_init(scale).expect("pgbench -i");
     (setup, cluster)
+}
+
+/// Whether `dir` or a directory in it holds a regular file (what a chunk directory does).
+fn holds_a_file(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|listing| {
+        listing.flatten().any(|entry| {
+            let path = entry.path();
+            path.is_file() || (path.is_dir() && holds_a_file(&path))
+        })
+    })
 }
 
 fn job<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
@@ -383,8 +393,21 @@ url = "{hook_url}"
     daemon.wait_status("the backup runs", Duration::from_secs(60), |s| {
         job(s, "backup").is_some_and(|j| j["running_since"].is_string())
     });
-    // Let the child get into the copy (pg_backup_start done).
-    thread::sleep(Duration::from_millis(1500));
+    // Signal as soon as the child is in the copy (its first chunk is stored): a fixed pause
+    // raced with backups that finish in under two seconds.
+    let chunks = setup
+        .repo_dir
+        .clone()
+        .expect("local repository")
+        .join("data");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !holds_a_file(&chunks) {
+        assert!(
+            Instant::now() < deadline,
+            "the backup stored no chunk in 60 s"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
     let status = daemon.terminate(Duration::from_secs(60));
     assert!(
         status.success(),
