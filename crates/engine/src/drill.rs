@@ -26,6 +26,7 @@ use lifeboat_pg::recovery::{RecoveryTarget, TargetAction, TargetTimeline, quote_
 use lifeboat_pg::walname::WalSegmentName;
 use lifeboat_repo::Repository;
 use lifeboat_repo::backup::Manifest;
+use lifeboat_repo::lock::this_pid_scope;
 use lifeboat_repo::records::{DrillCheck, DrillRecord};
 use serde::{Deserialize, Deserializer};
 use time::OffsetDateTime;
@@ -791,35 +792,49 @@ fn make_scratch_dir(dir: &Path) -> std::result::Result<(), String> {
     }
     fs::create_dir(dir)
         .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
-        .and_then(|()| {
-            fs::write(
-                dir.join(OWNER_FILE),
-                format!("{} {}\n", std::process::id(), boot_id()),
-            )
-        })
+        .and_then(|()| fs::write(dir.join(OWNER_FILE), owner_line()))
         .map_err(|e| format!("cannot create the scratch directory {}: {e}", dir.display()))
 }
 
-/// In each scratch directory: `<pid> <boot id>` of the drill that made it, so that a later drill
-/// can tell a directory abandoned by a drill that is gone (kill -9, a crash, a reboot), whose
-/// server may still run on a full copy of the data, from one in use. Removed from a directory
-/// kept on purpose (`--keep`), which is then never swept.
+/// In each scratch directory: `<pid> <pid scope>` of the drill that made it (the scope as repository
+/// locks record it: `<boot id>:<PID namespace>`), so that a later drill can tell a directory
+/// abandoned by a drill that is gone (kill -9, a crash, a reboot), whose server may still run on
+/// a full copy of the data, from one in use. Removed from a directory kept on purpose (`--keep`),
+/// which is then never swept.
 const OWNER_FILE: &str = "drill.owner";
 
-fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|id| id.trim().to_string())
-        .unwrap_or_default()
+fn owner_line() -> String {
+    format!(
+        "{} {}\n",
+        std::process::id(),
+        this_pid_scope().unwrap_or_default()
+    )
 }
 
-/// Stop the server of, and remove, every scratch directory under `parent` whose drill is gone.
-/// A directory whose owner cannot be read, or whose pid runs (perhaps reused: then it waits for
-/// a later sweep), is left alone.
+/// Whether the drill named by an owner line is gone: made before this boot, or in this boot and
+/// PID namespace by a process that no longer runs. A drill in another PID namespace (another
+/// container sharing the directory) cannot be judged from here and counts as running; so does a
+/// live pid, perhaps reused, which a later sweep sees again.
+fn owner_gone(pid: u32, scope: &str, here: &str) -> bool {
+    let boot = |scope: &str| {
+        scope
+            .split_once(':')
+            .map_or(scope, |(boot, _)| boot)
+            .to_string()
+    };
+    if boot(scope) != boot(here) {
+        return true;
+    }
+    scope == here && !pgc::pid_alive(pid)
+}
+
+/// Stop the server of, and remove, every scratch directory under `parent` whose drill is gone
+/// ([`owner_gone`]). A directory whose owner cannot be read is left alone.
 fn sweep_abandoned(parent: &Path) {
     let Ok(listing) = fs::read_dir(parent) else {
         return;
     };
-    let this_boot = boot_id();
+    let here = this_pid_scope().unwrap_or_default();
     for entry in listing.flatten() {
         if !entry
             .file_name()
@@ -836,28 +851,35 @@ fn sweep_abandoned(parent: &Path) {
         let Some(pid) = fields.next().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        if fields.next() == Some(this_boot.as_str()) && pgc::pid_alive(pid) {
+        if !owner_gone(pid, fields.next().unwrap_or(""), &here) {
             continue;
         }
         tracing::warn!(
             "removing the scratch directory {} left by drill process {pid}, which is gone (killed or crashed); stopping its server first",
             dir.display()
         );
-        let mut abandoned = Scratch::new(dir.clone(), false);
-        abandoned.created = true;
         let data = dir.join("data");
-        if data.join("postmaster.pid").exists() {
+        let cluster = if data.join("postmaster.pid").exists() {
             match pgc::cluster_owner()
                 .and_then(|owner| LocalCluster::existing(&data, 0, &dir, owner))
             {
-                Ok(cluster) => abandoned.cluster = Some(cluster),
+                Ok(cluster) => Some(cluster),
                 Err(e) => {
-                    tracing::warn!("cannot stop the server on {}: {e}", data.display());
-                    abandoned.cleaned = true;
+                    tracing::warn!(
+                        "cannot stop the server on {} ({e}): stop it with `pg_ctl -D {} stop -m immediate` as its owner, then remove {}",
+                        data.display(),
+                        data.display(),
+                        dir.display()
+                    );
                     continue;
                 }
             }
-        }
+        } else {
+            None
+        };
+        let mut abandoned = Scratch::new(dir, false);
+        abandoned.created = true;
+        abandoned.cluster = cluster;
         for problem in abandoned.cleanup() {
             tracing::warn!("{problem}");
         }
@@ -1272,6 +1294,25 @@ fn processes_in(dir: &Path) -> Vec<u32> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_owner_is_gone_only_when_this_machine_can_tell() {
+        let here = "boot-a:pid:[4026531836]";
+        let live = std::process::id();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        assert!(!owner_gone(live, here, here), "a running drill");
+        assert!(owner_gone(dead, here, here), "its process is gone");
+        assert!(
+            owner_gone(live, "boot-b:pid:[4026531836]", here),
+            "made before a reboot"
+        );
+        assert!(
+            !owner_gone(dead, "boot-a:pid:[4026532000]", here),
+            "another PID namespace"
+        );
+    }
 
     fn manifest(label: &str) -> Manifest {
         serde_json::from_value(serde_json::json!({

@@ -189,7 +189,7 @@ impl StreamEncoder<'_> {
         self.hasher.update(piece);
         let level = self.codec.compression.level;
         ZSTD_COMPRESSOR.with_borrow_mut(|slot| {
-            let (_, compressor) = zstd_compressor(slot, level)?;
+            let compressor = zstd_compressor(slot, level)?;
             // The context and the frame buffer are the thread's, reused from file to file.
             ZSTD_FRAME.with_borrow_mut(|frame| {
                 frame.clear();
@@ -388,18 +388,19 @@ type ZstdSlot = Option<(i32, zstd::bulk::Compressor<'static>)>;
 fn zstd_compressor(
     slot: &mut ZstdSlot,
     level: i32,
-) -> Result<&mut (i32, zstd::bulk::Compressor<'static>), String> {
+) -> Result<&mut zstd::bulk::Compressor<'static>, String> {
     if slot.as_ref().is_none_or(|(l, _)| *l != level) {
         let c = zstd::bulk::Compressor::new(level).map_err(|e| format!("zstd: {e}"))?;
         *slot = Some((level, c));
     }
     slot.as_mut()
+        .map(|(_, c)| c)
         .ok_or_else(|| "zstd: no compressor".to_string())
 }
 
 fn zstd_compress(plain: &[u8], level: i32) -> Result<Vec<u8>, String> {
     ZSTD_COMPRESSOR.with_borrow_mut(|slot| {
-        let (_, c) = zstd_compressor(slot, level)?;
+        let c = zstd_compressor(slot, level)?;
         c.compress(plain).map_err(|e| format!("zstd: {e}"))
     })
 }
