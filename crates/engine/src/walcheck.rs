@@ -64,6 +64,9 @@ pub async fn wait_for_segments(
     timeout: Duration,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
+    // The archiver usually stores the last segment some tens of milliseconds after the switch:
+    // look often at first, then back off so a slow archive is not polled in a busy loop.
+    let mut pause = Duration::from_millis(10);
     loop {
         let missing = missing_segments(repo, first, last, seg_size).await?;
         if missing.is_empty() {
@@ -79,7 +82,8 @@ pub async fn wait_for_segments(
                 "check that archive_command runs `lifeboat wal-push %p` with this repository, and look at pg_stat_archiver and the server log for archiving errors; `lifeboat check` tests the whole path",
             ));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(Duration::from_millis(200));
     }
 }
 

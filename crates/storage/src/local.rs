@@ -6,11 +6,12 @@
 //! created with mode 0700 and their parents fsynced. All filesystem work runs on tokio's blocking
 //! pool because std::fs calls (fsync above all) can block for a long time.
 
+use std::collections::HashSet;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -31,6 +32,9 @@ const DIR_MODE: u32 = 0o700;
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: Arc<PathBuf>,
+    /// Directories known to exist, so that a put into one (a backup makes thousands, into 256
+    /// directories) does not try to create it and its parents again.
+    known_dirs: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl LocalStore {
@@ -40,6 +44,7 @@ impl LocalStore {
         match fs::metadata(&root) {
             Ok(meta) if meta.is_dir() => Ok(Self {
                 root: Arc::new(root),
+                known_dirs: Arc::default(),
             }),
             Ok(_) => Err(StorageError::new(
                 ErrorKind::Permanent,
@@ -96,9 +101,10 @@ impl Store for LocalStore {
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<()> {
         let path = self.path_of(key)?;
         let root = Arc::clone(&self.root);
+        let known_dirs = Arc::clone(&self.known_dirs);
         let key = key.to_owned();
         blocking(move || {
-            put_blocking(&root, &key, &path, &data, mode).map_err(|e| match e.kind {
+            put_blocking(&root, &known_dirs, &key, &path, &data, mode).map_err(|e| match e.kind {
                 // Something under the root vanished mid-put; the key itself is not "not found".
                 ErrorKind::NotFound => StorageError::new(ErrorKind::Permanent, e.message),
                 _ => e,
@@ -221,19 +227,45 @@ impl Store for LocalStore {
     }
 }
 
-fn put_blocking(root: &Path, key: &str, path: &Path, data: &[u8], mode: PutMode) -> Result<()> {
+fn put_blocking(
+    root: &Path,
+    known_dirs: &Mutex<HashSet<PathBuf>>,
+    key: &str,
+    path: &Path,
+    data: &[u8],
+    mode: PutMode,
+) -> Result<()> {
     let dir = path.parent().ok_or_else(|| {
         StorageError::new(
             ErrorKind::Permanent,
             format!("key {key} has no parent directory"),
         )
     })?;
-    create_dirs(root, dir)?;
+    let known = known_dirs.lock().is_ok_and(|dirs| dirs.contains(dir));
+    if !known {
+        create_dirs(root, dir)?;
+    }
 
     let tmp = dir.join(format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>()));
-    if let Err(e) = write_temp(&tmp, data) {
+    let mut written = write_temp(&tmp, data);
+    if known
+        && written
+            .as_ref()
+            .is_err_and(|e| e.kind == ErrorKind::NotFound)
+    {
+        // The directory was removed since we last saw it (by hand, or a test): create it again.
+        if let Ok(mut dirs) = known_dirs.lock() {
+            dirs.remove(dir);
+        }
+        create_dirs(root, dir)?;
+        written = write_temp(&tmp, data);
+    }
+    if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(e);
+    }
+    if !known && let Ok(mut dirs) = known_dirs.lock() {
+        dirs.insert(dir.to_path_buf());
     }
 
     let placed = match mode {
@@ -475,5 +507,26 @@ mod tests {
             Path::new("/r/k"),
         );
         assert_eq!(e.kind, ErrorKind::Transient);
+    }
+
+    #[tokio::test]
+    async fn a_put_recreates_a_directory_removed_after_an_earlier_put() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let store = LocalStore::open(root.path().to_path_buf()).expect("open");
+        store
+            .put("data/ab/one", Bytes::from_static(b"1"), PutMode::Create)
+            .await
+            .expect("first put");
+        fs::remove_dir_all(root.path().join("data")).expect("remove data/");
+        store
+            .put("data/ab/two", Bytes::from_static(b"2"), PutMode::Create)
+            .await
+            .expect("a put after the directory went");
+        assert_eq!(store.get("data/ab/two").await.expect("get").as_ref(), b"2");
+        let mode = fs::metadata(root.path().join("data/ab"))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, DIR_MODE);
     }
 }
