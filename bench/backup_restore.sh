@@ -6,7 +6,7 @@
 # never in CI. See bench/README.md.
 #
 #   sudo bash bench/backup_restore.sh
-#   TOOLS="pgbackrest pg_basebackup" SCALES=5 bash bench/backup_restore.sh
+#   TOOLS="pgbackrest pg_basebackup" SCALES=5 ROUNDS=1 bash bench/backup_restore.sh
 #
 # Output: a Markdown report on stdout and in bench/out/backup_restore-<date>.md.
 set -euo pipefail
@@ -17,6 +17,7 @@ REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd -P)
 
 # --- knobs (environment) ------------------------------------------------------
 SCALES=${SCALES:-"50 200"}               # pgbench scales, measured in this order
+ROUNDS=${ROUNDS:-3}                      # every tool's backup and restore this many times per scale, in rotated order; the ratios use medians
 TOOLS=${TOOLS:-"lifeboat pgbackrest pg_basebackup"}
 LIFEBOAT_BIN=${LIFEBOAT_BIN:-target/release/lifeboat} # relative to the repo root
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -57,6 +58,7 @@ check_prereqs() {
         case "$t" in lifeboat|pgbackrest|pg_basebackup) ;;
             *) die "unknown tool '$t' in TOOLS (lifeboat, pgbackrest, pg_basebackup)" ;; esac
     done
+    case "$ROUNDS" in ''|*[!0-9]*|0) die "ROUNDS must be a positive number, not '$ROUNDS'" ;; esac
     [ -n "$SCALES" ] || die "SCALES is empty"
     for t in $SCALES; do
         case "$t" in ''|*[!0-9]*|0) die "bad scale '$t' in SCALES" ;; esac
@@ -115,7 +117,7 @@ run_tool() { # scale tool
     TOOL_DIR="$WORK/s$scale-$tool"
     ARCHIVE_COMMAND="" ARCHIVE_DIR="" SKIP_REASON=""
     RESTORE_DIR="$WORK/restore"
-    log "[$tool] scale $scale"
+    log "[$tool] scale $scale, round $ROUND of $ROUNDS"
     quiesce_archiving
     new_pg_dir "$TOOL_DIR"
     chmod 0755 "$TOOL_DIR"
@@ -139,10 +141,32 @@ run_tool() { # scale tool
     "restore_$tool" "$scale" || { discard "$RESTORE_DIR"; return 0; }
     verify_restore "$scale" "$tool" "$RESTORE_DIR"
     log "  [$tool] restored copy: $VERIFIED"
-    printf '%s\t%s\tverify\t%s\n' "$scale" "$tool" "$VERIFIED" >>"$RESULTS"
+    printf '%s\t%s\tverify\t%s\t%s\n' "$scale" "$tool" "$VERIFIED" "$ROUND" >>"$RESULTS"
     [ "$VERIFIED" = ok ] || [ "$VERIFIED" = - ] || FAILED=$((FAILED + 1))
     discard "$RESTORE_DIR"
     [ "$KEEP" = 1 ] || discard "$TOOL_DIR"
+}
+
+rotate() { # n words...: the words, the first n moved to the end
+    local n=$1
+    shift
+    n=$((n % $#))
+    echo "${@:n+1}" "${@:1:n}"
+}
+
+# A round keeps a restored copy and a backup per tool in trash/ until the end (deleting them
+# between steps would charge the next step for it). When the next round would not fit, empty
+# trash/ now and let the filesystem settle (SETTLE_SECONDS) before the next measured step.
+make_room_for_round() { # scale
+    local need_kb avail_kb tools
+    tools=$(wc -w <<<"$TOOLS")
+    need_kb=$(( $(awk -F'\t' -v s="$1" '$1 == s {print int($2 / 1024)}' "$SCALE_INFO") * tools * 12 / 10 + 2 * 1024 * 1024 ))
+    avail_kb=$(df -Pk "$WORK" | awk 'NR==2 {print $4}')
+    [ "$avail_kb" -lt "$need_kb" ] || return 0
+    [ -d "$WORK/trash" ] || return 0
+    log "round $ROUND needs ~$((need_kb / 1048576)) GiB, $((avail_kb / 1048576)) GiB free: emptying trash/"
+    rm -rf "$WORK/trash"
+    DELETED_AT=$SECONDS
 }
 
 # --- the cluster ------------------------------------------------------------------
@@ -226,8 +250,8 @@ report() {
             "$(findmnt -no SOURCE,FSTYPE -T "$WORK" | tr -s ' ' ' ')" "$DISK_FREE_START"
         printf -- '- versions: %s; %s; %s; %s\n' "$pgv" "${pgbrv:-pgBackRest not installed}" \
             "${lbv:-lifeboat not built}" "${zstdv:-zstd ?}"
-        printf -- '- SCALES="%s" TOOLS="%s" VERIFY=%s IDLE_MAX_MS_PER_S=%s IDLE_WAIT_SECONDS=%s; load average at the end: %s\n\n' \
-            "$SCALES" "$TOOLS" "$VERIFY" "$IDLE_MAX_MS_PER_S" "$IDLE_WAIT_SECONDS" "$(cut -d' ' -f1-3 /proc/loadavg)"
+        printf -- '- SCALES="%s" ROUNDS=%s TOOLS="%s" VERIFY=%s IDLE_MAX_MS_PER_S=%s IDLE_WAIT_SECONDS=%s; load average at the end: %s\n\n' \
+            "$SCALES" "$ROUNDS" "$TOOLS" "$VERIFY" "$IDLE_MAX_MS_PER_S" "$IDLE_WAIT_SECONDS" "$(cut -d' ' -f1-3 /proc/loadavg)"
         printf '| scale | data dir without pg_wal, MiB | sum of pg_database_size, MiB | pgbench -i s |\n'
         printf '|---:|---:|---:|---:|\n'
         awk -F'\t' '{printf "| %s | %.0f | %.0f | %s |\n", $1, $2 / 1048576, $3 / 1048576, $4}' "$SCALE_INFO"
@@ -235,51 +259,77 @@ report() {
         awk -F'\t' -v scale_info="$SCALE_INFO" '
         function cell(x, fmt) { return (x == "") ? "-" : sprintf(fmt, x) }
         function ratio(a, b) { return (a != "" && b != "" && b > 0) ? sprintf("%.2f", a / b) : "-" }
+        # The median of the values of key k in V (count C[k], values V[k, 1..C[k]]); "" if none.
+        function median(V, C, k,    m, i, j, x, a) {
+            m = C[k] + 0
+            if (m == 0) return ""
+            for (i = 1; i <= m; i++) a[i] = V[k, i]
+            for (i = 2; i <= m; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+            return (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
+        }
         BEGIN {
             while ((getline line < scale_info) > 0) { split(line, f, "\t"); data[f[1]] = f[2] }
             label["lifeboat"] = "Lifeboat"; label["pgbackrest"] = "pgBackRest"
             label["pg_basebackup"] = "pg_basebackup"
         }
-        $3 == "verify" { verify[$1, $2] = $4; next }
+        $3 == "verify" { verify[$1, $2, ($5 == "" ? 1 : $5)] = $4; next }
         {
             n++; sc[n] = $1; tool[n] = $2; step[n] = $3; status[n] = $4
+            rnd[n] = ($16 == "" ? 1 : $16)
+            if (!($1 in seen)) { seen[$1] = 1; order[++ns] = $1 }
+            if (rnd[n] > rounds[$1]) rounds[$1] = rnd[n]
             if ($4 != "ok") { note[n] = $5; next }
             wall[n] = $5 / 1e6; syncs[n] = $6 / 1e6; rss[n] = $7 / 1024; tree[n] = $8 / 1024
             cpu[n] = $9 + $10; sys[n] = $11 / clk; stored[n] = $12; wal[n] = $13; load[n] = $14; busy[n] = $15
             rate[n] = data[$1] / 1048576 / wall[n]
-            T[$1, $2, $3] = wall[n]; R[$1, $2, $3] = rate[n]
-            if (!($1 in seen)) { seen[$1] = 1; order[++ns] = $1 }
+            k = $1 SUBSEP $2 SUBSEP $3
+            TN[k]++; TV[k, TN[k]] = wall[n]; CV[k, TN[k]] = cpu[n]
+            T[$1, $2, $3, rnd[n]] = wall[n]
         }
         END {
-            printf "| scale | tool | step | wall s | of which sync s | MiB/s | stored MiB | WAL MiB | peak RSS MiB, largest process | peak RSS MiB, process tree | CPU s, command | CPU s, machine | machine busy before, ms/s | load avg before | restored copy |\n"
-            printf "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+            printf "| scale | round | tool | step | wall s | of which sync s | MiB/s | stored MiB | WAL MiB | peak RSS MiB, largest process | peak RSS MiB, process tree | CPU s, command | CPU s, machine | machine busy before, ms/s | load avg before | restored copy |\n"
+            printf "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
             for (i = 1; i <= n; i++) {
                 name = label[tool[i]]
                 if (tool[i] == "pg_basebackup" && step[i] == "restore") name = "pg_basebackup (zstd -d \\| tar -x)"
                 if (status[i] != "ok") {
-                    printf "| %s | %s | %s | %s: %s ||||||||||||\n", sc[i], name, step[i], status[i], note[i]
+                    printf "| %s | %s | %s | %s | %s: %s ||||||||||||\n", sc[i], rnd[i], name, step[i], status[i], note[i]
                     continue
                 }
-                v = (step[i] == "restore") ? verify[sc[i], tool[i]] : ""
-                printf "| %s | %s | %s | %.2f | %.2f | %.1f | %s | %s | %.1f | %.1f | %.2f | %.2f | %s | %s | %s |\n",
-                    sc[i], name, step[i], wall[i], syncs[i], rate[i],
+                v = (step[i] == "restore") ? verify[sc[i], tool[i], rnd[i]] : ""
+                printf "| %s | %s | %s | %s | %.2f | %.2f | %.1f | %s | %s | %.1f | %.1f | %.2f | %.2f | %s | %s | %s |\n",
+                    sc[i], rnd[i], name, step[i], wall[i], syncs[i], rate[i],
                     cell(stored[i] == "" ? "" : stored[i] / 1048576, "%.1f"),
                     cell(wal[i] == "" ? "" : wal[i] / 1048576, "%.1f"),
                     rss[i], tree[i], cpu[i], sys[i], busy[i], load[i], (v == "" ? "" : v)
             }
-            printf "\nRatios (time: lower is better for Lifeboat; rate: higher is better):\n\n"
-            printf "| scale | step | time Lifeboat/pgBackRest | rate Lifeboat/pgBackRest | time Lifeboat/pg_basebackup | rate Lifeboat/pg_basebackup |\n"
-            printf "|---:|---|---:|---:|---:|---:|\n"
+            split("backup restore", steps, " ")
+            split("lifeboat pgbackrest pg_basebackup", tools, " ")
+            # One pass over scales and steps builds both tables: the medians, and their ratios.
             for (j = 1; j <= ns; j++) {
                 s = order[j]
-                split("backup restore", steps, " ")
-                for (k = 1; k <= 2; k++) {
-                    st = steps[k]
-                    printf "| %s | %s | %s | %s | %s | %s |\n", s, st,
-                        ratio(T[s, "lifeboat", st], T[s, "pgbackrest", st]), ratio(R[s, "lifeboat", st], R[s, "pgbackrest", st]),
-                        ratio(T[s, "lifeboat", st], T[s, "pg_basebackup", st]), ratio(R[s, "lifeboat", st], R[s, "pg_basebackup", st])
+                for (q = 1; q <= 2; q++) {
+                    st = steps[q]; nl++
+                    medline[nl] = sprintf("| %s | %s | %s", s, st, rounds[s])
+                    for (t = 1; t <= 3; t++) {
+                        k = s SUBSEP tools[t] SUBSEP st
+                        mw = median(TV, TN, k); mc = median(CV, TN, k); MW[t] = mw
+                        medline[nl] = medline[nl] sprintf(" | %s", mw == "" ? "-" : sprintf("%.2f / %.2f", mw, mc))
+                    }
+                    per = ""
+                    for (r = 1; r <= rounds[s]; r++)
+                        per = per (r > 1 ? ", " : "") ratio(T[s, "lifeboat", st, r], T[s, "pgbackrest", st, r])
+                    ratline[nl] = sprintf("| %s | %s | %s | %s | %s |", s, st, ratio(MW[1], MW[2]), ratio(MW[1], MW[3]), per)
                 }
             }
+            printf "\nMedians over the rounds (wall s / CPU s, command):\n\n"
+            printf "| scale | step | rounds | Lifeboat | pgBackRest | pg_basebackup |\n"
+            printf "|---:|---|---:|---:|---:|---:|\n"
+            for (i = 1; i <= nl; i++) print medline[i] " |"
+            printf "\nRatios of the median wall times (lower is better for Lifeboat; a rate ratio is the inverse):\n\n"
+            printf "| scale | step | Lifeboat/pgBackRest | Lifeboat/pg_basebackup | Lifeboat/pgBackRest by round |\n"
+            printf "|---:|---|---:|---:|---|\n"
+            for (i = 1; i <= nl; i++) print ratline[i]
         }' clk="$CLK_TCK" "$RESULTS"
         cat <<'EOF'
 
@@ -290,6 +340,10 @@ How to read it (bench/README.md has the details):
   which sync s" is that final syncfs. A `sync` also runs, untimed, before each step; every backup
   starts after a `CHECKPOINT` and one read of the whole data directory, so all tools see a warm
   page cache.
+- round: every tool runs backup and restore ROUNDS times per scale; each round starts with the
+  next tool in TOOLS, so no tool always runs first after the load. The ratios use the median
+  wall time over the rounds (with the per-round ratios beside them, to show the spread): this VM's
+  speed drifts by a third over minutes, so one round is not enough to tell 0.6 from 0.7.
 - MiB/s: size of the data directory without `pg_wal` (first table) / wall s, for backup and restore.
 - stored MiB: the backup in the repository, without the archived WAL (Lifeboat: the repository
   minus `wal/`; pgBackRest: `backup/`; pg_basebackup: the output directory). WAL MiB: the archive
@@ -335,7 +389,11 @@ main() {
     init_cluster
     for scale in $SCALES; do
         load_scale "$scale"
-        for tool in $TOOLS; do run_tool "$scale" "$tool"; done
+        for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+            make_room_for_round "$scale"
+            # Each round starts with the next tool: none is always first after the load.
+            for tool in $(rotate "$((ROUND - 1))" $TOOLS); do run_tool "$scale" "$tool"; done
+        done
     done
     quiesce_archiving
     pg_stop "$DATA"

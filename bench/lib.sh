@@ -355,9 +355,9 @@ measure() { # scale tool step stored_bytes_fn output_dir cmd...
     # is otherwise missed.
     [ "$peak" -ge "$maxrss" ] || peak=$maxrss
     if [ -n "$stored_fn" ]; then read -r stored walb < <("$stored_fn"); fi
-    printf '%s\t%s\t%s\tok\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scale" "$tool" "$step" \
+    printf '%s\t%s\t%s\tok\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scale" "$tool" "$step" \
         "$((t2 - t0))" "$((t2 - t1))" "$maxrss" "$peak" "$user" "$sys" "$((j1 - j0))" \
-        "${stored:-}" "${walb:-}" "$load" "$busy" >>"$RESULTS"
+        "${stored:-}" "${walb:-}" "$load" "$busy" "${ROUND:-1}" >>"$RESULTS"
     log "  [$tool] $step: $(awk -v a="$((t2 - t0))" -v b="$((t2 - t1))" 'BEGIN {printf "%.2f s (sync %.2f s)", a / 1e6, b / 1e6}')," \
         "largest process $((maxrss / 1024)) MiB, tree $((peak / 1024)) MiB, CPU ${user}+${sys} s"
 }
