@@ -474,6 +474,7 @@ impl Run<'_> {
             parallel: self.opts.parallel.max(1),
             archive_off: true,
             restore_command: self.opts.restore_command.clone(),
+            direct_io: true,
         };
         let began = Instant::now();
         let repo = self.repo;

@@ -336,6 +336,9 @@ pub async fn restore(resolved: &Resolved, args: &RestoreArgs) -> Result<Exit, Fa
             .max(1),
         restore_command: restore_command(resolved)?,
         archive_off: args.archive_mode == "off",
+        // Off only to compare with the page cache, or for a filesystem that takes O_DIRECT but
+        // handles it badly (README, "Configuration").
+        direct_io: std::env::var_os("LIFEBOAT_RESTORE_DIRECT_IO").is_none_or(|v| v != "off"),
     };
     let progress = bar(0);
     let events = {

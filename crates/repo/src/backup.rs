@@ -244,21 +244,32 @@ impl Repository {
         .map_err(|e| RepoError::Invalid(format!("decoding a chunk failed: {e}")))?
     }
 
-    /// Verify and decode a chunk fetched with `store().get(id.key())` into `out` (see
-    /// [`get_chunk`](Self::get_chunk)); for callers that reuse one buffer per thread.
-    pub fn decode_chunk_into(&self, id: &ChunkId, raw: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    /// Verify and decode a chunk fetched with `store().get(id.key())` (see
+    /// [`get_chunk`](Self::get_chunk)) into `buf`, reused from chunk to chunk, at an address
+    /// aligned to `align` (see [`Codec::decode_aligned`](crate::Codec::decode_aligned)); the
+    /// content.
+    pub fn decode_chunk_aligned<'b>(
+        &self,
+        id: &ChunkId,
+        raw: &[u8],
+        buf: &'b mut Vec<u8>,
+        align: usize,
+    ) -> Result<&'b [u8]> {
         let corrupt = |reason: String| RepoError::Corrupt {
             key: id.key(),
             reason,
         };
-        let header = self.codec().decode_into(raw, out).map_err(corrupt)?;
+        let (header, range) = self
+            .codec()
+            .decode_aligned(raw, buf, align)
+            .map_err(corrupt)?;
         if header.hash != id.0 {
             return Err(corrupt(format!(
                 "holds content {} under another name",
                 header.hash
             )));
         }
-        Ok(())
+        Ok(&buf[range])
     }
 
     /// Store a finished backup's manifest: the moment the backup starts to exist.

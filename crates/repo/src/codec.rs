@@ -330,10 +330,41 @@ impl Codec {
     /// [`decode`](Self::decode) into `out` (cleared first), so a caller decoding many objects can
     /// reuse one buffer instead of faulting in a fresh one each time.
     pub fn decode_into(&self, object: &[u8], out: &mut Vec<u8>) -> Result<ObjectHeader, String> {
+        let (header, compressed) = self.open(object)?;
+        decompress_into(&compressed, header.compression, header.plain_len, out)?;
+        self.check_plain(&header, out)?;
+        Ok(header)
+    }
+
+    /// [`decode`](Self::decode) into the start of `buf`, grown to the recorded length plus
+    /// `align` when shorter, at the first address of it that is a multiple of `align` (for
+    /// `O_DIRECT` writes straight from it); the range of `buf` that holds the content.
+    pub fn decode_aligned(
+        &self,
+        object: &[u8],
+        buf: &mut Vec<u8>,
+        align: usize,
+    ) -> Result<(ObjectHeader, std::ops::Range<usize>), String> {
+        let (header, compressed) = self.open(object)?;
+        let len = checked_len(header.plain_len)?;
+        if buf.len() < len + align {
+            buf.resize(len + align, 0);
+        }
+        let start = buf.as_ptr().align_offset(align.max(1));
+        let out = buf
+            .get_mut(start..start + len)
+            .ok_or_else(|| format!("cannot align a buffer to {align} bytes"))?;
+        let n = decompress_to_slice(&compressed, header.compression, out)?;
+        let plain = &out[..n];
+        self.check_plain(&header, plain)?;
+        Ok((header, start..start + n))
+    }
+
+    /// The header, and the payload decrypted and authenticated when the repository is encrypted.
+    fn open<'o>(&self, object: &'o [u8]) -> Result<(ObjectHeader, Cow<'o, [u8]>), String> {
         let header = ObjectHeader::parse(object)?;
         let payload = &object[HEADER_LEN..];
-        let opened;
-        let compressed: &[u8] = match (&self.keys, header.encrypted) {
+        let compressed = match (&self.keys, header.encrypted) {
             (Some(k), true) => {
                 if header.key_id != k.key_id {
                     return Err(format!(
@@ -341,34 +372,38 @@ impl Codec {
                         header.key_id, k.key_id
                     ));
                 }
-                opened =
+                Cow::Owned(
                     crypto::open(&k.encryption, payload, &object[..HEADER_LEN]).map_err(|_| {
                         "authentication failed: the object was altered or damaged".to_string()
-                    })?;
-                &opened
+                    })?,
+                )
             }
-            (None, false) => payload,
+            (None, false) => Cow::Borrowed(payload),
             (Some(_), false) => {
                 return Err("object is not encrypted in an encrypted repository".into());
             }
             (None, true) => return Err("object is encrypted in an unencrypted repository".into()),
         };
-        decompress_into(compressed, header.compression, header.plain_len, out)?;
-        if out.len() as u64 != header.plain_len {
+        Ok((header, compressed))
+    }
+
+    /// The decoded content has the recorded length and hash.
+    fn check_plain(&self, header: &ObjectHeader, plain: &[u8]) -> Result<(), String> {
+        if plain.len() as u64 != header.plain_len {
             return Err(format!(
                 "length {} differs from the recorded {}",
-                out.len(),
+                plain.len(),
                 header.plain_len
             ));
         }
-        let actual = self.hash(out);
+        let actual = self.hash(plain);
         if actual != header.hash {
             return Err(format!(
                 "content hash {actual} differs from the recorded {}",
                 header.hash
             ));
         }
-        Ok(header)
+        Ok(())
     }
 }
 
@@ -419,11 +454,7 @@ fn decompress_into(
     plain_len: u64,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
-    // The recorded length bounds the allocation; a corrupt header cannot ask for more than 4 GiB.
-    let cap = usize::try_from(plain_len)
-        .ok()
-        .filter(|&n| n <= 4 << 30)
-        .ok_or_else(|| format!("recorded length {plain_len} is implausible"))?;
+    let cap = checked_len(plain_len)?;
     out.clear();
     match algorithm {
         Compression::None => out.extend_from_slice(data),
@@ -450,6 +481,45 @@ fn decompress_into(
         }
     }
     Ok(())
+}
+
+/// The recorded length bounds the allocation; a corrupt header cannot ask for more than 4 GiB.
+fn checked_len(plain_len: u64) -> Result<usize, String> {
+    usize::try_from(plain_len)
+        .ok()
+        .filter(|&n| n <= 4 << 30)
+        .ok_or_else(|| format!("recorded length {plain_len} is implausible"))
+}
+
+/// Decompress into `out`, as long as the recorded length; the bytes written.
+fn decompress_to_slice(
+    data: &[u8],
+    algorithm: Compression,
+    out: &mut [u8],
+) -> Result<usize, String> {
+    match algorithm {
+        Compression::None => {
+            let dest = out
+                .get_mut(..data.len())
+                .ok_or_else(|| format!("{} bytes stored for fewer recorded", data.len()))?;
+            dest.copy_from_slice(data);
+            Ok(data.len())
+        }
+        Compression::Zstd => ZSTD_DECOMPRESSOR.with_borrow_mut(|slot| {
+            if slot.is_none() {
+                *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
+            }
+            match slot {
+                Some(d) => d
+                    .decompress_to_buffer(data, out)
+                    .map_err(|e| format!("zstd: {e}")),
+                None => Err("zstd: no decompressor".to_string()),
+            }
+        }),
+        Compression::Lz4 => {
+            lz4_flex::block::decompress_into(data, out).map_err(|e| format!("lz4: {e}"))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -485,6 +555,29 @@ mod tests {
             assert_eq!(back, plain);
             assert_eq!(header.hash, hash);
             assert_eq!(header.encrypted, codec.is_encrypted());
+            // Into a reused buffer at an aligned address: a larger buffer, then a smaller one.
+            let mut buf = vec![7u8; 3];
+            for align in [4096, 1] {
+                let (h, range) = codec.decode_aligned(&obj, &mut buf, align).unwrap();
+                assert_eq!(h.hash, hash);
+                assert_eq!(
+                    buf.as_ptr().wrapping_add(range.start).align_offset(align),
+                    0
+                );
+                assert_eq!(&buf[range], &plain[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn aligned_decoding_detects_damage_too() {
+        let plain = sample();
+        for codec in codecs() {
+            let (_, mut obj) = codec.encode(&plain).unwrap();
+            let last = obj.len() - 1;
+            obj[last] ^= 1;
+            let mut buf = Vec::new();
+            assert!(codec.decode_aligned(&obj, &mut buf, 4096).is_err());
         }
     }
 

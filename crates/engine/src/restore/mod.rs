@@ -3,12 +3,13 @@
 //! fetch each needed chunk once, verify, write every place it goes → fsync → `backup_label`,
 //! `tablespace_map`, recovery settings and the signal file last.
 
+mod direct;
 pub mod plan;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -44,6 +45,8 @@ pub struct RestoreOptions {
     pub archive_off: bool,
     /// The `restore_command` written into the restored cluster's settings.
     pub restore_command: String,
+    /// Write file data with `O_DIRECT` where the filesystem takes it (see `direct`).
+    pub direct_io: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -198,12 +201,16 @@ pub async fn restore(
         synced: (0..targets.len()).map(|_| AtomicBool::new(false)).collect(),
         pieces_left: pieces_left.into_iter().map(AtomicUsize::new).collect(),
     });
-    let in_flight = opts.parallel.max(1) * 2;
+    // Direct writes wait for the disk in the writing thread: more chunks in flight keep the
+    // cores busy meanwhile.
+    let in_flight = opts.parallel.max(1) * 4;
+    let writer = Arc::new(direct::PieceWriter::new(opts.direct_io));
     let mut writes = futures::stream::iter(placements)
         .map(|(chunk, places)| {
             let repo = repo.clone();
             let targets = targets.clone();
             let progress = progress.clone();
+            let writer = writer.clone();
             async move {
                 let raw = repo
                     .store()
@@ -211,9 +218,9 @@ pub async fn restore(
                     .await
                     .map_err(lifeboat_repo::RepoError::from)?;
                 tokio::task::spawn_blocking(move || {
-                    PLAIN_BUFFER.with_borrow_mut(|plain| {
-                        repo.decode_chunk_into(&chunk, &raw, plain)?;
-                        write_chunk(plain, &places[..], &targets, &progress)
+                    PLAIN_BUFFER.with_borrow_mut(|buf| {
+                        let plain = repo.decode_chunk_aligned(&chunk, &raw, buf, direct::ALIGN)?;
+                        write_chunk(plain, &places[..], &targets, &progress, &writer)
                     })
                 })
                 .await
@@ -634,6 +641,7 @@ fn write_chunk(
     places: &[Placement],
     targets: &[Target],
     progress: &FileProgress,
+    writer: &direct::PieceWriter,
 ) -> Result<u64> {
     let mut written = 0;
     for p in places {
@@ -647,14 +655,10 @@ fn write_chunk(
                 t.entry.path
             ))
         })?;
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&t.dest)
-            .map_err(io(format!("cannot open {}", t.dest.display())))?;
-        file.write_all_at(data, p.file_offset)
+        let (file, _direct) = writer
+            .write(&t.dest, data, p.file_offset)
             .map_err(io(format!("cannot write {}", t.dest.display())))?;
         written += p.len;
-        start_writeback(&file, p.file_offset, p.len);
         if progress.pieces_left[p.file].fetch_sub(1, Ordering::AcqRel) == 1 {
             file.sync_all()
                 .map_err(io(format!("cannot fsync {}", t.dest.display())))?;
@@ -662,18 +666,6 @@ fn write_chunk(
         }
     }
     Ok(written)
-}
-
-/// Ask the kernel to start writing this range to disk now. Without it a large file's pages stay
-/// dirty until its fsync at the end, and the disk idles while we decompress. (DONTNEED on dirty
-/// pages starts asynchronous writeback; it never discards data.)
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // Only a hint: a failure changes timing, never the result.
-    let _ = posix_fadvise(file, offset, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
 }
 
 /// fsync every file and directory written, so that the restore is durable before it reports.
