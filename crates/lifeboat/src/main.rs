@@ -54,10 +54,19 @@ fn main() -> ExitCode {
     };
     init_logging(&cli);
     let in_recovery = matches!(cli.command, cli::Command::WalFetch(_));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // PostgreSQL starts a process per WAL file; most wal-push calls find their file pushed ahead
+    // and return at once. Their heavy work runs on blocking threads anyway, so they do without a
+    // worker thread per core, started and joined for nothing.
+    let per_wal_file = matches!(
+        cli.command,
+        cli::Command::WalPush(_) | cli::Command::WalFetch(_)
+    );
+    let mut builder = if per_wal_file {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             return report(
