@@ -459,20 +459,9 @@ fn decompress_into(
     match algorithm {
         Compression::None => out.extend_from_slice(data),
         Compression::Zstd => {
+            // Into the spare capacity: no zero-fill of a buffer zstd overwrites anyway.
             out.reserve(cap);
-            ZSTD_DECOMPRESSOR.with_borrow_mut(|slot| {
-                if slot.is_none() {
-                    *slot =
-                        Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
-                }
-                match slot {
-                    Some(d) => d
-                        .decompress_to_buffer(data, out)
-                        .map(|_| ())
-                        .map_err(|e| format!("zstd: {e}")),
-                    None => Err("zstd: no decompressor".to_string()),
-                }
-            })?;
+            with_zstd_decompressor(|d| d.decompress_to_buffer(data, out))?;
         }
         Compression::Lz4 => {
             out.resize(cap, 0);
@@ -481,6 +470,21 @@ fn decompress_into(
         }
     }
     Ok(())
+}
+
+/// Run `f` with the thread's zstd decompressor, made on first use.
+fn with_zstd_decompressor<R>(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<R>,
+) -> Result<R, String> {
+    ZSTD_DECOMPRESSOR.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
+        }
+        match slot {
+            Some(d) => f(d).map_err(|e| format!("zstd: {e}")),
+            None => Err("zstd: no decompressor".to_string()),
+        }
+    })
 }
 
 /// The recorded length bounds the allocation; a corrupt header cannot ask for more than 4 GiB.
@@ -505,17 +509,7 @@ fn decompress_to_slice(
             dest.copy_from_slice(data);
             Ok(data.len())
         }
-        Compression::Zstd => ZSTD_DECOMPRESSOR.with_borrow_mut(|slot| {
-            if slot.is_none() {
-                *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
-            }
-            match slot {
-                Some(d) => d
-                    .decompress_to_buffer(data, out)
-                    .map_err(|e| format!("zstd: {e}")),
-                None => Err("zstd: no decompressor".to_string()),
-            }
-        }),
+        Compression::Zstd => with_zstd_decompressor(|d| d.decompress_to_buffer(data, out)),
         Compression::Lz4 => {
             lz4_flex::block::decompress_into(data, out).map_err(|e| format!("lz4: {e}"))
         }
