@@ -241,7 +241,7 @@ fn put_blocking(
             format!("key {key} has no parent directory"),
         )
     })?;
-    let known = known_dirs.lock().is_ok_and(|dirs| dirs.contains(dir));
+    let mut known = known_dirs.lock().is_ok_and(|dirs| dirs.contains(dir));
     if !known {
         create_dirs(root, dir)?;
     }
@@ -258,6 +258,7 @@ fn put_blocking(
             dirs.remove(dir);
         }
         create_dirs(root, dir)?;
+        known = false; // made again: remembered again below once the write succeeds
         written = write_temp(&tmp, data);
     }
     if let Err(e) = written {
