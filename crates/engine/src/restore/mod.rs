@@ -1299,4 +1299,24 @@ mod tests {
         assert!(!target.join("stray").exists());
         assert_eq!(fs::read_to_string(outside.join("f")).unwrap(), "hello");
     }
+
+    #[test]
+    fn a_chunk_that_vanishes_is_corruption_not_not_found() {
+        let id = ChunkId(lifeboat_repo::ContentHash([3; 32]));
+        let gone = vanished(
+            lifeboat_storage::StorageError::not_found(&id.key()),
+            &id,
+            "L",
+        );
+        assert!(
+            matches!(&gone, EngineError::Corrupt { message, .. } if message.contains(&id.to_string()) && message.contains("L")),
+            "{gone:?}"
+        );
+        let other = vanished(
+            lifeboat_storage::StorageError::new(lifeboat_storage::ErrorKind::Transient, "slow"),
+            &id,
+            "L",
+        );
+        assert!(matches!(other, EngineError::Repo(_)), "{other:?}");
+    }
 }
