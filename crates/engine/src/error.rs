@@ -11,6 +11,11 @@ pub enum EngineError {
     #[error(transparent)]
     Repo(#[from] RepoError),
 
+    /// The repository lacks an object it must hold, or holds it damaged (a chunk a backup needs
+    /// is gone): the message names the object and what depends on it.
+    #[error("{message}")]
+    Corrupt { message: String, hint: String },
+
     /// A local file could not be read or written.
     #[error("{what}: {source}")]
     LocalIo {
@@ -45,7 +50,9 @@ impl EngineError {
 
     pub fn hint(&self) -> Option<String> {
         match self {
-            Self::InvalidInput { hint, .. } | Self::Postgres { hint, .. } => Some(hint.clone()),
+            Self::InvalidInput { hint, .. }
+            | Self::Postgres { hint, .. }
+            | Self::Corrupt { hint, .. } => Some(hint.clone()),
             Self::Repo(e) => e.hint(),
             Self::LocalIo { source, .. } => Some(match source.kind() {
                 std::io::ErrorKind::PermissionDenied => {

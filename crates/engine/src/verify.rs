@@ -301,7 +301,18 @@ pub async fn verify(
             Err(e) => return Err(e.into()),
         };
         counters.backups_checked += 1;
-        match backup_info(&manifest, seg_size) {
+        // The rules restore enforces (paths inside the target, no link where restore writes):
+        // a manifest that breaks them cannot be restored, so it is damaged.
+        let problems = manifest.check_rules();
+        let info = if problems.is_empty() {
+            backup_info(&manifest, seg_size)
+        } else {
+            Err(format!(
+                "it breaks the rules that keep a restore inside its target: {}",
+                problems.join("; ")
+            ))
+        };
+        match info {
             Ok(info) => {
                 let before = referenced.len();
                 let mut own: HashSet<ChunkId> = HashSet::new();

@@ -350,6 +350,12 @@ pub async fn restore(resolved: &Resolved, args: &RestoreArgs) -> Result<Exit, Fa
             }
             RestoreEvent::Written { bytes } => progress.inc(bytes),
             RestoreEvent::Syncing => progress.set_message("syncing"),
+            RestoreEvent::Tablespace { oid, name, dir } => progress.suspend(|| {
+                eprintln!(
+                    "tablespace {oid} ({name}) is restored into {}",
+                    dir.display()
+                );
+            }),
         })
     };
     let result = lifeboat_engine::restore::restore(&repo, &opts, events).await;
@@ -381,6 +387,20 @@ pub async fn restore(resolved: &Resolved, args: &RestoreArgs) -> Result<Exit, Fa
                 );
                 for (oid, dir) in &plan.tablespaces {
                     outln!("tablespace {oid} -> {}", dir.display());
+                }
+                outln!(
+                    "{} to remove, {} to write, {} unchanged",
+                    plan.files_to_remove,
+                    plan.files_to_rewrite,
+                    plan.files.saturating_sub(plan.files_to_rewrite)
+                );
+                if args.verbose {
+                    for path in plan.remove.iter().flatten() {
+                        outln!("remove {}", path.display());
+                    }
+                    for path in plan.rewrite.iter().flatten() {
+                        outln!("write {}", path.display());
+                    }
                 }
             }
             return Ok(Exit::Success);

@@ -300,9 +300,13 @@ pub struct RestoreArgs {
     /// Restore a tablespace elsewhere: OID=DIR or NAME=DIR (repeatable). Default: its original location.
     #[arg(long, value_name = "OID=DIR")]
     pub tablespace_map: Vec<String>,
-    /// Print the plan (backup, WAL range, bytes) and write nothing.
+    /// Print the plan (backup, WAL range, bytes; with --delta what would be removed and
+    /// rewritten) and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// With --dry-run: list every path that would be removed or rewritten, not only the counts.
+    #[arg(long, short)]
+    pub verbose: bool,
     /// `off` writes archive_mode = off into the restored cluster, so that a copy beside the
     /// original (a test, an investigation) does not archive a new timeline into the repository.
     /// `preserve` keeps the backed-up setting: right when the restored cluster replaces the lost one.

@@ -92,6 +92,7 @@ impl From<EngineError> for Failure {
             EngineError::Repo(r) => repo_exit(r),
             EngineError::LocalIo { .. } => Exit::LocalIo,
             EngineError::Postgres { .. } => Exit::Postgres,
+            EngineError::Corrupt { .. } => Exit::Corrupt,
             EngineError::Internal(_) => Exit::Internal,
         };
         Failure {

@@ -191,6 +191,112 @@ pub fn is_safe_relative_path(path: &str) -> bool {
             .all(|part| !part.is_empty() && part != "." && part != "..")
 }
 
+/// Files a restore writes into the data directory itself, after the backup's files: a manifest
+/// may not hold a link at any of these names (restore would write through it).
+pub const RESTORE_WRITES: [&str; 5] = [
+    "backup_label",
+    "tablespace_map",
+    "postgresql.auto.conf",
+    "recovery.signal",
+    "standby.signal",
+];
+
+/// Where a restore puts the configuration files kept outside PGDATA ([`Root::Config`]), inside
+/// the target directory.
+pub const CONFIG_RESTORE_DIR: &str = "restored_config";
+
+impl Manifest {
+    /// Where an entry lands, relative to the restore's target directory (tablespace contents
+    /// stay under `pg_tblspc/<oid>/`).
+    fn restored_path(root: Root, path: &str) -> String {
+        match root {
+            Root::Pgdata => path.to_string(),
+            Root::Config => format!("{CONFIG_RESTORE_DIR}/{path}"),
+        }
+    }
+
+    /// The rules a manifest must keep so that restoring it writes only inside its target: every
+    /// path relative without `..`; no path twice; nothing under a link (except `pg_wal`, which
+    /// is restored as a directory); no link at a name restore writes itself ([`RESTORE_WRITES`]),
+    /// at `pg_tblspc` or under it, or at [`CONFIG_RESTORE_DIR`]; a file under `pg_tblspc/<oid>/`
+    /// names a tablespace of the backup. Returns the
+    /// problems found (empty: the manifest keeps them). Restore refuses a manifest that breaks
+    /// one; verify reports it. Unencrypted repositories do not authenticate manifests, so these
+    /// rules are all that stands between a rewritten manifest and files outside the target.
+    pub fn check_rules(&self) -> Vec<String> {
+        use std::collections::HashSet;
+        let mut problems = Vec::new();
+        let links: Vec<&str> = self
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Link { path, .. } => Some(path.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut seen: HashSet<String> = HashSet::new();
+        for entry in &self.entries {
+            let path = entry.path();
+            if !is_safe_relative_path(path) {
+                problems.push(format!(
+                    "the path {path:?} would be written outside the target directory"
+                ));
+                continue;
+            }
+            let root = match entry {
+                Entry::Dir { root, .. } => *root,
+                Entry::File(f) => f.root,
+                Entry::Link { .. } => Root::Pgdata,
+            };
+            let restored = Self::restored_path(root, path);
+            if !seen.insert(restored.clone()) {
+                problems.push(format!("the path {path:?} appears twice"));
+            }
+            if let Some(link) = links.iter().find(|l| {
+                **l != "pg_wal" && restored != **l && restored.starts_with(&format!("{l}/"))
+            }) {
+                problems.push(format!(
+                    "the path {path:?} lies under the link {link:?}: it would be written through the link"
+                ));
+            }
+            if let Entry::Link { target, .. } = entry {
+                let top = path.split('/').next().unwrap_or(path);
+                if RESTORE_WRITES.contains(&path) {
+                    problems.push(format!(
+                        "{path:?} is a link (to {target:?}): restore writes this file itself, it cannot be a link"
+                    ));
+                } else if top == "pg_tblspc" || top == CONFIG_RESTORE_DIR {
+                    problems.push(format!(
+                        "{path:?} is a link (to {target:?}): restore makes {top} itself"
+                    ));
+                }
+            }
+            if let Entry::File(f) = entry
+                && f.root == Root::Pgdata
+                && path.starts_with("pg_tblspc/")
+            {
+                let oid = path.split('/').nth(1).and_then(|s| s.parse::<u32>().ok());
+                if !oid.is_some_and(|o| self.tablespaces.iter().any(|t| t.oid == o)) {
+                    problems.push(format!("{path:?} lies under an unknown tablespace"));
+                }
+            }
+        }
+        let mut oids = HashSet::new();
+        for ts in &self.tablespaces {
+            if !oids.insert(ts.oid) {
+                problems.push(format!("tablespace {} appears twice", ts.oid));
+            }
+            if ts.location.contains('\0') {
+                problems.push(format!(
+                    "tablespace {} ({}) has a location with a NUL byte",
+                    ts.oid, ts.name
+                ));
+            }
+        }
+        problems
+    }
+}
+
 /// Outcome of storing one chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkPut {
@@ -441,5 +547,110 @@ mod tests {
         assert!(json.contains(r#""type":"dir""#), "{json}");
         let back: Vec<Entry> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, entries);
+    }
+
+    fn manifest_with(entries: Vec<Entry>) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT.into(),
+            version: MANIFEST_VERSION,
+            label: "L".into(),
+            system_identifier: 1,
+            pg_version_num: 150000,
+            timeline: TimelineId::new(1).unwrap(),
+            start_lsn: Lsn(0),
+            stop_lsn: Lsn(0),
+            start_wal: String::new(),
+            stop_wal: String::new(),
+            start_time: String::new(),
+            stop_time: String::new(),
+            duration_seconds: 0.0,
+            backup_label: String::new(),
+            tablespace_map: None,
+            block_size: 8192,
+            data_checksums: true,
+            size: 0,
+            stored_size: 0,
+            tablespaces: vec![Tablespace {
+                oid: 16384,
+                name: "ts".into(),
+                location: "/ts".into(),
+            }],
+            entries,
+            bad_pages: Vec::new(),
+            bytes_read: 0,
+            files_reused: 0,
+        }
+    }
+
+    fn file(path: &str, root: Root) -> Entry {
+        Entry::File(FileEntry {
+            path: path.into(),
+            root,
+            mode: 0o600,
+            size: 0,
+            mtime: 0,
+            blocks: Vec::new(),
+            packed: None,
+        })
+    }
+
+    fn link(path: &str, target: &str) -> Entry {
+        Entry::Link {
+            path: path.into(),
+            target: target.into(),
+        }
+    }
+
+    #[test]
+    fn manifest_rules() {
+        let good = manifest_with(vec![
+            link("pg_wal", "/wal"),
+            Entry::Dir {
+                path: "pg_wal/archive_status".into(),
+                mode: 0o700,
+                root: Root::Pgdata,
+            },
+            link("postgresql.conf", "/etc/pg.conf"),
+            file("PG_VERSION", Root::Pgdata),
+            file("pg_tblspc/16384/PG_15/1/2", Root::Pgdata),
+            file("etc/postgresql/pg_hba.conf", Root::Config),
+        ]);
+        assert_eq!(good.check_rules(), Vec::<String>::new());
+        for (bad, word) in [
+            (
+                vec![link("postgresql.auto.conf", "/x")],
+                "postgresql.auto.conf",
+            ),
+            (vec![link("recovery.signal", "/x")], "recovery.signal"),
+            (vec![link("standby.signal", "/x")], "standby.signal"),
+            (vec![link("backup_label", "/x")], "backup_label"),
+            (vec![link("tablespace_map", "/x")], "tablespace_map"),
+            (vec![link("pg_tblspc/16384", "/x")], "pg_tblspc"),
+            (vec![link("restored_config", "/x")], "restored_config"),
+            (
+                vec![link("evil", "/x"), file("evil/f", Root::Pgdata)],
+                "evil/f",
+            ),
+            (
+                vec![link("hop", "/x"), link("hop/inner", "/y")],
+                "hop/inner",
+            ),
+            (
+                vec![file("a", Root::Pgdata), file("a", Root::Pgdata)],
+                "twice",
+            ),
+            (vec![file("../a", Root::Pgdata)], "../a"),
+            (vec![file("/etc/passwd", Root::Config)], "/etc/passwd"),
+            (
+                vec![file("pg_tblspc/9/x", Root::Pgdata)],
+                "unknown tablespace",
+            ),
+        ] {
+            let problems = manifest_with(bad.clone()).check_rules();
+            assert!(
+                problems.iter().any(|p| p.contains(word)),
+                "{bad:?}: {problems:?}"
+            );
+        }
     }
 }

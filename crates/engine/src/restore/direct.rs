@@ -38,7 +38,7 @@ impl PieceWriter {
         }
     }
 
-    /// Write `data` at `offset` of the existing file `path`; the file it was written through (to
+    /// Write `data` at `offset` of the existing file `path` (never through a symbolic link); the file it was written through (to
     /// fsync) and whether the write went around the page cache.
     pub(super) fn write(&self, path: &Path, data: &[u8], offset: u64) -> io::Result<(File, bool)> {
         if self.direct.load(Ordering::Relaxed) && is_aligned(data.len(), offset) {
@@ -53,7 +53,10 @@ impl PieceWriter {
                 Err(e) => return Err(e),
             }
         }
-        let file = OpenOptions::new().write(true).open(path)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)?;
         file.write_all_at(data, offset)?;
         start_writeback(&file, offset, data.len() as u64);
         Ok((file, false))
@@ -67,7 +70,7 @@ fn is_aligned(len: usize, offset: u64) -> bool {
 fn write_direct(path: &Path, data: &[u8], offset: u64) -> io::Result<File> {
     let file = OpenOptions::new()
         .write(true)
-        .custom_flags(OFlag::O_DIRECT.bits())
+        .custom_flags((OFlag::O_DIRECT | OFlag::O_NOFOLLOW).bits())
         .open(path)?;
     if data.as_ptr().align_offset(ALIGN) == 0 {
         file.write_all_at(data, offset)?;

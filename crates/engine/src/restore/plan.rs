@@ -9,7 +9,7 @@ use lifeboat_pg::lsn::Lsn;
 use lifeboat_pg::recovery::RecoveryTarget;
 use lifeboat_pg::walname::{WalFileName, WalSegmentName};
 use lifeboat_repo::Repository;
-use lifeboat_repo::backup::{Entry, Manifest, Root, is_safe_relative_path};
+use lifeboat_repo::backup::{CONFIG_RESTORE_DIR, Manifest};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -17,7 +17,7 @@ use crate::walcheck::{missing_segments, name_list};
 use crate::{EngineError, Result};
 
 /// Where the configuration files kept outside PGDATA are restored, inside the target directory.
-pub const CONFIG_DIR: &str = "restored_config";
+pub const CONFIG_DIR: &str = CONFIG_RESTORE_DIR;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -35,6 +35,15 @@ pub struct Plan {
     /// Tablespace OID → directory it is restored into.
     pub tablespaces: BTreeMap<u32, PathBuf>,
     pub warnings: Vec<String>,
+    /// Files and directories the restore removes (with `--delta`: what the backup does not hold).
+    pub files_to_remove: u64,
+    /// Files the restore writes (with `--delta`: those that differ from the backup).
+    pub files_to_rewrite: u64,
+    /// With `--delta`, the paths behind the two counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remove: Option<Vec<PathBuf>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Vec<PathBuf>>,
 }
 
 fn refuse(message: String, hint: &str) -> EngineError {
@@ -214,54 +223,79 @@ pub fn tablespace_dirs(
     Ok(out)
 }
 
-/// Every manifest path must stay inside what it is restored into, and nothing may be written
-/// through a link the manifest itself creates.
-pub fn check_paths(manifest: &Manifest) -> Result<()> {
-    let links: Vec<&str> = manifest
-        .entries
-        .iter()
-        .filter_map(|e| match e {
-            Entry::Link { path, .. } => Some(path.as_str()),
-            _ => None,
-        })
-        .collect();
-    for entry in &manifest.entries {
-        let path = entry.path();
-        let bad = !is_safe_relative_path(path)
-            || links.iter().any(|l| {
-                path != *l && path.starts_with(&format!("{l}/")) && !is_wal_dir_child(l, path)
-            });
-        if bad {
-            return Err(refuse(
-                format!(
-                    "backup {} holds the path {path:?}, which would be written outside the target directory",
-                    manifest.label
-                ),
-                "the manifest is damaged or was tampered with: restore another backup and run `lifeboat verify`",
-            ));
-        }
-        if let Entry::File(f) = entry
-            && f.root == Root::Pgdata
-            && path.starts_with("pg_tblspc/")
-        {
-            let oid = path.split('/').nth(1).and_then(|s| s.parse::<u32>().ok());
-            if !oid.is_some_and(|o| manifest.tablespaces.iter().any(|t| t.oid == o)) {
-                return Err(refuse(
-                    format!(
-                        "backup {} holds {path:?} under an unknown tablespace",
-                        manifest.label
-                    ),
-                    "the manifest is damaged: restore another backup and run `lifeboat verify`",
-                ));
-            }
-        }
+/// The manifest must keep [`Manifest::check_rules`] (every path inside the target, no link at a
+/// name restore writes, nothing under a link), or nothing is written.
+pub fn check_manifest(manifest: &Manifest) -> Result<()> {
+    let problems = manifest.check_rules();
+    if problems.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    Err(refuse(
+        format!(
+            "backup {} cannot be restored safely: its manifest breaks the rules that keep a restore inside its target: {}",
+            manifest.label,
+            problems.join("; ")
+        ),
+        "the manifest is damaged or was tampered with: restore another backup and run `lifeboat verify`",
+    ))
 }
 
-/// `pg_wal` is restored as a directory even when it was a link, so its children are fine.
-fn is_wal_dir_child(link: &str, _path: &str) -> bool {
-    link == "pg_wal"
+/// `--delta` removes whatever the backup does not hold: it may only update a PostgreSQL data
+/// directory (`PG_VERSION`) of the repository's cluster (the system identifier in
+/// `global/pg_control`, where it can be read). A missing or empty directory is a plain restore.
+pub fn check_delta_target(dir: &Path, system_identifier: u64) -> Result<()> {
+    match fs::read_dir(dir) {
+        Ok(mut listing) => {
+            if listing.next().is_none() {
+                return Ok(());
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(EngineError::io(
+                format!("cannot read the target directory {}", dir.display()),
+                e,
+            ));
+        }
+    }
+    let hint = "--delta updates a data directory of the repository's cluster in place (a previous restore of it) and removes what the backup does not hold; restore into an empty or missing directory instead";
+    if !fs::symlink_metadata(dir.join("PG_VERSION")).is_ok_and(|m| m.is_file()) {
+        return Err(refuse(
+            format!(
+                "{} is not a PostgreSQL data directory (it has no PG_VERSION): --delta would remove everything in it that the backup does not hold",
+                dir.display()
+            ),
+            hint,
+        ));
+    }
+    let control = dir.join("global").join("pg_control");
+    match fs::read(&control) {
+        Ok(bytes) => match lifeboat_pg::control::parse_control_file(&bytes) {
+            Ok(c) if c.system_identifier != system_identifier => {
+                return Err(refuse(
+                    format!(
+                        "{} is the data directory of another cluster (system identifier {}; the repository's is {}): --delta would replace it",
+                        dir.display(),
+                        c.system_identifier,
+                        system_identifier
+                    ),
+                    hint,
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                "{} cannot be read ({e}); --delta goes on, since {} holds PG_VERSION",
+                control.display(),
+                dir.display()
+            ),
+        },
+        Err(e) => tracing::warn!(
+            "{} cannot be read ({e}); --delta goes on, since {} holds PG_VERSION",
+            control.display(),
+            dir.display()
+        ),
+    }
+    Ok(())
 }
 
 /// Refuse a target that holds anything (unless delta) or where a server runs.
