@@ -186,9 +186,10 @@ pub struct DrillArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address of the dashboard, metrics and API [config: serve.listen; default 127.0.0.1:7433].
+    /// Address of the dashboard, metrics and API: IP:PORT or HOST:PORT [config: serve.listen;
+    /// default 127.0.0.1:7433]. Any address that is not loopback needs [serve] token_file.
     #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Option<std::net::SocketAddr>,
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Args)]
