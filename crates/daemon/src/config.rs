@@ -24,30 +24,29 @@ pub struct DaemonConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServeConfig {
-    /// Address of the dashboard, metrics and API. Default 127.0.0.1:7433.
-    pub listen: SocketAddr,
+    /// Address of the dashboard, metrics and API: `IP:PORT` or `HOST:PORT` (a host name is
+    /// resolved when the daemon starts; see [`resolve_listen`]). Default 127.0.0.1:7433.
+    pub listen: String,
     /// File whose first line is the token clients must send (`Authorization: Bearer TOKEN`, or
     /// `?token=TOKEN` for the dashboard). Required when `listen` is not a loopback address.
     pub token_file: Option<PathBuf>,
-    /// How often health is checked and the status refreshed. Default 30s.
-    #[serde(deserialize_with = "duration")]
+    /// How often health is checked and the status refreshed. Default 30s; 1s to 1d.
+    #[serde(deserialize_with = "check_interval")]
     pub check_interval: Duration,
-    /// How often the repository's total size is measured (a full listing). Default 1h.
-    #[serde(deserialize_with = "duration")]
+    /// How often the repository's total size is measured (a full listing). Default 1h; 1s to 30d.
+    #[serde(deserialize_with = "size_interval")]
     pub size_interval: Duration,
     /// On SIGTERM, how long a running job may take to finish before it is stopped (safely
     /// abandoned: an unfinished backup never counts). Default 60s; keep it below systemd's
-    /// TimeoutStopSec.
-    #[serde(deserialize_with = "duration")]
+    /// TimeoutStopSec. At most 1d.
+    #[serde(deserialize_with = "shutdown_grace")]
     pub shutdown_grace: Duration,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
         Self {
-            listen: DEFAULT_LISTEN
-                .parse()
-                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7433))),
+            listen: DEFAULT_LISTEN.to_string(),
             token_file: None,
             check_interval: Duration::from_secs(30),
             size_interval: Duration::from_secs(3600),
@@ -86,7 +85,8 @@ pub struct HealthConfig {
     pub max_wal_lag: Duration,
     /// Segments waiting to be archived (`.ready` in pg_wal/archive_status). Default 100.
     pub max_ready_segments: u64,
-    /// Free space on the volumes of pg_wal and the data directory, in percent. Default 10.
+    /// Free space on the volumes of pg_wal and the data directory, in percent. Default 10; 0 to 100.
+    #[serde(deserialize_with = "min_free_percent")]
     pub min_free_percent: f64,
     /// The newest drill must have passed, and be at most this old (unset: only "passed").
     #[serde(deserialize_with = "optional_duration")]
@@ -165,9 +165,82 @@ pub struct EmailConfig {
     pub password_file: Option<PathBuf>,
 }
 
+/// The addresses `[serve] listen` (or `--listen`) names: `IP:PORT`, `[IPv6]:PORT`, or
+/// `HOST:PORT` with a host name looked up here (`localhost:7433`). Every address it resolves to
+/// is returned, in the resolver's order: the daemon binds the first that works, and judges
+/// whether the listener is open to other hosts on all of them.
+pub async fn resolve_listen(text: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let form = "write it as IP:PORT or HOST:PORT, e.g. \"127.0.0.1:7433\" or \"localhost:7433\"";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("[serve] listen = {text:?} has no port: {form}"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!(
+            "[serve] listen = {text:?} is not an address: {form}"
+        ));
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(text)
+        .await
+        .map_err(|e| format!("[serve] listen = {text:?}: cannot resolve {host:?}: {e}; {form}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!(
+            "[serve] listen = {text:?}: {host:?} resolves to no address; {form}"
+        ));
+    }
+    Ok(addrs)
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
         .map_err(|e| format!("{text:?} is not a duration like \"90s\", \"5m\" or \"26h\": {e}"))
+}
+
+/// A duration key with its accepted range: outside it, the message names the key and the range
+/// (a zero check interval would spin the health loop).
+fn bounded<'de, D: Deserializer<'de>>(
+    d: D,
+    key: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, D::Error> {
+    let value = duration(d)?;
+    if value < min || value > max {
+        return Err(serde::de::Error::custom(format!(
+            "{key} = {:?} is out of range: accepted {} to {}",
+            humantime::format_duration(value).to_string(),
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        )));
+    }
+    Ok(value)
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn check_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    bounded(d, "serve.check_interval", Duration::from_secs(1), DAY)
+}
+
+fn size_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    bounded(d, "serve.size_interval", Duration::from_secs(1), 30 * DAY)
+}
+
+fn shutdown_grace<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    bounded(d, "serve.shutdown_grace", Duration::ZERO, DAY)
+}
+
+fn min_free_percent<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(d)?;
+    if !(0.0..=100.0).contains(&value) {
+        return Err(serde::de::Error::custom(format!(
+            "health.min_free_percent = {value} is out of range: accepted 0 to 100"
+        )));
+    }
+    Ok(value)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -182,6 +255,7 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -193,6 +267,38 @@ mod tests {
         health: HealthConfig,
         #[serde(default)]
         alerts: AlertsConfig,
+    }
+
+    #[tokio::test]
+    async fn listen_takes_addresses_and_host_names() {
+        assert_eq!(
+            resolve_listen("127.0.0.1:7433").await.unwrap(),
+            vec![SocketAddr::from(([127, 0, 0, 1], 7433))]
+        );
+        assert_eq!(
+            resolve_listen("[::1]:80").await.unwrap(),
+            vec!["[::1]:80".parse::<SocketAddr>().unwrap()]
+        );
+        let local = resolve_listen("localhost:7433").await.unwrap();
+        assert!(!local.is_empty());
+        assert!(
+            local
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 7433),
+            "{local:?}"
+        );
+        for bad in [
+            "localhost",
+            ":7433",
+            "localhost:http",
+            "localhost:99999",
+            "",
+        ] {
+            let e = resolve_listen(bad).await.unwrap_err();
+            assert!(e.contains("[serve] listen"), "{bad}: {e}");
+        }
+        let f: File = toml::from_str("[serve]\nlisten = \"localhost:7433\"\n").unwrap();
+        assert_eq!(f.serve.listen, "localhost:7433");
     }
 
     #[test]
@@ -207,5 +313,33 @@ mod tests {
         assert_eq!(f.health.max_backup_age, Duration::from_secs(26 * 3600));
         assert_eq!(f.alerts.webhook.len(), 1);
         assert!(toml::from_str::<File>("[health]\nmax_wal_lag = \"soon\"\n").is_err());
+        for (bad, key) in [
+            ("[serve]\ncheck_interval = \"0s\"", "serve.check_interval"),
+            ("[serve]\ncheck_interval = \"400d\"", "serve.check_interval"),
+            ("[serve]\nsize_interval = \"0s\"", "serve.size_interval"),
+            (
+                "[serve]\nshutdown_grace = \"1000y\"",
+                "serve.shutdown_grace",
+            ),
+            (
+                "[health]\nmin_free_percent = -1.0",
+                "health.min_free_percent",
+            ),
+            (
+                "[health]\nmin_free_percent = 101",
+                "health.min_free_percent",
+            ),
+            (
+                "[health]\nmin_free_percent = nan",
+                "health.min_free_percent",
+            ),
+        ] {
+            let e = toml::from_str::<File>(bad).unwrap_err();
+            assert!(
+                e.message().contains(key) && e.message().contains("accepted"),
+                "{bad}: {}",
+                e.message()
+            );
+        }
     }
 }

@@ -67,8 +67,7 @@ async fn require_token(State(token): State<String>, request: Request, next: Next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     // Parsed here rather than extracted, so a malformed query is a 401, not a 400 that skips auth.
     let query = Query::<HashMap<String, String>>::try_from_uri(request.uri()).ok();
     let from_query = query
@@ -93,6 +92,13 @@ async fn require_token(State(token): State<String>, request: Request, next: Next
         UNAUTHORIZED,
     )
         .into_response()
+}
+
+/// The credentials of an `Authorization: Bearer TOKEN` header. The scheme is matched in any
+/// case (RFC 7235: "bearer", "BEARER"), after one or more spaces.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
 /// Compares without an early exit, so the time taken does not tell how much of a guess was right.
@@ -319,6 +325,33 @@ mod tests {
         assert_eq!(status, 401);
         let (status, _, body) = get(&format!("{base}/healthz")).await;
         assert_eq!((status, body.as_str()), (200, "ok\n"));
+    }
+
+    #[tokio::test]
+    async fn the_bearer_scheme_is_matched_in_any_case() {
+        let (base, _stop) = start(Some("s3cret token")).await;
+        let status = |scheme: &'static str| {
+            let url = format!("{base}/api/status");
+            async move {
+                reqwest::Client::new()
+                    .get(url)
+                    .header("authorization", format!("{scheme} s3cret token"))
+                    .send()
+                    .await
+                    .expect("request")
+                    .status()
+                    .as_u16()
+            }
+        };
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            assert_eq!(status(scheme).await, 200, "{scheme}");
+        }
+        for scheme in ["Basic", "Bearers", ""] {
+            assert_eq!(status(scheme).await, 401, "{scheme:?}");
+        }
+        assert_eq!(bearer_token("bearer   tok "), Some("tok"));
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearertok"), None);
     }
 
     #[tokio::test]

@@ -89,11 +89,11 @@ impl Launcher {
         let stdout = child
             .stdout
             .take()
-            .map(|s| tokio::spawn(read_all(s, STDOUT_KEPT)));
+            .map(|s| tokio::spawn(read_capped(s, STDOUT_KEPT, Keep::Head)));
         let stderr = child
             .stderr
             .take()
-            .map(|s| tokio::spawn(read_all(s, STDERR_KEPT)));
+            .map(|s| tokio::spawn(read_capped(s, STDERR_KEPT, Keep::Tail)));
         tracing::info!(job = kind.name(), pid = child.id(), "job started");
 
         let status = tokio::select! {
@@ -129,15 +129,20 @@ impl Launcher {
             Ok(status) if status.success() => {
                 run.outcome = Outcome::Succeeded;
                 run.exit_code = Some(0);
-                run.summary = serde_json::from_slice(&out).ok();
+                run.summary = summary(&out);
+                run.message = out.cut.then(|| summary_cut_note(&out));
             }
             Ok(status) => {
                 run.exit_code = status.code();
-                run.summary = serde_json::from_slice(&out).ok();
-                run.message = Some(error_text(&err).unwrap_or_else(|| match status.code() {
+                run.summary = summary(&out);
+                let mut message = error_text(&err.kept).unwrap_or_else(|| match status.code() {
                     Some(code) => format!("exited with code {code} without a message"),
                     None => "killed by a signal".to_string(),
-                }));
+                });
+                if out.cut {
+                    message = format!("{message}\n({})", summary_cut_note(&out));
+                }
+                run.message = Some(message);
             }
             Err(e) => run.message = Some(format!("lost track of the child process: {e}")),
         }
@@ -170,29 +175,84 @@ async fn terminate(child: &mut Child) -> std::io::Result<std::process::ExitStatu
     child.wait().await
 }
 
-async fn read_all(mut from: impl AsyncReadExt + Unpin, keep: usize) -> Vec<u8> {
-    let mut kept = Vec::new();
+/// Which part of a long output is worth keeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// The beginning (a JSON summary: cut, it is of no use anyway).
+    Head,
+    /// The end (stderr: the error and its hint come last).
+    Tail,
+}
+
+/// What was kept of a child's output, and whether some of it was dropped.
+#[derive(Debug, Default)]
+struct Captured {
+    kept: Vec<u8>,
+    /// Bytes read in all.
+    total: u64,
+    cut: bool,
+}
+
+/// Read `from` to its end, keeping at most `cap` bytes. Past the cap the rest is read and
+/// dropped, so that the child never blocks on a full pipe, and each read costs only its own
+/// bytes: nothing already kept is moved for the head, and the tail is a ring.
+async fn read_capped(mut from: impl AsyncReadExt + Unpin, cap: usize, keep: Keep) -> Captured {
+    let mut head = Vec::new();
+    let mut tail = std::collections::VecDeque::new();
+    let mut total = 0u64;
+    let mut cut = false;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        match from.read(&mut buf).await {
+        let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                kept.extend_from_slice(&buf[..n]);
-                if kept.len() > keep {
-                    let excess = kept.len() - keep;
-                    kept.drain(..excess);
+            Ok(n) => n,
+        };
+        total += n as u64;
+        let bytes = &buf[..n];
+        match keep {
+            Keep::Head => {
+                let room = cap.saturating_sub(head.len());
+                head.extend_from_slice(&bytes[..n.min(room)]);
+                cut |= n > room;
+            }
+            Keep::Tail => {
+                tail.extend(bytes);
+                if tail.len() > cap {
+                    cut = true;
+                    let excess = tail.len() - cap;
+                    tail.drain(..excess);
                 }
             }
         }
     }
-    kept
+    let kept = match keep {
+        Keep::Head => head,
+        Keep::Tail => tail.into(),
+    };
+    Captured { kept, total, cut }
 }
 
-async fn join_output(task: Option<tokio::task::JoinHandle<Vec<u8>>>) -> Vec<u8> {
+async fn join_output(task: Option<tokio::task::JoinHandle<Captured>>) -> Captured {
     match task {
         Some(t) => t.await.unwrap_or_default(),
-        None => Vec::new(),
+        None => Captured::default(),
     }
+}
+
+/// The child's JSON summary, unless it was cut (a cut summary is not JSON).
+fn summary(out: &Captured) -> Option<serde_json::Value> {
+    if out.cut {
+        return None;
+    }
+    serde_json::from_slice(&out.kept).ok()
+}
+
+fn summary_cut_note(out: &Captured) -> String {
+    format!(
+        "its JSON summary ({} bytes) was larger than the {} MiB kept, so it was not recorded",
+        out.total,
+        STDOUT_KEPT >> 20
+    )
 }
 
 /// The child's `lifeboat: error: …` and `HINT: …` lines (and what follows them: some errors list
@@ -219,6 +279,50 @@ fn error_text(stderr: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader that yields `total` bytes of `b'x'` in reads of at most 16 KiB.
+    struct Endless {
+        left: usize,
+    }
+
+    impl tokio::io::AsyncRead for Endless {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self.left.min(buf.remaining()).min(16 * 1024);
+            buf.put_slice(&vec![b'x'; n]);
+            self.left -= n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn output_past_the_cap_is_read_and_dropped_without_copying_what_is_kept() {
+        // 256 MiB through a 16 MiB cap: copying the kept part on every read (16 MiB per 16 KiB)
+        // would move about 4 TB; dropping the excess takes well under a second.
+        let clock = Instant::now();
+        let total = 256 << 20;
+        let out = read_capped(Endless { left: total }, 16 << 20, Keep::Head).await;
+        assert_eq!(out.kept.len(), 16 << 20);
+        assert_eq!(out.total, total as u64);
+        assert!(out.cut);
+        assert!(summary(&out).is_none());
+        assert!(
+            clock.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            clock.elapsed()
+        );
+
+        let out = read_capped(&b"0123456789"[..], 4, Keep::Tail).await;
+        assert_eq!((out.kept.as_slice(), out.cut), (&b"6789"[..], true));
+        let out = read_capped(&b"0123456789"[..], 4, Keep::Head).await;
+        assert_eq!((out.kept.as_slice(), out.cut), (&b"0123"[..], true));
+        let out = read_capped(&b"{\"a\":1}"[..], 64, Keep::Head).await;
+        assert!(!out.cut);
+        assert_eq!(summary(&out), Some(serde_json::json!({"a": 1})));
+    }
 
     #[test]
     fn error_text_keeps_the_error_and_the_hint() {

@@ -28,8 +28,9 @@ use crate::status::{JobStatus, SharedSnapshot, Snapshot};
 /// Everything `serve` needs, resolved by the CLI.
 pub struct ServeOptions {
     pub config: DaemonConfig,
-    pub listen: SocketAddr,
-    /// Required when `listen` is not a loopback address.
+    /// `IP:PORT` or `HOST:PORT`, resolved at start ([`crate::config::resolve_listen`]).
+    pub listen: String,
+    /// Required when `listen` resolves to any address that is not loopback.
     pub token: Option<String>,
     pub repo: Arc<LazyRepo>,
     pub db: Option<String>,
@@ -65,21 +66,27 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let jobs = schedule::jobs(&options.config.schedule)
         .map_err(|errors| ServeError::Config(errors.join("\n")))?;
     let notifier = Notifier::from_config(&options.config.alerts).map_err(ServeError::Config)?;
-    if !options.listen.ip().is_loopback() && options.token.is_none() {
+    let addrs = crate::config::resolve_listen(&options.listen)
+        .await
+        .map_err(ServeError::Config)?;
+    // Judged on every address the name resolves to: the one bound may be any of them.
+    if let Some(open) = addrs.iter().find(|a| !a.ip().is_loopback())
+        && options.token.is_none()
+    {
         return Err(ServeError::Config(format!(
-            "[serve] listen = \"{}\" is reachable from other hosts, and no token protects it: set \
-             [serve] token_file to a file holding a long random token, or listen on 127.0.0.1",
+            "[serve] listen = \"{}\" is reachable from other hosts ({open}), and no token \
+             protects it: set [serve] token_file to a file holding a long random token, or listen \
+             on 127.0.0.1",
             options.listen
         )));
     }
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|e| {
-            ServeError::Listen(format!(
-                "cannot listen on {}: {e}; is another lifeboat serve running? Change [serve] listen or --listen",
-                options.listen
-            ))
-        })?;
+    let listeners = bind_all(&options.listen, &addrs).await?;
+    let bound = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(watch_signals(stop_tx));
 
@@ -103,12 +110,17 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             .collect();
     }
     let router = crate::http::router(snapshot.clone(), options.token.clone());
-    let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(crate::http::serve(listener, router, async move {
-        wait_stop(&mut http_stop).await;
-    }));
+    let http: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            let mut http_stop = stop_rx.clone();
+            tokio::spawn(crate::http::serve(listener, router.clone(), async move {
+                wait_stop(&mut http_stop).await;
+            }))
+        })
+        .collect();
     tracing::info!(
-        listen = %options.listen,
+        listen = %bound,
         jobs = ?jobs.iter().map(|j| format!("{} \"{}\"", j.name(), j.pattern)).collect::<Vec<_>>(),
         alert_channels = ?notifier.channel_names(),
         "lifeboat serve started"
@@ -140,13 +152,58 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     if let Err(e) = health.await {
         tracing::error!("the health loop failed: {e}");
     }
-    match http.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!("the HTTP server failed: {e}"),
-        Err(e) => tracing::error!("the HTTP server failed: {e}"),
+    for task in http {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("the HTTP server failed: {e}"),
+            Err(e) => tracing::error!("the HTTP server failed: {e}"),
+        }
     }
     tracing::info!("lifeboat serve stopped");
     Ok(())
+}
+
+/// A listener on every address `listen` resolved to (`localhost` may be 127.0.0.1 and ::1). An
+/// address this host does not have (::1 with IPv6 off) is skipped; any other failure, or no
+/// address at all, stops the start.
+async fn bind_all(
+    listen: &str,
+    addrs: &[SocketAddr],
+) -> Result<Vec<tokio::net::TcpListener>, ServeError> {
+    let failed = |addr: &SocketAddr, e: &std::io::Error| {
+        ServeError::Listen(format!(
+            "cannot listen on {addr} ([serve] listen = {listen:?}): {e}; is another lifeboat \
+             serve running? Change [serve] listen or --listen"
+        ))
+    };
+    let mut listeners = Vec::new();
+    let mut skipped = None;
+    for addr in addrs {
+        if listeners
+            .iter()
+            .any(|l: &tokio::net::TcpListener| l.local_addr().ok() == Some(*addr))
+        {
+            continue;
+        }
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => listeners.push(listener),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                    || e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) =>
+            {
+                tracing::warn!("not listening on {addr} ([serve] listen = {listen:?}): {e}");
+                skipped = Some(failed(addr, &e));
+            }
+            Err(e) => return Err(failed(addr, &e)),
+        }
+    }
+    match (listeners.is_empty(), skipped) {
+        (true, Some(e)) => Err(e),
+        (true, None) => Err(ServeError::Config(format!(
+            "[serve] listen = {listen:?} names no address"
+        ))),
+        (false, _) => Ok(listeners),
+    }
 }
 
 async fn watch_signals(stop: watch::Sender<bool>) {

@@ -253,6 +253,9 @@ pub(crate) fn shell_quote(text: &str) -> String {
 /// The restore_command for the restored cluster: this binary, with what it needs to find the
 /// repository and its passphrase. Secrets themselves are never written; a passphrase given only
 /// through LIFEBOAT_PASSPHRASE cannot be passed on, and the user is told so.
+///
+/// Every path in it is absolute: PostgreSQL runs the command in the data directory, where a
+/// path relative to this command's working directory would name something else (or nothing).
 pub(crate) fn restore_command(resolved: &Resolved) -> Result<String, Failure> {
     let exe = std::env::current_exe().map_err(|e| {
         Failure::new(
@@ -262,10 +265,21 @@ pub(crate) fn restore_command(resolved: &Resolved) -> Result<String, Failure> {
         )
     })?;
     let mut parts = Vec::new();
-    if let Some(file) = std::env::var_os("LIFEBOAT_PASSPHRASE_FILE") {
+    // A relative passphrase_file in the config file would be read relative to the data
+    // directory: pass its absolute form the way the environment would.
+    let passphrase_file = std::env::var_os("LIFEBOAT_PASSPHRASE_FILE")
+        .filter(|f| !f.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            (std::env::var_os("LIFEBOAT_PASSPHRASE").is_none_or(|p| p.is_empty()))
+                .then(|| resolved.file.passphrase_file.clone())
+                .flatten()
+                .filter(|f| f.is_relative())
+        });
+    if let Some(file) = passphrase_file {
         parts.push(format!(
             "LIFEBOAT_PASSPHRASE_FILE={}",
-            shell_quote(&absolute(Path::new(&file)).to_string_lossy())
+            shell_quote(&absolute(&file).to_string_lossy())
         ));
     } else if std::env::var_os("LIFEBOAT_PASSPHRASE").is_some()
         && resolved.file.passphrase_file.is_none()
@@ -283,10 +297,21 @@ pub(crate) fn restore_command(resolved: &Resolved) -> Result<String, Failure> {
     // another repository (LIFEBOAT_REPO), and a config file alone would let it.
     if let Some(repo) = &resolved.repo {
         parts.push("--repo".into());
-        parts.push(shell_quote(repo));
+        parts.push(shell_quote(&absolute_location(repo)));
     }
     parts.push("wal-fetch %f %p".into());
     Ok(parts.join(" "))
+}
+
+/// A repository location as the restored server must see it: a local path made absolute (a
+/// `file://` URL already is), any other location unchanged.
+fn absolute_location(location: &str) -> String {
+    match lifeboat_storage::parse_location(location) {
+        Ok(lifeboat_storage::Location::Local(path)) if path.is_relative() => {
+            absolute(&path).to_string_lossy().into_owned()
+        }
+        _ => location.to_string(),
+    }
 }
 
 fn absolute(p: &Path) -> PathBuf {

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::limits;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "lifeboat",
@@ -28,7 +30,7 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// Log level on stderr (error, warn, info, debug, trace) [default: info for serve, warn
-    /// otherwise]; LIFEBOAT_LOG overrides with a filter.
+    /// otherwise]. Without this flag, LIFEBOAT_LOG may give a filter (e.g. `lifeboat=debug`).
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
 
@@ -105,7 +107,7 @@ pub struct InitArgs {
     #[arg(long, default_value = "zstd", value_parser = ["zstd", "lz4", "none"])]
     pub compression: String,
     /// zstd level (negative values are zstd's fast levels).
-    #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+    #[arg(long, default_value_t = 1, allow_hyphen_values = true, value_parser = limits::flag::zstd_level)]
     pub compression_level: i32,
 }
 
@@ -113,8 +115,8 @@ pub struct InitArgs {
 pub struct WalPushArgs {
     /// Path of the WAL file (%p), absolute or relative to the data directory.
     pub path: PathBuf,
-    /// Files stored at once, this one included [config: archive.push_parallel; default 8].
-    #[arg(long)]
+    /// Files stored at once, this one included [config: archive.push_parallel; default 8; 1 to 1024].
+    #[arg(long, value_parser = limits::flag::parallel)]
     pub parallel: Option<usize>,
 }
 
@@ -124,8 +126,9 @@ pub struct WalFetchArgs {
     pub name: String,
     /// Where to put it (%p).
     pub dest: PathBuf,
-    /// Segments to fetch ahead in the background [config: archive.prefetch; default 8; 0 = off].
-    #[arg(long)]
+    /// Segments to fetch ahead in the background [config: archive.prefetch; default 8; 0 = off;
+    /// at most 256].
+    #[arg(long, value_parser = limits::flag::prefetch)]
     pub prefetch: Option<usize>,
 }
 
@@ -144,9 +147,9 @@ pub struct WalPrefetchArgs {
     /// Prefetch spool directory.
     #[arg(long)]
     pub spool: PathBuf,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = limits::flag::prefetch)]
     pub count: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = limits::flag::parallel)]
     pub parallel: usize,
 }
 
@@ -156,7 +159,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub keep: bool,
     /// How long to write rows after the backup (the restore target lies in the middle).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = limits::flag::demo_seconds)]
     pub seconds: u64,
 }
 
@@ -186,9 +189,10 @@ pub struct DrillArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address of the dashboard, metrics and API [config: serve.listen; default 127.0.0.1:7433].
+    /// Address of the dashboard, metrics and API: IP:PORT or HOST:PORT [config: serve.listen;
+    /// default 127.0.0.1:7433]. Any address that is not loopback needs [serve] token_file.
     #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Option<std::net::SocketAddr>,
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -221,8 +225,9 @@ pub struct ClusterArgs {
 pub struct BackupArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Threads reading, hashing, compressing and encrypting [config: backup.parallel; default: cores].
-    #[arg(long)]
+    /// Threads reading, hashing, compressing and encrypting [config: backup.parallel; default:
+    /// cores; 1 to 1024].
+    #[arg(long, value_parser = limits::flag::parallel)]
     pub parallel: Option<usize>,
     /// Let the backup's starting checkpoint spread over checkpoint_completion_target instead of
     /// running at once (less I/O burst, slower start).
@@ -248,8 +253,8 @@ pub struct ListArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Seconds to wait for the switched segment to reach the repository.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds to wait for the switched segment to reach the repository (1 to 86400).
+    #[arg(long, default_value_t = 60, value_parser = limits::flag::wait_seconds)]
     pub timeout: u64,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -312,8 +317,8 @@ pub struct RestoreArgs {
     /// `preserve` keeps the backed-up setting: right when the restored cluster replaces the lost one.
     #[arg(long, value_parser = ["preserve", "off"], default_value = "preserve")]
     pub archive_mode: String,
-    /// Parallel downloads and writes [config: restore.parallel; default: cores].
-    #[arg(long)]
+    /// Parallel downloads and writes [config: restore.parallel; default: cores; 1 to 1024].
+    #[arg(long, value_parser = limits::flag::parallel)]
     pub parallel: Option<usize>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
@@ -322,14 +327,14 @@ pub struct RestoreArgs {
 
 #[derive(Debug, Args)]
 pub struct ExpireArgs {
-    /// Keep the newest N backups [config: retention.keep_last; either flag replaces the
-    /// configured policy as a whole].
-    #[arg(long, value_name = "N")]
+    /// Keep the newest N backups (1 to 1000000) [config: retention.keep_last; either flag
+    /// replaces the configured policy as a whole].
+    #[arg(long, value_name = "N", value_parser = limits::flag::keep_last)]
     pub keep_last: Option<u32>,
     /// Keep what restores to any moment of the last D days: the backups that ended within them
     /// and the last one before [config: retention.keep_days]. With --keep-last too, a backup
-    /// either rule keeps is kept.
-    #[arg(long, value_name = "D")]
+    /// either rule keeps is kept. 1 to 100000.
+    #[arg(long, value_name = "D", value_parser = limits::flag::keep_days)]
     pub keep_days: Option<u32>,
     /// Print what would be deleted and the restore window before and after; change nothing.
     #[arg(long)]

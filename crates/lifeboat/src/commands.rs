@@ -68,21 +68,36 @@ pub(crate) fn open_store(resolved: &Resolved) -> Result<Arc<dyn Store>, Failure>
 }
 
 fn storage_failure(location: &str, e: lifeboat_storage::StorageError) -> Failure {
-    let hint = match e.kind {
-        lifeboat_storage::ErrorKind::NotFound => {
+    use lifeboat_storage::ErrorKind;
+    let hint = match (e.kind, e.hint) {
+        (_, Some(hint)) => hint,
+        (ErrorKind::NotFound, None) => {
             "create the repository with `lifeboat init`, or check the location".to_string()
         }
         _ => "check the repository location, credentials (AWS_* environment or the config file) and permissions".to_string(),
     };
     let exit = match e.kind {
-        lifeboat_storage::ErrorKind::NotFound => Exit::Config,
+        ErrorKind::NotFound | ErrorKind::Config => Exit::Config,
         _ => Exit::Storage,
     };
     Failure::new(
         exit,
-        format!("cannot open repository {location}: {}", e.message),
+        format!(
+            "cannot open repository {}: {}",
+            shown_location(location),
+            e.message
+        ),
         Some(hint),
     )
+}
+
+/// A location as it may be printed: one holding user-info (`key:secret@`), a query or a
+/// fragment (an Azure SAS token) is not repeated, as the storage layer's own messages do not.
+fn shown_location(location: &str) -> String {
+    match location.split_once("://") {
+        Some((scheme, rest)) if rest.contains(['@', '?', '#']) => format!("{scheme}://..."),
+        _ => location.to_string(),
+    }
 }
 
 pub(crate) async fn open_repo(resolved: &Resolved) -> Result<Repository, Failure> {

@@ -12,6 +12,7 @@ use lifeboat_storage::{AzureSettings, GcsSettings, RetryPolicy, S3Settings, Stor
 use serde::Deserialize;
 
 use crate::exit::Failure;
+use crate::limits;
 
 /// Read when neither --config nor LIFEBOAT_CONFIG is given, if it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/lifeboat/lifeboat.toml";
@@ -48,10 +49,13 @@ pub struct FileConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ArchiveConfig {
     /// WAL files one wal-push stores at once (the requested one and others marked .ready). Default 8.
+    #[serde(deserialize_with = "limits::key::push_parallel")]
     pub push_parallel: Option<usize>,
     /// Segments wal-fetch fetches ahead during recovery. Default 8; 0 disables.
+    #[serde(deserialize_with = "limits::key::prefetch")]
     pub prefetch: Option<usize>,
     /// Concurrent downloads of the prefetcher. Default 4.
+    #[serde(deserialize_with = "limits::key::prefetch_parallel")]
     pub prefetch_parallel: Option<usize>,
     /// Spool directory; default `pg_wal/lifeboat` (beside the WAL, same file system).
     pub spool_dir: Option<PathBuf>,
@@ -61,10 +65,13 @@ pub struct ArchiveConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct BackupConfig {
     /// Threads reading, hashing, compressing and encrypting. Default: the number of cores.
+    #[serde(deserialize_with = "limits::key::backup_parallel")]
     pub parallel: Option<usize>,
     /// Size of the blocks large files are cut into, in KiB (a power of two, 64 to 16384). Default 1024.
+    #[serde(deserialize_with = "limits::key::block_size_kib")]
     pub block_size_kib: Option<u32>,
     /// Seconds to wait for the backup's WAL to reach the repository. Default 300.
+    #[serde(deserialize_with = "limits::key::archive_timeout_seconds")]
     pub archive_timeout_seconds: Option<u64>,
 }
 
@@ -72,6 +79,7 @@ pub struct BackupConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RestoreConfig {
     /// Parallel downloads and writes. Default: the number of cores.
+    #[serde(deserialize_with = "limits::key::restore_parallel")]
     pub parallel: Option<usize>,
 }
 
@@ -80,8 +88,10 @@ pub struct RestoreConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionConfig {
     /// Keep the newest N backups.
+    #[serde(deserialize_with = "limits::key::keep_last")]
     pub keep_last: Option<u32>,
     /// Keep what restores to any moment of the last D days.
+    #[serde(deserialize_with = "limits::key::keep_days")]
     pub keep_days: Option<u32>,
 }
 
@@ -89,8 +99,10 @@ pub struct RetentionConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Deadline of one attempt of one storage call. Default 60.
+    #[serde(deserialize_with = "limits::key::storage_timeout_seconds")]
     pub timeout_seconds: Option<u64>,
     /// Attempts per storage call, retrying transient errors with backoff. Default 5.
+    #[serde(deserialize_with = "limits::key::storage_max_attempts")]
     pub max_attempts: Option<u32>,
 }
 
@@ -126,10 +138,10 @@ pub fn resolve(config_flag: Option<&Path>, repo_flag: Option<&str>) -> Result<Re
     let passphrase = passphrase(&file)?;
     let mut retry = RetryPolicy::default();
     if let Some(s) = file.storage.timeout_seconds {
-        retry.attempt_timeout = Duration::from_secs(s.max(1));
+        retry.attempt_timeout = Duration::from_secs(s);
     }
     if let Some(n) = file.storage.max_attempts {
-        retry.max_attempts = n.max(1);
+        retry.max_attempts = n;
     }
     let storage = StorageSettings {
         retry,
@@ -153,12 +165,25 @@ fn load_file(path: &Path) -> Result<FileConfig, Failure> {
             "check the path given by --config or LIFEBOAT_CONFIG, and that this user may read it",
         )
     })?;
-    toml::from_str(&text).map_err(|e| {
+    let file: FileConfig = toml::from_str(&text).map_err(|e| {
         Failure::config(
             format!("config file {} is invalid: {}", path.display(), e.message()),
             "see the configuration reference in the README; every key is listed there",
         )
-    })
+    })?;
+    // The [drill] section is the engine's: its duration is checked here, with the other ranges.
+    let timeout = file.drill.timeout.as_secs();
+    if !file.drill.timeout.is_zero() {
+        limits::DRILL_TIMEOUT_SECONDS
+            .check::<u64>("drill.timeout (in seconds)", i128::from(timeout))
+            .map_err(|why| {
+                Failure::config(
+                    format!("config file {} is invalid: {why}", path.display()),
+                    "write drill.timeout as e.g. \"1h\"",
+                )
+            })?;
+    }
+    Ok(file)
 }
 
 fn passphrase(file: &FileConfig) -> Result<Option<Passphrase>, Failure> {

@@ -20,7 +20,10 @@ pub async fn serve(cli: &Cli, resolved: &Resolved, args: &ServeArgs) -> Result<E
         health: file.health.clone(),
         alerts: file.alerts.clone(),
     };
-    let listen = args.listen.unwrap_or(config.serve.listen);
+    let listen = args
+        .listen
+        .clone()
+        .unwrap_or_else(|| config.serve.listen.clone());
     let token = match &config.serve.token_file {
         Some(path) => Some(read_token(path)?),
         None => None,

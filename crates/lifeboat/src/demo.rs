@@ -91,6 +91,10 @@ struct Demo {
 
 impl Demo {
     fn new(root: &Path, exe: PathBuf, owner: Option<pgc::OsUser>) -> Self {
+        // The archive_command runs in the primary's data directory: every path in it must be
+        // absolute, even with a relative TMPDIR.
+        let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+        let root = root.as_path();
         Self {
             root: root.to_path_buf(),
             exe,
@@ -233,7 +237,7 @@ fn write_config(demo: &Demo) -> Result<(), Failure> {
 fn start_primary(demo: &Demo, guard: &mut Cleanup) -> Result<LocalCluster, Failure> {
     let conf = format!(
         "archive_mode = on\narchive_command = {}\n",
-        conf_quote(&demo.archive_command())
+        lifeboat_pg::conf::quote_value(&demo.archive_command())
     );
     let primary = new_cluster(&demo.root, "primary", &conf)?;
     guard.clusters.push(primary.clone());
@@ -652,11 +656,6 @@ fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Failure {
     }
 }
 
-/// Quote as a postgresql.conf string value.
-fn conf_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Times (UTC, microseconds since the Unix epoch)
 // ---------------------------------------------------------------------------------------------
@@ -791,6 +790,5 @@ mod tests {
             demo.archive_command(),
             "'/home/a b/lifeboat' --config /tmp/lifeboat-demo-x/lifeboat.toml --repo /tmp/lifeboat-demo-x/repo wal-push %p"
         );
-        assert_eq!(conf_quote("it's"), "'it''s'");
     }
 }

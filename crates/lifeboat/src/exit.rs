@@ -80,6 +80,7 @@ pub fn repo_exit(e: &RepoError) -> Exit {
         RepoError::Corrupt { .. } => Exit::Corrupt,
         RepoError::Storage(s) => match s.kind {
             ErrorKind::NotFound => Exit::NotFound,
+            ErrorKind::Config => Exit::Config,
             _ => Exit::Storage,
         },
     }

@@ -31,6 +31,7 @@ mod demo;
 mod drill_cmd;
 mod exit;
 mod expire_cmd;
+mod limits;
 mod verify_cmd;
 
 use exit::{Exit, Failure};
@@ -40,9 +41,12 @@ fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
             // A misspelt restore_command must stop recovery, not look like "segment not found".
             let is_fetch = args.iter().any(|a| a == "wal-fetch");
+            if let Some(failure) = out_of_range(&e) {
+                return report(&failure, is_fetch);
+            }
+            let _ = e.print();
             return match e.kind() {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
                     ExitCode::SUCCESS
@@ -85,6 +89,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// A numeric flag outside its accepted range is a configuration error (exit 3), like the same
+/// value in the config file, not a usage error: the message names the flag and the range.
+fn out_of_range(e: &clap::Error) -> Option<Failure> {
+    use clap::error::{ContextKind, ContextValue};
+    let source = std::error::Error::source(e)?.downcast_ref::<limits::ValueError>()?;
+    let limits::ValueError::OutOfRange(why) = source else {
+        return None;
+    };
+    let text = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let arg = text(ContextKind::InvalidArg).unwrap_or_else(|| "a flag".into());
+    let flag = arg.split_whitespace().next().unwrap_or(&arg).to_string();
+    let value = text(ContextKind::InvalidValue).unwrap_or_default();
+    Some(Failure::config(
+        format!("{flag} {value} is {why}"),
+        format!("give {flag} a value in that range (see lifeboat help)"),
+    ))
+}
+
 /// See [`outln`].
 fn stdout_failed(e: &std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -114,13 +139,15 @@ fn report(failure: &Failure, in_recovery: bool) -> ExitCode {
 
 fn init_logging(cli: &cli::Cli) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| {
-        let default = match cli.command {
-            cli::Command::Serve(_) => "info",
-            _ => "warn",
-        };
-        EnvFilter::new(cli.log_level.as_deref().unwrap_or(default))
-    });
+    // The flag wins over the environment, as everywhere else (README, "Configuration").
+    let default = match cli.command {
+        cli::Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    let filter = match &cli.log_level {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

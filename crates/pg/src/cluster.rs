@@ -355,11 +355,6 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Quote `s` as a postgresql.conf string value.
-fn conf_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\\', r"\\").replace('\'', "''"))
-}
-
 /// Quote `s` as a libpq conninfo value when it needs it.
 fn conninfo_quote(s: &str) -> String {
     if !s.is_empty()
@@ -520,7 +515,7 @@ impl LocalCluster {
         let _ = writeln!(
             conf,
             "unix_socket_directories = {}",
-            conf_quote(&cluster.socket_dir.to_string_lossy())
+            crate::conf::quote_value(&cluster.socket_dir.to_string_lossy())
         );
         conf.push_str(concat!(
             "shared_buffers = 16MB\n",
@@ -981,7 +976,6 @@ mod tests {
     #[test]
     fn quoting() {
         assert_eq!(shell_quote("/tmp/a'b"), r"'/tmp/a'\''b'");
-        assert_eq!(conf_quote(r"/x\y'z"), r"'/x\\y''z'");
         assert_eq!(conninfo_quote("/tmp/s"), "/tmp/s");
         assert_eq!(conninfo_quote("/tmp/a b"), "'/tmp/a b'");
     }

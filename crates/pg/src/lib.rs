@@ -10,6 +10,7 @@
 
 pub mod backup_label;
 pub mod cluster;
+pub mod conf;
 pub mod control;
 pub mod history;
 pub mod lsn;

@@ -286,28 +286,8 @@ pub fn recovery_settings(
     Ok(out)
 }
 
-/// `value` as a single-quoted string for PostgreSQL's configuration files: a quote doubled,
-/// a backslash doubled (the parser reads C-like escapes), and line breaks written as `\n` and
-/// `\r` because a quoted string cannot span lines.
-///
-/// A NUL character cannot be represented (the server would cut the value there);
-/// [`recovery_settings`] refuses values holding one.
-#[must_use]
-pub fn quote_conf_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
-    out.push('\'');
-    for c in value.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str(r"\\"),
-            '\n' => out.push_str(r"\n"),
-            '\r' => out.push_str(r"\r"),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
-}
+/// The one quoting of configuration values: see [`crate::conf::quote_value`].
+pub use crate::conf::quote_value as quote_conf_value;
 
 fn check_representable(setting: &'static str, value: &str) -> Result<(), RecoverySettingsError> {
     if value.contains('\0') {

@@ -87,6 +87,7 @@ impl RepoError {
             }
             Self::IdentityMismatch { .. } => "use a repository created for this cluster".into(),
             Self::Storage(e) => match e.kind {
+                _ if e.hint.is_some() => return e.hint.clone(),
                 ErrorKind::Transient => "the store did not answer in time after retries; check network, endpoint and the store's health, then retry".into(),
                 ErrorKind::Permanent => "check the repository location, credentials and permissions".into(),
                 _ => return None,

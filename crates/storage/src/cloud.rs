@@ -95,6 +95,13 @@ impl CloudStore {
         if let Some(v) = settings.allow_http {
             b = b.with_allow_http(v);
         }
+        refuse_plain_http(
+            &location,
+            b.get_config_value(&AmazonS3ConfigKey::Endpoint)
+                .or_else(|| b.get_config_value(&AmazonS3ConfigKey::S3Endpoint)),
+            b.get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp)),
+            "[s3] allow_http = true (or AWS_ALLOW_HTTP=true)",
+        )?;
         let custom_endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint).is_some()
             || b.get_config_value(&AmazonS3ConfigKey::S3Endpoint).is_some();
         if custom_endpoint {
@@ -118,7 +125,7 @@ impl CloudStore {
         let store = b
             .with_retry(no_client_retries())
             .build()
-            .map_err(|e| build_error(&location, &e, &redactor))?;
+            .map_err(|e| build_error(&location, &e, &redactor, "[s3]"))?;
         Self::with_redactor(Arc::new(store), prefix, location, conditional, redactor)
     }
 
@@ -141,7 +148,7 @@ impl CloudStore {
         let store = b
             .with_retry(no_client_retries())
             .build()
-            .map_err(|e| build_error(&location, &e, &redactor))?;
+            .map_err(|e| build_error(&location, &e, &redactor, "[gcs]"))?;
         Self::with_redactor(Arc::new(store), prefix, location, true, redactor)
     }
 
@@ -162,6 +169,20 @@ impl CloudStore {
         if let Some(v) = settings.use_emulator {
             b = b.with_use_emulator(v);
         }
+        if let Some(v) = settings.allow_http {
+            b = b.with_allow_http(v);
+        }
+        // The emulator setting allows http by itself (object_store turns allow_http on for it).
+        if b.get_config_value(&AzureConfigKey::UseEmulator)
+            .is_none_or(|v| v != "true")
+        {
+            refuse_plain_http(
+                &location,
+                b.get_config_value(&AzureConfigKey::Endpoint),
+                b.get_config_value(&AzureConfigKey::Client(ClientConfigKey::AllowHttp)),
+                "[azure] allow_http = true (or AZURE_ALLOW_HTTP=true)",
+            )?;
+        }
         let redactor = Redactor::new(
             [
                 AzureConfigKey::AccessKey,
@@ -178,7 +199,7 @@ impl CloudStore {
         let store = b
             .with_retry(no_client_retries())
             .build()
-            .map_err(|e| build_error(&location, &e, &redactor))?;
+            .map_err(|e| build_error(&location, &e, &redactor, "[azure]"))?;
         Self::with_redactor(Arc::new(store), prefix, location, true, redactor)
     }
 
@@ -262,6 +283,13 @@ impl CloudStore {
         let transient = |why: &str| {
             StorageError::new(ErrorKind::Transient, format!("{failed}: {why} ({detail})"))
         };
+        if is_plain_http_refused(err) {
+            return StorageError::config(
+                format!("{failed}: the endpoint is plain http, which is not allowed ({detail})"),
+                "use an https endpoint, or set allow_http = true in the store's section of the \
+                 config file ([s3] or [azure]; AWS_ALLOW_HTTP / AZURE_ALLOW_HTTP in the environment)",
+            );
+        }
         match err {
             // A 404 on a write or listing, or one that names the bucket, means the bucket (not the
             // object) is missing. A HEAD has no body, so there a missing bucket looks like a
@@ -576,14 +604,55 @@ fn chain_text(err: &(dyn StdError + 'static)) -> String {
     text
 }
 
-fn build_error(location: &str, err: &object_store::Error, redactor: &Redactor) -> StorageError {
-    StorageError::new(
-        ErrorKind::Permanent,
+/// The client could not be built from the settings: a configuration error, before any call.
+fn build_error(
+    location: &str,
+    err: &object_store::Error,
+    redactor: &Redactor,
+    section: &str,
+) -> StorageError {
+    StorageError::config(
         format!(
             "cannot configure {location}: {}",
             redactor.clean(&chain_text(err))
         ),
+        format!(
+            "check the {section} section of the config file and the store's environment \
+             variables (README, \"Configuration reference\")"
+        ),
     )
+}
+
+/// An `http://` endpoint needs `allow_http`: without it every request would fail with "URL scheme
+/// is not allowed". Said once, here, naming the setting, instead of at the first call.
+fn refuse_plain_http(
+    location: &str,
+    endpoint: Option<String>,
+    allow_http: Option<String>,
+    setting: &str,
+) -> Result<()> {
+    let Some(endpoint) = endpoint else {
+        return Ok(());
+    };
+    let plain = endpoint
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("http://"));
+    if plain && allow_http.is_none_or(|v| !v.eq_ignore_ascii_case("true")) {
+        // Only the scheme is shown: an endpoint URL may carry a secret.
+        return Err(StorageError::config(
+            format!(
+                "cannot configure {location}: its endpoint is plain http (http://...), which is \
+                 not allowed unless allow_http is set"
+            ),
+            format!("set {setting} for a plain-http endpoint, or use https"),
+        ));
+    }
+    Ok(())
+}
+
+/// The HTTP client refused to send a request over plain http (`allow_http` is off).
+fn is_plain_http_refused(err: &object_store::Error) -> bool {
+    chain_text(err).contains("URL scheme is not allowed")
 }
 
 fn no_client_retries() -> RetryConfig {

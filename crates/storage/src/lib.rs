@@ -32,6 +32,10 @@ pub enum ErrorKind {
     Transient,
     /// Retrying will not help: permissions, bad credentials, missing bucket, invalid key.
     Permanent,
+    /// The location or a setting is wrong (not a location URL, a plain-http endpoint without
+    /// `allow_http`, settings the client cannot be built from): no call was made, retrying
+    /// cannot help; the configuration must change. [`StorageError::hint`] names the setting.
+    Config,
 }
 
 /// A classified storage error. `message` never contains credentials.
@@ -40,6 +44,8 @@ pub enum ErrorKind {
 pub struct StorageError {
     pub kind: ErrorKind,
     pub message: String,
+    /// What to do, when the error knows better than its caller (set for [`ErrorKind::Config`]).
+    pub hint: Option<String>,
 }
 
 impl StorageError {
@@ -47,6 +53,15 @@ impl StorageError {
         Self {
             kind,
             message: message.into(),
+            hint: None,
+        }
+    }
+    /// A configuration error: `hint` names the setting to change.
+    pub fn config(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Config,
+            message: message.into(),
+            hint: Some(hint.into()),
         }
     }
     pub fn not_found(key: &str) -> Self {

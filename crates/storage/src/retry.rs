@@ -69,7 +69,7 @@ impl<S: Store> Retrying<S> {
                     "{} (gave up after {attempt} attempt{plural})",
                     error.message
                 );
-                return Err(StorageError::new(error.kind, message));
+                return Err(StorageError { message, ..error });
             }
             let delay = self.backoff(attempt);
             tracing::warn!(

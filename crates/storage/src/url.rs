@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer};
 use crate::cloud::CloudStore;
 use crate::local::LocalStore;
 use crate::retry::Retrying;
-use crate::{ErrorKind, Result, RetryPolicy, StorageError, Store, validate_key};
+use crate::{Result, RetryPolicy, StorageError, Store, validate_key};
 
 const ACCEPTED_FORMS: &str = "a filesystem path, file:///absolute/path, s3://bucket[/prefix], \
                               gs://bucket[/prefix] or az://container[/prefix]";
@@ -65,6 +65,8 @@ pub struct AzureSettings {
     /// Custom blob endpoint (e.g. an Azurite emulator).
     pub endpoint: Option<String>,
     pub use_emulator: Option<bool>,
+    /// Allow a plain-HTTP `endpoint` (off by default).
+    pub allow_http: Option<bool>,
 }
 
 /// Shows whether a secret is set, never its value.
@@ -92,6 +94,7 @@ impl fmt::Debug for AzureSettings {
             .field("access_key", &redacted(&self.access_key))
             .field("endpoint", &self.endpoint)
             .field("use_emulator", &self.use_emulator)
+            .field("allow_http", &self.allow_http)
             .finish()
     }
 }
@@ -169,7 +172,7 @@ impl fmt::Display for Location {
 /// without leading or trailing `/`.
 pub fn parse_location(location: &str) -> Result<Location> {
     if location.is_empty() {
-        return Err(permanent(format!(
+        return Err(bad_location(format!(
             "empty storage location; expected {ACCEPTED_FORMS}"
         )));
     }
@@ -177,7 +180,7 @@ pub fn parse_location(location: &str) -> Result<Location> {
         return Ok(Location::Local(PathBuf::from(location)));
     };
     let Some(rest) = rest.strip_prefix("//") else {
-        return Err(permanent(format!(
+        return Err(bad_location(format!(
             "storage location {scheme}:... is missing the // after the scheme; expected \
              {ACCEPTED_FORMS}"
         )));
@@ -197,7 +200,7 @@ pub fn parse_location(location: &str) -> Result<Location> {
             Ok(Location::Azure { container, prefix })
         }
         // Only the scheme is echoed: the rest of an unknown URL may carry credentials.
-        other => Err(permanent(format!(
+        other => Err(bad_location(format!(
             "unsupported storage location scheme {other:?}; expected {ACCEPTED_FORMS}"
         ))),
     }
@@ -225,7 +228,7 @@ fn split_scheme(location: &str) -> Option<(&str, &str)> {
 
 fn parse_file_url(location: &str) -> Result<Location> {
     let bad = || {
-        permanent(format!(
+        bad_location(format!(
             "invalid file URL {location:?}; expected file:///absolute/path"
         ))
     };
@@ -241,14 +244,14 @@ fn parse_bucket_and_prefix(location: &str, rest: &str) -> Result<(String, String
     let scheme = location.split(':').next().unwrap_or_default();
     if rest.contains(['@', '?', '#']) {
         // Do not echo the location: user-info would be credentials.
-        return Err(permanent(format!(
+        return Err(bad_location(format!(
             "storage location {scheme}://... must not contain credentials, a query or a fragment; \
              give credentials in the settings or the environment"
         )));
     }
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
-        return Err(permanent(format!(
+        return Err(bad_location(format!(
             "storage location {location:?} has no bucket or container name; expected \
              {ACCEPTED_FORMS}"
         )));
@@ -257,7 +260,7 @@ fn parse_bucket_and_prefix(location: &str, rest: &str) -> Result<(String, String
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     {
-        return Err(permanent(format!(
+        return Err(bad_location(format!(
             "invalid bucket or container name {bucket:?} in {location:?}: only letters, digits, \
              '.', '_' and '-' are allowed"
         )));
@@ -265,7 +268,7 @@ fn parse_bucket_and_prefix(location: &str, rest: &str) -> Result<(String, String
     let prefix = prefix.trim_matches('/');
     if !prefix.is_empty() {
         validate_key(prefix).map_err(|e| {
-            permanent(format!(
+            bad_location(format!(
                 "invalid prefix {prefix:?} in {location:?}: {}",
                 e.message
             ))
@@ -314,13 +317,21 @@ fn open_impl(location: &str, settings: &StorageSettings, create: bool) -> Result
     })
 }
 
-fn permanent(message: String) -> StorageError {
-    StorageError::new(ErrorKind::Permanent, message)
+/// A location string that is not a location: a configuration error naming where it comes from.
+fn bad_location(message: String) -> StorageError {
+    StorageError::config(
+        message,
+        format!(
+            "correct the repository location (--repo, LIFEBOAT_REPO or `repo` in the config \
+             file): {ACCEPTED_FORMS}"
+        ),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
 
     fn s3(bucket: &str, prefix: &str) -> Location {
         Location::S3 {
@@ -394,7 +405,8 @@ mod tests {
             "file:relative",
         ] {
             let err = parse_location(input).unwrap_err();
-            assert_eq!(err.kind, ErrorKind::Permanent, "{input}");
+            assert_eq!(err.kind, ErrorKind::Config, "{input}");
+            assert!(err.hint.as_deref().unwrap().contains("--repo"), "{input}");
         }
         let err = parse_location("https://host/x").unwrap_err();
         assert!(
@@ -478,6 +490,48 @@ mod tests {
         ] {
             assert!(toml::from_str::<StorageSettings>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn plain_http_endpoints_need_allow_http_and_fail_at_once_naming_it() {
+        let azure = |allow_http| StorageSettings {
+            azure: AzureSettings {
+                account: Some("devstoreaccount1".into()),
+                access_key: Some("a2V5".into()),
+                endpoint: Some("http://127.0.0.1:1/devstoreaccount1".into()),
+                allow_http,
+                ..AzureSettings::default()
+            },
+            ..StorageSettings::default()
+        };
+        for allow_http in [None, Some(false)] {
+            let err = open("az://c/p", &azure(allow_http)).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Config, "{err}");
+            assert!(
+                err.hint
+                    .as_deref()
+                    .unwrap()
+                    .contains("[azure] allow_http = true"),
+                "{err:?}"
+            );
+        }
+        open("az://c/p", &azure(Some(true))).unwrap();
+        let s3 = |allow_http| StorageSettings {
+            s3: S3Settings {
+                endpoint: Some("http://127.0.0.1:1".into()),
+                region: Some("us-east-1".into()),
+                allow_http,
+                ..S3Settings::default()
+            },
+            ..StorageSettings::default()
+        };
+        let err = open("s3://b/p", &s3(None)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Config, "{err}");
+        assert!(
+            err.hint.as_deref().unwrap().contains("[s3] allow_http"),
+            "{err:?}"
+        );
+        open("s3://b/p", &s3(Some(true))).unwrap();
     }
 
     #[test]
