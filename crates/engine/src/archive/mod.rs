@@ -42,9 +42,31 @@ pub fn spool_subdir(store: &dyn lifeboat_storage::Store) -> String {
 }
 
 /// Check that `bytes` really is the WAL file `name` says, and say which cluster wrote it.
-/// History and backup-label files carry no header and yield no identity.
+/// History and backup-label files carry no header and yield no identity; a history file must
+/// parse as PostgreSQL reads it.
 fn validate_wal(name: &WalFileName, bytes: &[u8]) -> Result<Option<ClusterIdentity>> {
-    validate_wal_start(name, bytes, bytes.len() as u64)
+    let identity = validate_wal_start(name, bytes, bytes.len() as u64)?;
+    if let WalFileName::History(tli) = name {
+        validate_history(*tli, bytes).map_err(|why| {
+            EngineError::invalid(
+                format!("{name} is not a valid timeline history file: {why}"),
+                "PostgreSQL would stop every recovery that follows this timeline with \"syntax error in history file\", so lifeboat refuses to archive it. Each line must read `<parent timeline> <switch LSN> <reason>`, parent timelines increasing and lower than the timeline in the file's name: compare the file with the one in the primary's pg_wal and check the disk",
+            )
+        })?;
+    }
+    Ok(identity)
+}
+
+/// A timeline history file as PostgreSQL reads it (the same parser `verify` uses): text, every
+/// line an ancestor older than `tli`, in increasing order.
+fn validate_history(
+    tli: lifeboat_pg::timeline::TimelineId,
+    bytes: &[u8],
+) -> std::result::Result<(), String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not text: {e}"))?;
+    lifeboat_pg::history::TimelineHistory::parse(tli, text)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// [`validate_wal`] from the start of the file (at least its first page) and its length, for a
@@ -144,4 +166,28 @@ fn parse_name(text: &str) -> Result<WalFileName> {
             "lifeboat archives what PostgreSQL archives: segments, .partial, .history and .backup files; use %p in archive_command and %f %p in restore_command",
         )
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_files_must_parse_as_postgres_reads_them() {
+        let name = WalFileName::parse("00000003.history").unwrap();
+        let good = b"1\t0/3000000\tno recovery target specified\n2\t0/50000A0\tx\n";
+        assert!(validate_wal(&name, good).unwrap().is_none());
+        for bad in [
+            &b"garbage\n"[..],
+            b"1\t0/3000000\tx\n3\t0/5000000\ty\n",
+            b"2\t0/3000000\tx\n1\t0/5000000\ty\n",
+            b"\xff1\t0/3000000\n",
+            b"",
+        ] {
+            let err = validate_wal(&name, bad).unwrap_err();
+            assert!(matches!(err, EngineError::InvalidInput { .. }), "{bad:?}");
+            assert!(err.to_string().contains("00000003.history"), "{err}");
+        }
+    }
 }

@@ -207,6 +207,18 @@ fn prepare_blocking(
     };
     let mut file = fs::File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
+    if matches!(name, WalFileName::History(_)) {
+        // Small, and checked whole: it must parse as PostgreSQL will read it.
+        let mut whole = Vec::new();
+        file.read_to_end(&mut whole).map_err(io)?;
+        let identity = validate_wal(name, &whole)?;
+        let (hash, object) = codec.encode(&whole).map_err(encode_error)?;
+        return Ok(Prepared {
+            identity,
+            hash,
+            object,
+        });
+    }
     let mut piece = vec![
         0u8;
         READ_PIECE
