@@ -11,6 +11,11 @@ pub enum EngineError {
     #[error(transparent)]
     Repo(#[from] RepoError),
 
+    /// Stored data failed verification, with a hint for the command that found it (e.g. a
+    /// recovery operator's, for `wal-fetch`).
+    #[error("{message}")]
+    Corrupt { message: String, hint: String },
+
     /// A local file could not be read or written.
     #[error("{what}: {source}")]
     LocalIo {
@@ -45,7 +50,9 @@ impl EngineError {
 
     pub fn hint(&self) -> Option<String> {
         match self {
-            Self::InvalidInput { hint, .. } | Self::Postgres { hint, .. } => Some(hint.clone()),
+            Self::InvalidInput { hint, .. }
+            | Self::Postgres { hint, .. }
+            | Self::Corrupt { hint, .. } => Some(hint.clone()),
             Self::Repo(e) => e.hint(),
             Self::LocalIo { source, .. } => Some(match source.kind() {
                 std::io::ErrorKind::PermissionDenied => {

@@ -111,7 +111,9 @@ fn invalid_wal(name: &WalFileName, e: impl std::fmt::Display) -> EngineError {
 
 /// Write `bytes` to `dest` through a temporary file beside it: write, fsync, rename, fsync the
 /// directory. A crash leaves either no file or the whole file, never a partial one at `dest`.
-fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
+/// `private`: the file is made 0600 whatever the umask (spool files); otherwise it gets the
+/// caller's umask, as PostgreSQL's own files in `pg_wal` do.
+fn write_atomically(dest: &Path, bytes: &[u8], private: bool) -> Result<()> {
     let dir = wal_dir_of(dest);
     let file_name = dest.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
         EngineError::invalid(
@@ -121,8 +123,7 @@ fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
     })?;
     let tmp = dir.join(format!(".{file_name}.lifeboat-tmp"));
     let result = (|| {
-        let mut f = File::create(&tmp)
-            .map_err(|e| EngineError::io(format!("cannot create {}", tmp.display()), e))?;
+        let mut f = create_new_file(&tmp, private)?;
         f.write_all(bytes)
             .map_err(|e| EngineError::io(format!("cannot write {}", tmp.display()), e))?;
         f.sync_all()
@@ -139,6 +140,60 @@ fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Create `path` afresh: whatever is there (a leftover temporary file, a symlink planted in a
+/// spool) is removed first, and the file is created exclusively, so a link is never followed.
+/// `private`: mode 0600, also under a permissive umask.
+fn create_new_file(path: &Path, private: bool) -> Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(EngineError::io(
+                format!("cannot remove {}", path.display()),
+                e,
+            ));
+        }
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    if private {
+        options.mode(0o600);
+    }
+    let file = options
+        .open(path)
+        .map_err(|e| EngineError::io(format!("cannot create {}", path.display()), e))?;
+    if private {
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(|e| EngineError::io(format!("cannot chmod 600 {}", path.display()), e))?;
+    }
+    Ok(file)
+}
+
+/// `create_dir_all` for the spool: every directory it creates is 0700, whatever the umask (a
+/// spool outside `pg_wal` would otherwise be readable by everyone: it holds WAL).
+fn create_private_dir_all(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        create_private_dir_all(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| EngineError::io(format!("cannot chmod 700 {}", dir.display()), e)),
+        // Made by a concurrent call in the meantime.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(EngineError::io(
+            format!("cannot create {}", dir.display()),
+            e,
+        )),
+    }
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
