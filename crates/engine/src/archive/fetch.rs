@@ -569,6 +569,22 @@ mod tests {
     }
 
     #[test]
+    fn a_leftover_temporary_file_is_never_handed_over() {
+        let (_dir, spool, wal, name, _) = setup();
+        let spooled = spool.join(name.to_string());
+        // A prefetcher killed between writing its temporary file and renaming it.
+        fs::rename(&spooled, spool.join(format!(".{name}.lifeboat-tmp"))).unwrap();
+        let dest = wal.join("RECOVERYXLOG");
+        assert_eq!(take_spooled(&spool, &name, &dest).unwrap(), None);
+        assert!(!dest.exists());
+        // The next prefetcher's cleanup removes it and the orphaned checksum.
+        let after: WalSegmentName = "000000010000000000000001".parse().unwrap();
+        clean_spool(&spool, &after);
+        let left: Vec<_> = fs::read_dir(&spool).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
     fn spool_sum_round_trip() {
         let sum = SpoolSum::of(b"abc");
         assert_eq!(SpoolSum::parse(&sum.text()), Some(sum));

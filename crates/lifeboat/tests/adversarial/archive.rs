@@ -120,7 +120,7 @@ fn archived_segments(setup: &Setup, n: usize) -> (TestCluster, Vec<PathBuf>) {
 #[test]
 fn damaged_prefetched_segment_is_fetched_again() {
     let setup = Setup::new(Backend::Local, true);
-    let (_cluster, segments) = archived_segments(&setup, 5);
+    let (_cluster, segments) = archived_segments(&setup, 6);
     let names: Vec<String> = segments.iter().map(|p| file_name(p)).collect();
     let wal = setup.scratch("pg_wal");
     let dest = wal.join("RECOVERYXLOG");
@@ -128,11 +128,11 @@ fn damaged_prefetched_segment_is_fetched_again() {
 
     let out = setup.run(&["wal-fetch", &names[0], dest_s]);
     assert_success(&out, "first wal-fetch");
-    let want: Vec<&str> = names[1..5].iter().map(String::as_str).collect();
+    let want: Vec<&str> = names[1..6].iter().map(String::as_str).collect();
     let spool = wait_for_prefetch(&wal.join("lifeboat").join("prefetch"), &want);
 
     // 1: one flipped byte. 2: truncated. 3: replaced by a symlink to a file with other content.
-    // 4: intact, but nothing beside it says what it should be.
+    // 4: intact, but nothing beside it says what it should be. 5: intact, but another user's.
     let flipped = spool.join(&names[1]);
     let mut bytes = fs::read(&flipped).expect("spooled");
     bytes[100_000] ^= 0x01;
@@ -150,11 +150,13 @@ fn damaged_prefetched_segment_is_fetched_again() {
         }
     }
 
+    std::os::unix::fs::chown(spool.join(&names[5]), Some(0), Some(0)).expect("chown to root");
     for (i, why) in [
         (1, "flipped"),
         (2, "truncated"),
         (3, "symlink"),
         (4, "no sidecar"),
+        (5, "another user's"),
     ] {
         let out = setup.run(&["wal-fetch", &names[i], dest_s, "--prefetch", "0"]);
         assert_success(&out, &format!("wal-fetch of the {why} spool file"));
