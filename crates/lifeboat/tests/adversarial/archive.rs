@@ -53,7 +53,17 @@ fn garbage_timeline_history_is_refused_on_push() {
         fs::remove_file(&path).expect("rm");
     }
 
-    // A well-formed history file (as PostgreSQL writes it at a promotion) is stored.
+    // The history file PostgreSQL 15 wrote at a promotion (the pg crate's fixture) is stored.
+    let real = fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../pg/tests/fixtures/pg15/00000002.history"),
+    )
+    .expect("fixture");
+    let real = owned_file(&wal, "00000002.history", &real);
+    let out = setup.run(&["wal-push", real.to_str().expect("utf8"), "--parallel", "1"]);
+    assert_success(&out, "push of PostgreSQL's own history file");
+    assert!(stored("00000002.history"));
+
+    // So is a well-formed one written here, with two ancestors.
     let good = owned_file(
         &wal,
         "00000003.history",
