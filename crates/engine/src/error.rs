@@ -11,8 +11,9 @@ pub enum EngineError {
     #[error(transparent)]
     Repo(#[from] RepoError),
 
-    /// The repository lacks an object it must hold, or holds it damaged (a chunk a backup needs
-    /// is gone): the message names the object and what depends on it.
+    /// Stored data failed verification or an object the repository must hold is gone (a chunk a
+    /// backup needs): the message names the object and what depends on it, the hint suits the
+    /// command that found it (e.g. a recovery operator's, for `wal-fetch`).
     #[error("{message}")]
     Corrupt { message: String, hint: String },
 

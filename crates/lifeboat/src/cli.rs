@@ -93,6 +93,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Alerts: `lifeboat alert test` sends a test message through every configured channel.
     Alert(AlertArgs),
+    /// The repository's passphrase: `lifeboat passphrase change` wraps the data key with a new one.
+    Passphrase(PassphraseArgs),
     /// Internal: fetch segments ahead into the spool (started by wal-fetch in the background).
     #[command(hide = true)]
     WalPrefetch(WalPrefetchArgs),
@@ -206,6 +208,30 @@ pub enum AlertCommand {
     /// Send a test message through every configured channel ([alerts] webhook and email); exits
     /// 0 only when every channel took it.
     Test,
+}
+
+#[derive(Debug, Args)]
+pub struct PassphraseArgs {
+    #[command(subcommand)]
+    pub command: PassphraseCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PassphraseCommand {
+    /// Wrap the repository's data key with a new passphrase and drop the old wrapping; nothing
+    /// else is rewritten. The current passphrase comes from the usual settings; afterwards every
+    /// process that opens the repository (archive_command, restore_command, the daemon) needs the
+    /// new one. Copies of the repository (or of its lifeboat.json) made before still open with the
+    /// old passphrase: the data key itself does not change.
+    Change(PassphraseChangeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PassphraseChangeArgs {
+    /// File holding the new passphrase on its first line (keep it mode 0600) [env:
+    /// LIFEBOAT_NEW_PASSPHRASE holds the passphrase itself]. Never given on the command line.
+    #[arg(long, value_name = "FILE")]
+    pub new_passphrase_file: Option<PathBuf>,
 }
 
 /// How to reach the cluster: shared by backup and check.

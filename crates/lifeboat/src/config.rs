@@ -213,6 +213,38 @@ fn passphrase(file: &FileConfig) -> Result<Option<Passphrase>, Failure> {
     Ok(Some(Passphrase::new(first_line)))
 }
 
+/// The new passphrase of `passphrase change`: from `--new-passphrase-file` (first line), else
+/// LIFEBOAT_NEW_PASSPHRASE; never from the command line itself.
+pub fn new_passphrase(file_flag: Option<&Path>) -> Result<Passphrase, Failure> {
+    if let Some(path) = file_flag {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Failure::config(
+                format!(
+                    "cannot read the new passphrase file {}: {e}",
+                    path.display()
+                ),
+                "check --new-passphrase-file and that this user may read the file",
+            )
+        })?;
+        warn_if_readable_by_others(path);
+        let first_line = text.lines().next().unwrap_or("").to_string();
+        if first_line.is_empty() {
+            return Err(Failure::config(
+                format!("the new passphrase file {} is empty", path.display()),
+                "write the new passphrase on the first line of the file",
+            ));
+        }
+        return Ok(Passphrase::new(first_line));
+    }
+    match std::env::var("LIFEBOAT_NEW_PASSPHRASE") {
+        Ok(p) if !p.is_empty() => Ok(Passphrase::new(p)),
+        _ => Err(Failure::config(
+            "no new passphrase given",
+            "pass --new-passphrase-file FILE (a file readable only by you, the passphrase on its first line) or set LIFEBOAT_NEW_PASSPHRASE; the current passphrase comes from the usual settings (LIFEBOAT_PASSPHRASE_FILE, LIFEBOAT_PASSPHRASE, passphrase_file)",
+        )),
+    }
+}
+
 fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path)

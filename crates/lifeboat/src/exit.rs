@@ -91,9 +91,9 @@ impl From<EngineError> for Failure {
         let exit = match &e {
             EngineError::InvalidInput { .. } => Exit::Refused,
             EngineError::Repo(r) => repo_exit(r),
+            EngineError::Corrupt { .. } => Exit::Corrupt,
             EngineError::LocalIo { .. } => Exit::LocalIo,
             EngineError::Postgres { .. } => Exit::Postgres,
-            EngineError::Corrupt { .. } => Exit::Corrupt,
             EngineError::Internal(_) => Exit::Internal,
         };
         Failure {

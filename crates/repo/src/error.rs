@@ -70,7 +70,7 @@ impl RepoError {
                 "set LIFEBOAT_PASSPHRASE_FILE (a file readable only by this user) or LIFEBOAT_PASSPHRASE, or passphrase_file in the config file".into()
             }
             Self::WrongPassphrase { .. } => {
-                "check that LIFEBOAT_PASSPHRASE / the passphrase file holds the passphrase the repository was created with".into()
+                "check that LIFEBOAT_PASSPHRASE / the passphrase file holds the repository's passphrase: the one it was created with, or the last one `lifeboat passphrase change` set (if a change was interrupted, the new one)".into()
             }
             Self::UnexpectedPassphrase { .. } => {
                 "remove the passphrase setting for this repository, or point --repo at the encrypted one you meant".into()

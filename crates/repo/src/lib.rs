@@ -19,6 +19,7 @@ pub mod identity;
 pub mod keys;
 pub mod lock;
 pub mod records;
+pub mod rekey;
 pub mod wal;
 
 pub use codec::{Codec, Compression, CompressionSettings, ContentHash, ObjectHeader};
@@ -320,27 +321,54 @@ fn unwrap_keys(
             enc.cipher, enc.kdf
         )));
     }
+    let kek = derive_kek_for(enc, passphrase)?;
+    match unwrap_data_key(config, enc, &kek)? {
+        Some((id, data_key)) => Ok(DataKeys::from_data_key(id, &data_key)),
+        None => Err(RepoError::WrongPassphrase {
+            location: location.to_string(),
+        }),
+    }
+}
+
+/// The key-encryption key `passphrase` yields with the config's salt and KDF parameters.
+fn derive_kek_for(
+    enc: &EncryptionConfig,
+    passphrase: &Passphrase,
+) -> Result<zeroize::Zeroizing<[u8; 32]>> {
+    let corrupt = |reason: String| RepoError::Corrupt {
+        key: keys::CONFIG.into(),
+        reason,
+    };
     let salt = hex::decode(&enc.salt).map_err(|e| corrupt(format!("bad salt: {e}")))?;
-    let kek = zeroize::Zeroizing::new(
+    Ok(zeroize::Zeroizing::new(
         crypto::derive_kek(passphrase, &salt, enc.kdf_params)
             .map_err(|e| corrupt(e.to_string()))?,
-    );
+    ))
+}
+
+/// The data key (and its id) of the first wrapped key `kek` opens; `None` when it opens none.
+fn unwrap_data_key(
+    config: &RepoConfig,
+    enc: &EncryptionConfig,
+    kek: &[u8; 32],
+) -> Result<Option<(u8, zeroize::Zeroizing<[u8; 32]>)>> {
+    let corrupt = |reason: String| RepoError::Corrupt {
+        key: keys::CONFIG.into(),
+        reason,
+    };
     for wrapped in &enc.keys {
         let blob =
             hex::decode(&wrapped.wrapped).map_err(|e| corrupt(format!("bad wrapped key: {e}")))?;
         if let Ok(data_key) =
-            crypto::open(&kek, &blob, &config::wrap_aad(&config.repo_id, wrapped.id))
+            crypto::open(kek, &blob, &config::wrap_aad(&config.repo_id, wrapped.id))
         {
             let data_key = zeroize::Zeroizing::new(data_key);
             let arr: [u8; 32] = data_key
                 .as_slice()
                 .try_into()
                 .map_err(|_| corrupt("wrapped data key has the wrong length".into()))?;
-            let arr = zeroize::Zeroizing::new(arr);
-            return Ok(DataKeys::from_data_key(wrapped.id, &arr));
+            return Ok(Some((wrapped.id, zeroize::Zeroizing::new(arr))));
         }
     }
-    Err(RepoError::WrongPassphrase {
-        location: location.to_string(),
-    })
+    Ok(None)
 }

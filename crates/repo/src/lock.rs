@@ -32,6 +32,8 @@ use crate::{RepoError, Repository, Result, keys};
 pub enum LockKind {
     Backup,
     Expire,
+    /// `passphrase change`: two at once could leave the config's copies with different keys.
+    Passphrase,
 }
 
 impl LockKind {
@@ -39,6 +41,7 @@ impl LockKind {
         match self {
             LockKind::Backup => "backup",
             LockKind::Expire => "expire",
+            LockKind::Passphrase => "passphrase",
         }
     }
 }

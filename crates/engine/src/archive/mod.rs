@@ -42,9 +42,31 @@ pub fn spool_subdir(store: &dyn lifeboat_storage::Store) -> String {
 }
 
 /// Check that `bytes` really is the WAL file `name` says, and say which cluster wrote it.
-/// History and backup-label files carry no header and yield no identity.
+/// History and backup-label files carry no header and yield no identity; a history file must
+/// parse as PostgreSQL reads it.
 fn validate_wal(name: &WalFileName, bytes: &[u8]) -> Result<Option<ClusterIdentity>> {
-    validate_wal_start(name, bytes, bytes.len() as u64)
+    let identity = validate_wal_start(name, bytes, bytes.len() as u64)?;
+    if let WalFileName::History(tli) = name {
+        validate_history(*tli, bytes).map_err(|why| {
+            EngineError::invalid(
+                format!("{name} is not a valid timeline history file: {why}"),
+                "PostgreSQL would stop every recovery that follows this timeline with \"syntax error in history file\", so lifeboat refuses to archive it. Each line must read `<parent timeline> <switch LSN> <reason>`, parent timelines increasing and lower than the timeline in the file's name: compare the file with the one in the primary's pg_wal and check the disk",
+            )
+        })?;
+    }
+    Ok(identity)
+}
+
+/// A timeline history file as PostgreSQL reads it (the same parser `verify` uses): text, every
+/// line an ancestor older than `tli`, in increasing order.
+fn validate_history(
+    tli: lifeboat_pg::timeline::TimelineId,
+    bytes: &[u8],
+) -> std::result::Result<(), String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not text: {e}"))?;
+    lifeboat_pg::history::TimelineHistory::parse(tli, text)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// [`validate_wal`] from the start of the file (at least its first page) and its length, for a
@@ -89,7 +111,9 @@ fn invalid_wal(name: &WalFileName, e: impl std::fmt::Display) -> EngineError {
 
 /// Write `bytes` to `dest` through a temporary file beside it: write, fsync, rename, fsync the
 /// directory. A crash leaves either no file or the whole file, never a partial one at `dest`.
-fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
+/// `private`: the file is made 0600 whatever the umask (spool files); otherwise it gets the
+/// caller's umask, as PostgreSQL's own files in `pg_wal` do.
+fn write_atomically(dest: &Path, bytes: &[u8], private: bool) -> Result<()> {
     let dir = wal_dir_of(dest);
     let file_name = dest.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
         EngineError::invalid(
@@ -99,8 +123,7 @@ fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
     })?;
     let tmp = dir.join(format!(".{file_name}.lifeboat-tmp"));
     let result = (|| {
-        let mut f = File::create(&tmp)
-            .map_err(|e| EngineError::io(format!("cannot create {}", tmp.display()), e))?;
+        let mut f = create_new_file(&tmp, private)?;
         f.write_all(bytes)
             .map_err(|e| EngineError::io(format!("cannot write {}", tmp.display()), e))?;
         f.sync_all()
@@ -117,6 +140,60 @@ fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Create `path` afresh: whatever is there (a leftover temporary file, a symlink planted in a
+/// spool) is removed first, and the file is created exclusively, so a link is never followed.
+/// `private`: mode 0600, also under a permissive umask.
+fn create_new_file(path: &Path, private: bool) -> Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(EngineError::io(
+                format!("cannot remove {}", path.display()),
+                e,
+            ));
+        }
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    if private {
+        options.mode(0o600);
+    }
+    let file = options
+        .open(path)
+        .map_err(|e| EngineError::io(format!("cannot create {}", path.display()), e))?;
+    if private {
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(|e| EngineError::io(format!("cannot chmod 600 {}", path.display()), e))?;
+    }
+    Ok(file)
+}
+
+/// `create_dir_all` for the spool: every directory it creates is 0700, whatever the umask (a
+/// spool outside `pg_wal` would otherwise be readable by everyone: it holds WAL).
+fn create_private_dir_all(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        create_private_dir_all(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| EngineError::io(format!("cannot chmod 700 {}", dir.display()), e)),
+        // Made by a concurrent call in the meantime.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(EngineError::io(
+            format!("cannot create {}", dir.display()),
+            e,
+        )),
+    }
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
@@ -144,4 +221,28 @@ fn parse_name(text: &str) -> Result<WalFileName> {
             "lifeboat archives what PostgreSQL archives: segments, .partial, .history and .backup files; use %p in archive_command and %f %p in restore_command",
         )
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_files_must_parse_as_postgres_reads_them() {
+        let name = WalFileName::parse("00000003.history").unwrap();
+        let good = b"1\t0/3000000\tno recovery target specified\n2\t0/50000A0\tx\n";
+        assert!(validate_wal(&name, good).unwrap().is_none());
+        for bad in [
+            &b"garbage\n"[..],
+            b"1\t0/3000000\tx\n3\t0/5000000\ty\n",
+            b"2\t0/3000000\tx\n1\t0/5000000\ty\n",
+            b"\xff1\t0/3000000\n",
+            b"",
+        ] {
+            let err = validate_wal(&name, bad).unwrap_err();
+            assert!(matches!(err, EngineError::InvalidInput { .. }), "{bad:?}");
+            assert!(err.to_string().contains("00000003.history"), "{err}");
+        }
+    }
 }

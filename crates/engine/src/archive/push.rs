@@ -207,6 +207,18 @@ fn prepare_blocking(
     };
     let mut file = fs::File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
+    if matches!(name, WalFileName::History(_)) {
+        // Small, and checked whole: it must parse as PostgreSQL will read it.
+        let mut whole = Vec::new();
+        file.read_to_end(&mut whole).map_err(io)?;
+        let identity = validate_wal(name, &whole)?;
+        let (hash, object) = codec.encode(&whole).map_err(encode_error)?;
+        return Ok(Prepared {
+            identity,
+            hash,
+            object,
+        });
+    }
     let mut piece = vec![
         0u8;
         READ_PIECE
@@ -293,10 +305,11 @@ impl Marker {
 
     /// Best effort: a lost marker only means the next call pushes again (and finds it stored).
     fn write(&self, dir: &Path, name: &WalFileName) -> Result<()> {
-        fs::create_dir_all(dir)
-            .map_err(|e| EngineError::io(format!("cannot create {}", dir.display()), e))?;
+        use std::io::Write as _;
+        super::create_private_dir_all(dir)?;
         let tmp = dir.join(format!(".{name}.tmp"));
-        fs::write(&tmp, self.text())
+        super::create_new_file(&tmp, true)?
+            .write_all(self.text().as_bytes())
             .map_err(|e| EngineError::io(format!("cannot write {}", tmp.display()), e))?;
         fs::rename(&tmp, dir.join(name.to_string()))
             .map_err(|e| EngineError::io(format!("cannot write marker for {name}"), e))
