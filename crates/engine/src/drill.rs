@@ -1357,10 +1357,24 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if !self.cleaned {
-            for problem in self.cleanup() {
-                tracing::warn!("{problem}");
-            }
+        if self.cleaned {
+            return;
+        }
+        // Cleanup may wait up to CLEANUP_WAIT for a server to stop: never on a runtime thread.
+        if !self.detached
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let mut taken = self.take();
+            runtime.spawn_blocking(move || {
+                for problem in taken.cleanup() {
+                    tracing::warn!("{problem}");
+                }
+            });
+            return;
+        }
+        // No runtime here (or it is shutting down): this thread is not serving one.
+        for problem in self.cleanup() {
+            tracing::warn!("{problem}");
         }
     }
 }
@@ -1494,6 +1508,48 @@ mod tests {
         assert!(judge("1\u{1f}2").1.starts_with("returned 2 columns"));
         assert!(!judge("-3").0);
         assert!(!judge("abc").0);
+    }
+
+    /// A drill whose future is dropped before its cleanup ran (a caller's timeout, a task
+    /// aborted) must not block the runtime thread while the cleanup waits for work in progress
+    /// (up to two minutes for a server that will not stop); the cleanup still happens.
+    #[tokio::test]
+    async fn dropping_an_unfinished_drill_does_not_block_the_runtime() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("lifeboat-drill-dropped");
+        fs::create_dir(&dir).unwrap();
+        let released = Arc::new(AtomicBool::new(false));
+        let mut scratch = Scratch::new(dir.clone(), false);
+        scratch.created = true;
+        let done = released.clone();
+        scratch
+            .pending
+            .push(Box::new(move || done.load(Ordering::SeqCst)));
+        // The work in progress finishes 2 s from now.
+        let release = released.clone();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            release.store(true, Ordering::SeqCst);
+        });
+
+        let began = Instant::now();
+        drop(scratch);
+        let blocked = began.elapsed();
+        assert!(
+            blocked < Duration::from_millis(500),
+            "dropping the scratch blocked the runtime thread for {blocked:?}"
+        );
+        assert!(dir.exists(), "removed while work was still in progress");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while dir.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the dropped drill's scratch directory was never removed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        releaser.join().unwrap();
     }
 
     #[test]
