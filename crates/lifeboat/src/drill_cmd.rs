@@ -54,6 +54,9 @@ pub async fn drill(resolved: &Resolved, args: &DrillArgs) -> Result<Exit, Failur
             "set it to e.g. \"1h\" in the [drill] section",
         ));
     }
+    if let Some(dir) = &config.bindir {
+        check_bindir(dir)?;
+    }
     let repo = open_repo(resolved).await?;
     let mut opts = DrillOptions::new(config, restore_command(resolved)?);
     opts.backup = backup;
@@ -120,6 +123,39 @@ pub async fn drill(resolved: &Resolved, args: &DrillArgs) -> Result<Exit, Failur
         return Ok(Exit::Success);
     }
     Err(failure(&report))
+}
+
+/// `[drill] bindir` must name a directory holding PostgreSQL's server programs; whether they are
+/// of the backup's major is known only once the backup is chosen (a failed drill, exit 9).
+fn check_bindir(dir: &std::path::Path) -> Result<(), Failure> {
+    let hint = "set it to the bin directory of the backups' PostgreSQL major (e.g. \
+                /usr/lib/postgresql/13/bin), or remove it to let the drill find the programs by \
+                the backup's major";
+    if !dir.is_absolute() {
+        return Err(Failure::config(
+            format!(
+                "[drill] bindir = {} in the config file is not an absolute path",
+                dir.display()
+            ),
+            hint,
+        ));
+    }
+    let missing: Vec<&str> = ["postgres", "pg_ctl"]
+        .into_iter()
+        .filter(|program| !dir.join(program).is_file())
+        .collect();
+    if !missing.is_empty() {
+        return Err(Failure::config(
+            format!(
+                "[drill] bindir = {} in the config file holds no PostgreSQL server programs \
+                 ({} missing)",
+                dir.display(),
+                missing.join(" and ")
+            ),
+            hint,
+        ));
+    }
+    Ok(())
 }
 
 /// Install the SIGTERM and SIGINT handlers; the receiver turns true at the first of them, and the

@@ -48,6 +48,14 @@ pub fn chown_to_owner(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The server programs of PostgreSQL `major` (as a drill on this host would find them). The
+/// error says how to install them: `scripts/setup.sh` puts 13 to 18 in `/usr/lib/postgresql`.
+pub fn major_bindir(major: u32) -> anyhow::Result<PathBuf> {
+    pgc::bindir_for_major(major).with_context(|| {
+        format!("PostgreSQL {major} is needed by this test: run `bash scripts/setup.sh`, which installs it")
+    })
+}
+
 /// A temporary directory under [`std::env::temp_dir`] that the cluster owner owns (mode 0700),
 /// removed on drop unless `LIFEBOAT_KEEP_TEST_DIRS=1`.
 #[derive(Debug)]
@@ -118,6 +126,20 @@ impl TestCluster {
 
     /// initdb (with data checksums) a new cluster without starting it.
     pub fn stopped_new(extra_conf: &str) -> anyhow::Result<Self> {
+        Self::stopped_new_in(&pgc::pg_bindir()?, extra_conf)
+    }
+
+    /// [`start_new`](Self::start_new) with the server programs in `bindir`, e.g. another
+    /// major's ([`major_bindir`]). Client programs it lacks (psql, pgbench) come from the
+    /// newest install, which talks to every supported major.
+    pub fn start_new_in(bindir: &Path, extra_conf: &str) -> anyhow::Result<Self> {
+        let cluster = Self::stopped_new_in(bindir, extra_conf)?;
+        cluster.start(START_TIMEOUT)?;
+        Ok(cluster)
+    }
+
+    /// [`stopped_new`](Self::stopped_new) with the server programs in `bindir`.
+    pub fn stopped_new_in(bindir: &Path, extra_conf: &str) -> anyhow::Result<Self> {
         let dir = TestDir::new()?;
         let opts = InitOptions {
             data_checksums: true,
@@ -126,7 +148,7 @@ impl TestCluster {
             socket_dir: dir.path().join("sock"),
             extra_conf: format!("{TEST_CONF}{extra_conf}"),
         };
-        let cluster = LocalCluster::initdb(&dir.path().join("data"), &opts)?
+        let cluster = LocalCluster::initdb_in(bindir, &dir.path().join("data"), &opts)?
             .with_log_file(dir.path().join("postgres.log"));
         Ok(Self { cluster, dir })
     }
