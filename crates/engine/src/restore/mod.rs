@@ -247,8 +247,11 @@ pub async fn restore(
         let layout = layout.clone();
         let targets = targets.clone();
         let parallel = opts.parallel.max(1);
+        let marker = plan::restore_marker_text(identity.system_identifier, &manifest.label);
         tokio::task::spawn_blocking(move || {
-            apply(&manifest, &layout, &targets, &actions, &remove, parallel)
+            apply(
+                &manifest, &layout, &targets, &actions, &remove, &marker, parallel,
+            )
         })
         .await
         .map_err(join_error)??;
@@ -353,19 +356,27 @@ pub async fn restore(
     )?;
     // The backup's own links last: nothing is written after them, so nothing through them.
     make_links(&manifest, &target_dir)?;
-    File::open(&target_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(format!("cannot fsync {}", target_dir.display())))?;
+    remove_any(&target_dir.join(plan::RESTORE_MARKER))?;
+    fsync_dir(&target_dir)?;
     if let Some(owner) = owner {
-        // Run as root: PostgreSQL refuses a data directory it does not own.
-        for dir in std::iter::once(&target_dir).chain(tablespaces.values()) {
-            lifeboat_pg::cluster::chown_recursive(dir, &owner).map_err(|e| {
-                EngineError::invalid(
-                    format!("cannot give {} to the postgres user: {e}", dir.display()),
-                    "change its owner to the user PostgreSQL runs as",
-                )
-            })?;
-        }
+        // Run as root: PostgreSQL refuses a data directory it does not own. A walk of the whole
+        // tree: off the runtime's threads.
+        let dirs: Vec<PathBuf> = std::iter::once(target_dir.clone())
+            .chain(tablespaces.values().cloned())
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            for dir in &dirs {
+                lifeboat_pg::cluster::chown_recursive(dir, &owner).map_err(|e| {
+                    EngineError::invalid(
+                        format!("cannot give {} to the postgres user: {e}", dir.display()),
+                        "change its owner to the user PostgreSQL runs as",
+                    )
+                })?;
+            }
+            Ok::<(), EngineError>(())
+        })
+        .await
+        .map_err(join_error)??;
     }
     report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -560,6 +571,7 @@ struct FilePlan {
 fn expected_paths(manifest: &Manifest, layout: &Layout, targets: &[Target]) -> HashSet<PathBuf> {
     let mut expected: HashSet<PathBuf> = HashSet::new();
     expected.insert(layout.target_dir.clone());
+    expected.insert(layout.target_dir.join(plan::RESTORE_MARKER));
     for (oid, dir) in &layout.tablespaces {
         expected.insert(dir.clone());
         expected.insert(layout.target_dir.join("pg_tblspc"));
@@ -778,6 +790,7 @@ fn apply(
     targets: &[Target],
     actions: &[FileAction],
     remove: &[PathBuf],
+    marker: &str,
     parallel: usize,
 ) -> Result<()> {
     for path in remove {
@@ -793,6 +806,10 @@ fn apply(
         }
     }
     create_root(&layout.target_dir)?;
+    // Before anything else is written: a restore killed from here on leaves a directory that
+    // `--delta` recognises as this cluster's and finishes.
+    write_file(&layout.target_dir.join(plan::RESTORE_MARKER), marker)?;
+    fsync_dir(&layout.target_dir)?;
     let mut roots = vec![layout.target_dir.clone()];
     for dir in layout.tablespaces.values() {
         create_root(dir)?;
@@ -1105,6 +1122,12 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
         .map_err(io(format!("cannot write {}", path.display())))
 }
 
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(format!("cannot fsync {}", dir.display())))
+}
+
 /// A restored file's text, read without following a link; empty when missing or unreadable.
 fn read_restored(path: &Path) -> String {
     let mut text = String::new();
@@ -1293,7 +1316,16 @@ mod tests {
         let plan = plan_files(&manifest, &layout, &targets, 8192, true, &codec, 2).unwrap();
         assert_eq!(plan.actions, vec![FileAction::Create]);
         assert_eq!(plan.remove, vec![target.join("stray")]);
-        apply(&manifest, &layout, &targets, &plan.actions, &plan.remove, 2).unwrap();
+        apply(
+            &manifest,
+            &layout,
+            &targets,
+            &plan.actions,
+            &plan.remove,
+            "",
+            2,
+        )
+        .unwrap();
         assert!(fs::symlink_metadata(target.join("base")).unwrap().is_dir());
         assert_eq!(fs::metadata(target.join("base/f")).unwrap().len(), 5);
         assert!(!target.join("stray").exists());

@@ -259,6 +259,26 @@ pub fn check_delta_target(dir: &Path, system_identifier: u64) -> Result<()> {
         }
     }
     let hint = "--delta updates a data directory of the repository's cluster in place (a previous restore of it) and removes what the backup does not hold; restore into an empty or missing directory instead";
+    match interrupted_restore(dir) {
+        Some(Ok(id)) if id == system_identifier => {
+            tracing::info!(
+                "{} holds an interrupted restore of this repository's cluster: --delta finishes it",
+                dir.display()
+            );
+            return Ok(());
+        }
+        Some(Ok(id)) => {
+            return Err(refuse(
+                format!(
+                    "{} holds an interrupted restore of another cluster (system identifier {id}; the repository's is {system_identifier}): --delta would replace it",
+                    dir.display()
+                ),
+                hint,
+            ));
+        }
+        Some(Err(problem)) => tracing::warn!("{problem}"),
+        None => {}
+    }
     if !fs::symlink_metadata(dir.join("PG_VERSION")).is_ok_and(|m| m.is_file()) {
         return Err(refuse(
             format!(
@@ -298,6 +318,45 @@ pub fn check_delta_target(dir: &Path, system_identifier: u64) -> Result<()> {
     Ok(())
 }
 
+/// Written into the target directory before anything else and removed as the restore's last step:
+/// a directory holding it is a restore of the cluster it names that did not finish, which
+/// `--delta` may complete even before `PG_VERSION` was written.
+pub const RESTORE_MARKER: &str = "lifeboat_restore_incomplete";
+
+/// The marker's text: the system identifier of the cluster being restored, and the backup.
+pub fn restore_marker_text(system_identifier: u64, label: &str) -> String {
+    format!("system_identifier = {system_identifier}\nbackup = {label}\n")
+}
+
+/// The system identifier an interrupted restore in `dir` was restoring: `None` without a marker,
+/// an error naming the problem when the marker is not a regular file or cannot be read.
+pub fn interrupted_restore(dir: &Path) -> Option<std::result::Result<u64, String>> {
+    let path = dir.join(RESTORE_MARKER);
+    let meta = fs::symlink_metadata(&path).ok()?;
+    if !meta.is_file() {
+        return Some(Err(format!(
+            "{} is not a regular file; it is ignored",
+            path.display()
+        )));
+    }
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => return Some(Err(format!("cannot read {}: {e}", path.display()))),
+    };
+    let id = text.lines().find_map(|l| {
+        let (key, value) = l.split_once('=')?;
+        (key.trim() == "system_identifier")
+            .then(|| value.trim().parse::<u64>().ok())
+            .flatten()
+    });
+    Some(id.ok_or_else(|| {
+        format!(
+            "{} names no system identifier; it is ignored",
+            path.display()
+        )
+    }))
+}
+
 /// Refuse a target that holds anything (unless delta) or where a server runs.
 pub fn check_target(dir: &Path, delta: bool, what: &str) -> Result<()> {
     match fs::read_dir(dir) {
@@ -309,6 +368,15 @@ pub fn check_target(dir: &Path, delta: bool, what: &str) -> Result<()> {
                 ));
             }
             if !delta && listing.next().is_some() {
+                if interrupted_restore(dir).is_some() {
+                    return Err(refuse(
+                        format!(
+                            "the {what} {} holds a restore that did not finish",
+                            dir.display()
+                        ),
+                        "add --delta to finish it (only what differs from the backup is written), or restore into an empty or missing directory",
+                    ));
+                }
                 return Err(refuse(
                     format!("the {what} {} is not empty", dir.display()),
                     "restore into an empty or missing directory, or add --delta to update this one in place",

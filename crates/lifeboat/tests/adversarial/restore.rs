@@ -172,3 +172,96 @@ fn missing_chunk_is_corruption_named_before_anything_is_written() {
     let out = b.restore(&data, &["--backup", &b.label, "--dry-run"]);
     assert_code(&out, 6, "restore --dry-run with a chunk missing");
 }
+
+/// A restore killed with -9 at any moment, even before `PG_VERSION` exists, leaves a directory
+/// that a plain restore refuses (pointing at `--delta`) and `restore --delta` finishes; the result
+/// starts and holds every row.
+#[test]
+fn a_killed_restore_is_finished_by_delta() {
+    use std::process::Stdio;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use lifeboat_pg::cluster::LocalCluster;
+    use lifeboat_testkit::free_port;
+
+    let b = Backed::new();
+    let t = TestDir::new().expect("test dir");
+    let data = t.path().join("data");
+    // Killed as soon as the restore started writing, then later and later.
+    for delay_ms in [0u64, 30, 150] {
+        let mut child = b
+            .setup
+            .cmd()
+            .args(["restore", "--backup", &b.label, "--target-dir"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start restore");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !data.join("lifeboat_restore_incomplete").exists()
+            && matches!(child.try_wait(), Ok(None))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the restore never started writing"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let status = child.wait().expect("wait for restore");
+        if status.success() {
+            // It finished before the kill: start again from an empty directory.
+            fs::remove_dir_all(&data).expect("remove the finished restore");
+            continue;
+        }
+        let out = b.restore(&data, &["--backup", &b.label]);
+        assert_code(&out, 4, "a plain restore into an interrupted one");
+        assert!(
+            stderr(&out).contains("did not finish") && stderr(&out).contains("--delta"),
+            "the refusal says the restore did not finish and how to finish it: {}",
+            stderr(&out)
+        );
+        let out = b.restore(&data, &["--backup", &b.label, "--delta"]);
+        assert_success(
+            &out,
+            &format!("restore --delta after a kill at +{delay_ms} ms"),
+        );
+        assert!(
+            !data.join("lifeboat_restore_incomplete").exists(),
+            "a finished restore leaves no marker"
+        );
+        if delay_ms != 150 {
+            fs::remove_dir_all(&data).expect("remove for the next round");
+        }
+    }
+    if !data.exists() {
+        assert_success(
+            &b.restore(&data, &["--backup", &b.label]),
+            "restore into an empty directory",
+        );
+    }
+    chown_to_owner(&data).expect("chown");
+    let owner = b._source.owner.clone();
+    let cluster = LocalCluster::existing(&data, free_port(), t.path(), owner)
+        .expect("restored cluster")
+        .with_log_file(t.path().join("postgres.log"));
+    let restored = TestCluster::adopt(t, cluster);
+    restored
+        .start(Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("the finished restore did not start: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match restored.psql("select pg_is_in_recovery(), count(*) from t") {
+            Ok(row) if row == "f|1000" => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "recovery did not end with the 1000 rows ({other:?}):\n{}",
+                restored.log_tail(40)
+            ),
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
