@@ -55,6 +55,13 @@ const RECENT_HOLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// large, so a repository of 1 GiB segments or 16 MiB blocks stays within this on any machine.
 const READ_MEMORY_BUDGET: u64 = 512 * 1024 * 1024;
 
+/// Segments of one gap named in the JSON report; a longer gap is named by its ends and count.
+pub const GAP_NAMED_MAX: usize = 1000;
+
+/// Segments a stored state may record: far more than any archive holds (2^24 segments of 16 MiB
+/// are 256 TiB), so a state claiming more is damaged or crafted and is not expanded in memory.
+const STATE_SEGMENTS_MAX: u64 = 1 << 24;
+
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
     /// Check only this backup (and the WAL its timeline holds from its start on).
@@ -130,7 +137,8 @@ pub struct GapDetail {
     pub first_missing: String,
     pub last_missing: String,
     pub count: u64,
-    /// Every missing (or damaged) segment, in order.
+    /// The missing (or damaged) segments, in order: every one, up to the first
+    /// [`GAP_NAMED_MAX`] (`count` says how many there are).
     pub missing: Vec<String>,
     /// Backups that cannot be restored at all because they need these segments.
     pub unrestorable: Vec<String>,
@@ -609,8 +617,11 @@ pub async fn verify(
             .max(last_needed);
         for (first, last) in missing_runs(usable, from, to) {
             let name = |n: u64| segment_name(timeline, n, seg_size);
-            let missing: Vec<String> = (first..=last).map(name).collect();
-            let damaged_in_run = (first..=last).any(|n| present.contains(&n));
+            // Named one by one up to a bound: a stray segment far ahead (or a crafted name)
+            // must not make a gap of 2^40 segments allocate them all.
+            let missing: Vec<String> = (first..=last).take(GAP_NAMED_MAX).map(name).collect();
+            let present_in_run = present.range(first..=last).count() as u64;
+            let damaged_in_run = present_in_run > 0;
             let mut unrestorable = Vec::new();
             let mut restores_to = Vec::new();
             let mut affected = Vec::new();
@@ -631,8 +642,8 @@ pub async fn verify(
             if affected.is_empty() {
                 continue;
             }
-            counters.wal_missing += (first..=last).filter(|n| !present.contains(n)).count() as u64;
             let count = last - first + 1;
+            counters.wal_missing += count - present_in_run;
             let what_missing = if damaged_in_run {
                 "missing or damaged"
             } else {
@@ -641,7 +652,7 @@ pub async fn verify(
             let mut what = format!(
                 "WAL on timeline {} {what_missing}: {} ({count} segment{})",
                 timeline.get(),
-                segment_list(&missing),
+                segment_list(&missing, &name(last), count),
                 if count == 1 { "" } else { "s" }
             );
             for label in &unrestorable {
@@ -1020,12 +1031,11 @@ fn segment_name(timeline: TimelineId, segno: u64, seg_size: u64) -> String {
 
 /// Every name when there are a few; the first, the last and the count otherwise (the JSON report
 /// lists them all).
-fn segment_list(names: &[String]) -> String {
+fn segment_list(names: &[String], last: &str, count: u64) -> String {
     match names {
         [] => String::new(),
-        _ if names.len() <= 6 => names.join(", "),
-        [first, .., last] => format!("{first} .. {last} (every segment between them)"),
-        [only] => only.clone(),
+        _ if count <= 6 && names.len() as u64 == count => names.join(", "),
+        [first, ..] => format!("{first} .. {last} (every segment between them)"),
     }
 }
 
@@ -1173,6 +1183,7 @@ impl State {
             );
         }
         let mut segments: BTreeMap<TimelineId, BTreeMap<u64, u64>> = BTreeMap::new();
+        let mut recorded: u64 = 0;
         for range in &header.wal_segments {
             let first: WalSegmentName = range.first.parse().map_err(|e| format!("{e}"))?;
             let last: WalSegmentName = range.last.parse().map_err(|e| format!("{e}"))?;
@@ -1182,6 +1193,12 @@ impl State {
             );
             if first.timeline != last.timeline || b < a {
                 return Err(format!("bad range {} .. {}", range.first, range.last));
+            }
+            recorded = recorded.saturating_add(b - a + 1);
+            if recorded > STATE_SEGMENTS_MAX {
+                return Err(format!(
+                    "it records more than {STATE_SEGMENTS_MAX} verified segments"
+                ));
             }
             let timeline = segments.entry(first.timeline).or_default();
             for n in a..=b {

@@ -13,7 +13,7 @@ use lifeboat_repo::backup::{Entry, Manifest, Root, is_safe_relative_path};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::walcheck::{missing_segments, name_list};
+use crate::walcheck::missing_segments;
 use crate::{EngineError, Result};
 
 /// Where the configuration files kept outside PGDATA are restored, inside the target directory.
@@ -346,9 +346,8 @@ pub async fn check_wal(
     if !missing.is_empty() {
         return Err(refuse(
             format!(
-                "backup {} cannot be restored: WAL it needs is missing from the repository: {}",
+                "backup {} cannot be restored: WAL it needs is missing from the repository: {missing}",
                 manifest.label,
-                name_list(&missing)
             ),
             "restore another backup (lifeboat list), or put the missing segments back",
         ));
@@ -372,11 +371,19 @@ pub async fn check_wal(
     };
     let missing = missing_segments(repo, &stop, &end, seg_size).await?;
     if !missing.is_empty() {
-        let message = format!(
-            "WAL between backup {} and the target is missing from the repository: {}",
-            manifest.label,
-            name_list(&missing)
-        );
+        let first = missing
+            .first()
+            .map_or_else(|| end.to_string(), |s| s.to_string());
+        let message = match target {
+            RecoveryTarget::Lsn(lsn) if last_archived.is_none_or(|l| l < end) => format!(
+                "the target LSN {lsn} lies beyond the WAL archived after backup {}: recovery would stop at {first}, the first segment missing from the repository (missing: {missing})",
+                manifest.label
+            ),
+            _ => format!(
+                "WAL between backup {} and the target is missing from the repository, from {first} on: {missing}",
+                manifest.label
+            ),
+        };
         match target {
             RecoveryTarget::Lsn(_) | RecoveryTarget::Latest => {
                 return Err(refuse(
