@@ -590,7 +590,7 @@ pub async fn verify(
     // A backup removed while we read (expire) is not a backup any more: what it alone referenced,
     // chunks and WAL before the oldest kept backup, may be gone, and that is no finding. Listed
     // after every read, so that whatever expire deleted before our listings is covered.
-    let still: HashSet<String> = repo.backup_labels().await?.into_iter().collect();
+    let still: HashSet<String> = repo.backup_listing().await?.0.into_iter().collect();
     backups.retain(|b| still.contains(&b.label));
     findings.retain(|f| {
         f.kind != FindingKind::DamagedManifest || f.backups.iter().any(|l| still.contains(l))
