@@ -117,7 +117,8 @@ pub fn missing_in(
     out
 }
 
-/// The segments of `first..=last` the repository does not hold. A narrow range is listed one log
+/// The segments of `first..=last` the repository does not hold (an object listed shorter than an
+/// object header, such as a 0-byte one, counts as missing). A narrow range is listed one log
 /// directory at a time; a wide one with one listing of the timeline's WAL, so that neither the
 /// listing calls nor the memory grow with the width of the range.
 pub async fn missing_segments(
@@ -158,6 +159,10 @@ pub async fn missing_segments(
             .await
             .map_err(lifeboat_repo::RepoError::from)?
         {
+            // An object shorter than an object header cannot hold the segment: not there.
+            if object.size < lifeboat_repo::codec::HEADER_LEN as u64 {
+                continue;
+            }
             if let Some(WalFileName::Segment(s)) = keys::parse_wal_key(&object.key)
                 && s.timeline == timeline
                 && let Ok(n) = s.segno(seg_size)

@@ -308,6 +308,25 @@ fn a_wal_object_truncated_to_zero_bytes_after_a_clean_run_is_flagged() {
     );
 }
 
+/// A 0-byte WAL object is no segment for restore's WAL check either: refused (exit 4) naming it,
+/// instead of a restore that PostgreSQL's recovery then stops on.
+#[test]
+fn restore_counts_a_zero_byte_wal_object_as_missing() {
+    let repo = Repo::from_fixture("");
+    let victim = last_segment(&repo.path);
+    let key = lifeboat_repo::keys::wal(&WalFileName::Segment(victim));
+    fs::write(repo.object(&key), b"").expect("truncate");
+    let target = repo.dir.path().join("target");
+    let out = repo.run(&[
+        "restore",
+        "--dry-run",
+        "--target-dir",
+        &target.to_string_lossy(),
+    ]);
+    assert_code(&out, 4, "restore with a 0-byte WAL object");
+    assert!(text(&out).contains(&victim.to_string()), "{}", text(&out));
+}
+
 /// Same for a WAL object truncated to a size it never had (but longer than a header).
 #[test]
 fn a_wal_object_whose_size_changed_after_a_clean_run_is_flagged() {
