@@ -490,7 +490,7 @@ async fn execute(
     //    respected all the same.
     let kept_labels: HashSet<&str> = plan.kept.iter().map(|m| m.label.as_str()).collect();
     let mut extra = Vec::new();
-    for label in repo.backup_labels().await? {
+    for label in repo.backup_listing().await?.0 {
         if !kept_labels.contains(label.as_str()) {
             tracing::warn!("backup {label} appeared during expire: its chunks are kept");
             extra.push(repo.manifest(&label).await?);

@@ -7,10 +7,13 @@
 //! backup's timeline runs without a gap from its start segment through its stop segment and on to
 //! the end of the archive, naming every missing segment and the restore window that remains.
 //!
-//! What was read and found intact is recorded in `verify/state` (and `verify/state.copy`), so the
-//! next run reads only what is new; `full` reads everything again. Presence is never taken from
-//! the state: every run lists `data/` and `wal/`, so an object deleted after it was verified is
-//! found on the next run. Damage inside an object verified earlier is found by a `full` run.
+//! What was read and found intact is recorded in `verify/state` (and `verify/state.copy`) with
+//! its stored size, so the next run reads what is new, what changed size, and a rotating share of
+//! the rest (`reread_percent`): each object falls in one of 100 buckets by its hash (segments by
+//! number), and run `r` re-reads the buckets `r*p .. r*p+p` (mod 100), so that everything verified
+//! is read again within `ceil(100/p)` runs; `full` reads everything again. Presence is never taken
+//! from the state: every run lists `data/` and `wal/`, so an object deleted after it was verified
+//! is found on the next run, and one listed shorter than an object header is damaged unread.
 //!
 //! Findings are data, not errors: a damaged manifest, chunk or segment is reported and the run goes
 //! on with the rest. Only a store that cannot be read at all (after retries) ends the run early.
@@ -55,6 +58,13 @@ const RECENT_HOLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// large, so a repository of 1 GiB segments or 16 MiB blocks stays within this on any machine.
 const READ_MEMORY_BUDGET: u64 = 512 * 1024 * 1024;
 
+/// Segments of one gap named in the JSON report; a longer gap is named by its ends and count.
+pub const GAP_NAMED_MAX: usize = 1000;
+
+/// Segments a stored state may record: far more than any archive holds (2^24 segments of 16 MiB
+/// are 256 TiB), so a state claiming more is damaged or crafted and is not expanded in memory.
+const STATE_SEGMENTS_MAX: u64 = 1 << 24;
+
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
     /// Check only this backup (and the WAL its timeline holds from its start on).
@@ -63,7 +73,13 @@ pub struct VerifyOptions {
     pub full: bool,
     /// Objects read at once (default: twice the cores, since reads mostly wait on the store).
     pub parallel: usize,
+    /// Share (0-100 %) of the objects verified by earlier runs that this run reads again, in a
+    /// rotation that reads every one within `ceil(100 / reread_percent)` runs.
+    pub reread_percent: u8,
 }
+
+/// Default of [`VerifyOptions::reread_percent`]: everything is read again every 20 runs.
+pub const DEFAULT_REREAD_PERCENT: u8 = 5;
 
 impl Default for VerifyOptions {
     fn default() -> Self {
@@ -71,6 +87,7 @@ impl Default for VerifyOptions {
             backup: None,
             full: false,
             parallel: std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
+            reread_percent: DEFAULT_REREAD_PERCENT,
         }
     }
 }
@@ -130,7 +147,8 @@ pub struct GapDetail {
     pub first_missing: String,
     pub last_missing: String,
     pub count: u64,
-    /// Every missing (or damaged) segment, in order.
+    /// The missing (or damaged) segments, in order: every one, up to the first
+    /// [`GAP_NAMED_MAX`] (`count` says how many there are).
     pub missing: Vec<String>,
     /// Backups that cannot be restored at all because they need these segments.
     pub unrestorable: Vec<String>,
@@ -182,6 +200,9 @@ pub struct Counters {
     pub chunks_read: u64,
     /// Chunks present and verified by an earlier run, so not read again.
     pub chunks_skipped: u64,
+    /// Of `chunks_read`: chunks verified by an earlier run, read again in their turn of the
+    /// rotation (`reread_percent`).
+    pub chunks_reread: u64,
     pub chunks_missing: u64,
     pub chunks_damaged: u64,
     /// Stored bytes read (chunks and WAL).
@@ -190,6 +211,8 @@ pub struct Counters {
     pub wal_files: u64,
     pub wal_read: u64,
     pub wal_skipped: u64,
+    /// Of `wal_read`: WAL files verified by an earlier run, read again in their turn.
+    pub wal_reread: u64,
     pub wal_damaged: u64,
     /// Segments missing where a backup needs them or between archived segments after one.
     pub wal_missing: u64,
@@ -210,6 +233,92 @@ pub struct StateSummary {
     pub note: Option<String>,
 }
 
+/// The rotation that reads again what earlier runs verified.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RereadSummary {
+    /// Share of the verified objects each run reads again.
+    pub percent: u8,
+    /// Runs within which every verified object is read again (none when `percent` is 0).
+    pub cycle_runs: Option<u64>,
+    /// Days such a cycle takes at the pace of the runs recorded so far (none before an hour of
+    /// runs is recorded, or when `percent` is 0).
+    pub cycle_days: Option<f64>,
+    /// Runs counted by the rotation before this one.
+    pub runs_before: u64,
+}
+
+impl RereadSummary {
+    fn new(percent: u8, runs_before: u64, runs_since: Option<u64>, now: u64) -> Self {
+        let cycle_runs = (percent > 0).then(|| 100u64.div_ceil(u64::from(percent)));
+        let cycle_days = match (cycle_runs, runs_since) {
+            (Some(cycle), Some(since)) if runs_before > 0 && now >= since + 3600 => {
+                let per_run_days = (now - since) as f64 / runs_before as f64 / 86_400.0;
+                Some((cycle as f64 * per_run_days * 10.0).round() / 10.0)
+            }
+            _ => None,
+        };
+        Self {
+            percent,
+            cycle_runs,
+            cycle_days,
+            runs_before,
+        }
+    }
+}
+
+/// Which of the 100 buckets this run reads again.
+#[derive(Debug, Clone, Copy)]
+struct Rotation {
+    start: u64,
+    width: u64,
+}
+
+impl Rotation {
+    fn new(percent: u8, run: u64) -> Self {
+        let width = u64::from(percent.min(100));
+        Self {
+            start: run.wrapping_mul(width) % 100,
+            width,
+        }
+    }
+
+    fn picks(&self, bucket: u64) -> bool {
+        (bucket % 100 + 100 - self.start) % 100 < self.width
+    }
+}
+
+fn chunk_bucket(id: &ChunkId) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&id.0.0[..8]);
+    u64::from_le_bytes(b) % 100
+}
+
+/// Segments by number (consecutive segments fall in consecutive buckets), other files by a hash
+/// of the name (FNV-1a: stable across versions and machines).
+fn wal_bucket(name: &WalFileName, seg_size: u64) -> u64 {
+    if let WalFileName::Segment(seg) = name
+        && let Ok(n) = seg.segno(seg_size)
+    {
+        return n % 100;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.to_string().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h % 100
+}
+
+/// An object listed shorter than an object header cannot be intact: damaged without reading it.
+fn short_object(size: u64) -> Option<String> {
+    (size < lifeboat_repo::codec::HEADER_LEN as u64).then(|| {
+        format!(
+            "the stored object is {size} bytes, shorter than an object header ({} bytes): it was truncated",
+            lifeboat_repo::codec::HEADER_LEN
+        )
+    })
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
     pub location: String,
@@ -220,6 +329,7 @@ pub struct VerifyReport {
     pub backups: Vec<BackupVerdict>,
     pub counters: Counters,
     pub state: StateSummary,
+    pub reread: RereadSummary,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -346,14 +456,24 @@ pub async fn verify(
     let mut referenced: Vec<ChunkId> = referenced.into_iter().collect();
     referenced.sort_unstable();
     let mut missing_chunks: BTreeSet<ChunkId> = BTreeSet::new();
+    let mut damaged_chunks: BTreeMap<ChunkId, String> = BTreeMap::new();
     let mut to_read: Vec<(ChunkId, u64)> = Vec::new();
+    let rotation = Rotation::new(opts.reread_percent, old_state.runs);
     for id in referenced {
         match present_chunks.get(&id) {
             None => {
                 missing_chunks.insert(id);
             }
+            Some(&size) if short_object(size).is_some() => {
+                damaged_chunks.insert(id, short_object(size).unwrap_or_default());
+            }
             Some(&size) if !opts.full && old_state.chunk_verified(&id, size) => {
-                counters.chunks_skipped += 1;
+                if rotation.picks(chunk_bucket(&id)) {
+                    counters.chunks_reread += 1;
+                    to_read.push((id, size));
+                } else {
+                    counters.chunks_skipped += 1;
+                }
             }
             Some(&size) => to_read.push((id, size)),
         }
@@ -393,9 +513,17 @@ pub async fn verify(
     };
     counters.wal_files = listed_wal.len() as u64;
     let mut wal_to_read: Vec<(WalFileName, u64)> = Vec::new();
+    let mut damaged_wal: HashMap<WalFileName, String> = HashMap::new();
     for (name, size) in &listed_wal {
-        if !opts.full && old_state.wal_verified(name, seg_size) {
-            counters.wal_skipped += 1;
+        if let Some(reason) = short_object(*size) {
+            damaged_wal.insert(*name, reason);
+        } else if !opts.full && old_state.wal_verified(name, *size, seg_size) {
+            if rotation.picks(wal_bucket(name, seg_size)) {
+                counters.wal_reread += 1;
+                wal_to_read.push((*name, *size));
+            } else {
+                counters.wal_skipped += 1;
+            }
         } else {
             wal_to_read.push((*name, *size));
         }
@@ -410,7 +538,6 @@ pub async fn verify(
     // Read chunks.
     let parallel = opts.parallel.max(1);
     let chunk_in_flight = in_flight(parallel, max_block.max(1));
-    let mut damaged_chunks: BTreeMap<ChunkId, String> = BTreeMap::new();
     let mut verified_chunks: Vec<(ChunkId, u64)> = Vec::new();
     {
         let mut reads = futures::stream::iter(to_read)
@@ -442,9 +569,8 @@ pub async fn verify(
 
     // Read WAL.
     let wal_in_flight = in_flight(parallel, seg_size);
-    let mut damaged_wal: HashMap<WalFileName, String> = HashMap::new();
     let mut vanished_wal: HashSet<WalFileName> = HashSet::new();
-    let mut verified_wal: Vec<WalFileName> = Vec::new();
+    let mut verified_wal: Vec<(WalFileName, u64)> = Vec::new();
     {
         let mut reads = futures::stream::iter(wal_to_read)
             .map(|(name, size)| {
@@ -458,7 +584,7 @@ pub async fn verify(
                 WalCheck::Intact => {
                     counters.wal_read += 1;
                     counters.bytes_read += size;
-                    verified_wal.push(name);
+                    verified_wal.push((name, size));
                 }
                 WalCheck::Damaged(reason) => {
                     counters.wal_read += 1;
@@ -475,7 +601,7 @@ pub async fn verify(
     // A backup removed while we read (expire) is not a backup any more: what it alone referenced,
     // chunks and WAL before the oldest kept backup, may be gone, and that is no finding. Listed
     // after every read, so that whatever expire deleted before our listings is covered.
-    let still: HashSet<String> = repo.backup_labels().await?.into_iter().collect();
+    let still: HashSet<String> = repo.backup_listing().await?.0.into_iter().collect();
     backups.retain(|b| still.contains(&b.label));
     findings.retain(|f| {
         f.kind != FindingKind::DamagedManifest || f.backups.iter().any(|l| still.contains(l))
@@ -570,7 +696,10 @@ pub async fn verify(
             match read_wal(repo, &name, identity.as_ref()).await? {
                 WalCheck::Gone => continue,
                 WalCheck::Intact => {
-                    verified_wal.push(name);
+                    // Recorded with its stored size; unknown (head failed), it is read again next run.
+                    if let Ok(meta) = repo.store().head(&keys::wal(&name)).await {
+                        verified_wal.push((name, meta.size));
+                    }
                     usable_segments.entry(seg.timeline).or_default().insert(n);
                 }
                 WalCheck::Damaged(reason) => {
@@ -620,8 +749,11 @@ pub async fn verify(
             .max(last_needed);
         for (first, last) in missing_runs(usable, from, to) {
             let name = |n: u64| segment_name(timeline, n, seg_size);
-            let missing: Vec<String> = (first..=last).map(name).collect();
-            let damaged_in_run = (first..=last).any(|n| present.contains(&n));
+            // Named one by one up to a bound: a stray segment far ahead (or a crafted name)
+            // must not make a gap of 2^40 segments allocate them all.
+            let missing: Vec<String> = (first..=last).take(GAP_NAMED_MAX).map(name).collect();
+            let present_in_run = present.range(first..=last).count() as u64;
+            let damaged_in_run = present_in_run > 0;
             let mut unrestorable = Vec::new();
             let mut restores_to = Vec::new();
             let mut affected = Vec::new();
@@ -642,8 +774,8 @@ pub async fn verify(
             if affected.is_empty() {
                 continue;
             }
-            counters.wal_missing += (first..=last).filter(|n| !present.contains(n)).count() as u64;
             let count = last - first + 1;
+            counters.wal_missing += count - present_in_run;
             let what_missing = if damaged_in_run {
                 "missing or damaged"
             } else {
@@ -652,7 +784,7 @@ pub async fn verify(
             let mut what = format!(
                 "WAL on timeline {} {what_missing}: {} ({count} segment{})",
                 timeline.get(),
-                segment_list(&missing),
+                segment_list(&missing, &name(last), count),
                 if count == 1 { "" } else { "s" }
             );
             for label in &unrestorable {
@@ -783,8 +915,22 @@ pub async fn verify(
             },
         );
     }
-    for name in &verified_wal {
-        state.add_wal(name, run_at, seg_size);
+    for (name, size) in &verified_wal {
+        state.add_wal(name, run_at, Some(*size), seg_size);
+    }
+    // The rotation counts unscoped runs only: its promise (everything read again within
+    // `cycle_runs` runs) is about runs that look at everything.
+    let reread = RereadSummary::new(
+        opts.reread_percent,
+        old_state.runs,
+        old_state.runs_since,
+        run_at,
+    );
+    if opts.reread_percent > 0 && opts.backup.is_none() {
+        if state.runs == 0 {
+            state.runs_since = Some(run_at);
+        }
+        state.runs += 1;
     }
     let mut saved = false;
     if state != old_state || state_note.is_some() {
@@ -815,6 +961,7 @@ pub async fn verify(
             wal_verified: state.wal_count(),
             note: state_note,
         },
+        reread,
     })
 }
 
@@ -1031,12 +1178,11 @@ fn segment_name(timeline: TimelineId, segno: u64, seg_size: u64) -> String {
 
 /// Every name when there are a few; the first, the last and the count otherwise (the JSON report
 /// lists them all).
-fn segment_list(names: &[String]) -> String {
+fn segment_list(names: &[String], last: &str, count: u64) -> String {
     match names {
         [] => String::new(),
-        _ if names.len() <= 6 => names.join(", "),
-        [first, .., last] => format!("{first} .. {last} (every segment between them)"),
-        [only] => only.clone(),
+        _ if count <= 6 && names.len() as u64 == count => names.join(", "),
+        [first, ..] => format!("{first} .. {last} (every segment between them)"),
     }
 }
 
@@ -1076,9 +1222,21 @@ struct ChunkRecord {
 struct State {
     updated: Option<String>,
     chunks: BTreeMap<ChunkId, ChunkRecord>,
-    segments: BTreeMap<TimelineId, BTreeMap<u64, u64>>,
+    segments: BTreeMap<TimelineId, BTreeMap<u64, WalRecord>>,
     /// `.partial`, `.backup` and history files, by name.
-    other_wal: BTreeMap<String, u64>,
+    other_wal: BTreeMap<String, WalRecord>,
+    /// Runs the re-read rotation counted (its position), and when the first of them ran.
+    runs: u64,
+    runs_since: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WalRecord {
+    /// Unix seconds.
+    verified_at: u64,
+    /// The stored object's size when it was read; none in a state written before sizes were
+    /// recorded, and such a record counts as not verified (read again, then recorded with it).
+    stored_size: Option<u64>,
 }
 
 /// The JSON line that starts the state object; chunk records follow it.
@@ -1091,6 +1249,16 @@ struct StateHeader {
     chunks: u64,
     wal_segments: Vec<SegmentRange>,
     wal_files: Vec<WalFileRecord>,
+    /// Runs counted by the re-read rotation, and the Unix time of the first (absent in states
+    /// written before the rotation: 0 and none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    runs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    runs_since: Option<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -1098,12 +1266,17 @@ struct SegmentRange {
     first: String,
     last: String,
     verified_at: u64,
+    /// The stored size of each segment of the range, in order (absent in older states).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stored_sizes: Option<Vec<u64>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct WalFileRecord {
     name: String,
     verified_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stored_size: Option<u64>,
 }
 
 impl State {
@@ -1183,7 +1356,8 @@ impl State {
                 },
             );
         }
-        let mut segments: BTreeMap<TimelineId, BTreeMap<u64, u64>> = BTreeMap::new();
+        let mut segments: BTreeMap<TimelineId, BTreeMap<u64, WalRecord>> = BTreeMap::new();
+        let mut recorded: u64 = 0;
         for range in &header.wal_segments {
             let first: WalSegmentName = range.first.parse().map_err(|e| format!("{e}"))?;
             let last: WalSegmentName = range.last.parse().map_err(|e| format!("{e}"))?;
@@ -1194,40 +1368,83 @@ impl State {
             if first.timeline != last.timeline || b < a {
                 return Err(format!("bad range {} .. {}", range.first, range.last));
             }
+            recorded = recorded.saturating_add(b - a + 1);
+            if recorded > STATE_SEGMENTS_MAX {
+                return Err(format!(
+                    "it records more than {STATE_SEGMENTS_MAX} verified segments"
+                ));
+            }
+            if let Some(sizes) = &range.stored_sizes
+                && sizes.len() as u64 != b - a + 1
+            {
+                return Err(format!(
+                    "{} stored sizes for the range {} .. {}",
+                    sizes.len(),
+                    range.first,
+                    range.last
+                ));
+            }
             let timeline = segments.entry(first.timeline).or_default();
-            for n in a..=b {
-                timeline.insert(n, range.verified_at);
+            for (i, n) in (a..=b).enumerate() {
+                timeline.insert(
+                    n,
+                    WalRecord {
+                        verified_at: range.verified_at,
+                        stored_size: range.stored_sizes.as_ref().and_then(|s| s.get(i).copied()),
+                    },
+                );
             }
         }
         let other_wal = header
             .wal_files
             .into_iter()
-            .map(|f| (f.name, f.verified_at))
+            .map(|f| {
+                (
+                    f.name,
+                    WalRecord {
+                        verified_at: f.verified_at,
+                        stored_size: f.stored_size,
+                    },
+                )
+            })
             .collect();
         Ok(Self {
             updated: Some(header.updated),
             chunks,
             segments,
             other_wal,
+            runs: header.runs,
+            runs_since: header.runs_since,
         })
     }
 
     fn to_bytes(&self, seg_size: u64) -> std::result::Result<Vec<u8>, String> {
-        let mut ranges = Vec::new();
+        // Consecutive segments verified by the same run, their sizes all known or all unknown.
+        // (timeline, first, last, verified_at, stored sizes)
+        type Range = (TimelineId, u64, u64, u64, Option<Vec<u64>>);
+        let mut ranges: Vec<Range> = Vec::new();
         for (timeline, segs) in &self.segments {
-            let mut current: Option<(u64, u64, u64)> = None;
-            for (&n, &at) in segs {
-                current = match current {
-                    Some((first, last, t)) if n == last + 1 && t == at => Some((first, n, t)),
-                    Some((first, last, t)) => {
-                        ranges.push((*timeline, first, last, t));
-                        Some((n, n, at))
+            for (&n, r) in segs {
+                match ranges.last_mut() {
+                    Some((tli, _, last, at, sizes))
+                        if tli == timeline
+                            && n == *last + 1
+                            && *at == r.verified_at
+                            && sizes.is_some() == r.stored_size.is_some() =>
+                    {
+                        *last = n;
+                        if let (Some(v), Some(size)) = (sizes.as_mut(), r.stored_size) {
+                            v.push(size);
+                        }
                     }
-                    None => Some((n, n, at)),
-                };
-            }
-            if let Some((first, last, t)) = current {
-                ranges.push((*timeline, first, last, t));
+                    _ => ranges.push((
+                        *timeline,
+                        n,
+                        n,
+                        r.verified_at,
+                        r.stored_size.map(|size| vec![size]),
+                    )),
+                }
             }
         }
         let header = StateHeader {
@@ -1238,20 +1455,26 @@ impl State {
             chunks: self.chunks.len() as u64,
             wal_segments: ranges
                 .into_iter()
-                .map(|(timeline, first, last, verified_at)| SegmentRange {
-                    first: segment_name(timeline, first, seg_size),
-                    last: segment_name(timeline, last, seg_size),
-                    verified_at,
-                })
+                .map(
+                    |(timeline, first, last, verified_at, stored_sizes)| SegmentRange {
+                        first: segment_name(timeline, first, seg_size),
+                        last: segment_name(timeline, last, seg_size),
+                        verified_at,
+                        stored_sizes,
+                    },
+                )
                 .collect(),
             wal_files: self
                 .other_wal
                 .iter()
-                .map(|(name, &verified_at)| WalFileRecord {
+                .map(|(name, r)| WalFileRecord {
                     name: name.clone(),
-                    verified_at,
+                    verified_at: r.verified_at,
+                    stored_size: r.stored_size,
                 })
                 .collect(),
+            runs: self.runs,
+            runs_since: self.runs_since,
         };
         let mut out = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
         out.push(b'\n');
@@ -1282,26 +1505,34 @@ impl State {
             .is_some_and(|r| u64::from(r.stored_size) == stored_size)
     }
 
-    fn wal_verified(&self, name: &WalFileName, seg_size: u64) -> bool {
-        match name {
-            WalFileName::Segment(seg) => seg.segno(seg_size).is_ok_and(|n| {
-                self.segments
-                    .get(&seg.timeline)
-                    .is_some_and(|s| s.contains_key(&n))
-            }),
-            other => self.other_wal.contains_key(&other.to_string()),
-        }
+    /// Verified before at this stored size (a record without a size does not count).
+    fn wal_verified(&self, name: &WalFileName, stored_size: u64, seg_size: u64) -> bool {
+        let record = match name {
+            WalFileName::Segment(seg) => seg
+                .segno(seg_size)
+                .ok()
+                .and_then(|n| self.segments.get(&seg.timeline).and_then(|s| s.get(&n))),
+            other => self.other_wal.get(&other.to_string()),
+        };
+        record.is_some_and(|r| r.stored_size == Some(stored_size))
     }
 
-    fn add_wal(&mut self, name: &WalFileName, at: u64, seg_size: u64) {
+    fn add_wal(&mut self, name: &WalFileName, at: u64, stored_size: Option<u64>, seg_size: u64) {
+        let record = WalRecord {
+            verified_at: at,
+            stored_size,
+        };
         match name {
             WalFileName::Segment(seg) => {
                 if let Ok(n) = seg.segno(seg_size) {
-                    self.segments.entry(seg.timeline).or_default().insert(n, at);
+                    self.segments
+                        .entry(seg.timeline)
+                        .or_default()
+                        .insert(n, record);
                 }
             }
             other => {
-                self.other_wal.insert(other.to_string(), at);
+                self.other_wal.insert(other.to_string(), record);
             }
         }
     }
@@ -1332,29 +1563,38 @@ impl State {
     ) {
         self.chunks
             .retain(|id, r| chunks.get(id) == Some(&u64::from(r.stored_size)));
-        let mut listed_segments: BTreeMap<TimelineId, BTreeSet<u64>> = BTreeMap::new();
-        let mut listed_other: HashSet<String> = HashSet::new();
-        for (name, _) in wal {
+        let mut listed_segments: BTreeMap<TimelineId, HashMap<u64, u64>> = BTreeMap::new();
+        let mut listed_other: HashMap<String, u64> = HashMap::new();
+        for (name, size) in wal {
             if vanished.contains(name) {
                 continue;
             }
             match name {
                 WalFileName::Segment(seg) => {
                     if let Ok(n) = seg.segno(seg_size) {
-                        listed_segments.entry(seg.timeline).or_default().insert(n);
+                        listed_segments
+                            .entry(seg.timeline)
+                            .or_default()
+                            .insert(n, *size);
                     }
                 }
                 other => {
-                    listed_other.insert(other.to_string());
+                    listed_other.insert(other.to_string(), *size);
                 }
             }
         }
+        // Gone, or listed at another size than it was read at: forgotten. A record without a
+        // size (older state) is kept until this run reads the object again.
+        let same = |r: &WalRecord, listed: Option<&u64>| {
+            listed.is_some_and(|l| r.stored_size.is_none_or(|s| s == *l))
+        };
         for (timeline, segs) in &mut self.segments {
             let listed = listed_segments.get(timeline);
-            segs.retain(|n, _| listed.is_some_and(|l| l.contains(n)));
+            segs.retain(|n, r| same(r, listed.and_then(|l| l.get(n))));
         }
         self.segments.retain(|_, s| !s.is_empty());
-        self.other_wal.retain(|name, _| listed_other.contains(name));
+        self.other_wal
+            .retain(|name, r| same(r, listed_other.get(name)));
     }
 
     fn wal_count(&self) -> u64 {
@@ -1429,9 +1669,16 @@ mod tests {
         }
         for n in 2..=200 {
             let name = WalFileName::Segment(WalSegmentName::from_segno(TimelineId::ONE, n, SEG));
-            state.add_wal(&name, if n < 100 { 10 } else { 20 }, SEG);
+            state.add_wal(&name, if n < 100 { 10 } else { 20 }, Some(1000 + n), SEG);
         }
-        state.add_wal(&WalFileName::parse("00000002.history").unwrap(), 20, SEG);
+        state.add_wal(
+            &WalFileName::parse("00000002.history").unwrap(),
+            20,
+            Some(40),
+            SEG,
+        );
+        state.runs = 3;
+        state.runs_since = Some(5);
         let bytes = state.to_bytes(SEG).unwrap();
         let newline = bytes.iter().position(|&b| b == b'\n').unwrap();
         assert_eq!(bytes.len() - newline - 1, 3 * CHUNK_RECORD_LEN);
@@ -1462,19 +1709,93 @@ mod tests {
             );
         }
         let seg = |n| WalFileName::Segment(WalSegmentName::from_segno(TimelineId::ONE, n, SEG));
-        for n in 1..=4 {
-            state.add_wal(&seg(n), 1, SEG);
+        for n in 1..=5 {
+            state.add_wal(&seg(n), 1, Some(10), SEG);
         }
         let present: HashMap<ChunkId, u64> = [(id(1), 100), (id(2), 99)].into_iter().collect();
-        let wal = vec![(seg(1), 10), (seg(2), 10), (seg(4), 10)];
+        let wal = vec![(seg(1), 10), (seg(2), 10), (seg(4), 10), (seg(5), 0)];
         let vanished: HashSet<WalFileName> = [seg(4)].into_iter().collect();
         state.retain_present(&present, &wal, &vanished, SEG);
         assert!(state.chunk_verified(&id(1), 100));
         assert!(!state.chunk_verified(&id(2), 99), "changed size");
         assert!(!state.chunk_verified(&id(3), 100), "deleted");
-        assert!(state.wal_verified(&seg(1), SEG));
-        assert!(!state.wal_verified(&seg(3), SEG), "deleted");
-        assert!(!state.wal_verified(&seg(4), SEG), "vanished while read");
+        assert!(state.wal_verified(&seg(1), 10, SEG));
+        assert!(
+            !state.wal_verified(&seg(1), 11, SEG),
+            "listed at another size"
+        );
+        assert!(!state.wal_verified(&seg(3), 10, SEG), "deleted");
+        assert!(!state.wal_verified(&seg(4), 10, SEG), "vanished while read");
+        assert!(!state.wal_verified(&seg(5), 0, SEG), "changed size");
+        assert!(!state.wal_verified(&seg(5), 10, SEG), "forgotten");
+    }
+
+    /// A state written before stored sizes and the rotation were recorded still reads: its chunk
+    /// records stand, its WAL records count as not verified (read again, then recorded with
+    /// their size), and the rotation starts at run 0.
+    #[test]
+    fn a_state_without_sizes_still_reads() {
+        let header = serde_json::json!({
+            "format": STATE_FORMAT, "version": 1, "updated": "2026-11-23T10:15:00Z",
+            "chunk_record_len": 40, "chunks": 1,
+            "wal_segments": [{"first": "000000010000000000000002", "last": "000000010000000000000004", "verified_at": 7}],
+            "wal_files": [{"name": "00000002.history", "verified_at": 7}]
+        });
+        let mut bytes = serde_json::to_vec(&header).unwrap();
+        bytes.push(b'\n');
+        bytes.extend_from_slice(&[3u8; 32]);
+        bytes.extend_from_slice(&500u32.to_le_bytes());
+        bytes.extend_from_slice(&7u32.to_le_bytes());
+        let state = State::parse(&bytes, SEG).unwrap();
+        assert!(state.chunk_verified(&id(3), 500));
+        assert_eq!(state.wal_count(), 4);
+        let seg = WalFileName::Segment(WalSegmentName::from_segno(TimelineId::ONE, 3, SEG));
+        assert!(!state.wal_verified(&seg, 100, SEG));
+        assert_eq!((state.runs, state.runs_since), (0, None));
+        // Written again with what it holds, it reads back the same.
+        let again = State::parse(&state.to_bytes(SEG).unwrap(), SEG).unwrap();
+        assert_eq!(again, state);
+    }
+
+    /// Every bucket is picked within ceil(100/p) consecutive runs, whatever run the cycle starts
+    /// at, and each run picks about p of them.
+    #[test]
+    fn the_rotation_reads_everything_within_its_cycle() {
+        for p in [1u8, 3, 5, 7, 33, 50, 99, 100] {
+            let cycle = 100u64.div_ceil(u64::from(p));
+            for start in [0u64, 1, 19, 1000] {
+                let mut seen = [false; 100];
+                for run in start..start + cycle {
+                    let r = Rotation::new(p, run);
+                    let picked = (0..100).filter(|b| r.picks(*b)).count();
+                    assert_eq!(picked, usize::from(p), "p {p} run {run}");
+                    for b in 0..100 {
+                        if r.picks(b) {
+                            seen[b as usize] = true;
+                        }
+                    }
+                }
+                assert!(seen.iter().all(|s| *s), "p {p} from run {start}");
+            }
+        }
+        assert!((0..100).all(|b| !Rotation::new(0, 4).picks(b)));
+        let s = RereadSummary::new(5, 4, Some(1_000_000), 1_000_000 + 4 * 86_400);
+        assert_eq!((s.cycle_runs, s.cycle_days), (Some(20), Some(20.0)));
+        assert_eq!(RereadSummary::new(0, 4, Some(1), 100).cycle_runs, None);
+    }
+
+    /// A state that claims more segments than any archive holds is refused, not expanded.
+    #[test]
+    fn a_state_claiming_every_segment_is_refused() {
+        let header = serde_json::json!({
+            "format": STATE_FORMAT, "version": 1, "updated": "x",
+            "chunk_record_len": 40, "chunks": 0,
+            "wal_segments": [{"first": "000000010000000000000000", "last": "00000001FFFFFFFF000000FF", "verified_at": 7}],
+            "wal_files": []
+        });
+        let mut bytes = serde_json::to_vec(&header).unwrap();
+        bytes.push(b'\n');
+        assert!(State::parse(&bytes, SEG).is_err());
     }
 
     #[test]

@@ -1,5 +1,10 @@
-//! Is the WAL a backup or a restore needs in the repository? Names every missing segment.
+//! Is the WAL a backup or a restore needs in the repository? Names the first missing segments.
+//!
+//! Memory is bounded whatever the range asked about (a target of `FFFFFFFF/FFFFFFFF` spans 2^40
+//! segments): the check walks the repository's listing, which holds what exists, and never the
+//! range itself. A report names the first [`NAMED_MAX`] missing segments and counts the rest.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use lifeboat_pg::walname::{WalFileName, WalSegmentName};
@@ -7,52 +12,167 @@ use lifeboat_repo::{Repository, keys};
 
 use crate::{EngineError, Result};
 
-/// Segments from `first` to `last` inclusive (same timeline).
-pub fn segment_range(
-    first: &WalSegmentName,
-    last: &WalSegmentName,
-    seg_size: u64,
-) -> Result<Vec<WalSegmentName>> {
-    let bad =
-        |e: lifeboat_pg::walname::NameError| EngineError::Internal(format!("bad WAL range: {e}"));
-    let from = first.segno(seg_size).map_err(bad)?;
-    let to = last.segno(seg_size).map_err(bad)?;
-    Ok((from..=to)
-        .map(|n| WalSegmentName::from_segno(first.timeline, n, seg_size))
-        .collect())
+/// Missing segments named one by one; the rest are counted.
+pub const NAMED_MAX: usize = 5;
+
+/// A range with at most this many log directories (`wal/<timeline+log>/`) is listed directory by
+/// directory; a wider one with one listing of the timeline's WAL.
+const LIST_DIRS_MAX: u64 = 4;
+
+/// What of `first..=last` the repository lacks: the first few missing segments, by name, and
+/// how many are missing in all.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Missing {
+    /// The first missing segments, in order, at most [`NAMED_MAX`].
+    pub named: Vec<WalSegmentName>,
+    /// Every missing segment counted (may exceed `named.len()` by far).
+    pub count: u64,
+    /// The last missing segment (when more are missing than named).
+    pub last: Option<WalSegmentName>,
 }
 
-/// The segments of `first..=last` the repository does not hold (one listing per log directory).
+impl Missing {
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The first missing segment.
+    pub fn first(&self) -> Option<&WalSegmentName> {
+        self.named.first()
+    }
+}
+
+impl std::fmt::Display for Missing {
+    /// `A, B, C` when all are named, else `A, B, C and N more (up to Z): N+3 segments`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = self
+            .named
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = self.count.saturating_sub(self.named.len() as u64);
+        if more == 0 {
+            return f.write_str(&names);
+        }
+        write!(f, "{names} and {more} more")?;
+        if let Some(last) = &self.last {
+            write!(f, " up to {last}")?;
+        }
+        write!(f, " ({} segments in all)", self.count)
+    }
+}
+
+/// What of `from..=to` (segment numbers) `present` lacks, without walking the range: only the
+/// present numbers inside it are visited.
+pub fn missing_in(
+    present: &BTreeSet<u64>,
+    timeline: lifeboat_pg::timeline::TimelineId,
+    from: u64,
+    to: u64,
+    seg_size: u64,
+) -> Missing {
+    let mut out = Missing::default();
+    if to < from {
+        return out;
+    }
+    let inside = present.range(from..=to).count() as u64;
+    out.count = (to - from + 1) - inside;
+    if out.count == 0 {
+        return out;
+    }
+    let name = |n: u64| WalSegmentName::checked_from_segno(timeline, n, seg_size).ok();
+    let mut expect = from;
+    let push = |n: u64, out: &mut Missing| {
+        if let Some(s) = name(n) {
+            out.named.push(s);
+        }
+    };
+    for n in present.range(from..=to).copied() {
+        while expect < n && out.named.len() < NAMED_MAX {
+            push(expect, &mut out);
+            expect += 1;
+        }
+        if out.named.len() >= NAMED_MAX {
+            break;
+        }
+        expect = n + 1;
+    }
+    while expect <= to && out.named.len() < NAMED_MAX {
+        push(expect, &mut out);
+        expect += 1;
+    }
+    if out.count > out.named.len() as u64 {
+        // The last missing: walk down from `to` over present numbers.
+        let mut last = to;
+        for n in present.range(from..=to).rev() {
+            if *n == last {
+                last = last.saturating_sub(1);
+            } else {
+                break;
+            }
+        }
+        out.last = name(last);
+    }
+    out
+}
+
+/// The segments of `first..=last` the repository does not hold (an object listed shorter than an
+/// object header, such as a 0-byte one, counts as missing). A narrow range is listed one log
+/// directory at a time; a wide one with one listing of the timeline's WAL, so that neither the
+/// listing calls nor the memory grow with the width of the range.
 pub async fn missing_segments(
     repo: &Repository,
     first: &WalSegmentName,
     last: &WalSegmentName,
     seg_size: u64,
-) -> Result<Vec<WalSegmentName>> {
-    let wanted = segment_range(first, last, seg_size)?;
-    let mut present = std::collections::HashSet::new();
-    let mut listed = std::collections::HashSet::new();
-    for seg in &wanted {
-        let key = keys::wal(&WalFileName::Segment(*seg));
-        let dir = match key.rfind('/') {
-            Some(i) => key[..=i].to_string(),
-            None => key.clone(),
-        };
-        if listed.insert(dir.clone()) {
-            for object in repo
-                .store()
-                .list(&dir)
-                .await
-                .map_err(lifeboat_repo::RepoError::from)?
+) -> Result<Missing> {
+    let bad =
+        |e: lifeboat_pg::walname::NameError| EngineError::Internal(format!("bad WAL range: {e}"));
+    let from = first.segno(seg_size).map_err(bad)?;
+    let to = last.segno(seg_size).map_err(bad)?;
+    if to < from || first.timeline != last.timeline {
+        return Ok(Missing::default());
+    }
+    let timeline = first.timeline;
+    let per_log = (1u64 << 32) / seg_size;
+    let (log_from, log_to) = (from / per_log, to / per_log);
+    let prefixes: Vec<String> = if log_to - log_from < LIST_DIRS_MAX {
+        (log_from..=log_to)
+            .map(|log| {
+                let seg = WalSegmentName::from_segno(timeline, log * per_log, seg_size);
+                let key = keys::wal(&WalFileName::Segment(seg));
+                match key.rfind('/') {
+                    Some(i) => key[..=i].to_string(),
+                    None => key,
+                }
+            })
+            .collect()
+    } else {
+        vec![format!("{}{:08X}", keys::WAL_PREFIX, timeline.get())]
+    };
+    let mut present = BTreeSet::new();
+    for prefix in prefixes {
+        for object in repo
+            .store()
+            .list(&prefix)
+            .await
+            .map_err(lifeboat_repo::RepoError::from)?
+        {
+            // An object shorter than an object header cannot hold the segment: not there.
+            if object.size < lifeboat_repo::codec::HEADER_LEN as u64 {
+                continue;
+            }
+            if let Some(WalFileName::Segment(s)) = keys::parse_wal_key(&object.key)
+                && s.timeline == timeline
+                && let Ok(n) = s.segno(seg_size)
+                && (from..=to).contains(&n)
             {
-                present.insert(object.key);
+                present.insert(n);
             }
         }
     }
-    Ok(wanted
-        .into_iter()
-        .filter(|seg| !present.contains(&keys::wal(&WalFileName::Segment(*seg))))
-        .collect())
+    Ok(missing_in(&present, timeline, from, to, seg_size))
 }
 
 /// Wait until every segment of `first..=last` is in the repository, or fail naming the missing.
@@ -75,9 +195,8 @@ pub async fn wait_for_segments(
         if Instant::now() >= deadline {
             return Err(EngineError::invalid(
                 format!(
-                    "the WAL this backup needs did not reach the repository within {} s: missing {}",
+                    "the WAL this backup needs did not reach the repository within {} s: missing {missing}",
                     timeout.as_secs(),
-                    name_list(&missing)
                 ),
                 "check that archive_command runs `lifeboat wal-push %p` with this repository, and look at pg_stat_archiver and the server log for archiving errors; `lifeboat check` tests the whole path",
             ));
@@ -87,25 +206,73 @@ pub async fn wait_for_segments(
     }
 }
 
-/// `A, B, C` or `A … Z (N segments)` for long runs.
-pub fn name_list(names: &[WalSegmentName]) -> String {
-    match names {
-        [] => String::new(),
-        [a] => a.to_string(),
-        _ if names.len() <= 5 => names
-            .iter()
-            .map(|n| n.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        [first, .., last] => format!(
-            "{} ({} segments: {first} … {last})",
-            names
-                .iter()
-                .take(3)
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            names.len()
-        ),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_pg::timeline::TimelineId;
+    use lifeboat_pg::walname::DEFAULT_WAL_SEGMENT_SIZE as SEG;
+
+    fn tli() -> TimelineId {
+        TimelineId::new(1).expect("timeline")
+    }
+
+    fn names(m: &Missing) -> Vec<String> {
+        m.named.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn nothing_missing() {
+        let present: BTreeSet<u64> = (3..=9).collect();
+        let m = missing_in(&present, tli(), 3, 9, SEG);
+        assert!(m.is_empty());
+        assert_eq!(m.to_string(), "");
+    }
+
+    #[test]
+    fn holes_are_named_in_order_and_counted() {
+        let present: BTreeSet<u64> = [3, 4, 6, 9].into_iter().collect();
+        let m = missing_in(&present, tli(), 3, 10, SEG);
+        assert_eq!(m.count, 4);
+        assert_eq!(
+            names(&m),
+            vec![
+                "000000010000000000000005",
+                "000000010000000000000007",
+                "000000010000000000000008",
+                "00000001000000000000000A"
+            ]
+        );
+        assert_eq!(m.last, None);
+    }
+
+    /// The whole LSN space (2^40 segments of 16 MiB) is a count, not a vector: this used to
+    /// allocate 13 TB.
+    #[test]
+    fn the_widest_range_is_bounded() {
+        let present: BTreeSet<u64> = (1..=8).collect();
+        let last = WalSegmentName::from_lsn(tli(), lifeboat_pg::lsn::Lsn(u64::MAX), SEG);
+        let to = last.segno(SEG).expect("segno");
+        let m = missing_in(&present, tli(), 1, to, SEG);
+        assert_eq!(m.count, to - 8);
+        assert_eq!(m.named.len(), NAMED_MAX);
+        assert_eq!(
+            m.first().map(|s| s.to_string()).as_deref(),
+            Some("000000010000000000000009")
+        );
+        assert_eq!(m.last, Some(last));
+        let text = m.to_string();
+        assert!(text.starts_with("000000010000000000000009, "), "{text}");
+        assert!(text.contains("up to 00000001FFFFFFFF000000FF"), "{text}");
+    }
+
+    #[test]
+    fn the_last_missing_skips_present_tail() {
+        let present: BTreeSet<u64> = [1, 98, 99, 100].into_iter().collect();
+        let m = missing_in(&present, tli(), 1, 100, SEG);
+        assert_eq!(m.count, 96);
+        assert_eq!(
+            m.last.map(|s| s.to_string()).as_deref(),
+            Some("000000010000000000000061")
+        );
     }
 }

@@ -378,6 +378,10 @@ pub struct VerifyArgs {
     /// Read everything again, also what earlier runs verified (they recorded it in verify/state).
     #[arg(long)]
     pub full: bool,
+    /// Share (0-100) of what earlier runs verified that this run reads again, in a rotation that
+    /// reads everything again within ceil(100/P) runs; 0 turns it off [config: verify.reread_percent] [default: 5]
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub reread_percent: Option<u8>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -32,6 +32,7 @@ pub struct FileConfig {
     pub backup: BackupConfig,
     pub restore: RestoreConfig,
     pub retention: RetentionConfig,
+    pub verify: VerifyConfig,
     pub storage: StorageConfig,
     /// `lifeboat drill` and the daemon's drills.
     pub drill: lifeboat_engine::drill::DrillConfig,
@@ -93,6 +94,14 @@ pub struct RetentionConfig {
     /// Keep what restores to any moment of the last D days.
     #[serde(deserialize_with = "limits::key::keep_days")]
     pub keep_days: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// Share (0-100 %) of the objects verified by earlier runs that each `verify` reads again, in
+    /// a rotation that reads every one again within ceil(100 / reread_percent) runs. Default 5.
+    pub reread_percent: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

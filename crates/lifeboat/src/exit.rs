@@ -73,6 +73,7 @@ pub fn repo_exit(e: &RepoError) -> Exit {
         | RepoError::UnexpectedPassphrase { .. }
         | RepoError::UnsupportedFormat { .. } => Exit::Config,
         RepoError::AlreadyInitialized { .. }
+        | RepoError::NotEmpty { .. }
         | RepoError::WalConflict { .. }
         | RepoError::ForeignCluster { .. }
         | RepoError::IdentityMismatch { .. }

@@ -14,10 +14,21 @@ use crate::config::Resolved;
 use crate::exit::{Exit, Failure};
 
 pub async fn verify(resolved: &Resolved, args: &VerifyArgs) -> Result<Exit, Failure> {
+    let reread_percent = match (args.reread_percent, resolved.file.verify.reread_percent) {
+        (Some(p), _) => p,
+        (None, Some(p)) => u8::try_from(p).ok().filter(|p| *p <= 100).ok_or_else(|| {
+            Failure::config(
+                format!("verify.reread_percent = {p} is out of range"),
+                "set verify.reread_percent in the config file to a share from 0 (never re-read what was verified) to 100 (re-read everything every run); the default is 5",
+            )
+        })?,
+        (None, None) => lifeboat_engine::verify::DEFAULT_REREAD_PERCENT,
+    };
     let repo = open_repo(resolved).await?;
     let opts = VerifyOptions {
         backup: args.backup.clone(),
         full: args.full,
+        reread_percent,
         ..VerifyOptions::default()
     };
     let progress = progress_bar();
@@ -88,6 +99,7 @@ fn render_text(report: &VerifyReport) -> String {
         let _ = writeln!(out, "NOTE: {note}");
     }
     let c = &report.counters;
+    let _ = writeln!(out, "{}", reread_line(report));
     let problems = report.findings.len();
     let _ = write!(
         out,
@@ -109,6 +121,31 @@ fn render_text(report: &VerifyReport) -> String {
         }
     );
     out
+}
+
+/// What the rotation re-read and how long a whole cycle takes.
+fn reread_line(report: &VerifyReport) -> String {
+    let r = &report.reread;
+    let c = &report.counters;
+    let Some(cycle) = r.cycle_runs else {
+        return "re-read: off (verify.reread_percent = 0): what earlier runs verified is read again only by `lifeboat verify --full`".into();
+    };
+    let pace = match r.cycle_days {
+        Some(days) => format!(
+            "about {days} days at the pace of the {} runs recorded so far",
+            r.runs_before
+        ),
+        None => format!("{cycle} days if verify runs once a day"),
+    };
+    format!(
+        "re-read: {} chunk{} and {} WAL file{} verified earlier, in their turn ({}% a run): everything verified is read again every {cycle} run{} ({pace})",
+        c.chunks_reread,
+        if c.chunks_reread == 1 { "" } else { "s" },
+        c.wal_reread,
+        if c.wal_reread == 1 { "" } else { "s" },
+        r.percent,
+        if cycle == 1 { "" } else { "s" },
+    )
 }
 
 fn verdict_line(b: &BackupVerdict) -> String {

@@ -428,16 +428,38 @@ impl Repository {
 
     /// Labels of the complete backups (those with a manifest), in label order. Callers order
     /// backups by their LSNs and times, never by label.
+    ///
+    /// A key of the form `backups/<label>/manifest` that no store accepts as a key (a name
+    /// lifeboat never writes, e.g. with a space) is not a backup: it is skipped with a warning
+    /// naming it, so that one stray key does not stop `list`, `verify`, `expire` or `restore`, and
+    /// nothing ever deletes it.
     pub async fn backup_labels(&self) -> Result<Vec<String>> {
-        let mut labels: Vec<String> = self
-            .store()
-            .list(keys::BACKUP_PREFIX)
-            .await?
-            .into_iter()
-            .filter_map(|o| keys::parse_manifest_key(&o.key))
-            .collect();
-        labels.sort();
+        let (labels, stray) = self.backup_listing().await?;
+        for key in stray {
+            tracing::warn!(
+                "{key:?} in the repository is not a backup lifeboat wrote (lifeboat never writes such a name): skipped and left in place; move it out of the repository"
+            );
+        }
         Ok(labels)
+    }
+
+    /// The labels of the complete backups, and the stray keys that look like manifests but
+    /// cannot be (see [`backup_labels`](Self::backup_labels)), both sorted.
+    pub async fn backup_listing(&self) -> Result<(Vec<String>, Vec<String>)> {
+        let mut labels = Vec::new();
+        let mut stray = Vec::new();
+        for o in self.store().list(keys::BACKUP_PREFIX).await? {
+            if let Some(label) = keys::parse_manifest_key(&o.key) {
+                if lifeboat_storage::validate_key(&o.key).is_ok() {
+                    labels.push(label);
+                } else {
+                    stray.push(o.key);
+                }
+            }
+        }
+        labels.sort();
+        stray.sort();
+        Ok((labels, stray))
     }
 
     /// The ids of every chunk in the repository (one listing of `data/`).

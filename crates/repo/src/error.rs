@@ -11,6 +11,16 @@ pub enum RepoError {
     #[error("a repository already exists at {location}")]
     AlreadyInitialized { location: String },
 
+    #[error(
+        "{location} is not empty (it holds {count} object{}, e.g. {example}): refusing to create a repository there",
+        if *count == 1 { "" } else { "s" }
+    )]
+    NotEmpty {
+        location: String,
+        count: usize,
+        example: String,
+    },
+
     #[error("the repository at {location} is encrypted and no passphrase was given")]
     PassphraseRequired { location: String },
 
@@ -62,6 +72,9 @@ impl RepoError {
         Some(match self {
             Self::NotInitialized { .. } => {
                 "create it with `lifeboat init`, or check --repo / LIFEBOAT_REPO / `repo` in the config file".into()
+            }
+            Self::NotEmpty { .. } => {
+                "choose an empty or missing location for the repository (lifeboat never writes into a place that holds other files), or move what is there elsewhere first".into()
             }
             Self::AlreadyInitialized { .. } => {
                 "lifeboat never touches an existing repository on init; use it as it is, or choose another location".into()

@@ -61,11 +61,11 @@ impl Repository {
             return Err(RepoError::AlreadyInitialized { location });
         }
         if let Some(first) = existing.first() {
-            return Err(RepoError::Invalid(format!(
-                "{location} is not empty (it holds {} objects, e.g. {}): refusing to create a repository there; choose an empty location",
-                existing.len(),
-                first.key
-            )));
+            return Err(RepoError::NotEmpty {
+                location,
+                count: existing.len(),
+                example: first.key.clone(),
+            });
         }
         let repo_id = hex::encode(
             crypto::random_bytes::<16>().map_err(|e| RepoError::Invalid(e.to_string()))?,

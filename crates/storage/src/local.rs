@@ -80,7 +80,18 @@ impl LocalStore {
                     fsync_dir(parent)?;
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            // An existing empty directory becomes the repository: it gets the mode a repository
+            // directory has. One that holds anything is left as it is (init refuses it).
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let empty = fs::read_dir(&root)
+                    .map_err(|e| map_io(e, "reading directory", &root))?
+                    .next()
+                    .is_none();
+                if empty {
+                    fs::set_permissions(&root, fs::Permissions::from_mode(DIR_MODE))
+                        .map_err(|e| map_io(e, "setting permissions of", &root))?;
+                }
+            }
             Err(e) => return Err(map_io(e, "creating directory", &root)),
         }
         Self::open(root)

@@ -13,7 +13,7 @@ use lifeboat_repo::backup::{CONFIG_RESTORE_DIR, Manifest};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::walcheck::{missing_segments, name_list};
+use crate::walcheck::missing_segments;
 use crate::{EngineError, Result};
 
 /// Where the configuration files kept outside PGDATA are restored, inside the target directory.
@@ -53,16 +53,35 @@ fn refuse(message: String, hint: &str) -> EngineError {
 /// The widest distance between a local time and UTC (UTC-12 to UTC+14).
 const MAX_ZONE_OFFSET: time::Duration = time::Duration::hours(14);
 
+/// The forms of a target time lifeboat reads, for messages.
+pub const TARGET_TIME_FORMS: &str = "YYYY-MM-DD[ HH:MM[:SS[.ffffff]]] (a space or T between date and time), then a zone: Z, UTC, GMT, a numeric offset (+01, +0100, +01:00, -05:30), or a tz database name such as Europe/Paris (PostgreSQL resolves it); e.g. 2026-11-23 10:15:00+00";
+
+/// How a target time named its time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetZone {
+    /// No zone: the restored server reads the time in its own TimeZone.
+    None,
+    /// UTC or a numeric offset: the instant is exact.
+    Fixed,
+    /// A tz database name (`Europe/Paris`): PostgreSQL resolves it; lifeboat, which carries no tz
+    /// database of its own, knows the instant only to within a day.
+    Named,
+}
+
 /// A target time as lifeboat reads it: the instant, and whether the text named its time zone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TargetTime {
+    /// Exact when `zone` is `Fixed`; else the written local time read as UTC.
     pub instant: OffsetDateTime,
+    /// The instant is exact (UTC or a numeric offset was given).
     pub has_zone: bool,
+    pub zone: TargetZone,
 }
 
 impl TargetTime {
-    /// The form written into `recovery_target_time`: PostgreSQL rejects `Z`, and a zone-less
-    /// time stays as the user wrote it (the restored server reads it in its own TimeZone).
+    /// The form written into `recovery_target_time`: PostgreSQL rejects `Z`, so an exact time is
+    /// written in UTC with `+00`; a zone-less time, or one with a zone name, stays as the user
+    /// wrote it (the restored server reads it in its own TimeZone, or resolves the name).
     pub fn for_postgres(&self, original: &str) -> String {
         if !self.has_zone {
             return original.trim().to_string();
@@ -79,44 +98,136 @@ impl TargetTime {
             utc.microsecond()
         )
     }
-}
 
-/// Read a target time as PostgreSQL writes timestamps: `YYYY-MM-DD HH:MM:SS[.f][±HH[:MM]]`,
-/// with `T` or a space, `Z` for UTC.
-pub fn read_target_time(text: &str) -> Option<TargetTime> {
-    let t = text.trim();
-    // After `YYYY-MM-DD HH:MM:SS` only fractions and a zone may follow.
-    let has_zone = t
-        .get(19..)
-        .is_some_and(|rest| rest.contains(['Z', 'z', '+', '-']));
-    parse_target_time(t).map(|instant| TargetTime { instant, has_zone })
-}
-
-/// Parse a recovery target time (see [`read_target_time`]); a time without a zone is read as UTC.
-pub fn parse_target_time(text: &str) -> Option<OffsetDateTime> {
-    use time::format_description::well_known::Rfc3339;
-    let t = text.trim();
-    if let Ok(v) = OffsetDateTime::parse(t, &Rfc3339) {
-        return Some(v);
+    /// The earliest and latest instant the text can mean: exact with a zone, else within
+    /// [`MAX_ZONE_OFFSET`] either side.
+    fn bounds(&self) -> (OffsetDateTime, OffsetDateTime) {
+        if self.has_zone {
+            (self.instant, self.instant)
+        } else {
+            (
+                self.instant - MAX_ZONE_OFFSET,
+                self.instant + MAX_ZONE_OFFSET,
+            )
+        }
     }
-    let mut s = t.replacen(' ', "T", 1);
-    // Zone: Z, +HH, +HHMM, +HH:MM, or none.
-    let zone_at = s
-        .char_indices()
-        .skip(11)
-        .find(|(_, c)| *c == '+' || *c == '-' || *c == 'Z')
-        .map(|(i, _)| i);
-    let zone = match zone_at {
-        Some(i) => s.split_off(i),
-        None => "Z".to_string(),
+}
+
+/// Read a target time as PostgreSQL reads a timestamp with time zone, in the forms of
+/// [`TARGET_TIME_FORMS`]. `None` for anything else (including zone abbreviations such as CET
+/// or PST, and zone names the system's tz database does not hold).
+pub fn read_target_time(text: &str) -> Option<TargetTime> {
+    let (local, zone) = split_target_time(text)?;
+    let (zone, offset) = match zone {
+        "" => (TargetZone::None, time::UtcOffset::UTC),
+        z if ["z", "zulu", "utc", "ut", "gmt"]
+            .iter()
+            .any(|u| z.eq_ignore_ascii_case(u)) =>
+        {
+            (TargetZone::Fixed, time::UtcOffset::UTC)
+        }
+        z if z.starts_with(['+', '-']) => (TargetZone::Fixed, numeric_offset(z)?),
+        z if is_tz_name(z) => (TargetZone::Named, time::UtcOffset::UTC),
+        _ => return None,
     };
-    let zone = match zone.as_str() {
-        "Z" => "Z".to_string(),
-        z if z.len() == 3 => format!("{z}:00"),
-        z if z.len() == 5 && !z.contains(':') => format!("{}:{}", &z[..3], &z[3..]),
-        z => z.to_string(),
+    Some(TargetTime {
+        instant: local.assume_offset(offset),
+        has_zone: zone == TargetZone::Fixed,
+        zone,
+    })
+}
+
+/// Parse a recovery target time (see [`read_target_time`]); a time without a zone, or with a
+/// zone name, is read as UTC.
+pub fn parse_target_time(text: &str) -> Option<OffsetDateTime> {
+    read_target_time(text).map(|t| t.instant)
+}
+
+/// `YYYY-MM-DD[( |T)HH:MM[:SS[.f]]]` and what follows (the zone, trimmed).
+fn split_target_time(text: &str) -> Option<(time::PrimitiveDateTime, &str)> {
+    let t = text.trim();
+    let date_text = t.get(..10)?;
+    let date_format = time::macros::format_description!("[year]-[month]-[day]");
+    let date = time::Date::parse(date_text, &date_format).ok()?;
+    let rest = &t[10..];
+    let rest = match rest.chars().next() {
+        None => return Some((date.midnight(), "")),
+        Some('T' | 't' | ' ') => rest[1..].trim_start(),
+        Some(_) => return None,
     };
-    OffsetDateTime::parse(&format!("{s}{zone}"), &Rfc3339).ok()
+    let time_len = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == ':' || c == '.'))
+        .unwrap_or(rest.len());
+    let (clock, zone) = rest.split_at(time_len);
+    let (hms, frac) = match clock.split_once('.') {
+        Some((hms, frac)) => (hms, Some(frac)),
+        None => (clock, None),
+    };
+    let parts: Vec<&str> = hms.split(':').collect();
+    let number = |s: &str| -> Option<u8> {
+        (s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (h, m, sec) = match parts.as_slice() {
+        [h, m] if frac.is_none() => (number(h)?, number(m)?, 0),
+        [h, m, sec] => (number(h)?, number(m)?, number(sec)?),
+        _ => return None,
+    };
+    let nanos = match frac {
+        None => 0,
+        Some(f) if !f.is_empty() && f.len() <= 9 && f.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{f:0<9}").parse::<u32>().ok()?
+        }
+        Some(_) => return None,
+    };
+    let clock = time::Time::from_hms_nano(h, m, sec, nanos).ok()?;
+    Some((time::PrimitiveDateTime::new(date, clock), zone.trim()))
+}
+
+/// `+HH`, `+HHMM`, `+HH:MM` (or `-`), as PostgreSQL writes offsets; at most 15:59 as it allows.
+fn numeric_offset(z: &str) -> Option<time::UtcOffset> {
+    let sign: i8 = if z.starts_with('-') { -1 } else { 1 };
+    let digits = &z[1..];
+    let (h, m) = match digits.len() {
+        2 => (digits, "00"),
+        4 if !digits.contains(':') => digits.split_at(2),
+        5 if digits.as_bytes()[2] == b':' => (&digits[..2], &digits[3..]),
+        _ => return None,
+    };
+    if !(h.bytes().chain(m.bytes())).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (h, m): (i8, i8) = (h.parse().ok()?, m.parse().ok()?);
+    if h > 15 || m > 59 {
+        return None;
+    }
+    time::UtcOffset::from_hms(sign * h, sign * m, 0).ok()
+}
+
+/// A time zone name the system's tz database holds (`$TZDIR` or /usr/share/zoneinfo): the same
+/// database PostgreSQL builds from on the usual distributions, so the name it will resolve.
+fn is_tz_name(name: &str) -> bool {
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'+'))
+        && !name.starts_with('/')
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && name
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    if !plain {
+        return false;
+    }
+    let dir = std::env::var_os("TZDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/share/zoneinfo"));
+    let mut magic = [0u8; 4];
+    fs::File::open(dir.join(name))
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok_and(|()| &magic == b"TZif")
 }
 
 fn manifest_time(m: &Manifest) -> Option<OffsetDateTime> {
@@ -148,23 +259,50 @@ pub fn choose<'a>(
             let target = read_target_time(text).ok_or_else(|| {
                 refuse(
                     format!("cannot read the target time {text:?}"),
-                    "write it as PostgreSQL does, e.g. 2026-11-23 10:15:00+00",
+                    &format!("write it as {TARGET_TIME_FORMS}"),
                 )
             })?;
             // Without a zone the server reads the time in its own TimeZone, which may be up to
-            // 14 hours either side of UTC: choose a backup that ended before the earliest reading.
-            let wanted = if target.has_zone {
-                target.instant
-            } else {
+            // 14 hours either side of UTC (and lifeboat does not resolve zone names): choose a
+            // backup that ended before the earliest reading.
+            let (wanted, latest) = target.bounds();
+            if target.zone == TargetZone::None {
                 tracing::warn!(
                     "the target time {text:?} names no time zone; add one (e.g. +00) so lifeboat can choose the newest backup that reaches it"
                 );
-                target.instant - MAX_ZONE_OFFSET
-            };
-            manifests
+            }
+            let chosen = manifests
                 .iter()
                 .rev()
-                .find(|m| manifest_time(m).is_some_and(|t| t < wanted))
+                .find(|m| manifest_time(m).is_some_and(|t| t < wanted));
+            if chosen.is_none()
+                && target.zone != TargetZone::Fixed
+                && manifest_time(&manifests[0]).is_some_and(|t| t < latest)
+            {
+                let bare = strip_zone(text);
+                let (why, hint) = match target.zone {
+                    TargetZone::Named => (
+                        "lifeboat does not resolve time zone names, so it takes",
+                        format!(
+                            "write the zone's UTC offset instead of its name (e.g. {bare}+01:00 for a time in Paris in winter), or name the backup with --backup"
+                        ),
+                    ),
+                    _ => (
+                        "it names no time zone, so the restored server reads it in its own TimeZone, and lifeboat takes",
+                        format!(
+                            "add the time zone: {bare}+00 (or {bare} UTC) if the time is in UTC, else its offset (e.g. {bare}+01:00); or name the backup with --backup"
+                        ),
+                    ),
+                };
+                return Err(refuse(
+                    format!(
+                        "cannot tell which backup ended before the target time {text:?}: {why} it as anything from 14 hours before to 14 hours after that time read as UTC, and the oldest backup ended at {} (within that span)",
+                        manifests[0].stop_time
+                    ),
+                    &hint,
+                ));
+            }
+            chosen
         }
         RecoveryTarget::Lsn(lsn) => manifests.iter().rev().find(|m| m.stop_lsn <= *lsn),
         _ => manifests.last(),
@@ -178,6 +316,18 @@ pub fn choose<'a>(
             "choose a later target, or restore without one",
         )
     })
+}
+
+/// The date and time of a target time text, without its zone.
+fn strip_zone(text: &str) -> String {
+    let t = text.trim();
+    match read_target_time(t) {
+        Some(target) if target.zone == TargetZone::Named => t
+            .rsplit_once(' ')
+            .map_or(t, |(head, _)| head.trim_end())
+            .to_string(),
+        _ => t.to_string(),
+    }
 }
 
 /// Where each tablespace goes: `--tablespace-map` (by OID or name), else its original location.
@@ -448,9 +598,8 @@ pub async fn check_wal(
     if !missing.is_empty() {
         return Err(refuse(
             format!(
-                "backup {} cannot be restored: WAL it needs is missing from the repository: {}",
+                "backup {} cannot be restored: WAL it needs is missing from the repository: {missing}",
                 manifest.label,
-                name_list(&missing)
             ),
             "restore another backup (lifeboat list), or put the missing segments back",
         ));
@@ -474,11 +623,19 @@ pub async fn check_wal(
     };
     let missing = missing_segments(repo, &stop, &end, seg_size).await?;
     if !missing.is_empty() {
-        let message = format!(
-            "WAL between backup {} and the target is missing from the repository: {}",
-            manifest.label,
-            name_list(&missing)
-        );
+        let first = missing
+            .first()
+            .map_or_else(|| end.to_string(), |s| s.to_string());
+        let message = match target {
+            RecoveryTarget::Lsn(lsn) if last_archived.is_none_or(|l| l < end) => format!(
+                "the target LSN {lsn} lies beyond the WAL archived after backup {}: recovery would stop at {first}, the first segment missing from the repository (missing: {missing})",
+                manifest.label
+            ),
+            _ => format!(
+                "WAL between backup {} and the target is missing from the repository, from {first} on: {missing}",
+                manifest.label
+            ),
+        };
         match target {
             RecoveryTarget::Lsn(_) | RecoveryTarget::Latest => {
                 return Err(refuse(
@@ -492,4 +649,121 @@ pub async fn check_wal(
         }
     }
     Ok((Some(end.to_string()), warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(text: &str) -> OffsetDateTime {
+        OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
+    }
+
+    /// A manifest with only what the backup choice looks at.
+    fn manifest(label: &str, stop_lsn: u64, stop_time: &str) -> Manifest {
+        serde_json::from_value(serde_json::json!({
+            "format": "lifeboat-backup-manifest", "version": 1, "label": label,
+            "system_identifier": 1, "pg_version_num": 150000, "timeline": 1,
+            "start_lsn": Lsn(stop_lsn - 1), "stop_lsn": Lsn(stop_lsn),
+            "start_wal": "000000010000000000000001", "stop_wal": "000000010000000000000001",
+            "start_time": stop_time, "stop_time": stop_time, "duration_seconds": 1.0,
+            "backup_label": "", "block_size": 1048576, "data_checksums": true, "size": 0,
+            "stored_size": 0, "entries": []
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn target_times_in_the_forms_postgresql_accepts() {
+        let exact = [
+            ("2026-11-23 10:15:00+00", "2026-11-23T10:15:00Z"),
+            ("2026-11-23T10:15:00Z", "2026-11-23T10:15:00Z"),
+            ("2026-11-23 10:15:00 UTC", "2026-11-23T10:15:00Z"),
+            ("2026-11-23 10:15:00 utc", "2026-11-23T10:15:00Z"),
+            ("2026-11-23 10:15:00 GMT", "2026-11-23T10:15:00Z"),
+            ("2026-11-23 10:15:00.25+01", "2026-11-23T09:15:00.25Z"),
+            ("2026-11-23 10:15:00 +0100", "2026-11-23T09:15:00Z"),
+            ("2026-11-23 10:15:00-05:30", "2026-11-23T15:45:00Z"),
+            ("2026-11-23 10:15+01:00", "2026-11-23T09:15:00Z"),
+        ];
+        for (text, want) in exact {
+            let t = read_target_time(text).unwrap_or_else(|| panic!("{text}"));
+            assert_eq!(t.zone, TargetZone::Fixed, "{text}");
+            assert!(t.has_zone, "{text}");
+            assert_eq!(t.instant, utc(want), "{text}");
+        }
+        let plain = read_target_time(" 2026-11-23 10:15:00 ").unwrap();
+        assert_eq!(plain.zone, TargetZone::None);
+        assert_eq!(plain.instant, utc("2026-11-23T10:15:00Z"));
+        assert_eq!(
+            plain.for_postgres(" 2026-11-23 10:15:00 "),
+            "2026-11-23 10:15:00"
+        );
+        let day = read_target_time("2026-11-23").unwrap();
+        assert_eq!(day.instant, utc("2026-11-23T00:00:00Z"));
+        assert_eq!(
+            read_target_time("2026-11-23 10:15:00 UTC")
+                .unwrap()
+                .for_postgres("x"),
+            "2026-11-23 10:15:00.000000+00"
+        );
+        for bad in [
+            "",
+            "abc",
+            "2026-13-01 00:00:00",
+            "2026-11-23 25:00:00",
+            "2026-11-23 10:15:00 +16",
+            "2026-11-23 10:15:00 +1",
+            "2026-11-23 10:15:00 ../../etc/passwd",
+            "2026-11-23 10:15:00 No/Such_Zone",
+            "2026-11-23 10:15:00.",
+            "2026-11-23x10:15:00",
+        ] {
+            assert!(read_target_time(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    /// A zone name is accepted when the system's tz database holds it, and passed on to
+    /// PostgreSQL as written (it resolves it); lifeboat chooses the backup as for a zone-less time.
+    #[test]
+    fn named_zones_are_passed_on() {
+        if !Path::new("/usr/share/zoneinfo/Europe/Paris").exists() {
+            return; // no tz database on this machine
+        }
+        let text = "2026-11-23 10:15:00 Europe/Paris";
+        let t = read_target_time(text).unwrap();
+        assert_eq!(t.zone, TargetZone::Named);
+        assert!(!t.has_zone);
+        assert_eq!(t.for_postgres(text), text);
+    }
+
+    /// A zone-less target that only the zone keeps from choosing a backup says so.
+    #[test]
+    fn a_zone_less_target_that_cannot_choose_says_the_zone_is_why() {
+        let ms = vec![manifest("b1", 100, "2026-11-23T10:00:00Z")];
+        let target = RecoveryTarget::Time("2026-11-23 12:00:00".into());
+        let err = choose(&ms, None, &target).unwrap_err();
+        let (message, hint) = (err.to_string(), err.hint().unwrap_or_default());
+        assert!(message.contains("names no time zone"), "{message}");
+        assert!(hint.contains("2026-11-23 12:00:00+00"), "{hint}");
+        // With the zone it chooses.
+        let target = RecoveryTarget::Time("2026-11-23 12:00:00 UTC".into());
+        assert_eq!(choose(&ms, None, &target).unwrap().label, "b1");
+        // Before every backup even with the widest zone: the plain message.
+        let target = RecoveryTarget::Time("2026-11-22 12:00:00".into());
+        let err = choose(&ms, None, &target).unwrap_err().to_string();
+        assert!(err.contains("no backup ended before the target"), "{err}");
+    }
+
+    #[test]
+    fn an_unreadable_target_time_names_the_forms() {
+        let ms = vec![manifest("b1", 100, "2026-11-23T10:00:00Z")];
+        let target = RecoveryTarget::Time("2026-11-23 12:00:00 PST".into());
+        let err = choose(&ms, None, &target).unwrap_err();
+        let hint = err.hint().unwrap_or_default();
+        assert!(
+            hint.contains("Europe/Paris") && hint.contains("+01:00"),
+            "{hint}"
+        );
+    }
 }
