@@ -121,6 +121,14 @@ fn start_query_switch_wal_and_stop() -> anyhow::Result<()> {
 
     pg.stop(StopMode::Fast)?;
     assert!(!pg.is_running());
+    // PostgreSQL removes postmaster.pid (what `pg_ctl stop -w` waits for) just before it logs
+    // this line (miscinit.c, UnlinkLockFiles): give the exiting postmaster a moment to write it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !pg.log_tail(5).contains("database system is shut down")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(
         pg.log_tail(5).contains("database system is shut down"),
         "{}",
