@@ -1,0 +1,401 @@
+//! What a run reads: the backups (all, or the one `--backup` names) and what their manifests
+//! reference, then of the chunks and WAL objects listed in the repository, which are damaged
+//! unread (shorter than an object header), which are read (new, changed size, `--full`, or in
+//! this run's share of the re-read rotation) and which are skipped as verified before.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use lifeboat_pg::timeline::TimelineId;
+use lifeboat_pg::walname::{WalFileName, WalSegmentName};
+use lifeboat_repo::backup::{ChunkId, Manifest};
+use lifeboat_repo::{ContentHash, RepoError, Repository, keys};
+
+use super::report::{Counters, Finding, damaged_manifest};
+use super::state::State;
+use super::{BackupInfo, VerifyOptions};
+use crate::{EngineError, Result};
+
+/// The backups a run checks, and what their readable manifests reference.
+pub(super) struct Selection {
+    /// Labels in the order the repository lists them (the verdicts keep it).
+    pub(super) selected: Vec<String>,
+    /// The backups whose manifest could be read and follows the rules.
+    pub(super) backups: Vec<BackupInfo>,
+    /// Labels of the backups whose manifest could not be read or breaks the rules.
+    pub(super) damaged_manifests: Vec<String>,
+    /// Distinct chunks the readable manifests reference.
+    pub(super) referenced: HashSet<ChunkId>,
+    /// The largest block size among them (the size of the largest chunk to read).
+    pub(super) max_block: u64,
+}
+
+/// Which backups (all, or the one `opts.backup` names), and their manifests, one at a time: a
+/// damaged one is a finding and the others are still checked.
+pub(super) async fn backups(
+    repo: &Repository,
+    opts: &VerifyOptions,
+    seg_size: u64,
+    counters: &mut Counters,
+    findings: &mut Vec<Finding>,
+) -> Result<Selection> {
+    let labels = repo.backup_labels().await?;
+    let selected: Vec<String> = match &opts.backup {
+        Some(label) if labels.contains(label) => vec![label.clone()],
+        Some(label) => {
+            return Err(EngineError::invalid(
+                format!("no backup labelled {label} in {}", repo.location()),
+                "`lifeboat list` shows the backups; run `lifeboat verify` without --backup to check them all",
+            ));
+        }
+        None => labels,
+    };
+
+    let mut backups: Vec<BackupInfo> = Vec::new();
+    let mut damaged_manifests: Vec<String> = Vec::new();
+    let mut referenced: HashSet<ChunkId> = HashSet::new();
+    let mut max_block: u64 = 0;
+    for label in &selected {
+        let manifest = match repo.manifest(label).await {
+            Ok(m) => m,
+            // Removed since the listing (by expire): not a backup any more.
+            Err(e) if e.is_not_found() => continue,
+            Err(RepoError::Corrupt { key, reason }) => {
+                counters.backups_checked += 1;
+                findings.push(damaged_manifest(label, &key, &reason));
+                damaged_manifests.push(label.clone());
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        counters.backups_checked += 1;
+        // The rules restore enforces (paths inside the target, no link where restore writes):
+        // a manifest that breaks them cannot be restored, so it is damaged.
+        let problems = manifest.check_rules();
+        let info = if problems.is_empty() {
+            backup_info(&manifest, seg_size)
+        } else {
+            Err(format!(
+                "it breaks the rules that keep a restore inside its target: {}",
+                problems.join("; ")
+            ))
+        };
+        match info {
+            Ok(info) => {
+                let before = referenced.len();
+                let mut own: HashSet<ChunkId> = HashSet::new();
+                for id in crate::backup::referenced_chunks(&manifest) {
+                    own.insert(id);
+                    referenced.insert(id);
+                }
+                tracing::debug!(
+                    "backup {label}: {} chunks, {} not referenced by an earlier backup checked",
+                    own.len(),
+                    referenced.len() - before
+                );
+                max_block = max_block.max(u64::from(manifest.block_size));
+                backups.push(BackupInfo {
+                    chunks: own.len() as u64,
+                    ..info
+                });
+            }
+            Err(reason) => {
+                let key = keys::manifest(label);
+                findings.push(damaged_manifest(label, &key, &reason));
+                damaged_manifests.push(label.clone());
+            }
+        }
+    }
+    counters.manifests_damaged = damaged_manifests.len() as u64;
+    counters.chunks_referenced = referenced.len() as u64;
+    Ok(Selection {
+        selected,
+        backups,
+        damaged_manifests,
+        referenced,
+        max_block,
+    })
+}
+
+/// The chunks: presence from one listing, content from reading back what is not known good.
+pub(super) struct ChunkPlan {
+    /// Every chunk object listed, with its stored size.
+    pub(super) present: HashMap<ChunkId, u64>,
+    pub(super) missing: BTreeSet<ChunkId>,
+    /// Damaged unread (listed shorter than an object header), with why.
+    pub(super) damaged: BTreeMap<ChunkId, String>,
+    /// With their stored size.
+    pub(super) to_read: Vec<(ChunkId, u64)>,
+}
+
+pub(super) async fn chunks(
+    repo: &Repository,
+    referenced: HashSet<ChunkId>,
+    old_state: &State,
+    rotation: Rotation,
+    full: bool,
+    counters: &mut Counters,
+) -> Result<ChunkPlan> {
+    let present_chunks = list_chunks(repo).await?;
+    let mut referenced: Vec<ChunkId> = referenced.into_iter().collect();
+    referenced.sort_unstable();
+    let mut missing_chunks: BTreeSet<ChunkId> = BTreeSet::new();
+    let mut damaged_chunks: BTreeMap<ChunkId, String> = BTreeMap::new();
+    let mut to_read: Vec<(ChunkId, u64)> = Vec::new();
+    for id in referenced {
+        match present_chunks.get(&id) {
+            None => {
+                missing_chunks.insert(id);
+            }
+            Some(&size) if short_object(size).is_some() => {
+                damaged_chunks.insert(id, short_object(size).unwrap_or_default());
+            }
+            Some(&size) if !full && old_state.chunk_verified(&id, size) => {
+                if rotation.picks(chunk_bucket(&id)) {
+                    counters.chunks_reread += 1;
+                    to_read.push((id, size));
+                } else {
+                    counters.chunks_skipped += 1;
+                }
+            }
+            Some(&size) => to_read.push((id, size)),
+        }
+    }
+    Ok(ChunkPlan {
+        present: present_chunks,
+        missing: missing_chunks,
+        damaged: damaged_chunks,
+        to_read,
+    })
+}
+
+/// The WAL: every object in scope, read unless verified before.
+pub(super) struct WalPlan {
+    /// Every WAL object listed, in scope or not, with its stored size.
+    pub(super) all: Vec<(WalFileName, u64)>,
+    /// Those in scope: all, or with `--backup` those of its timeline from its start segment on
+    /// (and history files).
+    pub(super) listed: Vec<(WalFileName, u64)>,
+    /// Damaged unread (listed shorter than an object header), with why.
+    pub(super) damaged: HashMap<WalFileName, String>,
+    /// With their stored size.
+    pub(super) to_read: Vec<(WalFileName, u64)>,
+}
+
+pub(super) async fn wal(
+    repo: &Repository,
+    opts: &VerifyOptions,
+    backups: &[BackupInfo],
+    old_state: &State,
+    rotation: Rotation,
+    seg_size: u64,
+    counters: &mut Counters,
+) -> Result<WalPlan> {
+    let scope: Option<(TimelineId, u64)> = match &opts.backup {
+        Some(_) => backups.first().map(|b| (b.timeline, b.start_segno)),
+        None => None,
+    };
+    let in_scope = |name: &WalFileName| -> bool {
+        let Some((timeline, from)) = scope else {
+            return true;
+        };
+        match name {
+            WalFileName::History(_) => true,
+            _ => {
+                name.timeline() == timeline
+                    && name
+                        .segment()
+                        .and_then(|s| s.segno(seg_size).ok())
+                        .is_some_and(|n| n >= from)
+            }
+        }
+    };
+    let all_wal: Vec<(WalFileName, u64)> = repo
+        .list_wal()
+        .await?
+        .into_iter()
+        .map(|w| (w.name, w.stored_size))
+        .collect();
+    let listed_wal: Vec<(WalFileName, u64)> = if opts.backup.is_some() && backups.is_empty() {
+        // The one backup asked for has no readable manifest: there is no WAL range to speak of.
+        Vec::new()
+    } else {
+        all_wal.iter().filter(|w| in_scope(&w.0)).copied().collect()
+    };
+    counters.wal_files = listed_wal.len() as u64;
+    let mut wal_to_read: Vec<(WalFileName, u64)> = Vec::new();
+    let mut damaged_wal: HashMap<WalFileName, String> = HashMap::new();
+    for (name, size) in &listed_wal {
+        if let Some(reason) = short_object(*size) {
+            damaged_wal.insert(*name, reason);
+        } else if !opts.full && old_state.wal_verified(name, *size, seg_size) {
+            if rotation.picks(wal_bucket(name, seg_size)) {
+                counters.wal_reread += 1;
+                wal_to_read.push((*name, *size));
+            } else {
+                counters.wal_skipped += 1;
+            }
+        } else {
+            wal_to_read.push((*name, *size));
+        }
+    }
+    Ok(WalPlan {
+        all: all_wal,
+        listed: listed_wal,
+        damaged: damaged_wal,
+        to_read: wal_to_read,
+    })
+}
+
+/// Which of the 100 buckets this run reads again.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Rotation {
+    start: u64,
+    width: u64,
+}
+
+impl Rotation {
+    pub(super) fn new(percent: u8, run: u64) -> Self {
+        let width = u64::from(percent.min(100));
+        Self {
+            start: run.wrapping_mul(width) % 100,
+            width,
+        }
+    }
+
+    fn picks(&self, bucket: u64) -> bool {
+        (bucket % 100 + 100 - self.start) % 100 < self.width
+    }
+}
+
+fn chunk_bucket(id: &ChunkId) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&id.0.0[..8]);
+    u64::from_le_bytes(b) % 100
+}
+
+/// Segments by number (consecutive segments fall in consecutive buckets), other files by a hash
+/// of the name (FNV-1a: stable across versions and machines).
+fn wal_bucket(name: &WalFileName, seg_size: u64) -> u64 {
+    if let WalFileName::Segment(seg) = name
+        && let Ok(n) = seg.segno(seg_size)
+    {
+        return n % 100;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.to_string().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h % 100
+}
+
+/// An object listed shorter than an object header cannot be intact: damaged without reading it.
+fn short_object(size: u64) -> Option<String> {
+    (size < lifeboat_repo::codec::HEADER_LEN as u64).then(|| {
+        format!(
+            "the stored object is {size} bytes, shorter than an object header ({} bytes): it was truncated",
+            lifeboat_repo::codec::HEADER_LEN
+        )
+    })
+}
+
+fn backup_info(m: &Manifest, seg_size: u64) -> std::result::Result<BackupInfo, String> {
+    let start: WalSegmentName = m
+        .start_wal
+        .parse()
+        .map_err(|e| format!("bad start_wal: {e}"))?;
+    let stop: WalSegmentName = m
+        .stop_wal
+        .parse()
+        .map_err(|e| format!("bad stop_wal: {e}"))?;
+    let start_segno = start
+        .segno(seg_size)
+        .map_err(|e| format!("bad start_wal: {e}"))?;
+    let stop_segno = stop
+        .segno(seg_size)
+        .map_err(|e| format!("bad stop_wal: {e}"))?;
+    if start.timeline != m.timeline || stop.timeline != m.timeline || stop_segno < start_segno {
+        return Err(format!(
+            "its WAL range {} .. {} does not fit its timeline {}",
+            m.start_wal,
+            m.stop_wal,
+            m.timeline.get()
+        ));
+    }
+    Ok(BackupInfo {
+        label: m.label.clone(),
+        timeline: m.timeline,
+        start,
+        stop,
+        start_segno,
+        stop_segno,
+        stop_time: m.stop_time.clone(),
+        chunks: 0,
+    })
+}
+
+/// Every chunk object with its stored size.
+async fn list_chunks(repo: &Repository) -> Result<HashMap<ChunkId, u64>> {
+    Ok(repo
+        .store()
+        .list(keys::CHUNK_PREFIX)
+        .await
+        .map_err(RepoError::from)?
+        .into_iter()
+        .filter_map(|o| parse_chunk_key(&o.key).map(|id| (id, o.size)))
+        .collect())
+}
+
+fn parse_chunk_key(key: &str) -> Option<ChunkId> {
+    let (_, hex_name) = key.strip_prefix(keys::CHUNK_PREFIX)?.split_once('/')?;
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex_name, &mut bytes).ok()?;
+    let id = ChunkId(ContentHash(bytes));
+    (id.key() == key).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::report::RereadSummary;
+    use super::*;
+
+    fn id(b: u8) -> ChunkId {
+        ChunkId(ContentHash([b; 32]))
+    }
+
+    /// Every bucket is picked within ceil(100/p) consecutive runs, whatever run the cycle starts
+    /// at, and each run picks about p of them.
+    #[test]
+    fn the_rotation_reads_everything_within_its_cycle() {
+        for p in [1u8, 3, 5, 7, 33, 50, 99, 100] {
+            let cycle = 100u64.div_ceil(u64::from(p));
+            for start in [0u64, 1, 19, 1000] {
+                let mut seen = [false; 100];
+                for run in start..start + cycle {
+                    let r = Rotation::new(p, run);
+                    let picked = (0..100).filter(|b| r.picks(*b)).count();
+                    assert_eq!(picked, usize::from(p), "p {p} run {run}");
+                    for b in 0..100 {
+                        if r.picks(b) {
+                            seen[b as usize] = true;
+                        }
+                    }
+                }
+                assert!(seen.iter().all(|s| *s), "p {p} from run {start}");
+            }
+        }
+        assert!((0..100).all(|b| !Rotation::new(0, 4).picks(b)));
+        let s = RereadSummary::new(5, 4, Some(1_000_000), 1_000_000 + 4 * 86_400);
+        assert_eq!((s.cycle_runs, s.cycle_days), (Some(20), Some(20.0)));
+        assert_eq!(RereadSummary::new(0, 4, Some(1), 100).cycle_runs, None);
+    }
+
+    #[test]
+    fn chunk_keys_parse_only_as_written() {
+        let key = id(0xab).key();
+        assert_eq!(parse_chunk_key(&key), Some(id(0xab)));
+        assert_eq!(parse_chunk_key(&key.to_uppercase()), None);
+        assert_eq!(parse_chunk_key("data/ab/xyz"), None);
+        assert_eq!(parse_chunk_key(&key.replace("data/ab", "data/cd")), None);
+    }
+}
