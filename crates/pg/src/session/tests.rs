@@ -28,11 +28,7 @@ impl Scratch {
             pgc::chown_recursive(dir.path(), owner).unwrap();
         }
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
-        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::net::free_port().unwrap();
         let opts = InitOptions {
             port,
             socket_dir: dir.path().join("sock"),
