@@ -2,7 +2,7 @@
 //!
 //! Domain scalars (LSN, timeline, WAL file names) with one text form each, pure parsers of on-disk
 //! structures (WAL page headers, pg_control, timeline history files), and control of local clusters
-//! (initdb, start, stop) for the demo, drills and tests. For backups and restores: data page
+//! (initdb, start, stop) and a free local port (`net`) for the demo, drills and tests. For backups and restores: data page
 //! checksums (`page`), which files of a data directory a base backup copies (`pgdata`), the
 //! `backup_label` file (`backup_label`), recovery settings (`recovery`), and SQL sessions with a
 //! running server (`session`). Everything here becomes small, version-independent values at the
@@ -14,6 +14,7 @@ pub mod conf;
 pub mod control;
 pub mod history;
 pub mod lsn;
+pub mod net;
 pub mod page;
 pub mod pgdata;
 pub mod recovery;

@@ -13,13 +13,14 @@ use bytes::Bytes;
 
 pub mod cloud;
 pub mod local;
+mod open;
 pub mod retry;
+pub mod settings;
 pub mod url;
 
-pub use crate::url::{
-    AzureSettings, GcsSettings, Location, S3Settings, StorageSettings, open, open_or_create,
-    parse_location,
-};
+pub use crate::open::{open, open_or_create};
+pub use crate::settings::{AzureSettings, GcsSettings, S3Settings, StorageSettings};
+pub use crate::url::{Location, parse_location};
 
 /// What a failed storage call means to the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -654,11 +654,7 @@ fn dead_endpoint_settings(port: u16, policy: RetryPolicy) -> StorageSettings {
 #[tokio::test]
 async fn closed_port_fails_transient_within_bounded_time() {
     // Bind and release a port so nothing listens on it.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = lifeboat_testkit::free_port();
     let policy = RetryPolicy {
         attempt_timeout: Duration::from_secs(5),
         max_attempts: 3,

@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,7 +63,9 @@ impl MotoServer {
     }
 
     fn start_with(program: &str, args: &[&str]) -> anyhow::Result<Self> {
-        let port = free_port()?;
+        // Free a moment ago: moto binds it shortly after; a collision in between makes moto exit,
+        // which `start` reports.
+        let port = lifeboat_pg::net::free_port().context("finding a free port")?;
         let log_dir = tempfile::tempdir().context("creating a directory for the moto log")?;
         let log_path = log_dir.path().join("moto.log");
         // A file, not a pipe: moto logs every request and would block once a pipe filled up.
@@ -183,11 +185,4 @@ impl Drop for MotoServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A port that was free a moment ago. moto binds it shortly after; a collision in between makes
-/// moto exit, which `start` reports.
-fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
 }
