@@ -90,7 +90,7 @@ pub(super) fn prepare_cluster(
 ) -> std::result::Result<LocalCluster, String> {
     let data = scratch.join("data");
     let owner = pgc::cluster_owner().map_err(|e| e.to_string())?;
-    let port = free_port()?;
+    let port = lifeboat_pg::net::free_port().map_err(|e| e.to_string())?;
     let write = |path: &Path, text: &str| {
         fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
     };
@@ -155,10 +155,3 @@ pub(super) fn prepare_cluster(
 
 /// Longest Unix socket path the kernel accepts.
 const MAX_SOCKET_PATH: usize = 107;
-
-fn free_port() -> std::result::Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free port on 127.0.0.1: {e}"))
-}
