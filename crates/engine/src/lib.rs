@@ -7,6 +7,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod backup_report;
 pub mod check;
 pub mod drill;
 pub mod error;

@@ -5,7 +5,7 @@ use lifeboat_repo::Repository;
 use serde::Serialize;
 
 use crate::Result;
-use crate::backup::BackupReport;
+use crate::backup_report::BackupReport;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Listing {
