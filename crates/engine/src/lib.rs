@@ -19,6 +19,9 @@ pub mod restore;
 pub mod verify;
 pub mod walcheck;
 
+#[cfg(test)]
+mod store_tests;
+
 pub(crate) use error::join_error;
 pub use error::{EngineError, Result};
 pub use lazy::LazyRepo;
