@@ -1,6 +1,7 @@
 //! Engine errors: the repository's, plus what the engine itself rejects (bad input, local I/O).
 
 use lifeboat_repo::RepoError;
+use lifeboat_repo::lock::LockError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -64,6 +65,20 @@ impl EngineError {
                 _ => "check the file system and retry".into(),
             }),
             Self::Internal(_) => Some("please report this as a bug, with the log".into()),
+        }
+    }
+}
+
+/// A lock refusal or loss: the repository's error as it is, anything else (held by another
+/// run, lost) refused with the lock's hint (exit 4).
+impl From<LockError> for EngineError {
+    fn from(e: LockError) -> Self {
+        match e {
+            LockError::Repo(r) => EngineError::Repo(r),
+            other => {
+                let hint = other.hint().unwrap_or_default();
+                EngineError::invalid(other.to_string(), hint)
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use lifeboat_pg::walname::{WalFileName, WalSegmentName};
 use lifeboat_repo::backup::Manifest;
-use lifeboat_repo::lock::{LockError, LockKind, RepoLock};
+use lifeboat_repo::lock::{LockKind, RepoLock};
 use lifeboat_repo::{RepoError, Repository, keys};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -102,17 +102,6 @@ pub struct ChunkRemoval {
     pub remaining_bytes: u64,
 }
 
-/// Turn a lock refusal or loss into the engine's error (exit 4, with the hint).
-pub(crate) fn lock_error(e: LockError) -> EngineError {
-    match e {
-        LockError::Repo(r) => EngineError::Repo(r),
-        other => {
-            let hint = other.hint().unwrap_or_default();
-            EngineError::invalid(other.to_string(), hint)
-        }
-    }
-}
-
 pub async fn expire(repo: &Repository, opts: &ExpireOptions) -> Result<ExpireReport> {
     let started = Instant::now();
     let policy = check_policy(opts)?;
@@ -138,7 +127,7 @@ pub async fn expire(repo: &Repository, opts: &ExpireOptions) -> Result<ExpireRep
 
     let mut lock = RepoLock::acquire(repo, LockKind::Expire)
         .await
-        .map_err(lock_error)?;
+        .map_err(EngineError::from)?;
     let result = match plan(repo, opts, policy).await {
         Ok(plan) => execute(repo, &lock, plan, started).await,
         Err(e) => Err(e),
@@ -380,7 +369,7 @@ fn parse_segment(text: &str, label: &str) -> Result<WalSegmentName> {
 fn referenced_keys(manifests: &[Manifest]) -> HashSet<String> {
     manifests
         .iter()
-        .flat_map(crate::backup::referenced_chunks)
+        .flat_map(Manifest::chunks)
         .map(|c| c.key())
         .collect()
 }
@@ -467,7 +456,7 @@ async fn execute(
     mut plan: Plan,
     started: Instant,
 ) -> Result<ExpireReport> {
-    let held = || async { lock.check_held().await.map_err(lock_error) };
+    let held = || async { lock.check_held().await.map_err(EngineError::from) };
 
     // 1. Manifests, oldest first: each delete is the moment that backup stops existing. Nothing
     //    it needs is gone yet, so a crash here leaves it listed and still restorable.

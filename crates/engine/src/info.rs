@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use lifeboat_pg::walname::{DEFAULT_WAL_SEGMENT_SIZE, WalFileName, WalSegmentName};
+use lifeboat_repo::wal::ArchivedSegments;
 use lifeboat_repo::{ClusterIdentity, Repository};
 use serde::Serialize;
 
@@ -52,23 +53,17 @@ pub async fn info(repo: &Repository) -> Result<RepoInfo> {
 
     #[derive(Default)]
     struct Acc {
-        segnos: Vec<u64>,
         partial: Vec<String>,
         backup: Vec<String>,
     }
-    let mut per_timeline: BTreeMap<u32, Acc> = BTreeMap::new();
+    let mut segments = ArchivedSegments::per_timeline(seg_size, &wal);
+    // A timeline with segments, or with only `.partial` or `.backup` files, is shown.
+    let mut per_timeline: BTreeMap<u32, Acc> =
+        segments.keys().map(|t| (t.get(), Acc::default())).collect();
     let mut history_files = Vec::new();
     for stored in &wal {
         match &stored.name {
-            WalFileName::Segment(seg) => {
-                if let Ok(n) = seg.segno(seg_size) {
-                    per_timeline
-                        .entry(seg.timeline.get())
-                        .or_default()
-                        .segnos
-                        .push(n);
-                }
-            }
+            WalFileName::Segment(_) => {}
             WalFileName::Partial(seg) => per_timeline
                 .entry(seg.timeline.get())
                 .or_default()
@@ -84,32 +79,31 @@ pub async fn info(repo: &Repository) -> Result<RepoInfo> {
     }
 
     let mut timelines = Vec::new();
-    for (tli, mut acc) in per_timeline {
+    for (tli, acc) in per_timeline {
         let Some(timeline) = lifeboat_pg::timeline::TimelineId::new(tli) else {
             continue;
         };
-        acc.segnos.sort_unstable();
-        acc.segnos.dedup();
+        let archived = segments
+            .remove(&timeline)
+            .unwrap_or_else(|| ArchivedSegments::new(timeline, seg_size));
         let name = |n: u64| WalSegmentName::from_segno(timeline, n, seg_size).to_string();
-        let (first, last) = match (acc.segnos.first(), acc.segnos.last()) {
-            (Some(f), Some(l)) => (name(*f), name(*l)),
+        let (first, last) = match (archived.first(), archived.last()) {
+            (Some(f), Some(l)) => (name(f), name(l)),
             _ => (String::new(), String::new()),
         };
-        let gaps = acc
-            .segnos
-            .windows(2)
-            .filter(|w| w[1] > w[0] + 1)
-            .map(|w| Gap {
-                first_missing: name(w[0] + 1),
-                last_missing: name(w[1] - 1),
-                count: w[1] - w[0] - 1,
+        let gaps = archived
+            .gaps()
+            .map(|g| Gap {
+                first_missing: name(g.first),
+                last_missing: name(g.last),
+                count: g.count(),
             })
             .collect();
         timelines.push(TimelineInfo {
             timeline: tli,
             first_segment: first,
             last_segment: last,
-            segments: acc.segnos.len() as u64,
+            segments: archived.len(),
             gaps,
             partial_files: acc.partial,
             backup_files: acc.backup,

@@ -7,6 +7,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod backup_report;
 pub mod check;
 pub mod drill;
 pub mod error;
@@ -17,6 +18,9 @@ pub mod list;
 pub mod restore;
 pub mod verify;
 pub mod walcheck;
+
+#[cfg(test)]
+mod store_tests;
 
 pub(crate) use error::join_error;
 pub use error::{EngineError, Result};

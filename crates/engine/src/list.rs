@@ -1,11 +1,12 @@
 //! `list`: the complete backups, oldest first, and the window a restore can reach.
 
-use lifeboat_pg::walname::{WalFileName, WalSegmentName};
+use lifeboat_pg::walname::WalSegmentName;
 use lifeboat_repo::Repository;
+use lifeboat_repo::wal::ArchivedSegments;
 use serde::Serialize;
 
 use crate::Result;
-use crate::backup::BackupReport;
+use crate::backup_report::BackupReport;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Listing {
@@ -55,27 +56,10 @@ pub async fn contiguous_end(
     from: &WalSegmentName,
     seg_size: u64,
 ) -> Result<WalSegmentName> {
-    let mut segnos: Vec<u64> = repo
-        .list_wal()
-        .await?
-        .into_iter()
-        .filter_map(|w| match w.name {
-            WalFileName::Segment(s) if s.timeline == from.timeline => s.segno(seg_size).ok(),
-            _ => None,
-        })
-        .collect();
-    segnos.sort_unstable();
-    let Ok(mut end) = from.segno(seg_size) else {
+    let Ok(start) = from.segno(seg_size) else {
         return Ok(*from);
     };
-    for n in segnos {
-        if n <= end {
-            continue;
-        }
-        if n != end + 1 {
-            break;
-        }
-        end = n;
-    }
+    let archived = ArchivedSegments::from_listing(from.timeline, seg_size, &repo.list_wal().await?);
+    let end = archived.contiguous_end(start);
     Ok(WalSegmentName::from_segno(from.timeline, end, seg_size))
 }

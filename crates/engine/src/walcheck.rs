@@ -4,10 +4,10 @@
 //! segments): the check walks the repository's listing, which holds what exists, and never the
 //! range itself. A report names the first [`NAMED_MAX`] missing segments and counts the rest.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use lifeboat_pg::walname::{WalFileName, WalSegmentName};
+use lifeboat_repo::wal::ArchivedSegments;
 use lifeboat_repo::{Repository, keys};
 
 use crate::{EngineError, Result};
@@ -65,54 +65,27 @@ impl std::fmt::Display for Missing {
 
 /// What of `from..=to` (segment numbers) `present` lacks, without walking the range: only the
 /// present numbers inside it are visited.
-pub fn missing_in(
-    present: &BTreeSet<u64>,
-    timeline: lifeboat_pg::timeline::TimelineId,
-    from: u64,
-    to: u64,
-    seg_size: u64,
-) -> Missing {
+pub fn missing_in(present: &ArchivedSegments, from: u64, to: u64) -> Missing {
     let mut out = Missing::default();
     if to < from {
         return out;
     }
-    let inside = present.range(from..=to).count() as u64;
-    out.count = (to - from + 1) - inside;
+    out.count = (to - from + 1) - present.count_in(from, to);
     if out.count == 0 {
         return out;
     }
-    let name = |n: u64| WalSegmentName::checked_from_segno(timeline, n, seg_size).ok();
-    let mut expect = from;
-    let push = |n: u64, out: &mut Missing| {
-        if let Some(s) = name(n) {
-            out.named.push(s);
-        }
-    };
-    for n in present.range(from..=to).copied() {
-        while expect < n && out.named.len() < NAMED_MAX {
-            push(expect, &mut out);
-            expect += 1;
-        }
-        if out.named.len() >= NAMED_MAX {
-            break;
-        }
-        expect = n + 1;
-    }
-    while expect <= to && out.named.len() < NAMED_MAX {
-        push(expect, &mut out);
-        expect += 1;
+    let mut last_gap = None;
+    for gap in present.gaps_in(from, to) {
+        let room = NAMED_MAX.saturating_sub(out.named.len());
+        out.named.extend(
+            (gap.first..=gap.last)
+                .take(room)
+                .filter_map(|n| present.name(n)),
+        );
+        last_gap = Some(gap);
     }
     if out.count > out.named.len() as u64 {
-        // The last missing: walk down from `to` over present numbers.
-        let mut last = to;
-        for n in present.range(from..=to).rev() {
-            if *n == last {
-                last = last.saturating_sub(1);
-            } else {
-                break;
-            }
-        }
-        out.last = name(last);
+        out.last = last_gap.and_then(|g| present.name(g.last));
     }
     out
 }
@@ -140,18 +113,17 @@ pub async fn missing_segments(
     let prefixes: Vec<String> = if log_to - log_from < LIST_DIRS_MAX {
         (log_from..=log_to)
             .map(|log| {
-                let seg = WalSegmentName::from_segno(timeline, log * per_log, seg_size);
-                let key = keys::wal(&WalFileName::Segment(seg));
-                match key.rfind('/') {
-                    Some(i) => key[..=i].to_string(),
-                    None => key,
-                }
+                keys::wal_dir(&WalSegmentName::from_segno(
+                    timeline,
+                    log * per_log,
+                    seg_size,
+                ))
             })
             .collect()
     } else {
-        vec![format!("{}{:08X}", keys::WAL_PREFIX, timeline.get())]
+        vec![keys::wal_timeline_prefix(timeline)]
     };
-    let mut present = BTreeSet::new();
+    let mut present = ArchivedSegments::new(timeline, seg_size);
     for prefix in prefixes {
         for object in repo
             .store()
@@ -172,7 +144,7 @@ pub async fn missing_segments(
             }
         }
     }
-    Ok(missing_in(&present, timeline, from, to, seg_size))
+    Ok(missing_in(&present, from, to))
 }
 
 /// Wait until every segment of `first..=last` is in the repository, or fail naming the missing.
@@ -216,22 +188,30 @@ mod tests {
         TimelineId::new(1).expect("timeline")
     }
 
+    fn set(present: impl IntoIterator<Item = u64>) -> ArchivedSegments {
+        let mut set = ArchivedSegments::new(tli(), SEG);
+        for n in present {
+            set.insert(n);
+        }
+        set
+    }
+
     fn names(m: &Missing) -> Vec<String> {
         m.named.iter().map(|n| n.to_string()).collect()
     }
 
     #[test]
     fn nothing_missing() {
-        let present: BTreeSet<u64> = (3..=9).collect();
-        let m = missing_in(&present, tli(), 3, 9, SEG);
+        let present = set(3..=9);
+        let m = missing_in(&present, 3, 9);
         assert!(m.is_empty());
         assert_eq!(m.to_string(), "");
     }
 
     #[test]
     fn holes_are_named_in_order_and_counted() {
-        let present: BTreeSet<u64> = [3, 4, 6, 9].into_iter().collect();
-        let m = missing_in(&present, tli(), 3, 10, SEG);
+        let present = set([3, 4, 6, 9]);
+        let m = missing_in(&present, 3, 10);
         assert_eq!(m.count, 4);
         assert_eq!(
             names(&m),
@@ -249,10 +229,10 @@ mod tests {
     /// allocate 13 TB.
     #[test]
     fn the_widest_range_is_bounded() {
-        let present: BTreeSet<u64> = (1..=8).collect();
+        let present = set(1..=8);
         let last = WalSegmentName::from_lsn(tli(), lifeboat_pg::lsn::Lsn(u64::MAX), SEG);
         let to = last.segno(SEG).expect("segno");
-        let m = missing_in(&present, tli(), 1, to, SEG);
+        let m = missing_in(&present, 1, to);
         assert_eq!(m.count, to - 8);
         assert_eq!(m.named.len(), NAMED_MAX);
         assert_eq!(
@@ -267,8 +247,8 @@ mod tests {
 
     #[test]
     fn the_last_missing_skips_present_tail() {
-        let present: BTreeSet<u64> = [1, 98, 99, 100].into_iter().collect();
-        let m = missing_in(&present, tli(), 1, 100, SEG);
+        let present = set([1, 98, 99, 100]);
+        let m = missing_in(&present, 1, 100);
         assert_eq!(m.count, 96);
         assert_eq!(
             m.last.map(|s| s.to_string()).as_deref(),

@@ -206,6 +206,20 @@ pub const RESTORE_WRITES: [&str; 5] = [
 pub const CONFIG_RESTORE_DIR: &str = "restored_config";
 
 impl Manifest {
+    /// Every chunk the manifest references: each file's blocks and the pack it is stored in
+    /// (a chunk referenced twice is named twice).
+    pub fn chunks(&self) -> impl Iterator<Item = ChunkId> + '_ {
+        self.entries.iter().flat_map(|e| match e {
+            Entry::File(f) => f
+                .blocks
+                .iter()
+                .copied()
+                .chain(f.packed.as_ref().map(|p| p.chunk))
+                .collect::<Vec<_>>(),
+            _ => Vec::new(),
+        })
+    }
+
     /// Where an entry lands, relative to the restore's target directory (tablespace contents
     /// stay under `pg_tblspc/<oid>/`).
     fn restored_path(root: Root, path: &str) -> String {

@@ -1,6 +1,7 @@
 //! The only place repository keys are spelled (docs/FORMAT.md, "Layout").
 
-use lifeboat_pg::walname::WalFileName;
+use lifeboat_pg::timeline::TimelineId;
+use lifeboat_pg::walname::{WalFileName, WalSegmentName};
 
 /// Repository config (plain JSON, holds the wrapped data key). Written once by `init`.
 pub const CONFIG: &str = "lifeboat.json";
@@ -39,11 +40,24 @@ pub fn parse_manifest_key(key: &str) -> Option<String> {
 /// so a directory holds at most one log file's worth of segments (256 at 16 MiB); history files
 /// go to `wal/history/`.
 pub fn wal(name: &WalFileName) -> String {
-    let text = name.to_string();
-    match name {
-        WalFileName::History(_) => format!("{HISTORY_DIR}{text}"),
-        _ => format!("{WAL_PREFIX}{}/{text}", &text[..16.min(text.len())]),
+    match name.segment() {
+        None => format!("{HISTORY_DIR}{name}"),
+        Some(segment) => format!("{}{name}", wal_dir(segment)),
     }
+}
+
+/// `wal/<timeline+log>/`: the directory of `segment`, of the other segments of its log file
+/// (same timeline, same first 16 digits), and of the files named after them. List it to see
+/// those segments.
+pub fn wal_dir(segment: &WalSegmentName) -> String {
+    let text = segment.to_string();
+    format!("{WAL_PREFIX}{}/", &text[..16.min(text.len())])
+}
+
+/// `wal/<timeline>`: the prefix every directory of `timeline`'s segments starts with (and no
+/// other timeline's, nor the history directory's). List it to see all of the timeline's WAL.
+pub fn wal_timeline_prefix(timeline: TimelineId) -> String {
+    format!("{WAL_PREFIX}{:08X}", timeline.get())
 }
 
 /// The WAL file a key stores, if it is a WAL key.
@@ -53,6 +67,12 @@ pub fn parse_wal_key(key: &str) -> Option<WalFileName> {
     let name = WalFileName::parse(file).ok()?;
     (wal(&name) == key).then_some(name)
 }
+
+/// `verify/state`: what `verify` read and found intact (docs/FORMAT.md, "Verification"),
+/// rewritten whole by a run that changed it.
+pub const VERIFY_STATE: &str = "verify/state";
+/// Second copy of [`VERIFY_STATE`], written after it.
+pub const VERIFY_STATE_COPY: &str = "verify/state.copy";
 
 /// Lock objects, one per running holder (docs/FORMAT.md, "Locks"); the only objects that are
 /// rewritten (the heartbeat) and deleted by their writer.
@@ -126,5 +146,24 @@ mod tests {
             None
         );
         assert_eq!(parse_wal_key("wal/x"), None);
+    }
+
+    #[test]
+    fn wal_directories_hold_their_segments() {
+        let seg: WalSegmentName = "000000030000000A000000FE".parse().unwrap();
+        assert_eq!(wal_dir(&seg), "wal/000000030000000A/");
+        for name in [
+            WalFileName::Segment(seg),
+            WalFileName::Partial(seg),
+            WalFileName::parse("000000030000000A000000FE.00000028.backup").unwrap(),
+        ] {
+            assert!(wal(&name).starts_with(&wal_dir(&seg)), "{name}");
+        }
+        let tli = TimelineId::new(3).unwrap();
+        assert_eq!(wal_timeline_prefix(tli), "wal/00000003");
+        assert!(wal_dir(&seg).starts_with(&wal_timeline_prefix(tli)));
+        assert!(!wal(&WalFileName::History(tli)).starts_with(&wal_timeline_prefix(tli)));
+        let other = TimelineId::new(0x30).unwrap();
+        assert!(!wal_dir(&seg).starts_with(&wal_timeline_prefix(other)));
     }
 }

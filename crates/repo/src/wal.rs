@@ -1,4 +1,7 @@
-//! The WAL archive: store a WAL file once and never replace it, fetch it back verified, list it.
+//! The WAL archive: store a WAL file once and never replace it, fetch it back verified, list it;
+//! the archived segments of a timeline as a set with its gaps ([`ArchivedSegments`]).
+
+mod segments;
 
 use bytes::Bytes;
 use lifeboat_pg::walname::WalFileName;
@@ -6,6 +9,8 @@ use lifeboat_storage::{ErrorKind, PutMode};
 
 use crate::codec::ContentHash;
 use crate::{RepoError, Repository, Result, keys};
+
+pub use segments::{ArchivedSegments, Gap};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {

@@ -25,8 +25,8 @@ use lifeboat_repo::backup::{
 };
 use lifeboat_repo::lock::{LockKind, RepoLock};
 use lifeboat_repo::{ClusterIdentity, Repository};
-use serde::Serialize;
 
+pub use crate::backup_report::BackupReport;
 use crate::error::postgres;
 use crate::{EngineError, Result};
 use chunks::{Copier, Done, Item};
@@ -78,53 +78,6 @@ pub enum BackupEvent {
 
 pub type EventSink = Arc<dyn Fn(BackupEvent) + Send + Sync>;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct BackupReport {
-    pub label: String,
-    pub timeline: u32,
-    pub start_lsn: Lsn,
-    pub stop_lsn: Lsn,
-    pub start_wal: String,
-    pub stop_wal: String,
-    pub start_time: String,
-    pub stop_time: String,
-    pub size: u64,
-    pub stored_size: u64,
-    pub duration_seconds: f64,
-    pub files: u64,
-    /// Files unchanged since the previous backup, whose blocks were reused without reading.
-    pub files_reused: u64,
-    /// Bytes read from the data directory (the rest was reused).
-    pub bytes_read: u64,
-    pub bad_pages: Vec<lifeboat_repo::backup::BadPage>,
-}
-
-impl BackupReport {
-    pub fn from_manifest(m: &Manifest) -> Self {
-        Self {
-            label: m.label.clone(),
-            timeline: m.timeline.get(),
-            start_lsn: m.start_lsn,
-            stop_lsn: m.stop_lsn,
-            start_wal: m.start_wal.clone(),
-            stop_wal: m.stop_wal.clone(),
-            start_time: m.start_time.clone(),
-            stop_time: m.stop_time.clone(),
-            size: m.size,
-            stored_size: m.stored_size,
-            duration_seconds: m.duration_seconds,
-            files: m
-                .entries
-                .iter()
-                .filter(|e| matches!(e, Entry::File(_)))
-                .count() as u64,
-            files_reused: m.files_reused,
-            bytes_read: m.bytes_read,
-            bad_pages: m.bad_pages.clone(),
-        }
-    }
-}
-
 /// Now, in RFC 3339 with microseconds: a restore compares target times with a backup's stop
 /// time, and a whole-second stop time would let a target inside that second pick a backup that
 /// ends after it.
@@ -173,7 +126,7 @@ pub async fn backup(
     // chunks this backup reuses from the previous one (docs/FORMAT.md, "Locks").
     let mut lock = RepoLock::acquire(repo, LockKind::Backup)
         .await
-        .map_err(crate::expire::lock_error)?;
+        .map_err(EngineError::from)?;
     let result = backup_locked(repo, opts, events, session, version, started, &lock).await;
     lock.release().await;
     result
@@ -221,11 +174,7 @@ async fn backup_locked(
     let stored = repo.chunk_ids().await?;
     let known: HashSet<ChunkId> = previous
         .last()
-        .map(|m| {
-            referenced_chunks(m)
-                .filter(|c| stored.contains(c))
-                .collect()
-        })
+        .map(|m| m.chunks().filter(|c| stored.contains(c)).collect())
         .unwrap_or_default();
 
     let mut label = new_label();
@@ -440,7 +389,7 @@ async fn backup_locked(
     };
     // Publishing a backup whose chunks an expire that took our lock over may be deleting would
     // list a backup that does not restore.
-    lock.check_held().await.map_err(crate::expire::lock_error)?;
+    lock.check_held().await.map_err(EngineError::from)?;
     repo.put_manifest(&manifest).await?;
     Ok(BackupReport::from_manifest(&manifest))
 }
@@ -501,17 +450,10 @@ fn split_unchanged(
     (read, reused)
 }
 
-/// Every chunk a manifest references.
+/// Every chunk a manifest references: [`Manifest::chunks`], kept under this name for callers
+/// not yet switched (verify, the end-to-end tests).
 pub fn referenced_chunks(m: &Manifest) -> impl Iterator<Item = ChunkId> + '_ {
-    m.entries.iter().flat_map(|e| match e {
-        Entry::File(f) => f
-            .blocks
-            .iter()
-            .copied()
-            .chain(f.packed.as_ref().map(|p| p.chunk))
-            .collect::<Vec<_>>(),
-        _ => Vec::new(),
-    })
+    m.chunks()
 }
 
 fn done_bytes(done: &Done) -> u64 {

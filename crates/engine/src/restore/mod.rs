@@ -421,7 +421,7 @@ async fn check_chunks(
     let gone: HashSet<ChunkId> = missing.iter().copied().collect();
     let mut needing: Vec<String> = manifests
         .iter()
-        .filter(|m| crate::backup::referenced_chunks(m).any(|c| gone.contains(&c)))
+        .filter(|m| m.chunks().any(|c| gone.contains(&c)))
         .map(|m| m.label.clone())
         .collect();
     if !needing.contains(&manifest.label) {

@@ -1,0 +1,112 @@
+//! Engine tests on an in-memory object store: what the operations decide from what a repository
+//! holds (restore's backup choice and WAL check, expire's plan, WAL gap analysis), without a
+//! PostgreSQL cluster. Helpers here write manifests, WAL and chunks as the real commands would
+//! leave them; the end-to-end tests (crates/lifeboat/tests) cover the same paths with PostgreSQL.
+
+mod expire_plan;
+mod restore_choice;
+mod wal_gaps;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use lifeboat_pg::lsn::Lsn;
+use lifeboat_pg::timeline::TimelineId;
+use lifeboat_pg::walname::{DEFAULT_WAL_SEGMENT_SIZE, WalFileName, WalSegmentName};
+use lifeboat_repo::backup::{ChunkId, Manifest};
+use lifeboat_repo::{ClusterIdentity, ContentHash, InitOptions, Repository};
+use lifeboat_storage::PutMode;
+use lifeboat_storage::cloud::CloudStore;
+
+pub const SEG: u64 = DEFAULT_WAL_SEGMENT_SIZE;
+
+/// An empty unencrypted repository in memory, bound to a cluster with 16 MiB segments.
+pub async fn repo() -> Repository {
+    let store = CloudStore::from_object_store(
+        Arc::new(object_store::memory::InMemory::new()),
+        "",
+        "memory://engine-test".into(),
+    )
+    .unwrap();
+    let repo = Repository::init(Arc::new(store), InitOptions::default())
+        .await
+        .unwrap();
+    repo.bind_identity(&ClusterIdentity {
+        system_identifier: 1,
+        pg_major: 15,
+        wal_segment_size: SEG,
+    })
+    .await
+    .unwrap();
+    repo
+}
+
+pub fn tli(n: u32) -> TimelineId {
+    TimelineId::new(n).unwrap()
+}
+
+/// Segment number `segno` of timeline `timeline`.
+pub fn seg(timeline: u32, segno: u64) -> WalSegmentName {
+    WalSegmentName::from_segno(tli(timeline), segno, SEG)
+}
+
+/// Archive segments `segnos` of `timeline` (their content is not looked at here).
+pub async fn archive(repo: &Repository, timeline: u32, segnos: impl IntoIterator<Item = u64>) {
+    for n in segnos {
+        put_wal(repo, WalFileName::Segment(seg(timeline, n))).await;
+    }
+}
+
+pub async fn put_wal(repo: &Repository, name: WalFileName) {
+    repo.put_wal(&name, Bytes::from(vec![7u8; 64]))
+        .await
+        .unwrap();
+}
+
+/// A chunk id made of one repeated byte.
+pub fn chunk(b: u8) -> ChunkId {
+    ChunkId(ContentHash([b; 32]))
+}
+
+/// Store an object under the chunk's key (expire only lists and deletes chunks).
+pub async fn put_chunk(repo: &Repository, id: ChunkId) {
+    repo.store()
+        .put(&id.key(), Bytes::from(vec![1u8; 100]), PutMode::Create)
+        .await
+        .unwrap();
+}
+
+/// A backup on `timeline` that starts in segment `start` and stops in `stop` at `stop_time`, with
+/// one file stored in `chunks`.
+pub fn manifest(
+    label: &str,
+    timeline: u32,
+    (start, stop): (u64, u64),
+    stop_time: &str,
+    chunks: &[ChunkId],
+) -> Manifest {
+    serde_json::from_value(serde_json::json!({
+        "format": "lifeboat-backup-manifest", "version": 1, "label": label,
+        "system_identifier": 1, "pg_version_num": 150000, "timeline": timeline,
+        "start_lsn": Lsn(start * SEG + 40), "stop_lsn": Lsn(stop * SEG + 100),
+        "start_wal": seg(timeline, start).to_string(), "stop_wal": seg(timeline, stop).to_string(),
+        "start_time": stop_time, "stop_time": stop_time, "duration_seconds": 1.0,
+        "backup_label": "", "block_size": 1048576, "data_checksums": true, "size": 0,
+        "stored_size": 0,
+        "entries": [{
+            "type": "file", "path": "base/1/1", "mode": 0o600, "size": 1048576 * chunks.len(),
+            "mtime": 0, "blocks": chunks.iter().map(|c| c.0.to_hex()).collect::<Vec<_>>()
+        }]
+    }))
+    .unwrap()
+}
+
+/// Store a backup: its chunks, then its manifest.
+pub async fn backup(repo: &Repository, m: &Manifest) {
+    for id in m.chunks() {
+        if !repo.has_chunk(&id).await.unwrap() {
+            put_chunk(repo, id).await;
+        }
+    }
+    repo.put_manifest(m).await.unwrap();
+}
