@@ -111,7 +111,7 @@ fn references(setup: &Setup) -> BTreeMap<String, BTreeSet<String>> {
         .map(|m| {
             (
                 m.label.clone(),
-                lifeboat_engine::backup::referenced_chunks(m)
+                m.chunks()
                     .map(|c| c.key())
                     .collect(),
             )

@@ -186,7 +186,7 @@ fn big_table_path() -> String {
 
 fn labels_referencing(ms: &[Manifest], id: &ChunkId) -> Vec<String> {
     ms.iter()
-        .filter(|m| lifeboat_engine::backup::referenced_chunks(m).any(|c| c == *id))
+        .filter(|m| m.chunks().any(|c| c == *id))
         .map(|m| m.label.clone())
         .collect()
 }
@@ -608,7 +608,7 @@ fn corrupted_manifest_is_a_finding_and_the_other_backups_are_checked() {
     assert_eq!(counter(&report, "backups_checked"), 2);
     assert_eq!(counter(&report, "manifests_damaged"), 1);
     let newest_chunks: std::collections::HashSet<ChunkId> =
-        lifeboat_engine::backup::referenced_chunks(newest).collect();
+        newest.chunks().collect();
     assert_eq!(
         counter(&report, "chunks_read"),
         newest_chunks.len() as u64,

@@ -450,12 +450,6 @@ fn split_unchanged(
     (read, reused)
 }
 
-/// Every chunk a manifest references: [`Manifest::chunks`], kept under this name for callers
-/// not yet switched (verify, the end-to-end tests).
-pub fn referenced_chunks(m: &Manifest) -> impl Iterator<Item = ChunkId> + '_ {
-    m.chunks()
-}
-
 fn done_bytes(done: &Done) -> u64 {
     match done {
         Done::Block { len, .. } => *len,

@@ -246,7 +246,7 @@ pub(super) async fn chunk_findings(
             continue;
         };
         let mut seen = HashSet::new();
-        for id in crate::backup::referenced_chunks(&manifest) {
+        for id in manifest.chunks() {
             if !seen.insert(id) {
                 continue;
             }

@@ -83,7 +83,7 @@ pub(super) async fn backups(
             Ok(info) => {
                 let before = referenced.len();
                 let mut own: HashSet<ChunkId> = HashSet::new();
-                for id in crate::backup::referenced_chunks(&manifest) {
+                for id in manifest.chunks() {
                     own.insert(id);
                     referenced.insert(id);
                 }

@@ -16,11 +16,9 @@ use super::segment_name;
 use crate::{EngineError, Result};
 
 /// The verification state, rewritten after a run that changed it (docs/FORMAT.md,
-/// "Verification"). Spelled here rather than in `lifeboat_repo::keys` only because this module is
-/// its sole reader and writer.
-pub const STATE_KEY: &str = "verify/state";
-/// The second copy, written after [`STATE_KEY`]; read when the first is missing or unreadable.
-pub const STATE_COPY_KEY: &str = "verify/state.copy";
+/// "Verification"), and its second copy, written after it and read when the first is missing or
+/// unreadable.
+pub use lifeboat_repo::keys::{VERIFY_STATE as STATE_KEY, VERIFY_STATE_COPY as STATE_COPY_KEY};
 
 const STATE_FORMAT: &str = "lifeboat-verify-state";
 const STATE_VERSION: u32 = 1;
