@@ -29,6 +29,7 @@ mod policy;
 mod webhook;
 
 pub use notifier::Notifier;
+pub(crate) use policy::merge_alert_state;
 pub use policy::{plan, record_delivery};
 
 /// Deadline of one delivery attempt on one channel: a hung server must not hold up the others or

@@ -1,6 +1,7 @@
 //! Alert policy: which findings to announce now (fire once, repeat after `alerts.repeat`, retry
 //! what no channel took, resolve once), de-duplicated against the persisted [`AlertState`], and
-//! how each message's delivery is recorded. Pure functions: unit-tested without a network.
+//! how each message's delivery is recorded, and how the stored state joins one built while the
+//! repository could not be read. Pure functions: unit-tested without a network.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -140,6 +141,19 @@ pub fn record_delivery(
     });
     let excess = state.sent.len().saturating_sub(SENT_KEPT);
     state.sent.drain(..excess);
+}
+
+/// Fold the stored alert state into the one built while it could not be read: alerts active
+/// before the restart stay active (so they resolve once, or stay quiet while they persist).
+pub(crate) fn merge_alert_state(current: &mut AlertState, stored: AlertState) {
+    for (key, active) in stored.active {
+        current.active.entry(key).or_insert(active);
+    }
+    let mut sent = stored.sent;
+    sent.append(&mut current.sent);
+    let excess = sent.len().saturating_sub(SENT_KEPT);
+    sent.drain(..excess);
+    current.sent = sent;
 }
 
 #[cfg(test)]
@@ -359,5 +373,61 @@ mod tests {
         assert_eq!(json["host"], "db1");
         assert_eq!(json["time"], "2026-01-01T00:00:00Z");
         assert!(json["text"].as_str().is_some_and(|t| t.contains("TEST")));
+    }
+
+    fn active(key: &str, summary: &str) -> ActiveAlert {
+        ActiveAlert {
+            key: key.into(),
+            summary: summary.into(),
+            detail: String::new(),
+            since: "2026-01-01T00:00:00Z".into(),
+            last_notified: Some("2026-01-01T00:00:00Z".into()),
+            notifications: 1,
+        }
+    }
+
+    fn sent(key: &str) -> SentAlert {
+        SentAlert {
+            time: "2026-01-01T00:00:00Z".into(),
+            key: key.into(),
+            kind: "firing".into(),
+            summary: String::new(),
+            delivered: vec!["webhook #1".into()],
+            failed: vec![],
+        }
+    }
+
+    #[test]
+    fn stored_alerts_join_those_raised_while_the_repository_was_unreadable() {
+        let mut current = AlertState::default();
+        current.active.insert(
+            "repository_unreachable".into(),
+            active("repository_unreachable", "now"),
+        );
+        current
+            .active
+            .insert("wal_archive_lag".into(), active("wal_archive_lag", "now"));
+        current.sent.push(sent("repository_unreachable"));
+        let mut stored = AlertState::default();
+        stored.active.insert(
+            "wal_archive_lag".into(),
+            active("wal_archive_lag", "before"),
+        );
+        stored
+            .active
+            .insert("backup_age".into(), active("backup_age", "before"));
+        stored.sent = (0..SENT_KEPT).map(|_| sent("backup_age")).collect();
+        merge_alert_state(&mut current, stored);
+        let keys: Vec<&str> = current.active.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["backup_age", "repository_unreachable", "wal_archive_lag"]
+        );
+        assert_eq!(current.active["wal_archive_lag"].summary, "now");
+        assert_eq!(current.sent.len(), SENT_KEPT);
+        assert_eq!(
+            current.sent.last().map(|s| s.key.as_str()),
+            Some("repository_unreachable")
+        );
     }
 }
