@@ -10,9 +10,10 @@
 //! put in an error. Channels are named by their `name`, "webhook #N" or "email to a@b".
 
 //!
-//! Parts: `policy` ([`plan`], [`record_delivery`]), `notifier` ([`Notifier`]: the channels,
-//! deadlines and retry), `webhook` and `email` (building each channel from its configuration and
-//! sending one message through it). This module holds the message and its outcome.
+//! Parts: `policy` ([`plan`], [`record_delivery`]), `notifier` ([`Notifier`]: every channel at
+//! once, deadlines and retry), `channel` (what the channels share), `webhook` and `email`
+//! (building each channel from its configuration and sending one message through it). This
+//! module holds the message and its outcome.
 
 use std::fmt;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::status::Severity;
 
+mod channel;
 mod email;
 mod notifier;
 mod policy;

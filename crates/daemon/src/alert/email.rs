@@ -7,7 +7,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
-use super::notifier::{AttemptError, Channel, error_chain, first_line};
+use super::channel::{AttemptError, Channel, error_chain, first_line};
 use super::{ATTEMPT_TIMEOUT, Message};
 use crate::config::{EmailConfig, SmtpTls};
 

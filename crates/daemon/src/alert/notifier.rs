@@ -5,43 +5,16 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use futures::future::join_all;
-use lettre::message::{Mailbox, Mailboxes};
-use lettre::{AsyncSmtpTransport, Tokio1Executor};
-
+use super::channel::{AttemptError, Channel, error_chain};
 use super::email::{email_channel, send_email};
 use super::webhook::{post_webhook, webhook};
 use super::{ATTEMPT_TIMEOUT, Delivery, Message, RETRY_PAUSE};
 use crate::config::AlertsConfig;
+use futures::future::join_all;
 
 /// Every configured channel, ready to send.
 pub struct Notifier {
     channels: Vec<Channel>,
-}
-
-pub(super) enum Channel {
-    Webhook {
-        name: String,
-        url: String,
-        client: reqwest::Client,
-    },
-    Email {
-        name: String,
-        /// Boxed: far larger than a webhook channel.
-        transport: Box<AsyncSmtpTransport<Tokio1Executor>>,
-        /// `server:port`, for errors.
-        server: String,
-        from: Mailbox,
-        to: Mailboxes,
-    },
-}
-
-impl Channel {
-    fn name(&self) -> &str {
-        match self {
-            Channel::Webhook { name, .. } | Channel::Email { name, .. } => name,
-        }
-    }
 }
 
 /// Names only: the URLs and credentials inside must never reach a log.
@@ -51,12 +24,6 @@ impl fmt::Debug for Notifier {
             .field("channels", &self.channel_names())
             .finish()
     }
-}
-
-/// Why one attempt failed, and whether trying again could help.
-pub(super) struct AttemptError {
-    pub(super) why: String,
-    pub(super) retry: bool,
 }
 
 impl Notifier {
@@ -135,17 +102,6 @@ impl Notifier {
     }
 }
 
-/// The first line of a secret's file, which must not be empty. Not trimmed beyond the line end, as
-/// for the passphrase file: a password may end in a space.
-pub(super) fn first_line(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
-    let line = text.lines().next().unwrap_or("").to_string();
-    if line.trim().is_empty() {
-        return Err("its first line is empty".to_string());
-    }
-    Ok(line)
-}
-
 async fn send_with_retry(channel: &Channel, msg: &Message) -> Result<(), String> {
     let first = match attempt(channel, msg).await {
         Ok(()) => return Ok(()),
@@ -183,31 +139,6 @@ async fn attempt(channel: &Channel, msg: &Message) -> Result<(), AttemptError> {
             retry: true,
         }),
     }
-}
-
-/// `error: source: source`, skipping a source its parent already quoted.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
-}
-
-pub(super) fn innermost(e: &dyn std::error::Error) -> String {
-    let mut last = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        last = s.to_string();
-        source = s.source();
-    }
-    last
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::notifier::{AttemptError, Channel, error_chain, first_line, innermost};
+use super::channel::{AttemptError, Channel, error_chain, first_line, innermost};
 use super::{ATTEMPT_TIMEOUT, Message, one_line};
 use crate::config::WebhookConfig;
 
