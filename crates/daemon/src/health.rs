@@ -64,8 +64,9 @@ pub async fn gather(sources: &Sources, snapshot: &mut Snapshot) -> Problems {
     snapshot.volumes.clear();
     snapshot.wal.ready_segments = None;
     snapshot.wal.archive_lag_seconds = None;
-    if let Some(dir) = &pgdata {
-        match ready_backlog(&dir.join("pg_wal").join("archive_status")) {
+    if let Some(dir) = pgdata {
+        let (backlog, volumes) = local_facts(dir).await;
+        match backlog {
             Ok((count, oldest)) => {
                 snapshot.wal.ready_segments = Some(count);
                 snapshot.wal.archive_lag_seconds =
@@ -73,13 +74,27 @@ pub async fn gather(sources: &Sources, snapshot: &mut Snapshot) -> Problems {
             }
             Err(e) => problems.pg_wal = Some(e),
         }
-        for (name, path) in [("pg_wal", dir.join("pg_wal")), ("data", dir.clone())] {
-            if let Some(v) = volume(name, &path) {
-                snapshot.volumes.push(v);
-            }
-        }
+        snapshot.volumes = volumes;
     }
     problems
+}
+
+/// The `.ready` backlog and the free space of the `pg_wal` and data volumes, read on a blocking
+/// thread: `read_dir` and `statvfs` on a hung mount (NFS) must not stall a runtime worker, which
+/// also serves the pages and runs the timers.
+async fn local_facts(dir: PathBuf) -> (Result<(u64, Option<Duration>), String>, Vec<Volume>) {
+    let task = tokio::task::spawn_blocking(move || {
+        let backlog = ready_backlog(&dir.join("pg_wal").join("archive_status"));
+        let volumes = [("pg_wal", dir.join("pg_wal")), ("data", dir.clone())]
+            .into_iter()
+            .filter_map(|(name, path)| volume(name, &path))
+            .collect();
+        (backlog, volumes)
+    });
+    match task.await {
+        Ok(facts) => facts,
+        Err(e) => (Err(format!("cannot read pg_wal: {e}")), Vec::new()),
+    }
 }
 
 async fn gather_repository(

@@ -420,7 +420,7 @@ async fn health_loop(daemon: Arc<Daemon>, notifier: Notifier) {
         if !alerts_loaded && let Ok(repo) = sources.repo.get().await {
             match repo.alert_state().await {
                 Ok(stored) => {
-                    merge_alert_state(&mut alerts, stored);
+                    alert::merge_alert_state(&mut alerts, stored);
                     alerts_loaded = true;
                 }
                 Err(lifeboat_repo::RepoError::Corrupt { key, reason }) => {
@@ -511,19 +511,6 @@ async fn health_loop(daemon: Arc<Daemon>, notifier: Notifier) {
     }
 }
 
-/// Fold the stored alert state into the one built while it could not be read: alerts active
-/// before the restart stay active (so they resolve once, or stay quiet while they persist).
-fn merge_alert_state(current: &mut AlertState, stored: AlertState) {
-    for (key, active) in stored.active {
-        current.active.entry(key).or_insert(active);
-    }
-    let mut sent = stored.sent;
-    sent.append(&mut current.sent);
-    let excess = sent.len().saturating_sub(alert::SENT_KEPT);
-    sent.drain(..excess);
-    current.sent = sent;
-}
-
 /// Replace the shared snapshot with a fresh one, keeping what the executor changed meanwhile
 /// (a job started or finished, its next run).
 async fn publish(daemon: &Daemon, fresh: Snapshot) {
@@ -556,66 +543,4 @@ fn is_stopping(stop: &watch::Receiver<bool>) -> bool {
 async fn repo_size(repo: &lifeboat_repo::Repository) -> Result<u64, String> {
     let objects = repo.store().list("").await.map_err(|e| e.to_string())?;
     Ok(objects.iter().map(|o| o.size).sum())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use lifeboat_repo::records::{ActiveAlert, SentAlert};
-
-    fn active(key: &str, summary: &str) -> ActiveAlert {
-        ActiveAlert {
-            key: key.into(),
-            summary: summary.into(),
-            detail: String::new(),
-            since: "2026-01-01T00:00:00Z".into(),
-            last_notified: Some("2026-01-01T00:00:00Z".into()),
-            notifications: 1,
-        }
-    }
-
-    fn sent(key: &str) -> SentAlert {
-        SentAlert {
-            time: "2026-01-01T00:00:00Z".into(),
-            key: key.into(),
-            kind: "firing".into(),
-            summary: String::new(),
-            delivered: vec!["webhook #1".into()],
-            failed: vec![],
-        }
-    }
-
-    #[test]
-    fn stored_alerts_join_those_raised_while_the_repository_was_unreadable() {
-        let mut current = AlertState::default();
-        current.active.insert(
-            "repository_unreachable".into(),
-            active("repository_unreachable", "now"),
-        );
-        current
-            .active
-            .insert("wal_archive_lag".into(), active("wal_archive_lag", "now"));
-        current.sent.push(sent("repository_unreachable"));
-        let mut stored = AlertState::default();
-        stored.active.insert(
-            "wal_archive_lag".into(),
-            active("wal_archive_lag", "before"),
-        );
-        stored
-            .active
-            .insert("backup_age".into(), active("backup_age", "before"));
-        stored.sent = (0..alert::SENT_KEPT).map(|_| sent("backup_age")).collect();
-        merge_alert_state(&mut current, stored);
-        let keys: Vec<&str> = current.active.keys().map(String::as_str).collect();
-        assert_eq!(
-            keys,
-            ["backup_age", "repository_unreachable", "wal_archive_lag"]
-        );
-        assert_eq!(current.active["wal_archive_lag"].summary, "now");
-        assert_eq!(current.sent.len(), alert::SENT_KEPT);
-        assert_eq!(
-            current.sent.last().map(|s| s.key.as_str()),
-            Some("repository_unreachable")
-        );
-    }
 }

@@ -1,7 +1,10 @@
 //! Tiny webhook (HTTP) and SMTP receivers for alert tests: each listens on 127.0.0.1 on a free
-//! port, serves every connection on its own thread, and records what arrives for the test to
-//! assert on (with `wait_*` helpers that time out, so a missing alert fails the test instead of
-//! hanging it). Dropping a receiver stops it.
+//! port and records what arrives for the test to assert on (with `wait_*` helpers that time out,
+//! so a missing alert fails the test instead of hanging it). Dropping a receiver stops it.
+//!
+//! The webhook receiver is an axum server on its own thread and runtime. The SMTP receiver is
+//! hand-written (no maintained crate offers a small embeddable SMTP server): it serves every
+//! connection on its own thread and decodes AUTH with the `base64` crate.
 //!
 //! ```ignore
 //! let (url, hook) = WebhookReceiver::start();
@@ -11,19 +14,28 @@
 //! let mail = smtp.wait_for(1, RECEIVE_WAIT);
 //! ```
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use tokio::sync::oneshot;
+
 /// A sensible default for `wait_for`: well above one delivery attempt (10 s) plus its retry.
 pub const RECEIVE_WAIT: Duration = Duration::from_secs(30);
 /// The last path segment of every [`WebhookReceiver`] URL: stands for the token real webhook URLs
 /// carry, so tests can assert it never shows up in output, logs or errors.
 pub const WEBHOOK_SECRET: &str = "s3cr3t-webhook-token";
-/// Idle connections are dropped after this, so no thread outlives its test for long.
+/// Idle SMTP connections are dropped after this, so no thread outlives its test for long.
 const IDLE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
 
@@ -115,7 +127,8 @@ struct HookShared {
 pub struct WebhookReceiver {
     shared: Arc<HookShared>,
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    /// Sent (or dropped) on drop: the server's runtime ends, and its connections with it.
+    stop: Option<oneshot::Sender<()>>,
 }
 
 impl WebhookReceiver {
@@ -127,16 +140,36 @@ impl WebhookReceiver {
         let addr = listener
             .local_addr()
             .expect("webhook receiver: local address");
+        listener
+            .set_nonblocking(true)
+            .expect("webhook receiver: non-blocking listener");
         let shared = Arc::new(HookShared {
             requests: Mutex::new(Vec::new()),
             status: AtomicU16::new(200),
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let conn_shared = Arc::clone(&shared);
-        serve(listener, Arc::clone(&stop), move |conn| {
-            handle_http(conn, &conn_shared)
+        let app = Router::new()
+            .fallback(record_request)
+            .with_state(Arc::clone(&shared));
+        let (stop, stopped) = oneshot::channel::<()>();
+        thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("webhook receiver: runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)
+                    .expect("webhook receiver: listener");
+                tokio::select! {
+                    _ = axum::serve(listener, app) => {}
+                    _ = stopped => {}
+                }
+            });
         });
-        let receiver = WebhookReceiver { shared, addr, stop };
+        let receiver = WebhookReceiver {
+            shared,
+            addr,
+            stop: Some(stop),
+        };
         (receiver.url(), receiver)
     }
 
@@ -183,132 +216,44 @@ impl WebhookReceiver {
 
 impl Drop for WebhookReceiver {
     fn drop(&mut self) {
-        stop_listener(&self.stop, self.addr);
-    }
-}
-
-/// Serve requests on one connection (keep-alive) until it closes.
-fn handle_http(conn: TcpStream, shared: &HookShared) {
-    let Ok(mut writer) = conn.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(conn);
-    while let Some(request) = read_request(&mut reader) {
-        let close = request
-            .header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        lock(&shared.requests).push(request);
-        let status = shared.status.load(Ordering::SeqCst);
-        let body = if (200..300).contains(&status) {
-            "ok"
-        } else {
-            "test receiver says no"
-        };
-        let reply = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-            reason(status),
-            body.len()
-        );
-        if writer.write_all(reply.as_bytes()).is_err() || writer.flush().is_err() || close {
-            return;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
     }
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        204 => "No Content",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Status",
-    }
-}
-
-/// One request, or None at end of stream or on anything unreadable.
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<HttpRequest> {
-    let mut line = String::new();
-    // Skip blank lines between requests (allowed by RFC 9112).
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        if !line.trim().is_empty() {
-            break;
-        }
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_string();
-    let path = parts.next()?.to_string();
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let trimmed = line.trim_end_matches(['\r', '\n']);
-        if trimmed.is_empty() {
-            break;
-        }
-        let (name, value) = trimmed.split_once(':')?;
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-    }
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
-    if find("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
-        let _ = reader.get_mut().write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
-    }
-    let body =
-        if find("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
-            read_chunked(reader)?
-        } else {
-            let len: usize = find("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = vec![0; len];
-            reader.read_exact(&mut body).ok()?;
-            body
-        };
-    Some(HttpRequest {
-        method,
+/// Record one request (any method, any path) and answer with the status set.
+async fn record_request(
+    State(shared): State<Arc<HookShared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let headers = headers
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).trim().to_string();
+            (name.as_str().to_ascii_lowercase(), value)
+        })
+        .collect();
+    let path = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string());
+    lock(&shared.requests).push(HttpRequest {
+        method: method.to_string(),
         path,
         headers,
-        body,
-    })
-}
-
-fn read_chunked(reader: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).ok()?;
-        let size_text = line.trim().split(';').next()?.trim().to_string();
-        let size = usize::from_str_radix(&size_text, 16).ok()?;
-        if size == 0 {
-            // Trailers, then the blank line.
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).ok()? == 0 || line.trim().is_empty() {
-                    return Some(body);
-                }
-            }
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        reader.read_exact(&mut body[start..]).ok()?;
-        line.clear();
-        reader.read_line(&mut line).ok()?;
-    }
+        body: body.to_vec(),
+    });
+    let status = StatusCode::from_u16(shared.status.load(Ordering::SeqCst))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = if status.is_success() {
+        "ok"
+    } else {
+        "test receiver says no"
+    };
+    (status, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -536,29 +481,11 @@ fn angle(line: &str) -> String {
     }
 }
 
-/// Standard base64, padding optional; unknown characters are skipped.
+/// Standard base64, padding optional; text that does not decode gives nothing.
 fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| -> Option<u32> {
-        match c {
-            b'A'..=b'Z' => Some(u32::from(c - b'A')),
-            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => None,
-        }
-    };
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for v in text.bytes().filter_map(value) {
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    LENIENT.decode(text.trim()).unwrap_or_default()
 }
