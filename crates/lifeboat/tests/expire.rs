@@ -108,14 +108,7 @@ fn references(setup: &Setup) -> BTreeMap<String, BTreeSet<String>> {
     let manifests = rt.block_on(repo.manifests()).expect("manifests");
     manifests
         .iter()
-        .map(|m| {
-            (
-                m.label.clone(),
-                m.chunks()
-                    .map(|c| c.key())
-                    .collect(),
-            )
-        })
+        .map(|m| (m.label.clone(), m.chunks().map(|c| c.key()).collect()))
         .collect()
 }
 

@@ -607,8 +607,7 @@ fn corrupted_manifest_is_a_finding_and_the_other_backups_are_checked() {
     );
     assert_eq!(counter(&report, "backups_checked"), 2);
     assert_eq!(counter(&report, "manifests_damaged"), 1);
-    let newest_chunks: std::collections::HashSet<ChunkId> =
-        newest.chunks().collect();
+    let newest_chunks: std::collections::HashSet<ChunkId> = newest.chunks().collect();
     assert_eq!(
         counter(&report, "chunks_read"),
         newest_chunks.len() as u64,
