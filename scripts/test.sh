@@ -3,10 +3,11 @@
 #
 #   bash scripts/test.sh [extra cargo-nextest args, e.g. a test name filter]
 #
-# Builds and runs every test of the workspace with cargo-nextest (profile `ci`
-# when CI=true, `default` otherwise; see .config/nextest.toml), or with
-# `cargo test` when nextest is not installed. The runner's summary is the last
-# thing printed. Run scripts/setup.sh once first.
+# Fails first on an unused dependency (scripts/check-deps.sh). Then builds and
+# runs every test of the workspace with cargo-nextest (profile `ci` when CI=true,
+# `default` otherwise; see .config/nextest.toml), or with `cargo test` when
+# nextest is not installed. The runner's summary is the last thing printed. Run
+# scripts/setup.sh once first.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,6 +30,11 @@ case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO_ROOT/$TARGET_DIR" ;; esac
 ensure_postgres_can_reach "$TARGET_DIR"
 
 command -v cargo >/dev/null || die "cargo is not on PATH"
+
+# Unused dependencies cost build time and audit surface, and come back unnoticed when code moves:
+# fail before the tests when a Cargo.toml names one no code uses (scripts/check-deps.sh says
+# what to do).
+bash scripts/check-deps.sh || die "unused dependencies: see above"
 
 if cargo nextest --version >/dev/null 2>&1; then
     profile=default

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use lifeboat_pg::cluster::{self as pgc, ClusterError, InitOptions, LocalCluster, StopMode};
 
-use crate::backup_cmds::shell_quote;
+use crate::commands::context::shell_quote;
 use crate::exit::{Exit, Failure};
 
 /// How long a server may take to start (the restored one: until it is consistent).

@@ -21,18 +21,12 @@ macro_rules! outln {
     }};
 }
 
-mod alert_cmd;
-mod backup_cmds;
 mod cli;
 mod commands;
 mod config;
-mod daemon_cmds;
 mod demo;
-mod drill_cmd;
 mod exit;
-mod expire_cmd;
 mod limits;
-mod verify_cmd;
 
 use exit::{Exit, Failure};
 
@@ -83,9 +77,46 @@ fn main() -> ExitCode {
             );
         }
     };
-    match runtime.block_on(commands::run(cli)) {
+    match runtime.block_on(run(cli)) {
         Ok(exit) => ExitCode::from(exit.code()),
         Err(failure) => report(&failure, in_recovery),
+    }
+}
+
+/// Run one command: the one place that maps a subcommand to the module holding its code.
+async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
+    use cli::{Command, PassphraseCommand};
+    use commands::{
+        alert, backup, check, drill, expire, info, init, list, passphrase, restore, serve, verify,
+        wal,
+    };
+    if let Command::Demo(args) = &cli.command {
+        let options = demo::DemoOptions {
+            keep: args.keep,
+            seconds: args.seconds,
+        };
+        return tokio::task::block_in_place(|| demo::run(&options));
+    }
+    let resolved = config::resolve(cli.config.as_deref(), cli.repo.as_deref())?;
+    match &cli.command {
+        Command::Init(args) => init::init(&resolved, args).await,
+        Command::WalPush(args) => wal::wal_push(&resolved, args).await,
+        Command::WalFetch(args) => wal::wal_fetch(&cli, &resolved, args).await,
+        Command::Info(args) => info::info(&resolved, args).await,
+        Command::WalPrefetch(args) => wal::wal_prefetch(&resolved, args).await,
+        Command::Backup(args) => backup::backup(&resolved, args).await,
+        Command::List(args) => list::list(&resolved, args).await,
+        Command::Check(args) => check::check(&resolved, args).await,
+        Command::Restore(args) => restore::restore(&resolved, args).await,
+        Command::Verify(args) => verify::verify(&resolved, args).await,
+        Command::Expire(args) => expire::expire(&resolved, args).await,
+        Command::Drill(args) => drill::drill(&resolved, args).await,
+        Command::Serve(args) => serve::serve(&cli, &resolved, args).await,
+        Command::Alert(args) => alert::alert(&resolved, args).await,
+        Command::Passphrase(args) => match &args.command {
+            PassphraseCommand::Change(change) => passphrase::change(&resolved, change).await,
+        },
+        Command::Demo(_) => Ok(Exit::Success),
     }
 }
 

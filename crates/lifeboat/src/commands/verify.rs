@@ -8,8 +8,8 @@ use std::sync::Arc;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lifeboat_engine::verify::{BackupVerdict, VerifyEvent, VerifyOptions, VerifyReport};
 
+use super::context::{human_bytes, open_repo};
 use crate::cli::VerifyArgs;
-use crate::commands::{human_bytes, open_repo};
 use crate::config::Resolved;
 use crate::exit::{Exit, Failure};
 

@@ -28,7 +28,7 @@ pub async fn serve(cli: &Cli, resolved: &Resolved, args: &ServeArgs) -> Result<E
         Some(path) => Some(read_token(path)?),
         None => None,
     };
-    let store = crate::commands::open_store(resolved)?;
+    let store = super::context::open_store(resolved)?;
     let exe = std::env::current_exe().map_err(|e| {
         Failure::new(
             Exit::Internal,

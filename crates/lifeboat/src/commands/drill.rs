@@ -10,9 +10,9 @@ use lifeboat_repo::records::DrillRecord;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::backup_cmds::restore_command;
+use super::context::restore_command;
+use super::context::{human_bytes, open_repo};
 use crate::cli::DrillArgs;
-use crate::commands::{human_bytes, open_repo};
 use crate::config::Resolved;
 use crate::exit::{Exit, Failure, repo_exit};
 

@@ -3,8 +3,8 @@
 
 use lifeboat_engine::expire::{ExpireOptions, ExpireReport};
 
+use super::context::{human_bytes, open_repo};
 use crate::cli::ExpireArgs;
-use crate::commands::{human_bytes, open_repo};
 use crate::config::Resolved;
 use crate::exit::{Exit, Failure};
 
