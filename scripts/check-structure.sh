@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks the shape of the source tree:
+# Checks the shape of the source tree (run by scripts/test.sh, so by CI):
 #
 #   bash scripts/check-structure.sh [--strict]
 #

@@ -3,7 +3,9 @@
 #
 #   bash scripts/test.sh [extra cargo-nextest args, e.g. a test name filter]
 #
-# Fails first on an unused dependency (scripts/check-deps.sh). Then builds and
+# Fails first on an unused dependency (scripts/check-deps.sh) or a module cycle
+# inside a crate (scripts/check-structure.sh, which also lists files over 600
+# lines). Then builds and
 # runs every test of the workspace with cargo-nextest (profile `ci` when CI=true,
 # `default` otherwise; see .config/nextest.toml), or with `cargo test` when
 # nextest is not installed. The runner's summary is the last thing printed. Run
@@ -35,6 +37,7 @@ command -v cargo >/dev/null || die "cargo is not on PATH"
 # fail before the tests when a Cargo.toml names one no code uses (scripts/check-deps.sh says
 # what to do).
 bash scripts/check-deps.sh || die "unused dependencies: see above"
+bash scripts/check-structure.sh || die "module cycles: see above; move the shared piece to the module that owns it (docs/ARCHITECTURE.md)"
 
 if cargo nextest --version >/dev/null 2>&1; then
     profile=default

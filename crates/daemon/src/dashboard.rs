@@ -33,7 +33,7 @@ mod format;
 mod summary;
 mod tables;
 
-pub use format::esc;
+pub use format::{bytes as human_bytes, esc};
 
 use charts::{size, window};
 use format::time_text;

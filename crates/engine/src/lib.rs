@@ -1,9 +1,10 @@
 //! Operations: what the user asks for, built on the repository.
 //!
 //! Each operation takes typed options and returns a typed report; none reads argv, the
-//! environment or a config file, and none prints: the CLI and (later) the daemon render results.
-//! Today: archive (`wal-push`, `wal-fetch` with its prefetcher), `info`, `backup`, `check`, `list`
-//! and `restore`.
+//! environment or a config file, and none prints: the CLI and the daemon render results.
+//! The operations: archive (`wal-push`, `wal-fetch` with its prefetcher), `info`, `backup`,
+//! `check`, `list`, `restore`, `expire`, `verify` and `drill`; `walcheck` answers whether the WAL
+//! a backup or a restore needs is archived.
 
 pub mod archive;
 pub mod backup;

@@ -609,16 +609,7 @@ fn log_line(log: &Path, needle: &str) -> Option<String> {
 }
 
 fn free_port() -> Result<u16, Failure> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| {
-            Failure::new(
-                Exit::LocalIo,
-                format!("cannot find a free port on 127.0.0.1: {e}"),
-                None,
-            )
-        })
+    lifeboat_pg::net::free_port().map_err(|e| Failure::new(Exit::LocalIo, e.to_string(), None))
 }
 
 /// PostgreSQL's archiver runs lifeboat as the cluster owner: it must be able to reach the binary.

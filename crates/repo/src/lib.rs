@@ -1,9 +1,11 @@
 //! The repository: the on-storage promise written down in docs/FORMAT.md.
 //!
 //! This crate is the only place keys are spelled and objects are encoded. It owns the config and
-//! its keys, the object codec (hash, compress, encrypt and the verifying reverse), the cluster
-//! identity and the WAL archive. It never talks to PostgreSQL, never prints, and never decides
-//! which backup to use: that is the engine's job.
+//! its keys (and their re-wrapping with a new passphrase), the object codec (hash, compress,
+//! encrypt and the verifying reverse), the cluster identity, the WAL archive and the set of
+//! archived segments, backups (chunks and manifests, with the rules a manifest must keep),
+//! repository locks and the operational records. It never talks to PostgreSQL, never prints, and
+//! never decides which backup to use: that is the engine's job.
 
 use std::sync::Arc;
 

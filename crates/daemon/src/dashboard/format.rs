@@ -105,7 +105,8 @@ pub(crate) fn duration(secs: f64) -> String {
 }
 
 /// Binary units, one decimal: `1.5 GiB`.
-pub(crate) fn bytes(n: u64) -> String {
+/// A byte count for people: `1.5 GiB`. The command line uses it too, so both say the same.
+pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = n as f64;
     let mut unit = 0;
