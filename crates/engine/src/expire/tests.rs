@@ -1,0 +1,92 @@
+//! Unit tests of `expire`.
+
+use super::*;
+use lifeboat_pg::lsn::Lsn;
+
+/// A manifest with only what ordering and retention look at; other fields take defaults.
+fn manifest(label: &str, stop_lsn: u64, stop_time: &str) -> Manifest {
+    serde_json::from_value(serde_json::json!({
+        "format": "lifeboat-backup-manifest", "version": 1, "label": label,
+        "system_identifier": 1, "pg_version_num": 150000, "timeline": 1,
+        "start_lsn": Lsn(stop_lsn - 1), "stop_lsn": Lsn(stop_lsn),
+        "start_wal": "000000010000000000000001", "stop_wal": "000000010000000000000001",
+        "start_time": stop_time, "stop_time": stop_time, "duration_seconds": 1.0,
+        "backup_label": "", "block_size": 1048576, "data_checksums": true, "size": 0,
+        "stored_size": 0, "entries": []
+    }))
+    .unwrap()
+}
+
+fn kept(fates: &[Option<String>]) -> Vec<bool> {
+    fates.iter().map(Option::is_some).collect()
+}
+
+#[test]
+fn keep_last_keeps_the_newest_by_position_never_by_label() {
+    let now = OffsetDateTime::now_utc();
+    // Labels in reverse order of age: the order that counts is the stop LSN.
+    let ms = vec![
+        manifest("z", 10, "2026-01-01T00:00:00Z"),
+        manifest("y", 20, "2026-01-02T00:00:00Z"),
+        manifest("x", 30, "2026-01-03T00:00:00Z"),
+    ];
+    assert_eq!(kept(&choose(&ms, Some(2), None, now)), [false, true, true]);
+    assert_eq!(kept(&choose(&ms, Some(1), None, now)), [false, false, true]);
+    assert_eq!(kept(&choose(&ms, Some(9), None, now)), [true, true, true]);
+    assert!(choose(&[], Some(1), None, now).is_empty());
+}
+
+#[test]
+fn keep_days_keeps_the_window_and_the_backup_that_opens_it() {
+    let now = OffsetDateTime::parse("2026-01-10T12:00:00Z", &Rfc3339).unwrap();
+    let ms = vec![
+        manifest("a", 10, "2026-01-01T00:00:00Z"),
+        manifest("b", 20, "2026-01-02T00:00:00Z"),
+        manifest("c", 30, "2026-01-08T00:00:00Z"),
+        manifest("d", 40, "2026-01-09T00:00:00Z"),
+        manifest("e", 50, "2026-01-10T00:00:00Z"),
+    ];
+    // 7 days back is 2026-01-03T12:00: c, d, e ended after it; b restores to it.
+    let fates = choose(&ms, None, Some(7), now);
+    assert_eq!(kept(&fates), [false, true, true, true, true]);
+    assert!(fates[1].as_deref().unwrap().contains("boundary"));
+    // Union with keep_last.
+    assert_eq!(
+        kept(&choose(&ms, Some(4), Some(1), now)),
+        [false, true, true, true, true]
+    );
+    // Everything older than the window except the newest: only the newest stays.
+    let old = vec![
+        manifest("a", 10, "2025-01-01T00:00:00Z"),
+        manifest("b", 20, "2025-01-02T00:00:00Z"),
+    ];
+    assert_eq!(kept(&choose(&old, None, Some(7), now)), [false, true]);
+}
+
+#[test]
+fn chunk_keys() {
+    let hex = "ab".repeat(32);
+    assert!(is_chunk_key(&format!("data/ab/{hex}")));
+    assert!(!is_chunk_key(&format!("data/cd/{hex}")));
+    assert!(!is_chunk_key("data/ab/readme"));
+    assert!(!is_chunk_key(&format!("backups/ab/{hex}")));
+}
+
+#[test]
+fn no_policy_is_refused() {
+    assert!(check_policy(&ExpireOptions::default()).is_err());
+    assert!(
+        check_policy(&ExpireOptions {
+            keep_last: Some(0),
+            ..Default::default()
+        })
+        .is_err()
+    );
+    let p = check_policy(&ExpireOptions {
+        keep_last: Some(2),
+        keep_days: Some(7),
+        dry_run: false,
+    })
+    .unwrap();
+    assert!(p.rule.contains("either"), "{}", p.rule);
+}
