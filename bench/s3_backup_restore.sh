@@ -241,7 +241,7 @@ report() {
         }
         printf "\n  ]\n}\n" > json
     }' "$RESULTS"
-    cat >>"$md" <<'EOF'
+    tee -a "$md" <<'EOF'
 
 - wall s: command, then a `sync -f` of the filesystem holding its output (the S3 server's directory
   for a backup, the restored directory for a restore); the S3 server itself does not fsync.
@@ -249,7 +249,9 @@ report() {
   tool's own `archive_command` during a backup included). LIST is a GET of the bucket itself.
   Per GiB: divided by the size of the data directory without pg_wal. In the medians table, the
   breakdown is the median of each kind, per GiB.
-- peak RSS, largest process: `/usr/bin/time %M`; tree: the sum over the command's processes.
+- peak RSS, largest process: `/usr/bin/time %M`; tree: the sum over the command's processes
+  (the figure to compare for pgBackRest, whose process-max workers run at the same time).
+- The S3 server (s3s-fs) and HAProxy are in no CPU or memory figure.
 EOF
     log "report written to $md and $json"
 }
