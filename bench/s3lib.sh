@@ -92,8 +92,9 @@ defaults
     mode http
     log global
     # One line per request: method, status, bytes received from the client, bytes sent to it,
-    # active time in ms, then the URI last (it has no spaces).
-    log-format "%HM %ST %U %B %Ta %HU"
+    # ms from the request's headers to the end of the response (%Ta), ms the server took to
+    # send its response headers (%Tr), then the URI last (it has no spaces).
+    log-format "%HM %ST %U %B %Ta %Tr %HU"
     timeout connect 5s
     timeout client 10m
     timeout server 10m
@@ -198,8 +199,8 @@ s3_mark() { wc -l <"$S3_REQUEST_LOG"; }
 s3_counts() { # from_line [log]
     tail -n +"$(($1 + 1))" "${2:-$S3_REQUEST_LOG}" | awk -v bucket="$S3_BUCKET" '
         BEGIN { split("GET PUT HEAD DELETE POST LIST other", K, " "); for (i in K) c[K[i]] = 0 }
-        NF >= 6 && $1 ~ /^[A-Z]+$/ { # request lines only (not TLS handshake errors)
-            m = $1; path = $6; sub(/\?.*/, "", path)
+        NF >= 7 && $1 ~ /^[A-Z]+$/ { # request lines only (not TLS handshake errors)
+            m = $1; path = $NF; sub(/\?.*/, "", path)
             if (m == "GET" && (path == "/" bucket || path == "/" bucket "/" || path == "/")) m = "LIST"
             if (!(m in c)) m = "other"
             c[m]++; n++; bin += $3; bout += $4
