@@ -66,7 +66,7 @@ check_prereqs() {
 }
 
 # --- tools ----------------------------------------------------------------------
-# prepare_lifeboat, prepare_pgbackrest, stored_lifeboat, stored_pgbackrest: bench/lib.sh.
+# prepare_lifeboat, prepare_pgbackrest, stored_lifeboat, stored_pgbackrest, run_tool: bench/lib.sh.
 
 backup_lifeboat() { # scale
     measure "$1" lifeboat backup stored_lifeboat "$TOOL_DIR/repo" \
@@ -112,48 +112,6 @@ restore_pg_basebackup() { # scale
     chown postgres:postgres "$RESTORE_DIR/recovery.signal"
 }
 
-run_tool() { # scale tool
-    local scale=$1 tool=$2
-    TOOL_DIR="$WORK/s$scale-$tool"
-    ARCHIVE_COMMAND="" ARCHIVE_DIR="" SKIP_REASON=""
-    RESTORE_DIR="$WORK/restore"
-    log "[$tool] scale $scale, round $ROUND of $ROUNDS"
-    quiesce_archiving
-    new_pg_dir "$TOOL_DIR"
-    chmod 0755 "$TOOL_DIR"
-    "prepare_$tool"
-    if [ -n "$SKIP_REASON" ]; then
-        log "  [$tool] SKIPPED: $SKIP_REASON"
-        printf '%s\t%s\tbackup\tskipped\t%s\n' "$scale" "$tool" "$SKIP_REASON" >>"$RESULTS"
-        rm -rf "$TOOL_DIR"
-        return
-    fi
-    if ! start_archiving "$tool"; then
-        printf '%s\t%s\tbackup\tfailed\tarchive_command does not archive: %s\n' "$scale" "$tool" "$ARCHIVE_COMMAND" >>"$RESULTS"
-        FAILED=$((FAILED + 1))
-        return
-    fi
-    # Same starting point for every tool: nothing dirty, warm page cache.
-    sql "CHECKPOINT" >/dev/null
-    warm_up
-    "backup_$tool" "$scale" || return 0
-    new_pg_dir "$RESTORE_DIR"
-    "restore_$tool" "$scale" || { discard "$RESTORE_DIR"; return 0; }
-    verify_restore "$scale" "$tool" "$RESTORE_DIR"
-    log "  [$tool] restored copy: $VERIFIED"
-    printf '%s\t%s\tverify\t%s\t%s\n' "$scale" "$tool" "$VERIFIED" "$ROUND" >>"$RESULTS"
-    [ "$VERIFIED" = ok ] || [ "$VERIFIED" = - ] || FAILED=$((FAILED + 1))
-    discard "$RESTORE_DIR"
-    [ "$KEEP" = 1 ] || discard "$TOOL_DIR"
-}
-
-rotate() { # n words...: the words, the first n moved to the end
-    local n=$1
-    shift
-    n=$((n % $#))
-    echo "${@:n+1}" "${@:1:n}"
-}
-
 # A round keeps a restored copy and a backup per tool in trash/ until the end (deleting them
 # between steps would charge the next step for it). When the next round would not fit, empty
 # trash/ now and let the filesystem settle (SETTLE_SECONDS) before the next measured step.
@@ -167,67 +125,6 @@ make_room_for_round() { # scale
     log "round $ROUND needs ~$((need_kb / 1048576)) GiB, $((avail_kb / 1048576)) GiB free: emptying trash/"
     rm -rf "$WORK/trash"
     DELETED_AT=$SECONDS
-}
-
-# --- the cluster ------------------------------------------------------------------
-
-init_cluster() {
-    DATA="$WORK/data"
-    log "initdb --data-checksums (port $PORT)"
-    as_pg "$PG_BIN/initdb" -D "$DATA" --data-checksums -U postgres --auth=trust \
-        -E UTF8 --locale=C >"$WORK/logs/initdb.log" 2>&1 || die "initdb failed; see $WORK/logs/initdb.log"
-    # autovacuum off: pgbench -i vacuums its tables itself, and a vacuum
-    # starting in the middle of one tool's backup would favour another.
-    # checkpoint_timeout/max_wal_size: no checkpoint of its own during a step.
-    cat >>"$DATA/postgresql.conf" <<EOF
-
-# --- lifeboat bench/backup_restore.sh ---
-listen_addresses = '127.0.0.1'
-port = $PORT
-unix_socket_directories = '$SOCK'
-fsync = on
-wal_level = replica
-archive_mode = on
-archive_command = '/bin/true'
-max_wal_senders = 10
-max_wal_size = 8GB
-checkpoint_timeout = 1h
-shared_buffers = 1GB
-maintenance_work_mem = 512MB
-autovacuum = off
-log_checkpoints = on
-EOF
-    pg_start "$DATA" cluster
-}
-
-check_disk_space() { # scale
-    local need_kb avail_kb
-    # pgbench takes ~15 MiB per scale unit: the data, one restored copy, one
-    # repository (at most as big) and the WAL of pgbench -i, plus 2 GiB.
-    need_kb=$(( $1 * 15 * 1024 * 4 + 2 * 1024 * 1024 ))
-    avail_kb=$(df -Pk "$WORK" | awk 'NR==2 {print $4}')
-    [ "$avail_kb" -ge "$need_kb" ] \
-        || die "scale $1 needs ~$((need_kb / 1048576)) GiB free in $WORK, have $((avail_kb / 1048576)) GiB"
-}
-
-load_scale() { # scale
-    local scale=$1 t0 data_bytes db_bytes
-    check_disk_space "$scale"
-    quiesce_archiving
-    log "pgbench -i -s $scale"
-    t0=$SECONDS
-    as_pg "$PG_BIN/pgbench" -i -q -s "$scale" -h "$SOCK" -p "$PORT" postgres \
-        >"$WORK/logs/pgbench-init-s$scale.log" 2>&1 || die "pgbench -i failed; see $WORK/logs/pgbench-init-s$scale.log"
-    sql "CHECKPOINT" >/dev/null
-    # The files of the tables the previous pgbench -i dropped go at the next
-    # checkpoint: a second one, so that every tool sees the same files.
-    quiesce_archiving
-    sql "CHECKPOINT" >/dev/null
-    data_bytes=$(bytes_in "$DATA" pg_wal)
-    db_bytes=$(sql "SELECT sum(pg_database_size(oid)) FROM pg_database")
-    log "  loaded in $((SECONDS - t0)) s: data directory without pg_wal $((data_bytes / 1048576)) MiB," \
-        "pg_database_size sum $((db_bytes / 1048576)) MiB"
-    printf '%s\t%s\t%s\t%s\n' "$scale" "$data_bytes" "$db_bytes" "$((SECONDS - t0))" >>"$SCALE_INFO"
 }
 
 # --- report -----------------------------------------------------------------------
@@ -372,15 +269,7 @@ EOF
 main() {
     local scale tool
     check_prereqs
-    mkdir -p "$(dirname "$BENCH_DIR")"
-    exec {LOCK_FD}>"$BENCH_DIR.lock"
-    flock -n "$LOCK_FD" || die "another run uses $BENCH_DIR"
-    prepare_workdir
-    cd "$WORK" # a directory the postgres user can read
-    SOCK="$WORK/sock"
-    PORT=$(free_port 54421)
-    VPORT=$(free_port $((PORT + 1)))
-    RESULTS="$WORK/results.tsv"
+    open_workdir 54421
     SCALE_INFO="$WORK/scales.tsv"
     : >"$RESULTS"
     : >"$SCALE_INFO"
@@ -398,10 +287,7 @@ main() {
     quiesce_archiving
     pg_stop "$DATA"
     report
-    if [ "$FAILED" -gt 0 ]; then
-        log "$FAILED step(s) failed; logs in $WORK/logs"
-        exit 1
-    fi
+    exit_if_failed
 }
 
 main "$@"

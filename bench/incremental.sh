@@ -77,13 +77,7 @@ lb_bin_check() { # label
 
 check_prereqs() {
     local t
-    for t in initdb pg_ctl psql pgbench; do
-        [ -x "$PG_BIN/$t" ] || die "PostgreSQL 15 not found in $PG_BIN (run scripts/setup.sh)"
-    done
-    getent passwd postgres >/dev/null || die "OS user postgres missing (run scripts/setup.sh)"
-    for t in /usr/bin/time setpriv timeout zstd jq flock findmnt od; do
-        command -v "$t" >/dev/null || die "$t is not installed (apt-get install time util-linux coreutils zstd jq)"
-    done
+    check_common_prereqs /usr/bin/time setpriv timeout zstd jq flock findmnt od
     [ -n "$TOOLS" ] || die "TOOLS is empty"
     for t in $TOOLS; do
         case "$t" in lifeboat|pgbackrest) ;;
@@ -101,37 +95,11 @@ put_info() { printf '%s\t%s\n' "$1" "$2" >>"$INFO"; } # key value
 get_info() { awk -F'\t' -v k="$1" '$1 == k {v = $2} END {print v}' "$INFO"; }
 
 # --- the cluster ------------------------------------------------------------------
-
-init_cluster() {
-    DATA="$WORK/data"
-    log "initdb --data-checksums (port $PORT)"
-    as_pg "$PG_BIN/initdb" -D "$DATA" --data-checksums -U postgres --auth=trust \
-        -E UTF8 --locale=C >"$WORK/logs/initdb.log" 2>&1 || die "initdb failed; see $WORK/logs/initdb.log"
-    # As bench/backup_restore.sh (autovacuum off: a vacuum between two tools'
-    # incrementals would give the second one more to copy), plus
-    # wal_keep_size: a segment archived by one tool alone while its backup is
-    # measured must still be in pg_wal afterwards, to be given to the others.
-    cat >>"$DATA/postgresql.conf" <<EOF
-
-# --- lifeboat bench/incremental.sh ---
-listen_addresses = '127.0.0.1'
-port = $PORT
-unix_socket_directories = '$SOCK'
-fsync = on
-wal_level = replica
-archive_mode = on
-archive_command = '/bin/true'
-max_wal_senders = 10
-max_wal_size = 8GB
-checkpoint_timeout = 1h
-wal_keep_size = 2GB
-shared_buffers = 1GB
-maintenance_work_mem = 512MB
-autovacuum = off
-log_checkpoints = on
-EOF
-    pg_start "$DATA" cluster
-}
+# init_cluster: bench/lib.sh, as bench/backup_restore.sh (autovacuum off: a vacuum between two
+# tools' incrementals would give the second one more to copy), plus wal_keep_size: a segment
+# archived by one tool alone while its backup is measured must still be in pg_wal afterwards, to
+# be given to the others.
+CLUSTER_EXTRA_CONF="wal_keep_size = 2GB"
 
 load_data() {
     local t0=$SECONDS need_kb avail_kb
@@ -708,18 +676,9 @@ EOF
 main() {
     local v
     check_prereqs
-    mkdir -p "$(dirname "$BENCH_DIR")"
-    exec {LOCK_FD}>"$BENCH_DIR.lock"
-    flock -n "$LOCK_FD" || die "another run uses $BENCH_DIR"
-    prepare_workdir
-    cd "$WORK" # a directory the postgres user can read
-    SOCK="$WORK/sock"
-    PORT=$(free_port 54441)
-    VPORT=$(free_port $((PORT + 1)))
-    RESULTS="$WORK/results.tsv"
+    open_workdir 54441
     EXTRA="$WORK/extra.tsv"
     INFO="$WORK/info.tsv"
-    : >"$RESULTS"
     : >"$EXTRA"
     : >"$INFO"
     DISK_FREE_START=$(df -Ph "$WORK" | awk 'NR==2 {print $4}')
@@ -744,10 +703,7 @@ main() {
     set_archive_command /bin/true
     pg_stop "$DATA"
     report
-    if [ "$FAILED" -gt 0 ]; then
-        log "$FAILED step(s) failed; logs in $WORK/logs"
-        exit 1
-    fi
+    exit_if_failed
 }
 
 main "$@"

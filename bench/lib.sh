@@ -1,5 +1,5 @@
 # Shared helpers of the benchmark scripts (bench/backup_restore.sh,
-# bench/incremental.sh). Sourced, never run. The sourcing script sets its
+# bench/incremental.sh, bench/s3_backup_restore.sh). Sourced, never run. The sourcing script sets its
 # knobs first (PG_BIN, LIFEBOAT_BIN, BENCH_DIR, KEEP, VERIFY, STEP_TIMEOUT,
 # RSS_SAMPLE_SECONDS, IDLE_*), MARKER (the file that marks a work dir as its
 # own), then calls `require_root "$@"` and `bench_setup`. See bench/README.md.
@@ -320,6 +320,9 @@ measure() { # scale tool step stored_bytes_fn output_dir cmd...
     busy=$BUSY
     load=$(load1)
     log "  [$tool] $step (machine busy $busy ms CPU/s, load average $load): $*"
+    # Optional hooks of the caller around the measured window, not timed: MEASURE_BEFORE runs
+    # just before the command, MEASURE_AFTER (tag exit_status) after the final sync.
+    [ -z "${MEASURE_BEFORE:-}" ] || "$MEASURE_BEFORE"
     t0=$(now_us)
     j0=$(busy_jiffies)
     timeout "$STEP_TIMEOUT" /usr/bin/time -f '%e %M %U %S' -o "$tfile" \
@@ -341,6 +344,7 @@ measure() { # scale tool step stored_bytes_fn output_dir cmd...
     if [ "$rc" -eq 0 ]; then sync -f "$output"; fi
     t2=$(now_us)
     j1=$(busy_jiffies)
+    [ -z "${MEASURE_AFTER:-}" ] || "$MEASURE_AFTER" "$tag" "$rc"
     if [ "$rc" -ne 0 ]; then
         [ "$rc" -ne 124 ] || log "  [$tool] $step killed after STEP_TIMEOUT=${STEP_TIMEOUT}s"
         log "  [$tool] $step FAILED (exit $rc); end of $WORK/logs/$tag.err:"
@@ -401,6 +405,150 @@ verify_restore() { # scale tool dir [expected sum(abalance)]
     fi
 }
 
+# --- the cluster (backup_restore.sh, s3_backup_restore.sh) ------------------------
+# init_cluster sets DATA and starts it (CLUSTER_EXTRA_CONF: more postgresql.conf lines);
+# load_scale appends "scale data_bytes db_bytes load_s" to SCALE_INFO.
+
+rotate() { # n words...: the words, the first n moved to the end
+    local n=$1
+    shift
+    n=$((n % $#))
+    echo "${@:n+1}" "${@:1:n}"
+}
+
+init_cluster() {
+    DATA="$WORK/data"
+    log "initdb --data-checksums (port $PORT)"
+    as_pg "$PG_BIN/initdb" -D "$DATA" --data-checksums -U postgres --auth=trust \
+        -E UTF8 --locale=C >"$WORK/logs/initdb.log" 2>&1 || die "initdb failed; see $WORK/logs/initdb.log"
+    # autovacuum off: pgbench -i vacuums its tables itself, and a vacuum
+    # starting in the middle of one tool's backup would favour another.
+    # checkpoint_timeout/max_wal_size: no checkpoint of its own during a step.
+    cat >>"$DATA/postgresql.conf" <<EOF
+
+# --- lifeboat bench/$(basename "$0") ---
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '$SOCK'
+fsync = on
+wal_level = replica
+archive_mode = on
+archive_command = '/bin/true'
+max_wal_senders = 10
+max_wal_size = 8GB
+checkpoint_timeout = 1h
+shared_buffers = 1GB
+maintenance_work_mem = 512MB
+autovacuum = off
+log_checkpoints = on
+${CLUSTER_EXTRA_CONF:-}
+EOF
+    pg_start "$DATA" cluster
+}
+
+# One round of one tool (backup_restore.sh, s3_backup_restore.sh): a fresh repository, the tool's
+# own archive_command, the backup and the restore measured, the restored copy checked (its
+# sum(abalance) too when SOURCE_SUM is set), then everything to trash/. AFTER_TOOL, when set, is
+# called with the tool's name before the repository goes.
+run_tool() { # scale tool
+    local scale=$1 tool=$2
+    TOOL_DIR="$WORK/s$scale-$tool"
+    ARCHIVE_COMMAND="" ARCHIVE_DIR="" SKIP_REASON=""
+    RESTORE_DIR="$WORK/restore"
+    log "[$tool] scale $scale, round $ROUND of $ROUNDS"
+    quiesce_archiving
+    new_pg_dir "$TOOL_DIR"
+    chmod 0755 "$TOOL_DIR"
+    "prepare_$tool"
+    if [ -n "$SKIP_REASON" ]; then
+        log "  [$tool] SKIPPED: $SKIP_REASON"
+        printf '%s\t%s\tbackup\tskipped\t%s\n' "$scale" "$tool" "$SKIP_REASON" >>"$RESULTS"
+        rm -rf "$TOOL_DIR"
+        return
+    fi
+    if ! start_archiving "$tool"; then
+        printf '%s\t%s\tbackup\tfailed\tarchive_command does not archive: %s\n' "$scale" "$tool" "$ARCHIVE_COMMAND" >>"$RESULTS"
+        FAILED=$((FAILED + 1))
+        return
+    fi
+    # Same starting point for every tool: nothing dirty, warm page cache.
+    sql "CHECKPOINT" >/dev/null
+    warm_up
+    "backup_$tool" "$scale" || return 0
+    new_pg_dir "$RESTORE_DIR"
+    "restore_$tool" "$scale" || { discard "$RESTORE_DIR"; return 0; }
+    verify_restore "$scale" "$tool" "$RESTORE_DIR" "${SOURCE_SUM:-}"
+    log "  [$tool] restored copy: $VERIFIED"
+    printf '%s\t%s\tverify\t%s\t%s\n' "$scale" "$tool" "$VERIFIED" "$ROUND" >>"$RESULTS"
+    [ "$VERIFIED" = ok ] || [ "$VERIFIED" = - ] || FAILED=$((FAILED + 1))
+    discard "$RESTORE_DIR"
+    [ -z "${AFTER_TOOL:-}" ] || "$AFTER_TOOL" "$tool"
+    [ "$KEEP" = 1 ] || discard "$TOOL_DIR"
+}
+
+# The lock, the work dir (see prepare_workdir), the ports and RESULTS.
+open_workdir() { # first port to try
+    mkdir -p "$(dirname "$BENCH_DIR")"
+    exec {LOCK_FD}>"$BENCH_DIR.lock"
+    flock -n "$LOCK_FD" || die "another run uses $BENCH_DIR"
+    prepare_workdir
+    cd "$WORK" # a directory the postgres user can read
+    SOCK="$WORK/sock"
+    PORT=$(free_port "$1")
+    VPORT=$(free_port $((PORT + 1)))
+    RESULTS="$WORK/results.tsv"
+    : >"$RESULTS"
+}
+
+# PostgreSQL 15's programs, the postgres user and the given commands.
+check_common_prereqs() { # command...
+    local t
+    for t in initdb pg_ctl psql pgbench; do
+        [ -x "$PG_BIN/$t" ] || die "PostgreSQL 15 not found in $PG_BIN (run scripts/setup.sh)"
+    done
+    getent passwd postgres >/dev/null || die "OS user postgres missing (run scripts/setup.sh)"
+    for t in "$@"; do
+        command -v "$t" >/dev/null || die "$t is not installed (apt-get install time util-linux coreutils zstd jq curl)"
+    done
+}
+
+exit_if_failed() {
+    if [ "$FAILED" -gt 0 ]; then
+        log "$FAILED step(s) failed; logs in $WORK/logs"
+        exit 1
+    fi
+}
+
+check_disk_space() { # scale
+    local need_kb avail_kb
+    # pgbench takes ~15 MiB per scale unit: the data, one restored copy, one
+    # repository (at most as big) and the WAL of pgbench -i, plus 2 GiB.
+    need_kb=$(( $1 * 15 * 1024 * 4 + 2 * 1024 * 1024 ))
+    avail_kb=$(df -Pk "$WORK" | awk 'NR==2 {print $4}')
+    [ "$avail_kb" -ge "$need_kb" ] \
+        || die "scale $1 needs ~$((need_kb / 1048576)) GiB free in $WORK, have $((avail_kb / 1048576)) GiB"
+}
+
+load_scale() { # scale
+    local scale=$1 t0 data_bytes db_bytes
+    check_disk_space "$scale"
+    quiesce_archiving
+    log "pgbench -i -s $scale"
+    t0=$SECONDS
+    as_pg "$PG_BIN/pgbench" -i -q -s "$scale" -h "$SOCK" -p "$PORT" postgres \
+        >"$WORK/logs/pgbench-init-s$scale.log" 2>&1 || die "pgbench -i failed; see $WORK/logs/pgbench-init-s$scale.log"
+    sql "CHECKPOINT" >/dev/null
+    # The files of the tables the previous pgbench -i dropped go at the next
+    # checkpoint: a second one, so that every tool sees the same files.
+    quiesce_archiving
+    sql "CHECKPOINT" >/dev/null
+    data_bytes=$(bytes_in "$DATA" pg_wal)
+    db_bytes=$(sql "SELECT sum(pg_database_size(oid)) FROM pg_database")
+    log "  loaded in $((SECONDS - t0)) s: data directory without pg_wal $((data_bytes / 1048576)) MiB," \
+        "pg_database_size sum $((db_bytes / 1048576)) MiB"
+    printf '%s\t%s\t%s\t%s\n' "$scale" "$data_bytes" "$db_bytes" "$((SECONDS - t0))" >>"$SCALE_INFO"
+}
+
 # --- tools ----------------------------------------------------------------------
 # prepare_<tool> makes a fresh repository in TOOL_DIR and sets ARCHIVE_COMMAND
 # and ARCHIVE_DIR (where its archived WAL lands), or SKIP_REASON.
@@ -439,7 +587,9 @@ prepare_lifeboat() {
 stored_lifeboat() { echo "$(bytes_in "$TOOL_DIR/repo" wal) $(bytes_in "$TOOL_DIR/repo/wal")"; }
 
 PGBR_CONF=""
-prepare_pgbackrest() {
+prepare_pgbackrest() { pgbackrest_stanza "repo1-path=$TOOL_DIR/repo" "$TOOL_DIR/repo/archive"; }
+# A pgbackrest.conf in TOOL_DIR for the repository that REPO_LINES describe, and stanza-create.
+pgbackrest_stanza() { # repo_lines archive_dir
     if ! command -v pgbackrest >/dev/null; then
         SKIP_REASON="pgbackrest is not installed (run scripts/setup.sh)"
         return
@@ -449,7 +599,7 @@ prepare_pgbackrest() {
     PGBR_CONF="$TOOL_DIR/pgbackrest.conf"
     cat >"$PGBR_CONF" <<EOF
 [global]
-repo1-path=$TOOL_DIR/repo
+$1
 repo1-retention-full=2
 log-path=$TOOL_DIR/log
 lock-path=$TOOL_DIR/lock
@@ -466,12 +616,14 @@ pg1-path=$DATA
 pg1-port=$PORT
 pg1-socket-path=$SOCK
 EOF
-    chmod 0644 "$PGBR_CONF"
+    # It may hold S3 keys: readable by postgres only.
+    chown postgres:postgres "$PGBR_CONF"
+    chmod 0600 "$PGBR_CONF"
     as_pg pgbackrest --config="$PGBR_CONF" --stanza=bench stanza-create \
         >"$WORK/logs/$(basename "$TOOL_DIR")-pgbackrest-stanza-create.log" 2>&1 \
         || die "pgbackrest stanza-create failed; see $WORK/logs/$(basename "$TOOL_DIR")-pgbackrest-stanza-create.log"
     ARCHIVE_COMMAND="pgbackrest --config=$PGBR_CONF --stanza=bench archive-push %p"
-    ARCHIVE_DIR="$TOOL_DIR/repo/archive"
+    ARCHIVE_DIR=$2
 }
 stored_pgbackrest() { echo "$(bytes_in "$TOOL_DIR/repo/backup") $(bytes_in "$TOOL_DIR/repo/archive")"; }
 

@@ -2,10 +2,12 @@
 # WAL archiving drain benchmark: how fast, and at what CPU cost, does each
 # archiver empty a backlog of ~200 `.ready` WAL segments of one PostgreSQL 15
 # cluster? Compares `cp + sync`, `lifeboat wal-push`, and pgBackRest's
-# archive-push (synchronous and asynchronous). Run by hand, as root (or via
-# sudo), never in CI. See bench/README.md.
+# archive-push (synchronous and asynchronous), to local disk or (the `-s3`
+# archivers) to an S3 server over TLS (bench/s3lib.sh). Run by hand, as root
+# (or via sudo), never in CI. See bench/README.md.
 #
 #   sudo bash bench/wal_push_drain.sh
+#   ARCHIVERS="lifeboat-s3 pgbackrest-async-s3" S3_DELAY_MS=20 bash bench/wal_push_drain.sh
 #   SCALE=20 TARGET_SEGMENTS=50 ARCHIVERS="cp pgbackrest-sync" bash bench/wal_push_drain.sh
 #
 # Output: a text table on stdout and bench/out/wal_push_drain.json.
@@ -28,6 +30,7 @@ IDLE_MAX_MS_PER_S=${IDLE_MAX_MS_PER_S:-100}  # busier than this = "not idle"
 IDLE_WAIT_SECONDS=${IDLE_WAIT_SECONDS:-600}  # how long to wait for idle before each drain
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}          # 1: leave clusters/repos/logs for inspection
 OUT_DIR=${OUT_DIR:-$REPO_ROOT/bench/out}
+S3_DELAY_MS=${S3_DELAY_MS:-0}            # the -s3 archivers: delay added to every S3 request
 
 case "$LIFEBOAT_BIN" in /*) ;; *) LIFEBOAT_BIN="$REPO_ROOT/$LIFEBOAT_BIN" ;; esac
 
@@ -43,6 +46,9 @@ fi
 
 as_pg() { runuser -u postgres -- "$@"; }
 
+# shellcheck source=bench/s3lib.sh
+. "$SCRIPT_DIR/s3lib.sh" # the S3 stack of the -s3 archivers
+
 # --- state shared by the functions below --------------------------------------
 WORK=""          # temp dir holding everything; removed on exit
 SOCK=""          # unix socket dir of the cluster
@@ -55,6 +61,7 @@ CLK_TCK=$(getconf CLK_TCK)
 RESULTS=""       # TSV file: one line per archiver
 CGROUP=""        # cgroup holding the cluster's process tree ("" = unavailable)
 CGROUP_KIND=""   # v1 (cpuacct) or v2
+S3_RUN=""        # directory of the S3 stack while it runs (-s3 archivers)
 
 # A file descriptor that never delivers data: `read -t 0.05` on it is a
 # 50 ms sleep without forking, so the polling loop itself costs ~no CPU
@@ -64,6 +71,7 @@ nap() { read -r -t "$1" -u "$NEVER_FD" _ || true; }
 
 cleanup() {
     local rc=$?
+    if [ -n "$S3_RUN" ]; then s3_stop "$S3_RUN"; fi
     if [ -n "$RUNNING" ]; then
         as_pg "$PG_BIN/pg_ctl" -D "$RUNNING" -m immediate -w stop >/dev/null 2>&1 || true
     fi
@@ -90,7 +98,7 @@ check_prereqs() {
         command -v pgbackrest >/dev/null || die "pgbackrest not installed (run scripts/setup.sh)" ;;
     esac
     for a in $ARCHIVERS; do
-        case "$a" in cp|lifeboat|pgbackrest-sync|pgbackrest-async) ;;
+        case "$a" in cp|lifeboat|pgbackrest-sync|pgbackrest-async|lifeboat-s3|pgbackrest-sync-s3|pgbackrest-async-s3) ;;
             *) die "unknown archiver '$a' in ARCHIVERS" ;; esac
     done
 }
@@ -338,15 +346,35 @@ prepare_lifeboat() {
 }
 verify_lifeboat() { echo "?"; } # repository layout is lifeboat's own business
 
+# To the S3 stack: endpoint and keys in a config file, the test CA through SSL_CERT_FILE (in the
+# environment of the postmaster, which s3_start exported before the cluster started).
+prepare_lifeboat-s3() {
+    prepare_lifeboat
+    [ -z "$SKIP_REASON" ] || return 0
+    local conf="$WORK/lifeboat-s3.toml"
+    s3_lifeboat_toml lifeboat-s3 >"$conf"
+    chown postgres:postgres "$conf"
+    chmod 0600 "$conf"
+    as_pg "$LIFEBOAT_BIN" --config "$conf" init --unencrypted >"$WORK/logs/lifeboat-s3-init.log" 2>&1 \
+        || die "lifeboat init on S3 failed; see $WORK/logs/lifeboat-s3-init.log"
+    ARCHIVE_COMMAND="$LIFEBOAT_BIN --config $conf wal-push %p"
+}
+verify_lifeboat-s3() { echo "?"; }
+
 # Both pgBackRest variants share everything but archive-async, as specified:
 # process-max=2, zstd level 1, a fresh repository, our own config file.
-prepare_pgbackrest() { # async(y|n) name
-    local async=$1 name=$2 base="$WORK/$2"
+prepare_pgbackrest() { # async(y|n) name [s3]
+    local async=$1 name=$2 base="$WORK/$2" repo
     new_pg_dir "$base"
     for d in repo log lock spool; do new_pg_dir "$base/$d"; done
+    if [ "${3:-}" = s3 ]; then
+        repo=$(s3_pgbackrest_repo "$name")
+    else
+        repo="repo1-path=$base/repo"
+    fi
     cat >"$base/pgbackrest.conf" <<EOF
 [global]
-repo1-path=$base/repo
+$repo
 log-path=$base/log
 lock-path=$base/lock
 spool-path=$base/spool
@@ -360,7 +388,8 @@ pg1-path=$RUN_DATA
 pg1-port=$PORT
 pg1-socket-path=$SOCK
 EOF
-    chmod 0644 "$base/pgbackrest.conf"
+    chown postgres:postgres "$base/pgbackrest.conf"
+    chmod 0600 "$base/pgbackrest.conf"
     # stanza-create talks to the running cluster (archiving is still paused).
     as_pg pgbackrest --config="$base/pgbackrest.conf" --stanza=bench stanza-create \
         >"$WORK/logs/$name-stanza-create.log" 2>&1 \
@@ -369,9 +398,13 @@ EOF
 }
 prepare_pgbackrest-sync() { prepare_pgbackrest n pgbackrest-sync; }
 prepare_pgbackrest-async() { prepare_pgbackrest y pgbackrest-async; }
+prepare_pgbackrest-sync-s3() { prepare_pgbackrest n pgbackrest-sync-s3 s3; }
+prepare_pgbackrest-async-s3() { prepare_pgbackrest y pgbackrest-async-s3 s3; }
 verify_pgbackrest() { find "$WORK/$1/repo/archive" -type f -name '0*-*' | wc -l; }
 verify_pgbackrest-sync() { verify_pgbackrest pgbackrest-sync; }
 verify_pgbackrest-async() { verify_pgbackrest pgbackrest-async; }
+verify_pgbackrest-sync-s3() { find "$S3_DATA/pgbackrest-sync-s3/archive" -type f -name '0*-*' | wc -l; }
+verify_pgbackrest-async-s3() { find "$S3_DATA/pgbackrest-async-s3/archive" -type f -name '0*-*' | wc -l; }
 
 # An archiver's detached workers (pgBackRest async) may outlive the drain by
 # a moment; let them exit before their directories go away (waiting only,
@@ -440,7 +473,7 @@ drain() { # data_dir archive_command log_name
 }
 
 run_archiver() { # name
-    local name=$1 idle elapsed_us jiffies cg_us archived
+    local name=$1 idle elapsed_us jiffies cg_us archived mark=0 reqs=-1 counts
     RUN_DATA="$WORK/run-$name"
     ARCHIVE_COMMAND=""
     SKIP_REASON=""
@@ -463,6 +496,7 @@ run_archiver() { # name
     sync
     idle=$(wait_for_idle "$name")
     log "[$name] machine at $idle ms CPU/s; draining with: $ARCHIVE_COMMAND"
+    [ -z "$S3_RUN" ] || mark=$(s3_mark)
     drain "$RUN_DATA" "$ARCHIVE_COMMAND" "$name"
     elapsed_us=$DRAIN_US
     jiffies=$DRAIN_JIFFIES
@@ -470,6 +504,13 @@ run_archiver() { # name
     pg_stop "$RUN_DATA"
     wait_for_stragglers "$name"
     archived=$("verify_$name")
+    # S3 requests of the drain (the segment PostgreSQL archives at shutdown included).
+    case "$name" in *-s3)
+        nap 0.3
+        counts=$(s3_counts "$mark")
+        reqs=$(awk '{print $8}' <<<"$counts")
+        log "[$name] $reqs S3 requests ($(awk '{printf "GET %d PUT %d HEAD %d DELETE %d POST %d LIST %d", $1, $2, $3, $4, $5, $6}' <<<"$counts"))" ;;
+    esac
     log "[$name] drained in $(awk -v u="$elapsed_us" 'BEGIN{printf "%.2f", u/1e6}') s:" \
         "$DRAIN_ARCHIVED archived, $DRAIN_FAILED failed attempts; repository holds $archived"
     # The figures are per segment of the snapshot: anything else means the
@@ -483,8 +524,8 @@ run_archiver() { # name
     fi
     [ "$DRAIN_FAILED" -eq 0 ] || log "[$name] warning: $DRAIN_FAILED archive_command failures (see $WORK/logs/$name.log)"
     [ -n "$CGROUP" ] || cg_us=-1
-    printf '%s\tok\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$ARCHIVE_COMMAND" "$SEGMENTS" \
-        "$elapsed_us" "$jiffies" "$idle" "$cg_us" >>"$RESULTS"
+    printf '%s\tok\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$ARCHIVE_COMMAND" "$SEGMENTS" \
+        "$elapsed_us" "$jiffies" "$idle" "$cg_us" "$reqs" >>"$RESULTS"
     rm -rf "$RUN_DATA"
 }
 
@@ -505,11 +546,15 @@ report() {
     awk -F'\t' -v clk="$CLK_TCK" -v json="$OUT_DIR/wal_push_drain.json" \
         -v scale="$SCALE" -v segments="$SEGMENTS" -v target="$TARGET_SEGMENTS" \
         -v pg="$PG_VERSION" -v pgbr="$PGBR_VERSION" -v lb="$LIFEBOAT_VERSION" \
-        -v cores="$(nproc)" -v kernel="$(uname -r)" -v date="$(date -u +%Y-%m-%dT%H:%M:%SZ)" '
+        -v s3delay="$S3_DELAY_MS" -v cores="$(nproc)" -v kernel="$(uname -r)" -v date="$(date -u +%Y-%m-%dT%H:%M:%SZ)" '
     function jstr(s) { gsub(/\\/, "\\\\", s); gsub(/"/, "\\\"", s); return "\"" s "\"" }
     function jnum(x, fmt) { return (x == "") ? "null" : sprintf(fmt, x) }
     function div(a, b) { return (a != "" && b != "" && b > 0) ? a / b : "" }
     function cell(x, fmt) { return (x == "") ? "-" : sprintf(fmt, x) }
+    function refs(i,    kind) {
+        kind = (name[i] ~ /-s3$/) ? "s3" : "disk"
+        rs = SYNC_RATE[kind]; cs = SYNC_CPU[kind]; ts = SYNC_TREE[kind]; ra = ASYNC_RATE[kind]; ca = ASYNC_CPU[kind]; ta = ASYNC_TREE[kind]
+    }
     {
         n++; name[n] = $1; status[n] = $2
         if ($2 != "ok") { reason[n] = $3; next }
@@ -518,8 +563,11 @@ report() {
         cpu[n] = $6 * 1000 / clk / segs[n]
         idle[n] = $7
         tree[n] = ($8 < 0) ? "" : $8 / 1000 / segs[n]
-        if ($1 == "pgbackrest-sync")  { rs = rate[n]; cs = cpu[n]; ts = tree[n] }
-        if ($1 == "pgbackrest-async") { ra = rate[n]; ca = cpu[n]; ta = tree[n] }
+        reqs[n] = ($9 == "" || $9 < 0) ? "" : $9
+        # References of a row: the pgBackRest rows to the same kind of repository (disk or S3).
+        kind = ($1 ~ /-s3$/) ? "s3" : "disk"
+        if ($1 ~ /^pgbackrest-sync(-s3)?$/)  { SYNC_RATE[kind] = rate[n]; SYNC_CPU[kind] = cpu[n]; SYNC_TREE[kind] = tree[n] }
+        if ($1 ~ /^pgbackrest-async(-s3)?$/) { ASYNC_RATE[kind] = rate[n]; ASYNC_CPU[kind] = cpu[n]; ASYNC_TREE[kind] = tree[n] }
     }
     END {
         printf "\nWAL push drain: PostgreSQL %s, pgBackRest %s, lifeboat %s\n", pg, pgbr, lb
@@ -529,6 +577,7 @@ report() {
         printf hdr, "archiver", "segs", "s", "seg/s", "/seg", "/seg", "/sync", "/async", "/sync", "/async", "/sync", "/async", "ms/s"
         for (i = 1; i <= n; i++) {
             if (status[i] != "ok") { printf "%-16s skipped: %s\n", name[i], reason[i]; continue }
+            refs(i)
             printf "%-16s %5d %8.2f %7.1f %8.1f %8s | %6s %6s %6s %6s %6s %6s | %6d\n",
                 name[i], segs[i], secs[i], rate[i], cpu[i], cell(tree[i], "%.1f"),
                 cell(div(rate[i], rs), "%.2f"), cell(div(rate[i], ra), "%.2f"),
@@ -537,14 +586,17 @@ report() {
         }
         printf "\ncpu ms/seg:  system-wide busy CPU (/proc/stat user+nice+system+irq+softirq) over the drain, per segment\n"
         printf "tree ms/seg: CPU of the cluster process tree (postmaster, archive_command, async workers; cgroup), per segment\n"
-        printf "/sync, /async: ratio to pgBackRest archive-push sync / async (rate: higher is better; cpu, tree: lower is better)\n"
+        printf "/sync, /async: ratio to pgBackRest archive-push sync / async to the same kind of repository (-s3 rows: the -s3 pgBackRest rows)\n"
+        printf "              (rate: higher is better; cpu, tree: lower is better)\n"
         printf "idle ms/s:   busy CPU of the machine just before the drain (should be near 0)\n"
+        for (i = 1; i <= n; i++) if (reqs[i] != "") printf "%-16s %d S3 requests, %.1f per segment (S3_DELAY_MS=%s)\n", name[i], reqs[i], reqs[i] / segs[i], s3delay
 
         printf "{\n  \"benchmark\": \"wal_push_drain\",\n  \"date\": %s,\n", jstr(date) > json
         printf "  \"host\": {\"cores\": %d, \"kernel\": %s},\n", cores, jstr(kernel) > json
         printf "  \"versions\": {\"postgres\": %s, \"pgbackrest\": %s, \"lifeboat\": %s},\n", jstr(pg), jstr(pgbr), jstr(lb) > json
         printf "  \"scale\": %d,\n  \"target_segments\": %d,\n  \"segments\": %d,\n  \"results\": [\n", scale, target, segments > json
         for (i = 1; i <= n; i++) {
+            refs(i)
             printf "    {\"archiver\": %s, \"status\": %s", jstr(name[i]), jstr(status[i]) > json
             if (status[i] == "ok") {
                 printf ", \"archive_command\": %s, \"segments\": %d, \"drain_seconds\": %.3f", jstr(cmd[i]), segs[i], secs[i] > json
@@ -552,7 +604,8 @@ report() {
                 printf ", \"tree_cpu_ms_per_segment\": %s, \"idle_cpu_ms_per_second\": %d", jnum(tree[i], "%.2f"), idle[i] > json
                 printf ", \"rate_vs_pgbackrest_sync\": %s, \"rate_vs_pgbackrest_async\": %s", jnum(div(rate[i], rs), "%.3f"), jnum(div(rate[i], ra), "%.3f") > json
                 printf ", \"cpu_vs_pgbackrest_sync\": %s, \"cpu_vs_pgbackrest_async\": %s", jnum(div(cpu[i], cs), "%.3f"), jnum(div(cpu[i], ca), "%.3f") > json
-                printf ", \"tree_cpu_vs_pgbackrest_sync\": %s, \"tree_cpu_vs_pgbackrest_async\": %s}", jnum(div(tree[i], ts), "%.3f"), jnum(div(tree[i], ta), "%.3f") > json
+                printf ", \"tree_cpu_vs_pgbackrest_sync\": %s, \"tree_cpu_vs_pgbackrest_async\": %s", jnum(div(tree[i], ts), "%.3f"), jnum(div(tree[i], ta), "%.3f") > json
+                printf ", \"s3_requests\": %s, \"s3_delay_ms\": %s}", jnum(reqs[i], "%d"), (name[i] ~ /-s3$/) ? s3delay : "null" > json
             } else {
                 printf ", \"reason\": %s}", jstr(reason[i]) > json
             }
@@ -575,6 +628,11 @@ main() {
     RESULTS="$WORK/results.tsv"
     : >"$RESULTS"
     setup_cgroup
+    case " $ARCHIVERS " in *-s3" "*)
+        # Before any cluster starts: the postmaster inherits SSL_CERT_FILE from s3_start.
+        S3_RUN="$WORK/s3"
+        s3_start "$S3_RUN" ;;
+    esac
     log "work dir $WORK; SCALE=$SCALE TARGET_SEGMENTS=$TARGET_SEGMENTS ARCHIVERS=\"$ARCHIVERS\""
     build_snapshot
     check_disk_space
