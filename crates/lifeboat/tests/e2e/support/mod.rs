@@ -2,9 +2,8 @@
 //! encrypted or not) with a config file, and the `lifeboat` binary run as the cluster owner, as
 //! PostgreSQL's archiver and startup process would run it.
 
-#![allow(dead_code)]
-
 pub mod daemon;
+pub mod fixture;
 pub mod receivers;
 
 use std::fs;
