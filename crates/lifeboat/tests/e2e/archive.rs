@@ -5,7 +5,6 @@
 //! segment stops recovery without leaving a file behind.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -106,20 +105,7 @@ fn archive_under_load(backend: Backend, encrypted: bool) {
     assert_eq!(tl["segments"].as_u64(), Some(segments as u64), "{info}");
 
     if let Some(repo) = &setup.repo_dir {
-        assert_modes(repo);
-    }
-}
-
-fn assert_modes(dir: &std::path::Path) {
-    for entry in fs::read_dir(dir).expect("read repo") {
-        let entry = entry.expect("entry");
-        let mode = entry.metadata().expect("meta").permissions().mode() & 0o777;
-        if entry.file_type().expect("type").is_dir() {
-            assert_eq!(mode, 0o700, "{}", entry.path().display());
-            assert_modes(&entry.path());
-        } else {
-            assert_eq!(mode, 0o600, "{}", entry.path().display());
-        }
+        assert_private(repo);
     }
 }
 

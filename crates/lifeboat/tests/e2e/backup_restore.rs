@@ -224,21 +224,6 @@ fn stop_and_check_checksums(cluster: &LocalCluster) {
     assert_success(&out, "pg_checksums --check");
 }
 
-/// Ids of table `t`, in order.
-fn ids(cluster: &LocalCluster) -> Vec<i64> {
-    let out = cluster
-        .psql("select coalesce(string_agg(id::text, ',' order by id), '') from t")
-        .expect("read t");
-    out.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().expect("id"))
-        .collect()
-}
-
-fn first_n(n: i64) -> Vec<i64> {
-    (1..=n).collect()
-}
-
 /// pgbench's balances: (sum of accounts, branches, tellers, history deltas, history rows).
 fn balances(cluster: &LocalCluster) -> (i64, i64, i64, i64, i64) {
     let row = cluster

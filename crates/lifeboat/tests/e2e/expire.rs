@@ -142,21 +142,6 @@ fn minutes_ago(m: u32) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Ids of table `t`, in order.
-fn ids(cluster: &LocalCluster) -> Vec<i64> {
-    let out = cluster
-        .psql("select coalesce(string_agg(id::text, ',' order by id), '') from t")
-        .expect("read t");
-    out.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().expect("id"))
-        .collect()
-}
-
-fn first_n(n: i64) -> Vec<i64> {
-    (1..=n).collect()
-}
-
 /// Insert one row into `t` (its own transaction); its id.
 fn insert(cluster: &LocalCluster) -> i64 {
     cluster

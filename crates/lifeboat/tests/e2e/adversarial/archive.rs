@@ -207,19 +207,6 @@ fn with_umask_022(setup: &Setup, args: &[&str]) -> Output {
     cmd.output().expect("run lifeboat")
 }
 
-fn assert_private(dir: &Path) {
-    for entry in fs::read_dir(dir).expect("read dir").flatten() {
-        let meta = entry.metadata().expect("meta");
-        let mode = meta.mode() & 0o777;
-        if meta.is_dir() {
-            assert_eq!(mode, 0o700, "{}", entry.path().display());
-            assert_private(&entry.path());
-        } else {
-            assert_eq!(mode, 0o600, "{}", entry.path().display());
-        }
-    }
-}
-
 /// Issue 13, small defect: a spool directory outside pg_wal (archive.spool_dir) got 0644 files;
 /// spool files are 0600 and its directories 0700, whatever the umask.
 #[test]
