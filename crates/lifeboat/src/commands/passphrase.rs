@@ -37,7 +37,7 @@ pub async fn change(resolved: &Resolved, args: &PassphraseChangeArgs) -> Result<
             };
             Failure::new(exit, e.to_string(), hint)
         })?;
-    // Test hook: stop as a crash would, after a step (see tests/adversarial/archive.rs).
+    // Test hook: stop as a crash would, after a step (see tests/e2e/adversarial/archive.rs).
     let stop_at = std::env::var("LIFEBOAT_TEST_PASSPHRASE_STOP").ok();
     let after = |step: RekeyStep| {
         let name = match step {

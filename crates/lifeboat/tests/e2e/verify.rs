@@ -1,128 +1,38 @@
-//! `lifeboat verify` end to end: what issue 4's "Verification" must show.
+//! `lifeboat verify` end to end: it finds every missing or damaged chunk, WAL segment and manifest,
+//! names the backups each one makes unrestorable, and an incremental run reads only what is new.
 //!
 //! Most tests run against a copy of one small, clean repository kept in
 //! `tests/fixtures/verify-repo/` (made by a real PostgreSQL 15 cluster; see
 //! `tests/fixtures/README.md` and [`regenerate_fixture`]), damage the copy exactly as described in
 //! each test, and check what a user sees: the exit code, the problem line naming the object or
-//! segment and the backups it affects, and the report's counters. One test runs on a live cluster to
-//! show that a second run reads only what a new backup added.
-
-mod support;
+//! segment and the backups it affects, and the report's counters. One test runs on a live cluster
+//! to show that a second run reads only what a new backup added.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use lifeboat_pg::walname::{DEFAULT_WAL_SEGMENT_SIZE, WalFileName, WalSegmentName};
 use lifeboat_repo::backup::{ChunkId, Entry, Manifest};
-use lifeboat_testkit::cluster::{TestCluster, TestDir, chown_to_owner, run_as_owner};
+use lifeboat_testkit::cluster::TestCluster;
 use serde_json::Value;
-use support::*;
+
+use crate::support::fixture::{
+    FixtureRepo, copy_tree, findings, fixture_dir, flip_byte, last_segment, verify_json,
+};
+use crate::support::*;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verify-repo")
-}
-
-/// A private copy of the fixture repository, owned by the cluster owner with the modes a
-/// repository has (git keeps neither), and a config file naming it.
-struct Repo {
-    /// Keeps the copy alive for the test.
-    _dir: TestDir,
-    path: PathBuf,
-    config: PathBuf,
-}
-
-impl Repo {
-    fn from_fixture() -> Self {
-        let dir = TestDir::new().expect("test dir");
-        let path = dir.path().join("repo");
-        copy_tree(&fixture_dir(), &path);
-        let config = dir.path().join("lifeboat.toml");
-        // No re-read rotation: these tests count exactly what an incremental run reads (the
-        // rotation has its own tests in tests/adversarial/verify.rs).
-        fs::write(
-            &config,
-            format!(
-                "repo = \"{}\"\n[verify]\nreread_percent = 0\n",
-                path.display()
-            ),
-        )
-        .expect("config");
-        chown_to_owner(dir.path()).expect("chown");
-        Repo {
-            _dir: dir,
-            path,
-            config,
-        }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut cmd = Command::new(BIN);
-        run_as_owner(&mut cmd);
-        cmd.arg("--config").arg(&self.config);
-        cmd.env_remove("LIFEBOAT_PASSPHRASE")
-            .env_remove("LIFEBOAT_PASSPHRASE_FILE")
-            .env_remove("LIFEBOAT_REPO");
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().expect("run lifeboat")
-    }
-
-    fn object(&self, key: &str) -> PathBuf {
-        self.path.join(key)
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
-    fs::set_permissions(to, fs::Permissions::from_mode(0o700)).expect("chmod dir");
-    for entry in fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target)
-                .unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
-            fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).expect("chmod");
-        }
-    }
-}
-
-/// `verify --json ARGS`: the report, after checking the exit code.
-fn verify_json(run: impl Fn(&[&str]) -> Output, args: &[&str], code: i32) -> Value {
-    let mut all = vec!["verify", "--json"];
-    all.extend_from_slice(args);
-    let out = run(&all);
-    assert_code(&out, code, &format!("lifeboat {}", all.join(" ")));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "verify --json printed no JSON report ({e}):\n{}",
-            text(&out)
-        )
-    })
-}
+/// No re-read rotation: these tests count exactly what an incremental run reads (the rotation has
+/// its own tests in `adversarial::verify`).
+const NO_REREAD: &str = "[verify]\nreread_percent = 0\n";
 
 fn counter(report: &Value, name: &str) -> u64 {
     report["counters"][name]
         .as_u64()
         .unwrap_or_else(|| panic!("no counter {name} in {report}"))
-}
-
-fn findings<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
-    report["findings"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no findings array in {report}"))
-        .iter()
-        .filter(|f| f["kind"] == kind)
-        .collect()
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -205,32 +115,6 @@ fn wal_key(name: &str) -> String {
     lifeboat_repo::keys::wal(&WalFileName::parse(name).expect("WAL name"))
 }
 
-/// The last segment stored in the fixture.
-fn last_segment(repo: &Path) -> String {
-    let mut names: Vec<String> = Vec::new();
-    for dir in fs::read_dir(repo.join("wal")).expect("wal dir") {
-        let dir = dir.expect("entry").path();
-        if dir.file_name().is_some_and(|n| n == "history") {
-            continue;
-        }
-        for f in fs::read_dir(&dir).expect("wal subdir") {
-            let name = f.expect("entry").file_name().to_string_lossy().into_owned();
-            if name.len() == 24 {
-                names.push(name);
-            }
-        }
-    }
-    names.sort();
-    names.pop().expect("the fixture holds WAL")
-}
-
-fn flip_byte(path: &Path, at_from_end: usize) {
-    let mut bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let at = bytes.len() - at_from_end;
-    bytes[at] ^= 0x01;
-    fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
-
 fn remove(path: &Path) {
     fs::remove_file(path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
 }
@@ -241,13 +125,13 @@ fn remove(path: &Path) {
 
 #[test]
 fn clean_fixture_verifies_then_reads_only_what_is_new_and_full_reads_all() {
-    let repo = Repo::from_fixture();
+    let repo = FixtureRepo::new(NO_REREAD);
     let ms = manifests(&repo.path);
     assert_eq!(ms.len(), 2, "the fixture holds two backups");
-    let last = last_segment(&repo.path);
+    let last = last_segment(&repo.path).to_string();
 
     // First run: everything is read.
-    let first = verify_json(|a| repo.run(a), &[], 0);
+    let first = repo.verify(&[], 0);
     assert_eq!(first["ok"], true, "{first}");
     assert_eq!(counter(&first, "backups_checked"), 2);
     let referenced = counter(&first, "chunks_referenced");
@@ -274,7 +158,7 @@ fn clean_fixture_verifies_then_reads_only_what_is_new_and_full_reads_all() {
     );
 
     // Second run: nothing new, nothing read; presence still checked.
-    let second = verify_json(|a| repo.run(a), &[], 0);
+    let second = repo.verify(&[], 0);
     assert_eq!(counter(&second, "chunks_read"), 0, "{second}");
     assert_eq!(counter(&second, "chunks_skipped"), referenced, "{second}");
     assert_eq!(counter(&second, "wal_read"), 0, "{second}");
@@ -283,7 +167,7 @@ fn clean_fixture_verifies_then_reads_only_what_is_new_and_full_reads_all() {
     assert_eq!(second["state"]["saved"], false, "nothing changed: {second}");
 
     // --full: everything again.
-    let full = verify_json(|a| repo.run(a), &["--full"], 0);
+    let full = repo.verify(&["--full"], 0);
     assert_eq!(counter(&full, "chunks_read"), referenced, "{full}");
     assert_eq!(counter(&full, "wal_read"), wal_files, "{full}");
     assert_eq!(
@@ -313,7 +197,7 @@ fn clean_fixture_verifies_then_reads_only_what_is_new_and_full_reads_all() {
     );
 
     // One backup only; an unknown label is refused.
-    let one = verify_json(|a| repo.run(a), &["--backup", &ms[1].label], 0);
+    let one = repo.verify(&["--backup", &ms[1].label], 0);
     assert_eq!(counter(&one, "backups_checked"), 1, "{one}");
     assert_eq!(one["backups"].as_array().map(Vec::len), Some(1), "{one}");
     let out = repo.run(&["verify", "--backup", "19990101T000000Z"]);
@@ -334,8 +218,8 @@ fn clean_fixture_verifies_then_reads_only_what_is_new_and_full_reads_all() {
 /// gone.
 #[test]
 fn deleted_chunk_is_found_even_after_it_was_verified() {
-    let repo = Repo::from_fixture();
-    verify_json(|a| repo.run(a), &[], 0);
+    let repo = FixtureRepo::new(NO_REREAD);
+    repo.verify(&[], 0);
     let ms = manifests(&repo.path);
     let big = big_table_path();
     let id = file_entry(&ms[0], &big).blocks[0];
@@ -343,7 +227,7 @@ fn deleted_chunk_is_found_even_after_it_was_verified() {
     assert!(!expected.is_empty());
     remove(&repo.object(&id.key()));
 
-    let report = verify_json(|a| repo.run(a), &[], 6);
+    let report = repo.verify(&[], 6);
     assert_eq!(report["ok"], false);
     let missing = findings(&report, "missing_chunk");
     assert_eq!(missing.len(), 1, "{report}");
@@ -376,7 +260,7 @@ fn deleted_chunk_is_found_even_after_it_was_verified() {
 /// backup (the payload, so the hash check fails; the object keeps its size).
 #[test]
 fn flipped_byte_in_chunk_is_found() {
-    let repo = Repo::from_fixture();
+    let repo = FixtureRepo::new(NO_REREAD);
     let ms = manifests(&repo.path);
     let packed = file_entry(&ms[0], "PG_VERSION")
         .packed
@@ -386,7 +270,7 @@ fn flipped_byte_in_chunk_is_found() {
     let expected = labels_referencing(&ms, &id);
     flip_byte(&repo.object(&id.key()), 1);
 
-    let report = verify_json(|a| repo.run(a), &[], 6);
+    let report = repo.verify(&[], 6);
     let damaged = findings(&report, "damaged_chunk");
     assert_eq!(damaged.len(), 1, "{report}");
     assert_eq!(damaged[0]["object"].as_str(), Some(id.key().as_str()));
@@ -394,7 +278,7 @@ fn flipped_byte_in_chunk_is_found() {
     assert_eq!(counter(&report, "chunks_damaged"), 1);
     // The damaged chunk is not recorded as verified: the next run reads it again and finds it
     // again.
-    let again = verify_json(|a| repo.run(a), &[], 6);
+    let again = repo.verify(&[], 6);
     assert_eq!(findings(&again, "damaged_chunk").len(), 1, "{again}");
     assert_eq!(counter(&again, "chunks_read"), 1, "{again}");
 
@@ -414,8 +298,8 @@ fn flipped_byte_in_chunk_is_found() {
 /// reads it again and does. This is the documented trade-off of incremental verification.
 #[test]
 fn damage_inside_a_verified_chunk_is_found_by_full() {
-    let repo = Repo::from_fixture();
-    verify_json(|a| repo.run(a), &[], 0);
+    let repo = FixtureRepo::new(NO_REREAD);
+    repo.verify(&[], 0);
     let ms = manifests(&repo.path);
     let id = file_entry(&ms[1], "global/pg_control")
         .packed
@@ -423,9 +307,9 @@ fn damage_inside_a_verified_chunk_is_found_by_full() {
         .expect("pg_control is packed")
         .chunk;
     flip_byte(&repo.object(&id.key()), 7);
-    let incremental = verify_json(|a| repo.run(a), &[], 0);
+    let incremental = repo.verify(&[], 0);
     assert_eq!(counter(&incremental, "chunks_read"), 0, "{incremental}");
-    let full = verify_json(|a| repo.run(a), &["--full"], 6);
+    let full = repo.verify(&["--full"], 6);
     let damaged = findings(&full, "damaged_chunk");
     assert_eq!(damaged.len(), 1, "{full}");
     assert_eq!(damaged[0]["object"].as_str(), Some(id.key().as_str()));
@@ -436,19 +320,19 @@ fn damage_inside_a_verified_chunk_is_found_by_full() {
 /// restore up to the end of the segment before it; the gap names it exactly.
 #[test]
 fn missing_wal_segment_is_named_with_the_window_that_remains() {
-    let repo = Repo::from_fixture();
-    verify_json(|a| repo.run(a), &[], 0);
+    let repo = FixtureRepo::new(NO_REREAD);
+    repo.verify(&[], 0);
     let ms = manifests(&repo.path);
     let newest = &ms[1];
     let gone = seg_after(&newest.stop_wal, 2);
     let window_end = seg_after(&newest.stop_wal, 1);
     assert!(
-        last_segment(&repo.path) > gone,
+        last_segment(&repo.path).to_string() > gone,
         "the fixture holds segments after {gone}"
     );
     remove(&repo.object(&wal_key(&gone)));
 
-    let report = verify_json(|a| repo.run(a), &[], 6);
+    let report = repo.verify(&[], 6);
     let gaps = findings(&report, "wal_gap");
     assert_eq!(gaps.len(), 1, "{report}");
     let gap = &gaps[0]["gap"];
@@ -491,7 +375,7 @@ fn missing_wal_segment_is_named_with_the_window_that_remains() {
 #[test]
 fn a_recent_segment_still_being_archived_is_no_gap() {
     use std::io::{BufRead, BufReader};
-    let repo = Repo::from_fixture();
+    let repo = FixtureRepo::new(NO_REREAD);
     let ms = manifests(&repo.path);
     let late = seg_after(&ms[1].stop_wal, 1);
     let object = repo.object(&wal_key(&late));
@@ -528,13 +412,13 @@ fn a_recent_segment_still_being_archived_is_no_gap() {
 /// the older one still restores, up to the end of the segment before the hole.
 #[test]
 fn missing_wal_inside_a_backup_makes_it_unrestorable() {
-    let repo = Repo::from_fixture();
+    let repo = FixtureRepo::new(NO_REREAD);
     let ms = manifests(&repo.path);
     let (older, newest) = (&ms[0], &ms[1]);
     let gone = newest.stop_wal.clone();
     remove(&repo.object(&wal_key(&gone)));
 
-    let report = verify_json(|a| repo.run(a), &[], 6);
+    let report = repo.verify(&[], 6);
     let missing = findings(&report, "backup_wal_missing");
     assert_eq!(missing.len(), 1, "{report}");
     let gap = &missing[0]["gap"];
@@ -567,10 +451,10 @@ fn missing_wal_inside_a_backup_makes_it_unrestorable() {
 /// segment counts as missing for the restore window.
 #[test]
 fn damaged_wal_segment_is_found() {
-    let repo = Repo::from_fixture();
-    let last = last_segment(&repo.path);
+    let repo = FixtureRepo::new(NO_REREAD);
+    let last = last_segment(&repo.path).to_string();
     flip_byte(&repo.object(&wal_key(&last)), 3);
-    let report = verify_json(|a| repo.run(a), &[], 6);
+    let report = repo.verify(&[], 6);
     let damaged = findings(&report, "damaged_wal");
     assert_eq!(damaged.len(), 1, "{report}");
     assert_eq!(damaged[0]["object"].as_str(), Some(wal_key(&last).as_str()));
@@ -589,13 +473,13 @@ fn damaged_wal_segment_is_found() {
 /// the newer one is still checked in full.
 #[test]
 fn corrupted_manifest_is_a_finding_and_the_other_backups_are_checked() {
-    let repo = Repo::from_fixture();
+    let repo = FixtureRepo::new(NO_REREAD);
     let ms = manifests(&repo.path);
     let (older, newest) = (&ms[0], &ms[1]);
     let key = lifeboat_repo::keys::manifest(&older.label);
     flip_byte(&repo.object(&key), 10);
 
-    let report = verify_json(|a| repo.run(a), &[], 6);
+    let report = repo.verify(&[], 6);
     let bad = findings(&report, "damaged_manifest");
     assert_eq!(bad.len(), 1, "{report}");
     assert_eq!(bad[0]["object"].as_str(), Some(key.as_str()));
@@ -702,7 +586,7 @@ fn second_run_reads_only_what_a_new_backup_added() {
 /// Builds a repository like `tests/fixtures/verify-repo/` from a real cluster and checks that it
 /// verifies clean. With `LIFEBOAT_REGENERATE_FIXTURE=1` it also replaces the committed fixture
 /// (see tests/fixtures/README.md):
-/// `LIFEBOAT_REGENERATE_FIXTURE=1 cargo nextest run -p lifeboat --test verify regenerate_fixture`.
+/// `LIFEBOAT_REGENERATE_FIXTURE=1 cargo nextest run -p lifeboat --test e2e verify::regenerate_fixture`.
 #[test]
 fn regenerate_fixture() {
     let write_fixture = std::env::var_os("LIFEBOAT_REGENERATE_FIXTURE").is_some_and(|v| v == "1");

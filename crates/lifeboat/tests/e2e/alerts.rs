@@ -1,14 +1,12 @@
 //! `lifeboat alert test` end to end: the built binary, a config file, and real (tiny) webhook and
 //! SMTP receivers. No repository or PostgreSQL is needed.
 
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::receivers::{RECEIVE_WAIT, SmtpReceiver, WEBHOOK_SECRET, WebhookReceiver};
-use support::{BIN, assert_code, assert_success, text};
+use crate::support::receivers::{RECEIVE_WAIT, SmtpReceiver, WEBHOOK_SECRET, WebhookReceiver};
+use crate::support::{BIN, assert_code, assert_success, text};
 
 fn alert_test(config: &Path) -> Output {
     Command::new(BIN)

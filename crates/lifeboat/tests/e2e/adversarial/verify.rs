@@ -6,137 +6,18 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use lifeboat_pg::walname::{DEFAULT_WAL_SEGMENT_SIZE, WalFileName, WalSegmentName};
-use lifeboat_testkit::cluster::{TestDir, chown_to_owner, run_as_owner};
+use lifeboat_testkit::cluster::{TestDir, chown_to_owner};
 use serde_json::Value;
 
+use crate::support::fixture::{FixtureRepo, findings, flip_byte, keys_under, last_segment};
 use crate::support::*;
-
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verify-repo")
-}
-
-/// A private copy of the fixture repository (modes as a repository has them) and a config file.
-struct Repo {
-    dir: TestDir,
-    path: PathBuf,
-    config: PathBuf,
-}
-
-impl Repo {
-    fn from_fixture(extra_config: &str) -> Self {
-        let dir = TestDir::new().expect("test dir");
-        let path = dir.path().join("repo");
-        copy_tree(&fixture_dir(), &path);
-        let config = dir.path().join("lifeboat.toml");
-        fs::write(
-            &config,
-            format!("repo = \"{}\"\n{extra_config}", path.display()),
-        )
-        .expect("config");
-        chown_to_owner(dir.path()).expect("chown");
-        Repo { dir, path, config }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut cmd = Command::new(BIN);
-        run_as_owner(&mut cmd);
-        cmd.arg("--config").arg(&self.config);
-        cmd.env_remove("LIFEBOAT_PASSPHRASE")
-            .env_remove("LIFEBOAT_PASSPHRASE_FILE")
-            .env_remove("LIFEBOAT_REPO")
-            .env_remove("LIFEBOAT_LOG");
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().expect("run lifeboat")
-    }
-
-    fn object(&self, key: &str) -> PathBuf {
-        self.path.join(key)
-    }
-
-    fn verify(&self, args: &[&str], code: i32) -> Value {
-        let mut all = vec!["verify", "--json"];
-        all.extend_from_slice(args);
-        let out = self.run(&all);
-        assert_code(&out, code, &format!("lifeboat {}", all.join(" ")));
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("verify --json printed no JSON ({e}):\n{}", text(&out)))
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
-    fs::set_permissions(to, fs::Permissions::from_mode(0o700)).expect("chmod dir");
-    for entry in fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target)
-                .unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
-            fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).expect("chmod");
-        }
-    }
-}
-
-/// Every file under `dir/sub`, as repository keys, sorted.
-fn keys_under(repo: &Path, sub: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![repo.join(sub)];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
-            let p = e.expect("entry").path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let key = p.strip_prefix(repo).expect("under repo");
-                out.push(key.to_string_lossy().into_owned());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// The last WAL segment stored in the repository.
-fn last_segment(repo: &Path) -> WalSegmentName {
-    keys_under(repo, "wal")
-        .iter()
-        .filter_map(|k| k.rsplit('/').next())
-        .filter_map(|n| match WalFileName::parse(n) {
-            Ok(WalFileName::Segment(s)) => Some(s),
-            _ => None,
-        })
-        .max()
-        .expect("the fixture holds WAL segments")
-}
 
 fn next_segment(s: &WalSegmentName) -> WalSegmentName {
     let n = s.segno(DEFAULT_WAL_SEGMENT_SIZE).expect("segno");
     WalSegmentName::from_segno(s.timeline, n + 1, DEFAULT_WAL_SEGMENT_SIZE)
-}
-
-fn findings<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
-    report["findings"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no findings in {report}"))
-        .iter()
-        .filter(|f| f["kind"] == kind)
-        .collect()
-}
-
-fn flip_byte(path: &Path, at_from_end: usize) {
-    let mut bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let at = bytes.len() - at_from_end;
-    bytes[at] ^= 0x01;
-    fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -147,7 +28,7 @@ fn flip_byte(path: &Path, at_from_end: usize) {
 /// Now: exit 4, naming the first segment the repository lacks, quickly and without a panic.
 #[test]
 fn restore_to_the_last_possible_lsn_is_refused_naming_the_first_missing_segment() {
-    let repo = Repo::from_fixture("");
+    let repo = FixtureRepo::new("");
     let target = repo.dir.path().join("target");
     let started = std::time::Instant::now();
     let out = repo.run(&[
@@ -183,7 +64,7 @@ fn restore_to_the_last_possible_lsn_is_refused_naming_the_first_missing_segment(
 /// allocating) every one.
 #[test]
 fn verify_with_a_segment_far_ahead_reports_the_gap_without_listing_it() {
-    let repo = Repo::from_fixture("");
+    let repo = FixtureRepo::new("");
     let last = last_segment(&repo.path);
     let far: WalSegmentName = "00000001FFFFFFFF000000FF".parse().expect("name");
     let key = lifeboat_repo::keys::wal(&WalFileName::Segment(far));
@@ -220,7 +101,7 @@ fn verify_with_a_segment_far_ahead_reports_the_gap_without_listing_it() {
 /// the announced cycle (2 runs).
 #[test]
 fn a_flip_after_a_clean_run_is_found_within_the_announced_cycle() {
-    let repo = Repo::from_fixture("[verify]\nreread_percent = 50\n");
+    let repo = FixtureRepo::new("[verify]\nreread_percent = 50\n");
     let first = repo.verify(&[], 0);
     assert_eq!(first["reread"]["percent"], 50, "{first}");
     assert_eq!(first["reread"]["cycle_runs"], 2, "{first}");
@@ -265,7 +146,7 @@ fn a_flip_after_a_clean_run_is_found_within_the_announced_cycle() {
 /// With the default (5%), a cycle is 20 runs, and the report says so.
 #[test]
 fn the_default_reread_share_and_its_cycle_are_reported() {
-    let repo = Repo::from_fixture("");
+    let repo = FixtureRepo::new("");
     let report = repo.verify(&[], 0);
     assert_eq!(report["reread"]["percent"], 5, "{report}");
     assert_eq!(report["reread"]["cycle_runs"], 20, "{report}");
@@ -277,11 +158,11 @@ fn the_default_reread_share_and_its_cycle_are_reported() {
 /// An out-of-range share is a configuration error, in the file and as a flag.
 #[test]
 fn reread_percent_out_of_range_is_a_configuration_error() {
-    let repo = Repo::from_fixture("[verify]\nreread_percent = 101\n");
+    let repo = FixtureRepo::new("[verify]\nreread_percent = 101\n");
     let out = repo.run(&["verify"]);
     assert_code(&out, 3, "verify with reread_percent = 101");
     assert!(text(&out).contains("reread_percent"), "{}", text(&out));
-    let repo = Repo::from_fixture("");
+    let repo = FixtureRepo::new("");
     let out = repo.run(&["verify", "--reread-percent", "250"]);
     assert!(
         matches!(out.status.code(), Some(2) | Some(3)),
@@ -295,7 +176,7 @@ fn reread_percent_out_of_range_is_a_configuration_error() {
 /// rotation (off here), and verify exits 6 naming it.
 #[test]
 fn a_wal_object_truncated_to_zero_bytes_after_a_clean_run_is_flagged() {
-    let repo = Repo::from_fixture("[verify]\nreread_percent = 0\n");
+    let repo = FixtureRepo::new("[verify]\nreread_percent = 0\n");
     repo.verify(&[], 0);
     let victim = WalFileName::Segment(last_segment(&repo.path));
     let key = lifeboat_repo::keys::wal(&victim);
@@ -312,7 +193,7 @@ fn a_wal_object_truncated_to_zero_bytes_after_a_clean_run_is_flagged() {
 /// instead of a restore that PostgreSQL's recovery then stops on.
 #[test]
 fn restore_counts_a_zero_byte_wal_object_as_missing() {
-    let repo = Repo::from_fixture("");
+    let repo = FixtureRepo::new("");
     let victim = last_segment(&repo.path);
     let key = lifeboat_repo::keys::wal(&WalFileName::Segment(victim));
     fs::write(repo.object(&key), b"").expect("truncate");
@@ -330,7 +211,7 @@ fn restore_counts_a_zero_byte_wal_object_as_missing() {
 /// Same for a WAL object truncated to a size it never had (but longer than a header).
 #[test]
 fn a_wal_object_whose_size_changed_after_a_clean_run_is_flagged() {
-    let repo = Repo::from_fixture("[verify]\nreread_percent = 0\n");
+    let repo = FixtureRepo::new("[verify]\nreread_percent = 0\n");
     repo.verify(&[], 0);
     let victim = WalFileName::Segment(last_segment(&repo.path));
     let key = lifeboat_repo::keys::wal(&victim);
@@ -353,7 +234,7 @@ fn a_wal_object_whose_size_changed_after_a_clean_run_is_flagged() {
 /// deletes it.
 #[test]
 fn a_stray_key_under_backups_is_skipped_with_a_warning() {
-    let repo = Repo::from_fixture("");
+    let repo = FixtureRepo::new("");
     let stray = repo.path.join("backups/not a backup");
     fs::create_dir_all(&stray).expect("mkdir");
     fs::write(stray.join("manifest"), b"junk").expect("write");

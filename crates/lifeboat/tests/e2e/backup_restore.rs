@@ -1,14 +1,14 @@
-//! Base backups and point-in-time restore end to end on real PostgreSQL clusters: what issue 3 must
-//! show. Every source cluster archives its WAL into the same repository its backups go to
-//! (`archive_command = 'cp %p ARCH/%f && lifeboat wal-push %p'`), and every restore is started as a
-//! real server and checked the way a user would check it: the rows, `pg_amcheck`, `pg_checksums`,
-//! `pg_dumpall`, exit codes and messages.
+//! Base backups and point-in-time restore end to end on real PostgreSQL clusters: point-in-time
+//! targets, exact round trips on every backend, backups under load, tablespaces, delta restores,
+//! refusals and a killed backup. Every source cluster archives its WAL into the same repository its
+//! backups go to (`archive_command = 'cp %p ARCH/%f && lifeboat wal-push %p'`), and every restore
+//! is started as a real server and checked the way a user would check it: the rows, `pg_amcheck`,
+//! `pg_checksums`, `pg_dumpall`, exit codes and messages.
 //!
 //! Restored copies get `archive_mode = off` appended to their postgresql.conf before they start: a
-//! promoted copy would otherwise archive its new timeline into the source's repository, and the next
-//! restore (recovery_target_timeline = latest) would follow that timeline instead of the source's.
-
-mod support;
+//! promoted copy would otherwise archive its new timeline into the source's repository, and the
+//! next restore (recovery_target_timeline = latest) would follow that timeline instead of the
+//! source's.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -20,12 +20,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use lifeboat_pg::cluster::{LocalCluster, OsUser, StopMode};
 use lifeboat_pg::walname::WalFileName;
 use lifeboat_testkit::cluster::{TestCluster, TestDir, chown_to_owner};
 use lifeboat_testkit::free_port;
 use serde_json::Value;
-use support::*;
 
 /// How long a restored copy may take to start (pg_ctl -w waits for consistency).
 const START: Duration = Duration::from_secs(180);
@@ -224,21 +224,6 @@ fn stop_and_check_checksums(cluster: &LocalCluster) {
     assert_success(&out, "pg_checksums --check");
 }
 
-/// Ids of table `t`, in order.
-fn ids(cluster: &LocalCluster) -> Vec<i64> {
-    let out = cluster
-        .psql("select coalesce(string_agg(id::text, ',' order by id), '') from t")
-        .expect("read t");
-    out.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().expect("id"))
-        .collect()
-}
-
-fn first_n(n: i64) -> Vec<i64> {
-    (1..=n).collect()
-}
-
 /// pgbench's balances: (sum of accounts, branches, tellers, history deltas, history rows).
 fn balances(cluster: &LocalCluster) -> (i64, i64, i64, i64, i64) {
     let row = cluster
@@ -363,7 +348,7 @@ fn u64_field(report: &Value, field: &str) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1. Point-in-time recovery: time, LSN, xid, named restore point, immediate
+// Point-in-time recovery: time, LSN, xid, named restore point, immediate
 // ---------------------------------------------------------------------------------------------
 
 /// A row of `t` as the writer saw it: its id and transaction, and the time (as PostgreSQL writes
@@ -650,7 +635,7 @@ impl Checks {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 2 and 6. A quiet source round-trips exactly, on every backend, encrypted or not
+// A quiet source round-trips exactly, on every backend, encrypted or not
 // ---------------------------------------------------------------------------------------------
 
 fn round_trip(backend: Backend, encrypted: bool) {
@@ -710,27 +695,27 @@ fn round_trip(backend: Backend, encrypted: bool) {
 }
 
 #[test]
-fn round_trip_local_unencrypted() {
+fn a_quiet_source_round_trips_exactly_local_unencrypted() {
     round_trip(Backend::Local, false);
 }
 
 #[test]
-fn round_trip_local_encrypted() {
+fn a_quiet_source_round_trips_exactly_local_encrypted() {
     round_trip(Backend::Local, true);
 }
 
 #[test]
-fn round_trip_s3_unencrypted() {
+fn a_quiet_source_round_trips_exactly_s3_unencrypted() {
     round_trip(Backend::S3, false);
 }
 
 #[test]
-fn round_trip_s3_encrypted() {
+fn a_quiet_source_round_trips_exactly_s3_encrypted() {
     round_trip(Backend::S3, true);
 }
 
 // ---------------------------------------------------------------------------------------------
-// 3. A backup taken under pgbench load
+// A backup taken under pgbench load
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -780,7 +765,7 @@ fn backup_under_pgbench_load_restores_consistent() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 4. A tablespace outside the data directory
+// A tablespace outside the data directory
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -924,7 +909,7 @@ fn restore_delta_never_writes_into_a_running_clusters_tablespace() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 5. Delta restore
+// Delta restore
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -990,7 +975,7 @@ fn delta_restore_equals_fresh_restore_and_rewrites_only_changes() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 7. Refusals
+// Refusals
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -1130,7 +1115,7 @@ fn restore_refuses_manifest_path_outside_target() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 8. kill -9 of a backup part-way
+// kill -9 of a backup part-way
 // ---------------------------------------------------------------------------------------------
 
 fn has_objects(dir: &Path) -> bool {

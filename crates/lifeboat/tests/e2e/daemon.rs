@@ -1,9 +1,8 @@
-//! `lifeboat serve` end to end, what issue 5 must show: a real cluster archiving into a
-//! repository, the daemon started as the cluster's owner with a config file like an operator's,
-//! and its effects observed from outside: the repository (`lifeboat list`, `verify`), its HTTP
-//! API and `/metrics`, and the messages a local webhook receiver got.
-
-mod support;
+//! `lifeboat serve` end to end: scheduled backups and drills, alerts, the HTTP API and a clean
+//! shutdown. A real cluster archives into a repository, the daemon started as the cluster's owner
+//! with a config file like an operator's, and its effects observed from outside: the repository
+//! (`lifeboat list`, `verify`), its HTTP API and `/metrics`, and the messages a local webhook
+//! receiver got.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,13 +10,13 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::daemon::{Daemon, daemon_config, tail};
+use crate::support::receivers::{SmtpReceiver, WebhookReceiver};
+use crate::support::*;
 use chrono::{Timelike, Utc};
 use lifeboat_testkit::cluster::TestCluster;
 use lifeboat_testkit::free_port;
 use serde_json::Value;
-use support::daemon::{Daemon, daemon_config, tail};
-use support::receivers::{SmtpReceiver, WebhookReceiver};
-use support::*;
 
 /// A local repository and a cluster archiving into it with `lifeboat wal-push` (no second copy:
 /// these tests run long), switching segments every `archive_timeout_s` seconds while anything is

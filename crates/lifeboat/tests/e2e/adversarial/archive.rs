@@ -207,19 +207,6 @@ fn with_umask_022(setup: &Setup, args: &[&str]) -> Output {
     cmd.output().expect("run lifeboat")
 }
 
-fn assert_private(dir: &Path) {
-    for entry in fs::read_dir(dir).expect("read dir").flatten() {
-        let meta = entry.metadata().expect("meta");
-        let mode = meta.mode() & 0o777;
-        if meta.is_dir() {
-            assert_eq!(mode, 0o700, "{}", entry.path().display());
-            assert_private(&entry.path());
-        } else {
-            assert_eq!(mode, 0o600, "{}", entry.path().display());
-        }
-    }
-}
-
 /// Issue 13, small defect: a spool directory outside pg_wal (archive.spool_dir) got 0644 files;
 /// spool files are 0600 and its directories 0700, whatever the umask.
 #[test]
@@ -331,7 +318,7 @@ fn with_passphrase(setup: &Setup, file: &Path, args: &[&str]) -> Output {
 /// Issue 13, defect 14: `passphrase change` re-wraps the data key; afterwards the old passphrase
 /// is refused (exit 3) and the new one reads everything.
 #[test]
-fn passphrase_change_end_to_end() {
+fn after_a_passphrase_change_only_the_new_passphrase_opens_the_repository() {
     let setup = Setup::new(Backend::Local, true);
     let old = setup.dir.path().join("passphrase");
     let cluster = TestCluster::start_new(&setup.archive_conf()).expect("cluster");
@@ -402,12 +389,12 @@ fn passphrase_change_end_to_end() {
 /// Issue 13, defect 14: a change interrupted between its two steps leaves the repository
 /// readable with one of the two passphrases (and a second run finishes it).
 #[test]
-fn passphrase_change_interrupted() {
+fn an_interrupted_passphrase_change_leaves_the_repository_readable_local() {
     passphrase_change_interrupted_on(Backend::Local);
 }
 
 #[test]
-fn passphrase_change_interrupted_s3() {
+fn an_interrupted_passphrase_change_leaves_the_repository_readable_s3() {
     passphrase_change_interrupted_on(Backend::S3);
 }
 

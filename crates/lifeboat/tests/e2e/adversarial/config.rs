@@ -50,7 +50,7 @@ fn restore_command_of(data: &Path) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 5. Relative paths in restore_command
+// Relative paths in restore_command
 // ---------------------------------------------------------------------------------------------
 
 /// `lifeboat --config rel.toml --repo repo restore` from the directory holding both, with a
@@ -169,7 +169,7 @@ fn relative_repo_config_and_passphrase_paths_are_absolute_in_restore_command() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 7. Numbers out of range
+// Numbers out of range
 // ---------------------------------------------------------------------------------------------
 
 /// Every numeric flag with a value outside its range: exit 3 (200 for wal-fetch, which must stop
@@ -337,7 +337,7 @@ fn out_of_range_config_keys_are_configuration_errors_naming_the_key_and_range() 
 }
 
 // ---------------------------------------------------------------------------------------------
-// 11. Repository URLs and plain-http endpoints
+// Repository URLs and plain-http endpoints
 // ---------------------------------------------------------------------------------------------
 
 /// A repository URL that is not a location fails at once, as a configuration error whose hint
@@ -433,7 +433,7 @@ fn azure_over_http_needs_allow_http_and_says_so() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 13. Smaller ones: listen on a host name, --log-level over LIFEBOAT_LOG
+// Smaller ones: listen on a host name, --log-level over LIFEBOAT_LOG
 // ---------------------------------------------------------------------------------------------
 
 /// `[serve] listen = "localhost:PORT"` is resolved, judged loopback (no token needed), and served.

@@ -5,8 +5,6 @@
 //!
 //! Needs `/usr/bin/chromium` (scripts/setup.sh installs it).
 
-mod support;
-
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -14,11 +12,11 @@ use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::daemon::{Daemon, daemon_config};
+use crate::support::*;
 use lifeboat_testkit::cluster::TestCluster;
 use lifeboat_testkit::free_port;
 use serde_json::Value;
-use support::daemon::{Daemon, daemon_config};
-use support::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Contains `<`, `>` and quotes: the page must show it as text, not as markup.

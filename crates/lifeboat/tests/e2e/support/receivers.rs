@@ -16,7 +16,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -98,7 +98,6 @@ fn wait<T: std::fmt::Debug>(
 #[derive(Debug, Clone)]
 pub struct HttpRequest {
     pub method: String,
-    pub path: String,
     /// Names lower-cased.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -120,10 +119,9 @@ impl HttpRequest {
 
 struct HookShared {
     requests: Mutex<Vec<HttpRequest>>,
-    status: AtomicU16,
 }
 
-/// Records every request and answers `200 OK` (or the status set with [`Self::set_status`]).
+/// Records every request and answers `200 OK`.
 pub struct WebhookReceiver {
     shared: Arc<HookShared>,
     addr: SocketAddr,
@@ -145,7 +143,6 @@ impl WebhookReceiver {
             .expect("webhook receiver: non-blocking listener");
         let shared = Arc::new(HookShared {
             requests: Mutex::new(Vec::new()),
-            status: AtomicU16::new(200),
         });
         let app = Router::new()
             .fallback(record_request)
@@ -175,16 +172,6 @@ impl WebhookReceiver {
 
     pub fn url(&self) -> String {
         format!("http://{}/hooks/{WEBHOOK_SECRET}", self.addr)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    /// Answer later requests with `status` (e.g. 500 to play a broken chat service, then 200).
-    /// Requests are recorded whatever the status.
-    pub fn set_status(&self, status: u16) {
-        self.shared.status.store(status, Ordering::SeqCst);
     }
 
     pub fn requests(&self) -> Vec<HttpRequest> {
@@ -222,11 +209,10 @@ impl Drop for WebhookReceiver {
     }
 }
 
-/// Record one request (any method, any path) and answer with the status set.
+/// Record one request (any method, any path) and answer `200 OK`.
 async fn record_request(
     State(shared): State<Arc<HookShared>>,
     method: Method,
-    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -237,23 +223,12 @@ async fn record_request(
             (name.as_str().to_ascii_lowercase(), value)
         })
         .collect();
-    let path = uri
-        .path_and_query()
-        .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string());
     lock(&shared.requests).push(HttpRequest {
         method: method.to_string(),
-        path,
         headers,
         body: body.to_vec(),
     });
-    let status = StatusCode::from_u16(shared.status.load(Ordering::SeqCst))
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = if status.is_success() {
-        "ok"
-    } else {
-        "test receiver says no"
-    };
-    (status, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], "ok").into_response()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -319,10 +294,6 @@ impl SmtpReceiver {
         (addr.port(), SmtpReceiver { shared, addr, stop })
     }
 
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
     /// While set, every recipient is refused with a permanent `550`, as a server that will not
     /// relay does.
     pub fn set_refuse(&self, refuse: bool) {
@@ -331,11 +302,6 @@ impl SmtpReceiver {
 
     pub fn mails(&self) -> Vec<Mail> {
         lock(&self.shared.mails).clone()
-    }
-
-    /// Raw DATA of every message received, oldest first.
-    pub fn messages(&self) -> Vec<String> {
-        self.mails().into_iter().map(|m| m.data).collect()
     }
 
     /// Wait until at least `n` messages have arrived; returns all of them.

@@ -3,8 +3,6 @@
 //! records the result in the repository, and leaves neither a server nor a directory behind, also
 //! when it fails or is interrupted.
 
-mod support;
-
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,9 +10,9 @@ use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use lifeboat_testkit::cluster::TestCluster;
 use serde_json::Value;
-use support::*;
 
 /// Rows in `t` after the setup: 100 before the first backup, 100 after each backup.
 const ROWS_PER_STEP: u32 = 100;

@@ -2,9 +2,6 @@
 //! target, or mislead an operator, each kept as a test so that the next review starts from them
 //! (see ../shared/guide/ADVERSARIAL.md for the classes tried). One module per area.
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod archive;
 mod config;
 mod manifest;

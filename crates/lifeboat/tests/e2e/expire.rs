@@ -1,9 +1,7 @@
-//! Retention and repository locks end to end on real PostgreSQL clusters (issue 4: "Retention",
-//! "Repository locks", must-show 2). Every source cluster archives into the repository its
-//! backups go to; every restore of a kept backup is started as a real server (with
+//! Retention and repository locks end to end on real PostgreSQL clusters: what `expire` deletes and
+//! keeps, and how locks keep concurrent commands apart. Every source cluster archives into the
+//! repository its backups go to; every restore of a kept backup is started as a real server (with
 //! `--archive-mode off`, so the copy does not archive into the repository) and its rows checked.
-
-mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -12,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use lifeboat_pg::cluster::{LocalCluster, OsUser};
 use lifeboat_repo::lock::{LockKind, LockRecord};
 use lifeboat_repo::{Passphrase, Repository};
@@ -19,7 +18,6 @@ use lifeboat_storage::PutMode;
 use lifeboat_testkit::cluster::{TestCluster, TestDir, chown_to_owner};
 use lifeboat_testkit::free_port;
 use serde_json::Value;
-use support::*;
 
 /// How long a restored copy may take to start and to finish recovery.
 const START: Duration = Duration::from_secs(180);
@@ -142,21 +140,6 @@ fn minutes_ago(m: u32) -> String {
         .expect("run date");
     assert_success(&out, "date");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Ids of table `t`, in order.
-fn ids(cluster: &LocalCluster) -> Vec<i64> {
-    let out = cluster
-        .psql("select coalesce(string_agg(id::text, ',' order by id), '') from t")
-        .expect("read t");
-    out.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().expect("id"))
-        .collect()
-}
-
-fn first_n(n: i64) -> Vec<i64> {
-    (1..=n).collect()
 }
 
 /// Insert one row into `t` (its own transaction); its id.

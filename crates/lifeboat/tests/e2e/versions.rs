@@ -11,8 +11,6 @@
 //! test is small (300 rows, one backup, short waits) so that the six run beside the rest of the
 //! suite within CI's budget.
 
-mod support;
-
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -20,11 +18,11 @@ use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use lifeboat_pg::cluster::LocalCluster;
 use lifeboat_testkit::cluster::{TestCluster, TestDir, chown_to_owner, major_bindir, run_as_owner};
 use lifeboat_testkit::free_port;
 use serde_json::Value;
-use support::*;
 
 const START: Duration = Duration::from_secs(60);
 

@@ -2,9 +2,8 @@
 //! encrypted or not) with a config file, and the `lifeboat` binary run as the cluster owner, as
 //! PostgreSQL's archiver and startup process would run it.
 
-#![allow(dead_code)]
-
 pub mod daemon;
+pub mod fixture;
 pub mod receivers;
 
 use std::fs;
@@ -214,4 +213,34 @@ pub fn file_name(p: &Path) -> String {
         .and_then(|n| n.to_str())
         .expect("file name")
         .to_string()
+}
+
+/// Ids of table `t`, in order.
+pub fn ids(cluster: &LocalCluster) -> Vec<i64> {
+    let out = cluster
+        .psql("select coalesce(string_agg(id::text, ',' order by id), '') from t")
+        .expect("read t");
+    out.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("id"))
+        .collect()
+}
+
+/// The ids 1 to `n`: table `t` after `n` inserts.
+pub fn first_n(n: i64) -> Vec<i64> {
+    (1..=n).collect()
+}
+
+/// Asserts that everything under `dir` has a repository's modes: directories 0700, files 0600.
+pub fn assert_private(dir: &Path) {
+    for entry in fs::read_dir(dir).expect("read dir").flatten() {
+        let meta = entry.metadata().expect("meta");
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{}", entry.path().display());
+            assert_private(&entry.path());
+        } else {
+            assert_eq!(mode, 0o600, "{}", entry.path().display());
+        }
+    }
 }

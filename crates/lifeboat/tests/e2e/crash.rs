@@ -1,9 +1,7 @@
-//! kill -9 at random moments of `backup`, `expire` and `wal-push`, 20 times each (issue 4,
-//! must-show 4): after every kill `verify` finds the repository clean, and the next run of the same
-//! command succeeds; at the end the newest backup restores. The moments are drawn from a seed
-//! printed at the start, so a failure can be replayed with `LIFEBOAT_CRASH_SEED`.
-
-mod support;
+//! kill -9 at random moments of `backup`, `expire` and `wal-push`, 20 times each: after every kill
+//! `verify` finds the repository clean, and the next run of the same command succeeds; at the end
+//! the newest backup restores. The moments are drawn from a seed printed at the start, so a failure
+//! can be replayed with `LIFEBOAT_CRASH_SEED`.
 
 use std::fs;
 use std::path::PathBuf;
@@ -11,10 +9,10 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use lifeboat_pg::cluster::LocalCluster;
 use lifeboat_testkit::cluster::{TestCluster, TestDir};
 use lifeboat_testkit::free_port;
-use support::*;
 
 const ROUNDS: usize = 20;
 
@@ -290,7 +288,7 @@ fn kill9_during_wal_push_leaves_a_clean_repository() {
     );
 }
 
-/// Issue 4, must-show 5: `wal-push` under pgbench load while backups and expires run: no segment
+/// `wal-push` under pgbench load while backups and expires run: no segment
 /// is lost (every file PostgreSQL archived from the oldest kept backup's start on is in the
 /// repository, byte-identical), `verify` is clean, and the newest backup restores to the last
 /// committed row.

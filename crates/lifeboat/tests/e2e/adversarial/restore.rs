@@ -10,7 +10,7 @@ use std::path::Path;
 use lifeboat_testkit::cluster::{TestCluster, TestDir, chown_to_owner};
 use serde_json::Value;
 
-use crate::manifest::{Backed, snapshot};
+use super::manifest::{Backed, snapshot};
 use crate::support::*;
 
 fn nothing_in(dir: &Path) -> bool {

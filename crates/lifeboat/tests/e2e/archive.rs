@@ -1,18 +1,18 @@
-//! WAL archiving end to end on real clusters: what issue 2 must show.
-
-mod support;
+//! WAL archiving end to end on real clusters: `wal-push` stores every segment PostgreSQL archives
+//! (local or S3, encrypted or not, into one repository or two chained ones) and `wal-fetch`
+//! returns it byte-identical, so recovery replays all of it; another cluster's WAL and a differing
+//! duplicate are refused; a killed push succeeds when retried; a damaged, missing or undecryptable
+//! segment stops recovery without leaving a file behind.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::*;
 use lifeboat_pg::cluster::LocalCluster;
 use lifeboat_testkit::cluster::{TestCluster, TestDir, run_as_owner};
 use lifeboat_testkit::free_port;
-use support::*;
 
-/// pgbench load with `archive_command = 'cp %p ARCH/%f && lifeboat wal-push %p'`; then every file in
 /// Whether the prefetch spool (any repository's subdirectory) holds a segment.
 fn spool_has_segments(spool: &std::path::Path) -> bool {
     fs::read_dir(spool)
@@ -28,6 +28,7 @@ fn spool_has_segments(spool: &std::path::Path) -> bool {
         })
 }
 
+/// pgbench load with `archive_command = 'cp %p ARCH/%f && lifeboat wal-push %p'`; then every file in
 /// ARCH is in the repository and `wal-fetch` returns it byte-identical; `info` sees no gap.
 fn archive_under_load(backend: Backend, encrypted: bool) {
     let setup = Setup::new(backend, encrypted);
@@ -104,40 +105,27 @@ fn archive_under_load(backend: Backend, encrypted: bool) {
     assert_eq!(tl["segments"].as_u64(), Some(segments as u64), "{info}");
 
     if let Some(repo) = &setup.repo_dir {
-        assert_modes(repo);
-    }
-}
-
-fn assert_modes(dir: &std::path::Path) {
-    for entry in fs::read_dir(dir).expect("read repo") {
-        let entry = entry.expect("entry");
-        let mode = entry.metadata().expect("meta").permissions().mode() & 0o777;
-        if entry.file_type().expect("type").is_dir() {
-            assert_eq!(mode, 0o700, "{}", entry.path().display());
-            assert_modes(&entry.path());
-        } else {
-            assert_eq!(mode, 0o600, "{}", entry.path().display());
-        }
+        assert_private(repo);
     }
 }
 
 #[test]
-fn archive_local_unencrypted() {
+fn every_segment_archived_under_load_fetches_back_identical_local_unencrypted() {
     archive_under_load(Backend::Local, false);
 }
 
 #[test]
-fn archive_local_encrypted() {
+fn every_segment_archived_under_load_fetches_back_identical_local_encrypted() {
     archive_under_load(Backend::Local, true);
 }
 
 #[test]
-fn archive_s3_unencrypted() {
+fn every_segment_archived_under_load_fetches_back_identical_s3_unencrypted() {
     archive_under_load(Backend::S3, false);
 }
 
 #[test]
-fn archive_s3_encrypted() {
+fn every_segment_archived_under_load_fetches_back_identical_s3_encrypted() {
     archive_under_load(Backend::S3, true);
 }
 
@@ -175,7 +163,7 @@ fn wal_of_another_cluster_is_refused() {
 }
 
 #[test]
-fn duplicates_identical_ok_different_refused() {
+fn pushing_a_segment_again_succeeds_if_identical_and_is_refused_if_different() {
     let setup = Setup::new(Backend::Local, true);
     let cluster = TestCluster::start_new(&setup.archive_conf()).expect("cluster");
     let segment = archived_segment(&cluster, &setup);
@@ -218,7 +206,7 @@ fn duplicates_identical_ok_different_refused() {
 }
 
 #[test]
-fn corruption_wrong_passphrase_and_missing_segment() {
+fn wal_fetch_of_a_missing_corrupt_or_undecryptable_segment_writes_nothing() {
     let setup = Setup::new(Backend::Local, true);
     let cluster = TestCluster::start_new(&setup.archive_conf()).expect("cluster");
     let segment = archived_segment(&cluster, &setup);

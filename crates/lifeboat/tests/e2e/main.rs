@@ -1,0 +1,22 @@
+//! Lifeboat end to end: the built `lifeboat` binary run as a user runs it, against real
+//! PostgreSQL clusters, a real S3-compatible server and real alert receivers. One module per
+//! feature; `support` holds the setup they share.
+//!
+//! One test binary, not one per file: each binary would link the support code, the workspace's
+//! crates and their dependencies again. cargo-nextest still runs every test in its own process,
+//! so tests share no state through this binary. Select a feature's tests with a module path:
+//! `bash scripts/test.sh -E 'binary(e2e) and test(/^verify::/)'`.
+
+mod support;
+
+mod adversarial;
+mod alerts;
+mod archive;
+mod backup_restore;
+mod crash;
+mod daemon;
+mod dashboard;
+mod drill;
+mod expire;
+mod verify;
+mod versions;
