@@ -36,15 +36,21 @@ pub async fn list(repo: &Repository) -> Result<Listing> {
     }
     let backups: Vec<BackupReport> = manifests.iter().map(BackupReport::from_manifest).collect();
     let mut window = Window {
-        earliest: manifests.first().map(|m| m.stop_time.clone()),
-        latest_backup: manifests.last().map(|m| m.stop_time.clone()),
+        earliest: manifests
+            .first()
+            .map(|m| lifeboat_repo::timestamp::text(m.stop_time)),
+        latest_backup: manifests
+            .last()
+            .map(|m| lifeboat_repo::timestamp::text(m.stop_time)),
         latest_wal: None,
     };
     if let (Some(newest), Some(identity)) = (manifests.last(), repo.identity().await?) {
         let seg_size = identity.wal_segment_size;
-        if let Ok(stop) = newest.stop_wal.parse::<WalSegmentName>() {
-            window.latest_wal = Some(contiguous_end(repo, &stop, seg_size).await?.to_string());
-        }
+        window.latest_wal = Some(
+            contiguous_end(repo, &newest.stop_wal, seg_size)
+                .await?
+                .to_string(),
+        );
     }
     Ok(Listing { backups, window })
 }

@@ -300,7 +300,8 @@ fn clean_fixture_verifies_then_reads_only_what_is_new_and_full_reads_all() {
         assert!(
             stdout.contains(&format!(
                 "backup {}: intact, restores to any moment from its end ({}) up to the end of WAL segment {last}",
-                m.label, m.stop_time
+                m.label,
+                lifeboat_repo::timestamp::text(m.stop_time)
             )),
             "{stdout}"
         );
@@ -440,8 +441,8 @@ fn missing_wal_segment_is_named_with_the_window_that_remains() {
     verify_json(|a| repo.run(a), &[], 0);
     let ms = manifests(&repo.path);
     let newest = &ms[1];
-    let gone = seg_after(&newest.stop_wal, 2);
-    let window_end = seg_after(&newest.stop_wal, 1);
+    let gone = seg_after(&newest.stop_wal.to_string(), 2);
+    let window_end = seg_after(&newest.stop_wal.to_string(), 1);
     assert!(
         last_segment(&repo.path) > gone,
         "the fixture holds segments after {gone}"
@@ -493,7 +494,7 @@ fn a_recent_segment_still_being_archived_is_no_gap() {
     use std::io::{BufRead, BufReader};
     let repo = Repo::from_fixture();
     let ms = manifests(&repo.path);
-    let late = seg_after(&ms[1].stop_wal, 1);
+    let late = seg_after(&ms[1].stop_wal.to_string(), 1);
     let object = repo.object(&wal_key(&late));
     let aside = repo.path.join("aside");
     fs::rename(&object, &aside).expect("move the segment aside");
@@ -531,7 +532,7 @@ fn missing_wal_inside_a_backup_makes_it_unrestorable() {
     let repo = Repo::from_fixture();
     let ms = manifests(&repo.path);
     let (older, newest) = (&ms[0], &ms[1]);
-    let gone = newest.stop_wal.clone();
+    let gone = newest.stop_wal.to_string();
     remove(&repo.object(&wal_key(&gone)));
 
     let report = verify_json(|a| repo.run(a), &[], 6);
