@@ -331,15 +331,7 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
         chunks.sort();
     }
 
-    let window = |ms: &[Manifest]| Window {
-        earliest: ms
-            .first()
-            .map(|m| lifeboat_repo::timestamp::text(m.stop_time)),
-        latest_backup: ms
-            .last()
-            .map(|m| lifeboat_repo::timestamp::text(m.stop_time)),
-        latest_wal: latest_wal.clone(),
-    };
+    let window = |ms: &[Manifest]| Window::of(ms, latest_wal.clone());
     Ok(Plan {
         policy,
         window_before: window(&manifests),
