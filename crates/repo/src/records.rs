@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use lifeboat_storage::PutMode;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use crate::{RepoError, Repository, Result, keys};
 
@@ -96,8 +97,11 @@ pub struct DrillRecord {
     pub host: String,
     /// `schedule` or `manual`.
     pub trigger: String,
-    pub started: String,
-    pub finished: String,
+    /// RFC 3339, UTC, to the second (see [`crate::timestamp`]).
+    #[serde(with = "crate::timestamp")]
+    pub started: OffsetDateTime,
+    #[serde(with = "crate::timestamp")]
+    pub finished: OffsetDateTime,
     /// The backup restored (None when none could be chosen).
     pub backup: Option<String>,
     /// How the backup was picked: `latest` or `random`.

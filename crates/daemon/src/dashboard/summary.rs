@@ -165,7 +165,7 @@ pub(super) fn glance(out: &mut String, s: &Snapshot, now: Option<f64>) {
             if d.passed { "passed" } else { "FAILED" }.into(),
             format!(
                 "{}{}",
-                when(&d.finished, now),
+                when(&lifeboat_repo::timestamp::text(d.finished), now),
                 d.recovery_seconds
                     .map(|r| format!(" · recovery {}", duration(r)))
                     .unwrap_or_default()

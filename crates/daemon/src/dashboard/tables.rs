@@ -313,7 +313,7 @@ pub(super) fn drill_row(out: &mut String, d: &DrillRecord, now: Option<f64>) {
          <td>{result}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
          <td class=\"num\">{}</td><td>{checks}</td></tr>",
         esc(&d.id),
-        when(&d.finished, now),
+        when(&lifeboat_repo::timestamp::text(d.finished), now),
         esc(&d.trigger),
         esc(&d.host),
         d.backup.as_deref().map(esc).unwrap_or_else(|| "—".into()),

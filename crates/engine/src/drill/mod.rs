@@ -186,8 +186,9 @@ pub async fn drill(
         id: id.clone(),
         host: lifeboat_repo::lock::this_host(),
         trigger: opts.trigger.clone(),
-        started: rfc3339(started),
-        finished: String::new(),
+        started: started.replace_nanosecond(0).unwrap_or(started),
+        // Set when it ends.
+        finished: started,
         backup: None,
         backup_choice: opts.backup.to_string(),
         target: opts.target.to_string(),
@@ -238,7 +239,7 @@ pub async fn drill(
             Some(hint)
         }
     };
-    record.finished = rfc3339(OffsetDateTime::now_utc());
+    record.finished = lifeboat_repo::timestamp::now_seconds();
     Ok(DrillOutcome::Finished(Box::new(DrillReport {
         record,
         hint,
@@ -276,13 +277,6 @@ fn drill_id(started: OffsetDateTime) -> String {
         started.second(),
         rand::random::<u32>()
     )
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.replace_nanosecond(0)
-        .unwrap_or(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 fn seconds(d: Duration) -> f64 {
