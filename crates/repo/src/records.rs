@@ -135,8 +135,10 @@ pub struct ActiveAlert {
     pub key: String,
     pub summary: String,
     pub detail: String,
-    pub since: String,
-    pub last_notified: Option<String>,
+    #[serde(with = "crate::timestamp")]
+    pub since: OffsetDateTime,
+    #[serde(default, with = "crate::timestamp::option")]
+    pub last_notified: Option<OffsetDateTime>,
     pub notifications: u32,
 }
 
@@ -152,7 +154,8 @@ pub struct AlertState {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SentAlert {
-    pub time: String,
+    #[serde(with = "crate::timestamp")]
+    pub time: OffsetDateTime,
     pub key: String,
     /// `firing`, `resolved` or `test`.
     pub kind: String,

@@ -95,12 +95,11 @@ pub(super) fn banner(out: &mut String, s: &Snapshot, now: Option<f64>) {
                 "<li class=\"alert\" data-key=\"{}\"><b>{}</b> since {} · notified {} time{}{}</li>",
                 esc(&a.key),
                 esc(&a.summary),
-                when(&a.since, now),
+                when(&lifeboat_repo::timestamp::text(a.since), now),
                 a.notifications,
                 if a.notifications == 1 { "" } else { "s" },
                 a.last_notified
-                    .as_deref()
-                    .map(|t| format!(", last {}", when(t, now)))
+                    .map(|t| format!(", last {}", when(&lifeboat_repo::timestamp::text(t), now)))
                     .unwrap_or_default()
             );
         }

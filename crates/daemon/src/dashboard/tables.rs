@@ -349,7 +349,7 @@ pub(super) fn alerts(out: &mut String, s: &Snapshot, now: Option<f64>) {
             "<tr class=\"sent {0}\"><td>{1}</td><td>{0}</td><td><b>{2}</b><div class=\"muted small\">{3}</div></td>\
              <td>{4}</td><td class=\"{5}\">{6}</td></tr>",
             esc(&a.kind),
-            when(&a.time, now),
+            when(&lifeboat_repo::timestamp::text(a.time), now),
             esc(&a.summary),
             esc(&a.key),
             list(&a.delivered),
