@@ -163,7 +163,7 @@ mod tests {
             key: "wal_gap".into(),
             summary: "WAL gap".into(),
             detail: "d".into(),
-            since: "2026-01-02T10:50:00Z".into(),
+            since: time::macros::datetime!(2026-01-02 10:50:00 UTC),
             last_notified: None,
             notifications: 1,
         });
@@ -210,7 +210,7 @@ mod tests {
             ..samples::run(Outcome::Failed, "2026-01-02T10:00:00Z")
         });
         s.sent_alerts.push(SentAlert {
-            time: "2026-01-02T10:00:00Z".into(),
+            time: time::macros::datetime!(2026-01-02 10:00:00 UTC),
             key: evil.into(),
             kind: "firing".into(),
             summary: evil.into(),

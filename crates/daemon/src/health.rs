@@ -374,10 +374,9 @@ pub fn findings(snapshot: &Snapshot, problems: &Problems, limits: &HealthConfig)
         }
     }
     if let Some(max) = limits.max_drill_age {
-        let newest = snapshot
-            .drills
-            .first()
-            .and_then(|d| parse_rfc3339(&d.finished));
+        let newest = snapshot.drills.first().and_then(|d| {
+            DateTime::from_timestamp(d.finished.unix_timestamp(), d.finished.nanosecond())
+        });
         let too_old = newest.is_none_or(|t| seconds_between(t, Utc::now()) > max.as_secs_f64());
         if too_old {
             add(

@@ -84,6 +84,11 @@ fn openmetrics_to_prometheus(text: &str) -> String {
 
 /// Seconds since the Unix epoch of an RFC 3339 time, or of PostgreSQL's text form of a
 /// `timestamptz` (`2026-01-02 10:15:03.123+00`, as `pg_stat_archiver` gives it).
+/// Seconds since the Unix epoch, with the fraction.
+pub(crate) fn unix_of(t: OffsetDateTime) -> f64 {
+    t.unix_timestamp_nanos() as f64 / 1e9
+}
+
 pub(crate) fn unix_seconds(text: &str) -> Option<f64> {
     let parsed = OffsetDateTime::parse(text, &Rfc3339).ok().or_else(|| {
         let mut t = text.trim().replacen(' ', "T", 1);
@@ -96,7 +101,7 @@ pub(crate) fn unix_seconds(text: &str) -> Option<f64> {
         }
         OffsetDateTime::parse(&t, &Rfc3339).ok()
     })?;
-    Some(parsed.unix_timestamp_nanos() as f64 / 1e9)
+    Some(unix_of(parsed))
 }
 
 fn build(s: &Snapshot) -> Registry {
@@ -241,8 +246,8 @@ mod tests {
         history.record(run(Outcome::Succeeded, "2026-01-02T10:00:12Z"));
         s.drills = vec![DrillRecord {
             trigger: "schedule".into(),
-            started: "2026-01-02T06:00:00Z".into(),
-            finished: "2026-01-02T06:01:00Z".into(),
+            started: time::macros::datetime!(2026-01-02 06:00:00 UTC),
+            finished: time::macros::datetime!(2026-01-02 06:01:00 UTC),
             backup: Some("20260101T100000Z".into()),
             data_loss_seconds: None,
             checks: Vec::new(),

@@ -21,7 +21,6 @@ use lifeboat_repo::lock::{LockKind, RepoLock};
 use lifeboat_repo::{RepoError, Repository, keys};
 use serde::Serialize;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::list::Window;
 use crate::{EngineError, Result};
@@ -201,19 +200,16 @@ pub fn choose(
         // Walking from the newest back: every backup that ended after the boundary, then the
         // first one that ended at or before it, which is what restores the boundary moment.
         for i in (0..n).rev() {
-            match OffsetDateTime::parse(&manifests[i].stop_time, &Rfc3339) {
-                Ok(stop) if stop > boundary => keep(i, format!("ended within {days} days")),
-                Ok(_) => {
-                    keep(
-                        i,
-                        format!(
-                            "the last to end before the {days}-day boundary: it restores to the start of that window"
-                        ),
-                    );
-                    break;
-                }
-                // A time we cannot read: keep it rather than guess its age.
-                Err(_) => keep(i, "its stop time is unreadable".into()),
+            if manifests[i].stop_time > boundary {
+                keep(i, format!("ended within {days} days"));
+            } else {
+                keep(
+                    i,
+                    format!(
+                        "the last to end before the {days}-day boundary: it restores to the start of that window"
+                    ),
+                );
+                break;
             }
         }
     }
@@ -276,7 +272,7 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
         // reads WAL before its own start, on any timeline.
         let mut cutoff: Option<(u64, WalSegmentName)> = None;
         for m in &kept {
-            let start = parse_segment(&m.start_wal, &m.label)?;
+            let start = m.start_wal;
             let segno = start.segno(seg_size).map_err(|e| {
                 EngineError::Internal(format!("backup {}: bad start_wal: {e}", m.label))
             })?;
@@ -300,11 +296,9 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
             }
             wal.sort_by_key(|(name, segno, _)| (*segno, name.timeline(), name.to_string()));
         }
-        if let Some(newest) = kept.last()
-            && let Ok(stop) = newest.stop_wal.parse::<WalSegmentName>()
-        {
+        if let Some(newest) = kept.last() {
             latest_wal = Some(
-                crate::list::contiguous_end(repo, &stop, seg_size)
+                crate::list::contiguous_end(repo, &newest.stop_wal, seg_size)
                     .await?
                     .to_string(),
             );
@@ -337,11 +331,7 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
         chunks.sort();
     }
 
-    let window = |ms: &[Manifest]| Window {
-        earliest: ms.first().map(|m| m.stop_time.clone()),
-        latest_backup: ms.last().map(|m| m.stop_time.clone()),
-        latest_wal: latest_wal.clone(),
-    };
+    let window = |ms: &[Manifest]| Window::of(ms, latest_wal.clone());
     Ok(Plan {
         policy,
         window_before: window(&manifests),
@@ -354,15 +344,6 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
         wal_kept_from,
         chunks,
         chunks_remaining,
-    })
-}
-
-fn parse_segment(text: &str, label: &str) -> Result<WalSegmentName> {
-    text.parse().map_err(|e| {
-        EngineError::invalid(
-            format!("backup {label} names an invalid WAL segment {text:?}: {e}"),
-            "the manifest is damaged; nothing was deleted. Run `lifeboat list` and check the repository",
-        )
     })
 }
 
@@ -395,7 +376,7 @@ impl Plan {
     fn into_report(self, dry_run: bool, warnings: Vec<String>, started: Instant) -> ExpireReport {
         let fate = |m: &Manifest, reason: String| BackupFate {
             label: m.label.clone(),
-            stop_time: m.stop_time.clone(),
+            stop_time: lifeboat_repo::timestamp::text(m.stop_time),
             stop_lsn: m.stop_lsn.to_string(),
             timeline: m.timeline.get(),
             reason,
@@ -466,7 +447,11 @@ async fn execute(
             .delete(&keys::manifest(&m.label))
             .await
             .map_err(RepoError::from)?;
-        tracing::info!("expired backup {} (ended {})", m.label, m.stop_time);
+        tracing::info!(
+            "expired backup {} (ended {})",
+            m.label,
+            lifeboat_repo::timestamp::text(m.stop_time)
+        );
     }
 
     // 2. WAL before every kept backup's start, oldest first, so that what remains after a crash

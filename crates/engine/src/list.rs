@@ -2,6 +2,7 @@
 
 use lifeboat_pg::walname::WalSegmentName;
 use lifeboat_repo::Repository;
+use lifeboat_repo::backup::Manifest;
 use lifeboat_repo::wal::ArchivedSegments;
 use serde::Serialize;
 
@@ -27,6 +28,18 @@ pub struct Window {
     pub latest_wal: Option<String>,
 }
 
+impl Window {
+    /// The window of `manifests` (oldest first) with `latest_wal` as the end of the archive.
+    pub fn of(manifests: &[Manifest], latest_wal: Option<String>) -> Self {
+        let stop = |m: &Manifest| lifeboat_repo::timestamp::text(m.stop_time);
+        Self {
+            earliest: manifests.first().map(stop),
+            latest_backup: manifests.last().map(stop),
+            latest_wal,
+        }
+    }
+}
+
 pub async fn list(repo: &Repository) -> Result<Listing> {
     let (manifests, unreadable) = repo.readable_manifests().await?;
     for (label, problem) in &unreadable {
@@ -35,16 +48,14 @@ pub async fn list(repo: &Repository) -> Result<Listing> {
         );
     }
     let backups: Vec<BackupReport> = manifests.iter().map(BackupReport::from_manifest).collect();
-    let mut window = Window {
-        earliest: manifests.first().map(|m| m.stop_time.clone()),
-        latest_backup: manifests.last().map(|m| m.stop_time.clone()),
-        latest_wal: None,
-    };
+    let mut window = Window::of(&manifests, None);
     if let (Some(newest), Some(identity)) = (manifests.last(), repo.identity().await?) {
         let seg_size = identity.wal_segment_size;
-        if let Ok(stop) = newest.stop_wal.parse::<WalSegmentName>() {
-            window.latest_wal = Some(contiguous_end(repo, &stop, seg_size).await?.to_string());
-        }
+        window.latest_wal = Some(
+            contiguous_end(repo, &newest.stop_wal, seg_size)
+                .await?
+                .to_string(),
+        );
     }
     Ok(Listing { backups, window })
 }

@@ -170,11 +170,11 @@ pub struct DrillArgs {
     /// Which backup: `latest`, `random` (any retained backup), or a label [config: drill.backup;
     /// default latest].
     #[arg(long, value_name = "CHOICE")]
-    pub backup: Option<String>,
+    pub backup: Option<lifeboat_engine::drill::BackupChoice>,
     /// Recovery target: `latest` (the end of the archive) or `random` (a random point between the
     /// backup's end and the end of the archive) [config: drill.target; default latest].
     #[arg(long, value_name = "TARGET")]
-    pub target: Option<String>,
+    pub target: Option<lifeboat_engine::drill::DrillTarget>,
     /// Directory under which the scratch cluster is made [config: drill.scratch_dir; default: TMPDIR].
     #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,

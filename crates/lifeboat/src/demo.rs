@@ -16,6 +16,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lifeboat_pg::cluster::{self as pgc, ClusterError, InitOptions, LocalCluster, StopMode};
+use time::OffsetDateTime;
+use time::macros::format_description;
 
 use crate::commands::context::shell_quote;
 use crate::exit::{Exit, Failure};
@@ -652,33 +654,26 @@ fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Failure {
 // ---------------------------------------------------------------------------------------------
 
 const US_PER_SECOND: i64 = 1_000_000;
-const US_PER_DAY: i64 = 86_400 * US_PER_SECOND;
+
+/// The moment `us` microseconds after the Unix epoch (the epoch itself for one out of `time`'s
+/// range, which no clock reading is).
+fn moment(us: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
 
 /// `2026-11-23 10:15:02.350125+00`: a timestamp PostgreSQL reads the same in any TimeZone.
 fn utc_text(us: i64) -> String {
-    let (year, month, day) = civil_from_days(us.div_euclid(US_PER_DAY));
-    let of_day = us.rem_euclid(US_PER_DAY);
-    let secs = of_day / US_PER_SECOND;
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:06}+00",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        of_day % US_PER_SECOND
-    )
+    let form = format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]+00"
+    );
+    moment(us).format(form).unwrap_or_default()
 }
 
 /// `10:15:02.350`: the time of day in UTC, to the millisecond.
 fn clock(us: i64) -> String {
-    let of_day = us.rem_euclid(US_PER_DAY);
-    let secs = of_day / US_PER_SECOND;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        of_day % US_PER_SECOND / 1000
-    )
+    let form = format_description!("[hour]:[minute]:[second].[subsecond digits:3]");
+    moment(us).format(form).unwrap_or_default()
 }
 
 /// `49 ms`, or `1.250 s` from a second on.
@@ -688,21 +683,6 @@ fn human_ms(us: i64) -> String {
     } else {
         format!("{:.3} s", us as f64 / US_PER_SECOND as f64)
     }
-}
-
-/// Year, month, day of a day number counted from 1970-01-01 (proleptic Gregorian calendar;
-/// Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Stops the demo's clusters and removes its directory (unless --keep), also on failure.

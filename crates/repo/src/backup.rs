@@ -9,8 +9,10 @@
 use bytes::Bytes;
 use lifeboat_pg::lsn::Lsn;
 use lifeboat_pg::timeline::TimelineId;
+use lifeboat_pg::walname::WalSegmentName;
 use lifeboat_storage::{ErrorKind, PutMode};
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use crate::codec::ContentHash;
 use crate::{RepoError, Repository, Result, keys};
@@ -31,11 +33,13 @@ pub struct Manifest {
     pub stop_lsn: Lsn,
     /// WAL segment holding `start_lsn` and the one holding `stop_lsn`: recovery needs both and
     /// everything between.
-    pub start_wal: String,
-    pub stop_wal: String,
-    /// RFC 3339, UTC.
-    pub start_time: String,
-    pub stop_time: String,
+    pub start_wal: WalSegmentName,
+    pub stop_wal: WalSegmentName,
+    /// RFC 3339, UTC, to the microsecond (see [`crate::timestamp`]).
+    #[serde(with = "crate::timestamp")]
+    pub start_time: OffsetDateTime,
+    #[serde(with = "crate::timestamp")]
+    pub stop_time: OffsetDateTime,
     pub duration_seconds: f64,
     /// From `pg_backup_stop`; written into the restored data directory.
     pub backup_label: String,
@@ -206,6 +210,17 @@ pub const RESTORE_WRITES: [&str; 5] = [
 pub const CONFIG_RESTORE_DIR: &str = "restored_config";
 
 impl Manifest {
+    /// The manifest's JSON, exactly as stored (before encoding).
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(self)
+            .map_err(|e| RepoError::Invalid(format!("cannot serialise the manifest: {e}")))
+    }
+
+    /// A manifest from its stored JSON (decoded); the error says what is wrong with it.
+    pub fn from_json(json: &[u8]) -> std::result::Result<Self, String> {
+        serde_json::from_slice(json).map_err(|e| format!("unreadable manifest: {e}"))
+    }
+
     /// Every chunk the manifest references: each file's blocks and the pack it is stored in
     /// (a chunk referenced twice is named twice).
     pub fn chunks(&self) -> impl Iterator<Item = ChunkId> + '_ {
@@ -394,8 +409,7 @@ impl Repository {
 
     /// Store a finished backup's manifest: the moment the backup starts to exist.
     pub async fn put_manifest(&self, manifest: &Manifest) -> Result<u64> {
-        let json = serde_json::to_vec(manifest)
-            .map_err(|e| RepoError::Invalid(format!("cannot serialise the manifest: {e}")))?;
+        let json = manifest.to_json()?;
         let key = keys::manifest(&manifest.label);
         let (_, object) = self.encode(&key, &json)?;
         let len = object.len() as u64;
@@ -417,11 +431,10 @@ impl Repository {
     pub async fn manifest(&self, label: &str) -> Result<Manifest> {
         let key = keys::manifest(label);
         let (_, plain) = self.get_object(&key).await?;
-        let manifest: Manifest =
-            serde_json::from_slice(&plain).map_err(|e| RepoError::Corrupt {
-                key: key.clone(),
-                reason: format!("unreadable manifest: {e}"),
-            })?;
+        let manifest = Manifest::from_json(&plain).map_err(|reason| RepoError::Corrupt {
+            key: key.clone(),
+            reason,
+        })?;
         if manifest.format != MANIFEST_FORMAT || manifest.version != MANIFEST_VERSION {
             return Err(RepoError::Corrupt {
                 key,
@@ -525,5 +538,7 @@ impl Repository {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;

@@ -22,6 +22,7 @@ pub mod keys;
 pub mod lock;
 pub mod records;
 pub mod rekey;
+pub mod timestamp;
 pub mod wal;
 
 pub use codec::{Codec, Compression, CompressionSettings, ContentHash, ObjectHeader};

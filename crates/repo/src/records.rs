@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use lifeboat_storage::PutMode;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use crate::{RepoError, Repository, Result, keys};
 
@@ -96,8 +97,11 @@ pub struct DrillRecord {
     pub host: String,
     /// `schedule` or `manual`.
     pub trigger: String,
-    pub started: String,
-    pub finished: String,
+    /// RFC 3339, UTC, to the second (see [`crate::timestamp`]).
+    #[serde(with = "crate::timestamp")]
+    pub started: OffsetDateTime,
+    #[serde(with = "crate::timestamp")]
+    pub finished: OffsetDateTime,
     /// The backup restored (None when none could be chosen).
     pub backup: Option<String>,
     /// How the backup was picked: `latest` or `random`.
@@ -131,8 +135,10 @@ pub struct ActiveAlert {
     pub key: String,
     pub summary: String,
     pub detail: String,
-    pub since: String,
-    pub last_notified: Option<String>,
+    #[serde(with = "crate::timestamp")]
+    pub since: OffsetDateTime,
+    #[serde(default, with = "crate::timestamp::option")]
+    pub last_notified: Option<OffsetDateTime>,
     pub notifications: u32,
 }
 
@@ -148,7 +154,8 @@ pub struct AlertState {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SentAlert {
-    pub time: String,
+    #[serde(with = "crate::timestamp")]
+    pub time: OffsetDateTime,
     pub key: String,
     /// `firing`, `resolved` or `test`.
     pub kind: String,

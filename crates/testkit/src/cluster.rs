@@ -48,6 +48,25 @@ pub fn chown_to_owner(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Copy the tree `from` (a repository fixture) to `to` with the modes a repository has, 0700 for
+/// directories and 0600 for files (git keeps neither); give it to the cluster owner afterwards.
+pub fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("could not create {}", to.display()))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(0o700))?;
+    for entry in fs::read_dir(from).with_context(|| format!("could not read {}", from.display()))? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target)
+                .with_context(|| format!("could not copy {}", entry.path().display()))?;
+            fs::set_permissions(&target, fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 /// The server programs of PostgreSQL `major` (as a drill on this host would find them). The
 /// error says how to install them: `scripts/setup.sh` puts 13 to 18 in `/usr/lib/postgresql`.
 pub fn major_bindir(major: u32) -> anyhow::Result<PathBuf> {
@@ -157,6 +176,34 @@ impl TestCluster {
     /// stopped on drop and its directory removed.
     pub fn adopt(dir: TestDir, cluster: LocalCluster) -> Self {
         Self { cluster, dir }
+    }
+
+    /// Start the data directory `dir/data` that a restore made (as the cluster owner, on a free
+    /// port, its log in `dir/postgres.log`) and wait until recovery has ended; the error says
+    /// why it did not, with the end of the server log.
+    pub fn start_restored(dir: TestDir, timeout: Duration) -> anyhow::Result<Self> {
+        let data = dir.path().join("data");
+        let cluster =
+            LocalCluster::existing(&data, free_port(), dir.path(), pgc::cluster_owner()?)?
+                .with_log_file(dir.path().join("postgres.log"));
+        let cluster = Self { cluster, dir };
+        cluster.start(timeout)?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let last = match cluster.psql("select pg_is_in_recovery()") {
+                Ok(row) if row == "f" => return Ok(cluster),
+                Ok(row) => row,
+                Err(e) => e.to_string(),
+            };
+            if !cluster.is_running() || std::time::Instant::now() > deadline {
+                bail!(
+                    "recovery of {} did not end within {timeout:?} (last: {last}):\n{}",
+                    data.display(),
+                    cluster.log_tail(40)
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The test directory holding `data/`, `sock/` and `postgres.log`.

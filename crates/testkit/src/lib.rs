@@ -6,7 +6,7 @@
 pub mod cluster;
 pub mod s3;
 
-pub use cluster::{TestCluster, TestDir, chown_to_owner, run_as_owner};
+pub use cluster::{TestCluster, TestDir, chown_to_owner, copy_tree, run_as_owner};
 pub use lifeboat_pg::cluster::{InitOptions, LocalCluster, OsUser, StopMode};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago and has not been handed out before in this

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use lifeboat_repo::records::{ActiveAlert, AlertState, SentAlert};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::{Delivery, Kind, Message, SENT_KEPT, rfc3339};
 use crate::status::Finding;
@@ -28,6 +27,8 @@ pub fn plan(
     host: &str,
 ) -> Vec<Message> {
     let now_text = rfc3339(now);
+    // What the state records: to the second, as the messages say it.
+    let stamp = now.replace_nanosecond(0).unwrap_or(now);
     let mut messages = Vec::new();
     let mut seen = HashSet::new();
     for finding in findings {
@@ -43,7 +44,7 @@ pub fn plan(
                         key: finding.key.clone(),
                         summary: finding.summary.clone(),
                         detail: finding.detail.clone(),
-                        since: now_text.clone(),
+                        since: stamp,
                         last_notified: None,
                         notifications: 0,
                     },
@@ -54,7 +55,7 @@ pub fn plan(
                 // Keep the words current (e.g. "lag is 12m" growing to "lag is 40m").
                 active.summary.clone_from(&finding.summary);
                 active.detail.clone_from(&finding.detail);
-                repeat_due(active.last_notified.as_deref(), now, repeat)
+                repeat_due(active.last_notified, now, repeat)
             }
         };
         if due && let Some(active) = state.active.get(&finding.key) {
@@ -66,7 +67,7 @@ pub fn plan(
                 detail: finding.detail.clone(),
                 host: host.into(),
                 time: now_text.clone(),
-                since: Some(active.since.clone()),
+                since: Some(rfc3339(active.since)),
             });
         }
     }
@@ -86,29 +87,26 @@ pub fn plan(
                 detail: format!(
                     "The health check no longer finds this problem (it had been found since {}). \
                      No action is needed.",
-                    active.since
+                    rfc3339(active.since)
                 ),
                 host: host.into(),
                 time: now_text.clone(),
-                since: Some(active.since),
+                since: Some(rfc3339(active.since)),
             });
         }
     }
     messages
 }
 
-fn repeat_due(last_notified: Option<&str>, now: OffsetDateTime, repeat: Duration) -> bool {
+fn repeat_due(
+    last_notified: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+    repeat: Duration,
+) -> bool {
     let Some(last) = last_notified else {
         return true;
     };
-    if repeat.is_zero() {
-        return false;
-    }
-    match OffsetDateTime::parse(last, &Rfc3339) {
-        Ok(last) => now - last >= repeat,
-        // A damaged timestamp: announcing again is better than staying silent forever.
-        Err(_) => true,
-    }
+    !repeat.is_zero() && now - last >= repeat
 }
 
 /// Record how `msg` went: a firing alert counts as notified when at least one channel took it
@@ -123,16 +121,16 @@ pub fn record_delivery(
     if delivery.delivered.is_empty() && delivery.failed.is_empty() {
         return;
     }
-    let now_text = rfc3339(now);
+    let stamp = now.replace_nanosecond(0).unwrap_or(now);
     if msg.kind == Kind::Firing
         && !delivery.delivered.is_empty()
         && let Some(active) = state.active.get_mut(&msg.key)
     {
-        active.last_notified = Some(now_text.clone());
+        active.last_notified = Some(stamp);
         active.notifications = active.notifications.saturating_add(1);
     }
     state.sent.push(SentAlert {
-        time: now_text,
+        time: stamp,
         key: msg.key.clone(),
         kind: msg.kind.as_str().into(),
         summary: msg.summary.clone(),
@@ -214,10 +212,7 @@ mod tests {
         assert_eq!(msgs[0].host, "db1");
         let active = &state.active["backup_age"];
         assert_eq!(active.notifications, 1);
-        assert_eq!(
-            active.last_notified.as_deref(),
-            Some("2026-01-01T00:00:00Z")
-        );
+        assert_eq!(active.last_notified, Some(t0));
         assert_eq!(state.sent.len(), 1);
         assert_eq!(state.sent[0].kind, "firing");
     }
@@ -380,15 +375,15 @@ mod tests {
             key: key.into(),
             summary: summary.into(),
             detail: String::new(),
-            since: "2026-01-01T00:00:00Z".into(),
-            last_notified: Some("2026-01-01T00:00:00Z".into()),
+            since: datetime!(2026-01-01 00:00:00 UTC),
+            last_notified: Some(datetime!(2026-01-01 00:00:00 UTC)),
             notifications: 1,
         }
     }
 
     fn sent(key: &str) -> SentAlert {
         SentAlert {
-            time: "2026-01-01T00:00:00Z".into(),
+            time: datetime!(2026-01-01 00:00:00 UTC),
             key: key.into(),
             kind: "firing".into(),
             summary: String::new(),

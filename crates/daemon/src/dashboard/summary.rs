@@ -95,12 +95,11 @@ pub(super) fn banner(out: &mut String, s: &Snapshot, now: Option<f64>) {
                 "<li class=\"alert\" data-key=\"{}\"><b>{}</b> since {} · notified {} time{}{}</li>",
                 esc(&a.key),
                 esc(&a.summary),
-                when(&a.since, now),
+                when(&lifeboat_repo::timestamp::text(a.since), now),
                 a.notifications,
                 if a.notifications == 1 { "" } else { "s" },
                 a.last_notified
-                    .as_deref()
-                    .map(|t| format!(", last {}", when(t, now)))
+                    .map(|t| format!(", last {}", when(&lifeboat_repo::timestamp::text(t), now)))
                     .unwrap_or_default()
             );
         }
@@ -165,7 +164,7 @@ pub(super) fn glance(out: &mut String, s: &Snapshot, now: Option<f64>) {
             if d.passed { "passed" } else { "FAILED" }.into(),
             format!(
                 "{}{}",
-                when(&d.finished, now),
+                when(&lifeboat_repo::timestamp::text(d.finished), now),
                 d.recovery_seconds
                     .map(|r| format!(" · recovery {}", duration(r)))
                     .unwrap_or_default()

@@ -313,7 +313,7 @@ pub(super) fn drill_row(out: &mut String, d: &DrillRecord, now: Option<f64>) {
          <td>{result}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
          <td class=\"num\">{}</td><td>{checks}</td></tr>",
         esc(&d.id),
-        when(&d.finished, now),
+        when(&lifeboat_repo::timestamp::text(d.finished), now),
         esc(&d.trigger),
         esc(&d.host),
         d.backup.as_deref().map(esc).unwrap_or_else(|| "—".into()),
@@ -349,7 +349,7 @@ pub(super) fn alerts(out: &mut String, s: &Snapshot, now: Option<f64>) {
             "<tr class=\"sent {0}\"><td>{1}</td><td>{0}</td><td><b>{2}</b><div class=\"muted small\">{3}</div></td>\
              <td>{4}</td><td class=\"{5}\">{6}</td></tr>",
             esc(&a.kind),
-            when(&a.time, now),
+            when(&lifeboat_repo::timestamp::text(a.time), now),
             esc(&a.summary),
             esc(&a.key),
             list(&a.delivered),

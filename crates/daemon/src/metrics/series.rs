@@ -9,7 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::unix_seconds;
+use super::{unix_of, unix_seconds};
 use crate::status::Snapshot;
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -312,7 +312,7 @@ pub(super) fn drills(b: &mut Builder, s: &Snapshot) {
             "drill_last_success_timestamp",
             "When the newest passing restore drill finished",
             Some(Unit::Seconds),
-            unix_seconds(&passed.finished),
+            Some(unix_of(passed.finished)),
         );
     }
     let Some(d) = s.drills.first() else { return };
@@ -326,7 +326,7 @@ pub(super) fn drills(b: &mut Builder, s: &Snapshot) {
         "drill_last_timestamp",
         "When the newest restore drill finished",
         Some(Unit::Seconds),
-        unix_seconds(&d.finished),
+        Some(unix_of(d.finished)),
     );
     b.gauge(
         "drill_last_restore",

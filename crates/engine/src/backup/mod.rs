@@ -78,20 +78,6 @@ pub enum BackupEvent {
 
 pub type EventSink = Arc<dyn Fn(BackupEvent) + Send + Sync>;
 
-/// Now, in RFC 3339 with microseconds: a restore compares target times with a backup's stop
-/// time, and a whole-second stop time would let a target inside that second pick a backup that
-/// ends after it.
-fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.microsecond() * 1000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 fn new_label() -> String {
     let now = time::OffsetDateTime::now_utc();
     format!(
@@ -185,7 +171,9 @@ async fn backup_locked(
     let tablespaces = session.tablespaces().await.map_err(postgres)?;
     let config_files = outside_config_files(&session, &pgdata).await?;
 
-    let start_time = now_rfc3339();
+    // To the microsecond: a restore compares target times with a backup's stop time, and a
+    // whole-second stop time would let a target inside that second pick a backup that ends after it.
+    let start_time = lifeboat_repo::timestamp::now_micros();
     let start_lsn = session
         .backup_start(&format!("lifeboat {label}"), opts.fast_checkpoint)
         .await
@@ -292,7 +280,7 @@ async fn backup_locked(
     // succeeded, polling once a second with no deadline. Below we wait for the WAL to be in this
     // repository, which is what a restore needs, polling often and with a deadline.
     let stopped = session.backup_stop(false).await.map_err(postgres)?;
-    let stop_time = now_rfc3339();
+    let stop_time = lifeboat_repo::timestamp::now_micros();
     tracing::debug!(
         "backup: stopped in {:.2} s",
         started.elapsed().as_secs_f64()
@@ -362,8 +350,8 @@ async fn backup_locked(
         timeline,
         start_lsn,
         stop_lsn: stopped.lsn,
-        start_wal: start_wal.to_string(),
-        stop_wal: stop_wal.to_string(),
+        start_wal,
+        stop_wal,
         start_time,
         stop_time,
         duration_seconds: started.elapsed().as_secs_f64(),
@@ -410,13 +398,7 @@ fn split_unchanged(
     let Some(prev) = previous.filter(|p| p.block_size == block_size) else {
         return (files, Vec::new());
     };
-    let Ok(prev_start) = time::OffsetDateTime::parse(
-        &prev.start_time,
-        &time::format_description::well_known::Rfc3339,
-    ) else {
-        return (files, Vec::new());
-    };
-    let trusted_before = prev_start.unix_timestamp() - UNCHANGED_MARGIN_SECONDS;
+    let trusted_before = prev.start_time.unix_timestamp() - UNCHANGED_MARGIN_SECONDS;
     let by_path: std::collections::HashMap<(bool, &str), &FileEntry> = prev
         .entries
         .iter()

@@ -4,12 +4,14 @@
 use lifeboat_pg::lsn::Lsn;
 use lifeboat_repo::backup::Manifest;
 
+use super::BackupChoice;
+
 /// Pick the backup: `latest` (the newest readable), `random` (uniform; `pick(n)` returns an index
 /// below `n`) or a label. The error is what to record and what to do.
 pub(super) fn choose<'a>(
     manifests: &'a [Manifest],
     unreadable: &[(String, String)],
-    choice: &str,
+    choice: &BackupChoice,
     pick: impl FnOnce(usize) -> usize,
 ) -> std::result::Result<&'a Manifest, (String, String)> {
     let none = || {
@@ -31,15 +33,15 @@ pub(super) fn choose<'a>(
         )
     };
     match choice {
-        "latest" => manifests.last().ok_or_else(none),
-        "random" => {
+        BackupChoice::Latest => manifests.last().ok_or_else(none),
+        BackupChoice::Random => {
             if manifests.is_empty() {
                 return Err(none());
             }
             Ok(&manifests[pick(manifests.len()).min(manifests.len() - 1)])
         }
-        label => {
-            if let Some(m) = manifests.iter().find(|m| m.label == label) {
+        BackupChoice::Label(label) => {
+            if let Some(m) = manifests.iter().find(|m| &m.label == label) {
                 return Ok(m);
             }
             if let Some((_, problem)) = unreadable.iter().find(|(l, _)| l == label) {
@@ -74,45 +76,37 @@ mod tests {
     use super::*;
 
     fn manifest(label: &str) -> Manifest {
-        serde_json::from_value(serde_json::json!({
-            "format": "lifeboat-manifest",
-            "version": 1,
-            "label": label,
-            "system_identifier": 1,
-            "pg_version_num": 150000,
-            "timeline": 1,
-            "start_lsn": "0/2000028",
-            "stop_lsn": "0/2000100",
-            "start_wal": "000000010000000000000002",
-            "stop_wal": "000000010000000000000002",
-            "start_time": "2026-01-01T00:00:00Z",
-            "stop_time": "2026-01-01T00:00:01Z",
-            "duration_seconds": 1.0,
-            "backup_label": "",
-            "tablespace_map": null,
-            "block_size": 1048576,
-            "data_checksums": true,
-            "size": 0,
-            "stored_size": 0,
-            "tablespaces": [],
-            "entries": [],
-        }))
-        .unwrap()
+        lifeboat_repo::backup::testing::ManifestBuilder::new(label).build()
     }
 
     #[test]
     fn chooses_latest_random_and_label() {
         let ms = vec![manifest("a"), manifest("b"), manifest("c")];
-        assert_eq!(choose(&ms, &[], "latest", |_| 0).unwrap().label, "c");
-        assert_eq!(choose(&ms, &[], "random", |n| n - 2).unwrap().label, "b");
-        assert_eq!(choose(&ms, &[], "a", |_| 0).unwrap().label, "a");
-        let (why, _) = choose(&ms, &[], "zz", |_| 0).unwrap_err();
+        assert_eq!(
+            choose(&ms, &[], &BackupChoice::Latest, |_| 0)
+                .unwrap()
+                .label,
+            "c"
+        );
+        assert_eq!(
+            choose(&ms, &[], &BackupChoice::Random, |n| n - 2)
+                .unwrap()
+                .label,
+            "b"
+        );
+        assert_eq!(
+            choose(&ms, &[], &BackupChoice::Label("a".into()), |_| 0)
+                .unwrap()
+                .label,
+            "a"
+        );
+        let (why, _) = choose(&ms, &[], &BackupChoice::Label("zz".into()), |_| 0).unwrap_err();
         assert!(why.contains("no complete backup labelled zz"), "{why}");
         let bad = vec![("zz".to_string(), "bad tag".to_string())];
-        let (why, _) = choose(&ms, &bad, "zz", |_| 0).unwrap_err();
+        let (why, _) = choose(&ms, &bad, &BackupChoice::Label("zz".into()), |_| 0).unwrap_err();
         assert_eq!(why, "backup zz is unreadable: bad tag");
-        for choice in ["latest", "random"] {
-            let (why, _) = choose(&[], &bad, choice, |_| 0).unwrap_err();
+        for choice in [BackupChoice::Latest, BackupChoice::Random] {
+            let (why, _) = choose(&[], &bad, &choice, |_| 0).unwrap_err();
             assert!(
                 why.contains("no complete backup") && why.contains("zz: bad tag"),
                 "{why}"

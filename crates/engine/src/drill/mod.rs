@@ -17,6 +17,7 @@
 //! (pg_amcheck, check queries).
 
 mod checks;
+mod choice;
 mod choose;
 mod run;
 mod scratch;
@@ -31,6 +32,8 @@ use serde::{Deserialize, Deserializer};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+pub use choice::{BackupChoice, DrillTarget};
+
 use crate::{EngineError, Result};
 use run::{Halt, Run};
 use scratch::Scratch;
@@ -39,10 +42,12 @@ use scratch::Scratch;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DrillConfig {
-    /// `latest` or `random` (any retained backup). Default latest.
-    pub backup: String,
+    /// `latest`, `random` (any retained backup) or a label. Default latest.
+    #[serde(deserialize_with = "choice::backup_key")]
+    pub backup: BackupChoice,
     /// `latest` (end of the archive) or `random` (a random point in the backup's window). Default latest.
-    pub target: String,
+    #[serde(deserialize_with = "choice::target_key")]
+    pub target: DrillTarget,
     /// Where scratch clusters are made. Default: the system's temporary directory.
     pub scratch_dir: Option<PathBuf>,
     /// Database the check queries run in. Default `postgres`.
@@ -64,8 +69,8 @@ pub struct DrillConfig {
 impl Default for DrillConfig {
     fn default() -> Self {
         Self {
-            backup: "latest".into(),
-            target: "latest".into(),
+            backup: BackupChoice::Latest,
+            target: DrillTarget::Latest,
             scratch_dir: None,
             database: "postgres".into(),
             checks: Vec::new(),
@@ -99,11 +104,8 @@ pub mod step {
 /// What one drill does: the configuration plus what only the caller knows.
 #[derive(Debug, Clone)]
 pub struct DrillOptions {
-    /// `latest`, `random`, or a backup label.
-    pub backup: String,
-    /// `latest` (the end of the archive) or `random` (an LSN between the backup's end and the
-    /// last archived segment of the unbroken run after it).
-    pub target: String,
+    pub backup: BackupChoice,
+    pub target: DrillTarget,
     /// The scratch directory `lifeboat-drill-<id>` is made under it.
     pub scratch_dir: PathBuf,
     pub database: String,
@@ -127,7 +129,7 @@ impl DrillOptions {
     pub fn new(config: &DrillConfig, restore_command: String) -> Self {
         Self {
             backup: config.backup.clone(),
-            target: config.target.clone(),
+            target: config.target,
             scratch_dir: config
                 .scratch_dir
                 .clone()
@@ -184,11 +186,12 @@ pub async fn drill(
         id: id.clone(),
         host: lifeboat_repo::lock::this_host(),
         trigger: opts.trigger.clone(),
-        started: rfc3339(started),
-        finished: String::new(),
+        started: started.replace_nanosecond(0).unwrap_or(started),
+        // Set when it ends.
+        finished: started,
         backup: None,
-        backup_choice: opts.backup.clone(),
-        target: opts.target.clone(),
+        backup_choice: opts.backup.to_string(),
+        target: opts.target.to_string(),
         passed: false,
         failed_step: None,
         failure: None,
@@ -236,7 +239,7 @@ pub async fn drill(
             Some(hint)
         }
     };
-    record.finished = rfc3339(OffsetDateTime::now_utc());
+    record.finished = lifeboat_repo::timestamp::now_seconds();
     Ok(DrillOutcome::Finished(Box::new(DrillReport {
         record,
         hint,
@@ -247,13 +250,7 @@ pub async fn drill(
 
 /// Options a drill cannot start with; the message says which value and what is accepted.
 fn validate(opts: &DrillOptions) -> Result<()> {
-    if !matches!(opts.target.as_str(), "latest" | "random") {
-        return Err(EngineError::invalid(
-            format!("drill target {:?} is not `latest` or `random`", opts.target),
-            "give --target latest (the end of the archive) or random, or set drill.target",
-        ));
-    }
-    if opts.backup.trim().is_empty() {
+    if matches!(&opts.backup, BackupChoice::Label(label) if label.trim().is_empty()) {
         return Err(EngineError::invalid(
             "the drill's backup choice is empty",
             "give --backup latest, random or a label (lifeboat list), or set drill.backup",
@@ -280,13 +277,6 @@ fn drill_id(started: OffsetDateTime) -> String {
         started.second(),
         rand::random::<u32>()
     )
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.replace_nanosecond(0)
-        .unwrap_or(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 fn seconds(d: Duration) -> f64 {

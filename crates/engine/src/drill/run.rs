@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use lifeboat_pg::cluster::{self as pgc, LocalCluster};
 use lifeboat_pg::recovery::{RecoveryTarget, TargetAction, TargetTimeline};
-use lifeboat_pg::walname::WalSegmentName;
 use lifeboat_repo::Repository;
 use lifeboat_repo::backup::Manifest;
 use lifeboat_repo::records::DrillRecord;
@@ -23,7 +22,7 @@ use super::checks::{amcheck, run_check};
 use super::choose::{choose, random_lsn};
 use super::scratch::{Scratch, make_scratch_dir, sweep_abandoned};
 use super::server::{prepare_cluster, server_bindir};
-use super::{DrillOptions, round_ms, seconds, step};
+use super::{DrillOptions, DrillTarget, round_ms, seconds, step};
 use crate::restore::{RestoreOptions, RestoreReport};
 use crate::{EngineError, Result, join_error};
 
@@ -182,7 +181,7 @@ impl Run<'_> {
     }
 
     async fn choose_target(&mut self, manifest: &Manifest) -> Result<RecoveryTarget, Halt> {
-        if self.opts.target == "latest" {
+        if self.opts.target == DrillTarget::Latest {
             self.record.target = "latest".into();
             return Ok(RecoveryTarget::Latest);
         }
@@ -195,13 +194,7 @@ impl Run<'_> {
                 )
             })?;
             let seg_size = identity.wal_segment_size;
-            let stop: WalSegmentName = manifest.stop_wal.parse().map_err(|e| {
-                EngineError::Internal(format!(
-                    "backup {} names a bad WAL segment: {e}",
-                    manifest.label
-                ))
-            })?;
-            let end = crate::list::contiguous_end(repo, &stop, seg_size).await?;
+            let end = crate::list::contiguous_end(repo, &manifest.stop_wal, seg_size).await?;
             let last_start = end.start_lsn(seg_size).map_err(|e| {
                 EngineError::Internal(format!("segment {end} has no start position: {e}"))
             })?;

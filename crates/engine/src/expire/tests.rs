@@ -1,20 +1,14 @@
 //! Unit tests of `expire`.
 
 use super::*;
-use lifeboat_pg::lsn::Lsn;
+use lifeboat_repo::backup::testing::ManifestBuilder;
 
 /// A manifest with only what ordering and retention look at; other fields take defaults.
 fn manifest(label: &str, stop_lsn: u64, stop_time: &str) -> Manifest {
-    serde_json::from_value(serde_json::json!({
-        "format": "lifeboat-backup-manifest", "version": 1, "label": label,
-        "system_identifier": 1, "pg_version_num": 150000, "timeline": 1,
-        "start_lsn": Lsn(stop_lsn - 1), "stop_lsn": Lsn(stop_lsn),
-        "start_wal": "000000010000000000000001", "stop_wal": "000000010000000000000001",
-        "start_time": stop_time, "stop_time": stop_time, "duration_seconds": 1.0,
-        "backup_label": "", "block_size": 1048576, "data_checksums": true, "size": 0,
-        "stored_size": 0, "entries": []
-    }))
-    .unwrap()
+    ManifestBuilder::new(label)
+        .lsns(stop_lsn - 1, stop_lsn)
+        .time(stop_time)
+        .build()
 }
 
 fn kept(fates: &[Option<String>]) -> Vec<bool> {
@@ -38,7 +32,7 @@ fn keep_last_keeps_the_newest_by_position_never_by_label() {
 
 #[test]
 fn keep_days_keeps_the_window_and_the_backup_that_opens_it() {
-    let now = OffsetDateTime::parse("2026-01-10T12:00:00Z", &Rfc3339).unwrap();
+    let now = lifeboat_repo::timestamp::parse("2026-01-10T12:00:00Z").unwrap();
     let ms = vec![
         manifest("a", 10, "2026-01-01T00:00:00Z"),
         manifest("b", 20, "2026-01-02T00:00:00Z"),

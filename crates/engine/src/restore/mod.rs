@@ -200,10 +200,10 @@ pub async fn restore(
         .collect();
     let plan = Plan {
         backup: manifest.label.clone(),
-        backup_stop_time: manifest.stop_time.clone(),
+        backup_stop_time: lifeboat_repo::timestamp::text(manifest.stop_time),
         backup_stop_lsn: manifest.stop_lsn,
         timeline: manifest.timeline.get(),
-        wal_from: manifest.start_wal.clone(),
+        wal_from: manifest.start_wal.to_string(),
         wal_to,
         files: targets.len() as u64,
         bytes,

@@ -11,7 +11,6 @@ use lifeboat_pg::walname::{WalFileName, WalSegmentName};
 use lifeboat_repo::Repository;
 use lifeboat_repo::backup::{CONFIG_RESTORE_DIR, Manifest};
 use serde::Serialize;
-use time::OffsetDateTime;
 
 use crate::walcheck::missing_segments;
 use crate::{EngineError, Result};
@@ -56,10 +55,6 @@ fn refuse(message: String, hint: &str) -> EngineError {
     EngineError::invalid(message, hint)
 }
 
-fn manifest_time(m: &Manifest) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(&m.stop_time, &time::format_description::well_known::Rfc3339).ok()
-}
-
 /// Choose the backup: the one named, or the newest that can reach the target.
 pub fn choose<'a>(
     manifests: &'a [Manifest],
@@ -97,13 +92,10 @@ pub fn choose<'a>(
                     "the target time {text:?} names no time zone; add one (e.g. +00) so lifeboat can choose the newest backup that reaches it"
                 );
             }
-            let chosen = manifests
-                .iter()
-                .rev()
-                .find(|m| manifest_time(m).is_some_and(|t| t < wanted));
+            let chosen = manifests.iter().rev().find(|m| m.stop_time < wanted);
             if chosen.is_none()
                 && target.zone != TargetZone::Fixed
-                && manifest_time(&manifests[0]).is_some_and(|t| t < latest)
+                && manifests[0].stop_time < latest
             {
                 let bare = strip_zone(text);
                 let (why, hint) = match target.zone {
@@ -123,7 +115,7 @@ pub fn choose<'a>(
                 return Err(refuse(
                     format!(
                         "cannot tell which backup ended before the target time {text:?}: {why} it as anything from 14 hours before to 14 hours after that time read as UTC, and the oldest backup ended at {} (within that span)",
-                        manifests[0].stop_time
+                        lifeboat_repo::timestamp::text(manifests[0].stop_time)
                     ),
                     &hint,
                 ));
@@ -137,7 +129,8 @@ pub fn choose<'a>(
         refuse(
             format!(
                 "no backup ended before the target; the oldest ended at {} (LSN {})",
-                manifests[0].stop_time, manifests[0].stop_lsn
+                lifeboat_repo::timestamp::text(manifests[0].stop_time),
+                manifests[0].stop_lsn
             ),
             "choose a later target, or restore without one",
         )
@@ -400,14 +393,7 @@ pub async fn check_wal(
     target: &RecoveryTarget,
     seg_size: u64,
 ) -> Result<(Option<String>, Vec<String>)> {
-    let bad_name = |e: lifeboat_pg::walname::NameError| {
-        EngineError::Internal(format!(
-            "backup {} names a bad WAL segment: {e}",
-            manifest.label
-        ))
-    };
-    let start: WalSegmentName = manifest.start_wal.parse().map_err(bad_name)?;
-    let stop: WalSegmentName = manifest.stop_wal.parse().map_err(bad_name)?;
+    let (start, stop) = (manifest.start_wal, manifest.stop_wal);
     let missing = missing_segments(repo, &start, &stop, seg_size).await?;
     if !missing.is_empty() {
         return Err(refuse(
@@ -469,22 +455,16 @@ pub async fn check_wal(
 mod tests {
     use super::*;
 
-    fn utc(text: &str) -> OffsetDateTime {
-        OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
+    fn utc(text: &str) -> time::OffsetDateTime {
+        lifeboat_repo::timestamp::parse(text).unwrap()
     }
 
     /// A manifest with only what the backup choice looks at.
     fn manifest(label: &str, stop_lsn: u64, stop_time: &str) -> Manifest {
-        serde_json::from_value(serde_json::json!({
-            "format": "lifeboat-backup-manifest", "version": 1, "label": label,
-            "system_identifier": 1, "pg_version_num": 150000, "timeline": 1,
-            "start_lsn": Lsn(stop_lsn - 1), "stop_lsn": Lsn(stop_lsn),
-            "start_wal": "000000010000000000000001", "stop_wal": "000000010000000000000001",
-            "start_time": stop_time, "stop_time": stop_time, "duration_seconds": 1.0,
-            "backup_label": "", "block_size": 1048576, "data_checksums": true, "size": 0,
-            "stored_size": 0, "entries": []
-        }))
-        .unwrap()
+        lifeboat_repo::backup::testing::ManifestBuilder::new(label)
+            .lsns(stop_lsn - 1, stop_lsn)
+            .time(stop_time)
+            .build()
     }
 
     #[test]

@@ -70,15 +70,10 @@ fn delta_never_keeps_or_writes_a_file_under_a_link() {
         },
         Entry::File(file.clone()),
     ];
-    let manifest: Manifest = serde_json::from_value(serde_json::json!({
-        "format": "lifeboat-backup-manifest", "version": 1, "label": "L",
-        "system_identifier": 1, "pg_version_num": 150000, "timeline": 1,
-        "start_lsn": "0/0", "stop_lsn": "0/0", "start_wal": "", "stop_wal": "",
-        "start_time": "", "stop_time": "", "duration_seconds": 0.0, "backup_label": "",
-        "block_size": 8192, "data_checksums": true, "size": 5, "stored_size": 0,
-        "entries": entries,
-    }))
-    .unwrap();
+    let manifest = lifeboat_repo::backup::testing::ManifestBuilder::new("L")
+        .block_size(8192)
+        .entries(entries)
+        .build();
     let layout = Layout {
         target_dir: target.clone(),
         tablespaces: BTreeMap::new(),

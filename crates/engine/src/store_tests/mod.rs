@@ -10,10 +10,10 @@ mod wal_gaps;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use lifeboat_pg::lsn::Lsn;
 use lifeboat_pg::timeline::TimelineId;
 use lifeboat_pg::walname::{DEFAULT_WAL_SEGMENT_SIZE, WalFileName, WalSegmentName};
-use lifeboat_repo::backup::{ChunkId, Manifest};
+use lifeboat_repo::backup::testing::ManifestBuilder;
+use lifeboat_repo::backup::{ChunkId, Entry, FileEntry, Manifest, Root};
 use lifeboat_repo::{ClusterIdentity, ContentHash, InitOptions, Repository};
 use lifeboat_storage::PutMode;
 use lifeboat_storage::cloud::CloudStore;
@@ -85,20 +85,20 @@ pub fn manifest(
     stop_time: &str,
     chunks: &[ChunkId],
 ) -> Manifest {
-    serde_json::from_value(serde_json::json!({
-        "format": "lifeboat-backup-manifest", "version": 1, "label": label,
-        "system_identifier": 1, "pg_version_num": 150000, "timeline": timeline,
-        "start_lsn": Lsn(start * SEG + 40), "stop_lsn": Lsn(stop * SEG + 100),
-        "start_wal": seg(timeline, start).to_string(), "stop_wal": seg(timeline, stop).to_string(),
-        "start_time": stop_time, "stop_time": stop_time, "duration_seconds": 1.0,
-        "backup_label": "", "block_size": 1048576, "data_checksums": true, "size": 0,
-        "stored_size": 0,
-        "entries": [{
-            "type": "file", "path": "base/1/1", "mode": 0o600, "size": 1048576 * chunks.len(),
-            "mtime": 0, "blocks": chunks.iter().map(|c| c.0.to_hex()).collect::<Vec<_>>()
-        }]
-    }))
-    .unwrap()
+    ManifestBuilder::new(label)
+        .timeline(timeline)
+        .segments(start, stop)
+        .time(stop_time)
+        .entries(vec![Entry::File(FileEntry {
+            path: "base/1/1".into(),
+            root: Root::Pgdata,
+            mode: 0o600,
+            size: 1048576 * chunks.len() as u64,
+            mtime: 0,
+            blocks: chunks.to_vec(),
+            packed: None,
+        })])
+        .build()
 }
 
 /// Store a backup: its chunks, then its manifest.

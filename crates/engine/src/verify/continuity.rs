@@ -324,7 +324,7 @@ mod tests {
             stop: seg(10),
             start_segno: 10,
             stop_segno: 10,
-            stop_time: String::new(),
+            stop_time: time::OffsetDateTime::UNIX_EPOCH,
             chunks: 0,
         };
         let present: BTreeMap<TimelineId, BTreeSet<u64>> = [(

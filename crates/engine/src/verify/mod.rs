@@ -105,7 +105,7 @@ struct BackupInfo {
     stop: WalSegmentName,
     start_segno: u64,
     stop_segno: u64,
-    stop_time: String,
+    stop_time: time::OffsetDateTime,
     chunks: u64,
 }
 

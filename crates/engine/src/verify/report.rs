@@ -368,7 +368,7 @@ pub(super) fn verdicts(
             timeline: Some(b.timeline.get()),
             start_wal: Some(b.start.to_string()),
             stop_wal: Some(b.stop.to_string()),
-            stop_time: Some(b.stop_time.clone()),
+            stop_time: Some(lifeboat_repo::timestamp::text(b.stop_time)),
             chunks: b.chunks,
             chunks_missing,
             chunks_damaged,

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use lifeboat_pg::timeline::TimelineId;
-use lifeboat_pg::walname::{WalFileName, WalSegmentName};
+use lifeboat_pg::walname::WalFileName;
 use lifeboat_repo::backup::{ChunkId, Manifest};
 use lifeboat_repo::{ContentHash, RepoError, Repository, keys};
 
@@ -300,14 +300,7 @@ fn short_object(size: u64) -> Option<String> {
 }
 
 fn backup_info(m: &Manifest, seg_size: u64) -> std::result::Result<BackupInfo, String> {
-    let start: WalSegmentName = m
-        .start_wal
-        .parse()
-        .map_err(|e| format!("bad start_wal: {e}"))?;
-    let stop: WalSegmentName = m
-        .stop_wal
-        .parse()
-        .map_err(|e| format!("bad stop_wal: {e}"))?;
+    let (start, stop) = (m.start_wal, m.stop_wal);
     let start_segno = start
         .segno(seg_size)
         .map_err(|e| format!("bad start_wal: {e}"))?;
@@ -329,7 +322,7 @@ fn backup_info(m: &Manifest, seg_size: u64) -> std::result::Result<BackupInfo, S
         stop,
         start_segno,
         stop_segno,
-        stop_time: m.stop_time.clone(),
+        stop_time: m.stop_time,
         chunks: 0,
     })
 }

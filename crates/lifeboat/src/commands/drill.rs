@@ -20,34 +20,9 @@ pub async fn drill(resolved: &Resolved, args: &DrillArgs) -> Result<Exit, Failur
     // Before anything exists that a signal would leave behind.
     let (cancel, signalled) = watch_signals()?;
     let config = &resolved.file.drill;
-    let target = args.target.clone().unwrap_or_else(|| config.target.clone());
-    if !matches!(target.as_str(), "latest" | "random") {
-        let from = if args.target.is_some() {
-            "--target"
-        } else {
-            "drill.target in the config file"
-        };
-        return Err(Failure::new(
-            if args.target.is_some() {
-                Exit::Usage
-            } else {
-                Exit::Config
-            },
-            format!("{from} is {target:?}: a drill recovers to `latest` or `random`"),
-            Some("latest is the end of the archive; random is a random point between the backup's end and the end of the archive".into()),
-        ));
-    }
+    // Both were parsed (clap, the config file) into what a drill accepts.
+    let target = args.target.unwrap_or(config.target);
     let backup = args.backup.clone().unwrap_or_else(|| config.backup.clone());
-    if backup.trim().is_empty() {
-        return Err(Failure::new(
-            Exit::Config,
-            "the drill's backup choice is empty",
-            Some(
-                "give --backup latest, random or a label (lifeboat list), or set drill.backup"
-                    .into(),
-            ),
-        ));
-    }
     if config.timeout.is_zero() {
         return Err(Failure::config(
             "drill.timeout in the config file is zero: no drill can finish in no time",

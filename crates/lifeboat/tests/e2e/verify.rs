@@ -184,7 +184,8 @@ fn clean_fixture_verifies_then_reads_only_what_is_new_and_full_reads_all() {
         assert!(
             stdout.contains(&format!(
                 "backup {}: intact, restores to any moment from its end ({}) up to the end of WAL segment {last}",
-                m.label, m.stop_time
+                m.label,
+                lifeboat_repo::timestamp::text(m.stop_time)
             )),
             "{stdout}"
         );
@@ -324,8 +325,8 @@ fn missing_wal_segment_is_named_with_the_window_that_remains() {
     repo.verify(&[], 0);
     let ms = manifests(&repo.path);
     let newest = &ms[1];
-    let gone = seg_after(&newest.stop_wal, 2);
-    let window_end = seg_after(&newest.stop_wal, 1);
+    let gone = seg_after(&newest.stop_wal.to_string(), 2);
+    let window_end = seg_after(&newest.stop_wal.to_string(), 1);
     assert!(
         last_segment(&repo.path).to_string() > gone,
         "the fixture holds segments after {gone}"
@@ -377,7 +378,7 @@ fn a_recent_segment_still_being_archived_is_no_gap() {
     use std::io::{BufRead, BufReader};
     let repo = FixtureRepo::new(NO_REREAD);
     let ms = manifests(&repo.path);
-    let late = seg_after(&ms[1].stop_wal, 1);
+    let late = seg_after(&ms[1].stop_wal.to_string(), 1);
     let object = repo.object(&wal_key(&late));
     let aside = repo.path.join("aside");
     fs::rename(&object, &aside).expect("move the segment aside");
@@ -415,7 +416,7 @@ fn missing_wal_inside_a_backup_makes_it_unrestorable() {
     let repo = FixtureRepo::new(NO_REREAD);
     let ms = manifests(&repo.path);
     let (older, newest) = (&ms[0], &ms[1]);
-    let gone = newest.stop_wal.clone();
+    let gone = newest.stop_wal.to_string();
     remove(&repo.object(&wal_key(&gone)));
 
     let report = repo.verify(&[], 6);

@@ -59,36 +59,11 @@ fn entries_round_trip_in_json() {
 }
 
 fn manifest_with(entries: Vec<Entry>) -> Manifest {
-    Manifest {
-        format: MANIFEST_FORMAT.into(),
-        version: MANIFEST_VERSION,
-        label: "L".into(),
-        system_identifier: 1,
-        pg_version_num: 150000,
-        timeline: TimelineId::new(1).unwrap(),
-        start_lsn: Lsn(0),
-        stop_lsn: Lsn(0),
-        start_wal: String::new(),
-        stop_wal: String::new(),
-        start_time: String::new(),
-        stop_time: String::new(),
-        duration_seconds: 0.0,
-        backup_label: String::new(),
-        tablespace_map: None,
-        block_size: 8192,
-        data_checksums: true,
-        size: 0,
-        stored_size: 0,
-        tablespaces: vec![Tablespace {
-            oid: 16384,
-            name: "ts".into(),
-            location: "/ts".into(),
-        }],
-        entries,
-        bad_pages: Vec::new(),
-        bytes_read: 0,
-        files_reused: 0,
-    }
+    testing::ManifestBuilder::new("L")
+        .block_size(8192)
+        .tablespace(16384, "ts", "/ts")
+        .entries(entries)
+        .build()
 }
 
 fn file(path: &str, root: Root) -> Entry {
