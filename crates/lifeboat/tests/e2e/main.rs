@@ -18,5 +18,6 @@ mod daemon;
 mod dashboard;
 mod drill;
 mod expire;
+mod old_format;
 mod verify;
 mod versions;

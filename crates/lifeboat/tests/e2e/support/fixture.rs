@@ -3,7 +3,6 @@
 //! damage it share.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -92,21 +91,10 @@ pub fn findings<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-/// Copies the tree `from` to `to` with a repository's modes (directories 0700, files 0600).
+/// A copy of the tree `from` at `to`, with a repository's modes (directories 0700, files 0600).
 pub fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
-    fs::set_permissions(to, fs::Permissions::from_mode(0o700)).expect("chmod dir");
-    for entry in fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target)
-                .unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
-            fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).expect("chmod");
-        }
-    }
+    lifeboat_testkit::cluster::copy_tree(from, to)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e:#}", from.display(), to.display()));
 }
 
 /// Every file under `repo/sub`, as repository keys, sorted.

@@ -6,17 +6,14 @@
 //!
 //! The restored copies run with `--archive-mode off`, so they never write into the copy.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use crate::support::*;
 use lifeboat_pg::cluster::LocalCluster;
 use lifeboat_testkit::cluster::{TestCluster, TestDir, chown_to_owner, copy_tree, run_as_owner};
-use support::*;
 
 const START: Duration = Duration::from_secs(180);
 
