@@ -25,6 +25,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "URL")]
     pub repo: Option<String>,
 
+    /// Storage requests in flight at once (uploads, downloads, reads, deletes), independent of
+    /// --parallel's CPU threads [config: storage.concurrency; default: 32 for S3, GCS and Azure, 8
+    /// for a local path; 1 to 1024].
+    #[arg(long, global = true, value_name = "N", value_parser = limits::flag::concurrency)]
+    pub concurrency: Option<usize>,
+
     /// TOML config file [env: LIFEBOAT_CONFIG] [default: /etc/lifeboat/lifeboat.toml if present].
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,

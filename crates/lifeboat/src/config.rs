@@ -113,6 +113,10 @@ pub struct StorageConfig {
     /// Attempts per storage call, retrying transient errors with backoff. Default 5.
     #[serde(deserialize_with = "limits::key::storage_max_attempts")]
     pub max_attempts: Option<u32>,
+    /// Storage requests in flight at once, independent of the `parallel` CPU threads. Default 32
+    /// for S3, GCS and Azure, 8 for a local path.
+    #[serde(deserialize_with = "limits::key::storage_concurrency")]
+    pub concurrency: Option<usize>,
 }
 
 /// Everything a command needs to reach the repository.
@@ -125,7 +129,12 @@ pub struct Resolved {
     pub file: FileConfig,
 }
 
-pub fn resolve(config_flag: Option<&Path>, repo_flag: Option<&str>) -> Result<Resolved, Failure> {
+/// `concurrency_flag` is `--concurrency`: it overrides `storage.concurrency`.
+pub fn resolve(
+    config_flag: Option<&Path>,
+    repo_flag: Option<&str>,
+    concurrency_flag: Option<usize>,
+) -> Result<Resolved, Failure> {
     let env_config = std::env::var_os("LIFEBOAT_CONFIG").map(PathBuf::from);
     let config_path = match (config_flag, env_config) {
         (Some(p), _) => Some(p.to_path_buf()),
@@ -154,6 +163,7 @@ pub fn resolve(config_flag: Option<&Path>, repo_flag: Option<&str>) -> Result<Re
     }
     let storage = StorageSettings {
         retry,
+        concurrency: concurrency_flag.or(file.storage.concurrency),
         s3: file.s3.clone(),
         gcs: file.gcs.clone(),
         azure: file.azure.clone(),

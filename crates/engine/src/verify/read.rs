@@ -20,11 +20,11 @@ use crate::Result;
 /// large, so a repository of 1 GiB segments or 16 MiB blocks stays within this on any machine.
 const READ_MEMORY_BUDGET: u64 = 512 * 1024 * 1024;
 
-/// Reads allowed at once: `parallel`, fewer when objects are so large that many of them at once
+/// Reads allowed at once: `concurrency`, fewer when objects are so large that many of them at once
 /// would exceed [`READ_MEMORY_BUDGET`] (each read holds the stored object and its plaintext).
-pub(super) fn in_flight(parallel: usize, object_size: u64) -> usize {
+pub(super) fn in_flight(concurrency: usize, object_size: u64) -> usize {
     let by_memory = READ_MEMORY_BUDGET / (2 * object_size.max(1));
-    parallel
+    concurrency
         .min(usize::try_from(by_memory).unwrap_or(usize::MAX))
         .max(1)
 }
