@@ -275,3 +275,25 @@ fn warn_if_readable_by_others(path: &Path) {
         );
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_concurrency_is_read_and_checked() {
+        let file: FileConfig = toml::from_str("[storage]\nconcurrency = 16").unwrap();
+        assert_eq!(file.storage.concurrency, Some(16));
+        for bad in ["0", "1025", "-3"] {
+            let text = format!("[storage]\nconcurrency = {bad}");
+            let e = toml::from_str::<FileConfig>(&text).unwrap_err();
+            assert!(
+                e.message().contains("storage.concurrency")
+                    && e.message().contains("1 to 1024 requests"),
+                "{bad}: {}",
+                e.message()
+            );
+        }
+    }
+}

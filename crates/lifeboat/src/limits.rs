@@ -242,25 +242,12 @@ mod tests {
     }
 
     #[test]
-    fn concurrency_is_checked_as_a_flag_and_as_storage_concurrency() {
+    fn concurrency_flag_is_checked() {
         assert_eq!(flag::concurrency("1").unwrap(), 1);
         assert_eq!(flag::concurrency("1024").unwrap(), 1024);
         assert!(matches!(
             flag::concurrency("0"),
             Err(ValueError::OutOfRange(m)) if m.contains("1 to 1024 requests")
         ));
-        let file: crate::config::FileConfig =
-            toml::from_str("[storage]\nconcurrency = 16").unwrap();
-        assert_eq!(file.storage.concurrency, Some(16));
-        for bad in ["0", "1025", "-3"] {
-            let text = format!("[storage]\nconcurrency = {bad}");
-            let e = toml::from_str::<crate::config::FileConfig>(&text).unwrap_err();
-            assert!(
-                e.message().contains("storage.concurrency")
-                    && e.message().contains("1 to 1024 requests"),
-                "{bad}: {}",
-                e.message()
-            );
-        }
     }
 }
