@@ -349,7 +349,8 @@ pub struct RestoreArgs {
     /// `preserve` keeps the backed-up setting: right when the restored cluster replaces the lost one.
     #[arg(long, value_parser = ["preserve", "off"], default_value = "preserve")]
     pub archive_mode: String,
-    /// Parallel downloads and writes [config: restore.parallel; default: cores; 1 to 1024].
+    /// Threads planning and (four per thread) decoding and writing; downloads in flight are
+    /// --concurrency [config: restore.parallel; default: cores; 1 to 1024].
     #[arg(long, value_parser = limits::flag::parallel)]
     pub parallel: Option<usize>,
     /// Print the result as JSON on stdout.

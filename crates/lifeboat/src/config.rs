@@ -79,7 +79,8 @@ pub struct BackupConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RestoreConfig {
-    /// Parallel downloads and writes. Default: the number of cores.
+    /// Threads planning and (four per thread) decoding and writing; downloads in flight are
+    /// `storage.concurrency`. Default: the number of cores.
     #[serde(deserialize_with = "limits::key::restore_parallel")]
     pub parallel: Option<usize>,
 }
