@@ -18,7 +18,10 @@ use crate::Result;
 /// Memory for objects being read and decoded at once: each read holds the stored object and its
 /// plaintext, so a 16 MiB WAL segment costs about 32 MiB. Fewer reads run at once when objects are
 /// large, so a repository of 1 GiB segments or 16 MiB blocks stays within this on any machine.
-const READ_MEMORY_BUDGET: u64 = 512 * 1024 * 1024;
+/// 128 MiB: 32 reads of 1 MiB blocks (the object-store default concurrency) but 4 of 16 MiB
+/// segments, as many as two cores read before reads had their own setting; a segment read is
+/// long enough that a few at once keep the link busy.
+const READ_MEMORY_BUDGET: u64 = 128 * 1024 * 1024;
 
 /// Reads allowed at once: `concurrency`, fewer when objects are so large that many of them at once
 /// would exceed [`READ_MEMORY_BUDGET`] (each read holds the stored object and its plaintext).
@@ -163,7 +166,8 @@ mod tests {
     #[test]
     fn reads_in_flight_respect_memory() {
         assert_eq!(in_flight(4, 1 << 20), 4);
-        assert_eq!(in_flight(64, 16 << 20), 16);
+        assert_eq!(in_flight(32, 1 << 20), 32);
+        assert_eq!(in_flight(64, 16 << 20), 4);
         assert_eq!(in_flight(64, 1 << 30), 1);
     }
 }
