@@ -201,13 +201,18 @@ pub async fn verify(
         .concurrency
         .unwrap_or_else(|| repo.store().capabilities().concurrency)
         .max(1);
+    // Reads wait on the store; decoding is CPU work: one thread per core.
+    let cpu = Arc::new(tokio::sync::Semaphore::new(
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+    ));
     let chunks = read_back(
         to_read,
         in_flight(concurrency, max_block.max(1)),
         &events,
         |id| {
             let repo = repo.clone();
-            async move { read_chunk(&repo, &id).await }
+            let cpu = cpu.clone();
+            async move { read_chunk(&repo, &id, cpu).await }
         },
     )
     .await?;
