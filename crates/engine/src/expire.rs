@@ -25,8 +25,6 @@ use time::OffsetDateTime;
 use crate::list::Window;
 use crate::{EngineError, Result};
 
-/// Deletes in flight at once: object stores answer each in tens of milliseconds.
-const DELETE_PARALLEL: usize = 16;
 /// Deletes between two checks that the lock is still ours.
 const DELETE_BATCH: usize = 256;
 
@@ -481,17 +479,18 @@ async fn execute(
 }
 
 /// Delete `keys` in order, a batch at a time (each batch after a check that the lock is ours),
-/// several deletes in flight within a batch.
+/// the store's request concurrency in flight within a batch.
 async fn delete_all<F, Fut>(repo: &Repository, keys: &[String], held: &F) -> Result<()>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
+    let in_flight = repo.store().capabilities().concurrency.max(1);
     for batch in keys.chunks(DELETE_BATCH) {
         held().await?;
         let mut deletes = futures::stream::iter(batch)
             .map(|key| async move { repo.store().delete(key).await })
-            .buffered(DELETE_PARALLEL);
+            .buffered(in_flight);
         while let Some(result) = deletes.next().await {
             result.map_err(RepoError::from)?;
         }

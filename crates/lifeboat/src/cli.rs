@@ -25,6 +25,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "URL")]
     pub repo: Option<String>,
 
+    /// Storage requests in flight at once (uploads, downloads, reads, deletes), independent of
+    /// --parallel's CPU threads [config: storage.concurrency; default: 32 for S3, GCS and Azure, 8
+    /// for a local path; 1 to 1024].
+    #[arg(long, global = true, value_name = "N", value_parser = limits::flag::concurrency)]
+    pub concurrency: Option<usize>,
+
     /// TOML config file [env: LIFEBOAT_CONFIG] [default: /etc/lifeboat/lifeboat.toml if present].
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -343,7 +349,8 @@ pub struct RestoreArgs {
     /// `preserve` keeps the backed-up setting: right when the restored cluster replaces the lost one.
     #[arg(long, value_parser = ["preserve", "off"], default_value = "preserve")]
     pub archive_mode: String,
-    /// Parallel downloads and writes [config: restore.parallel; default: cores; 1 to 1024].
+    /// Threads planning and (four per thread) decoding and writing; downloads in flight are
+    /// --concurrency [config: restore.parallel; default: cores; 1 to 1024].
     #[arg(long, value_parser = limits::flag::parallel)]
     pub parallel: Option<usize>,
     /// Print the result as JSON on stdout.

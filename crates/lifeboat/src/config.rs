@@ -79,7 +79,8 @@ pub struct BackupConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RestoreConfig {
-    /// Parallel downloads and writes. Default: the number of cores.
+    /// Threads planning and (four per thread) decoding and writing; downloads in flight are
+    /// `storage.concurrency`. Default: the number of cores.
     #[serde(deserialize_with = "limits::key::restore_parallel")]
     pub parallel: Option<usize>,
 }
@@ -113,6 +114,10 @@ pub struct StorageConfig {
     /// Attempts per storage call, retrying transient errors with backoff. Default 5.
     #[serde(deserialize_with = "limits::key::storage_max_attempts")]
     pub max_attempts: Option<u32>,
+    /// Storage requests in flight at once, independent of the `parallel` CPU threads. Default 32
+    /// for S3, GCS and Azure, 8 for a local path.
+    #[serde(deserialize_with = "limits::key::storage_concurrency")]
+    pub concurrency: Option<usize>,
 }
 
 /// Everything a command needs to reach the repository.
@@ -125,7 +130,12 @@ pub struct Resolved {
     pub file: FileConfig,
 }
 
-pub fn resolve(config_flag: Option<&Path>, repo_flag: Option<&str>) -> Result<Resolved, Failure> {
+/// `concurrency_flag` is `--concurrency`: it overrides `storage.concurrency`.
+pub fn resolve(
+    config_flag: Option<&Path>,
+    repo_flag: Option<&str>,
+    concurrency_flag: Option<usize>,
+) -> Result<Resolved, Failure> {
     let env_config = std::env::var_os("LIFEBOAT_CONFIG").map(PathBuf::from);
     let config_path = match (config_flag, env_config) {
         (Some(p), _) => Some(p.to_path_buf()),
@@ -154,6 +164,7 @@ pub fn resolve(config_flag: Option<&Path>, repo_flag: Option<&str>) -> Result<Re
     }
     let storage = StorageSettings {
         retry,
+        concurrency: concurrency_flag.or(file.storage.concurrency),
         s3: file.s3.clone(),
         gcs: file.gcs.clone(),
         azure: file.azure.clone(),
@@ -263,5 +274,27 @@ fn warn_if_readable_by_others(path: &Path) {
             "passphrase file {} can be read by other users: chmod 600 it",
             path.display()
         );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_concurrency_is_read_and_checked() {
+        let file: FileConfig = toml::from_str("[storage]\nconcurrency = 16").unwrap();
+        assert_eq!(file.storage.concurrency, Some(16));
+        for bad in ["0", "1025", "-3"] {
+            let text = format!("[storage]\nconcurrency = {bad}");
+            let e = toml::from_str::<FileConfig>(&text).unwrap_err();
+            assert!(
+                e.message().contains("storage.concurrency")
+                    && e.message().contains("1 to 1024 requests"),
+                "{bad}: {}",
+                e.message()
+            );
+        }
     }
 }

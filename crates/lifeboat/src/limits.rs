@@ -95,6 +95,9 @@ pub const WAIT_SECONDS: Limit = Limit::new(1, 86_400, "seconds");
 /// `storage.timeout_seconds`: one attempt of one storage call.
 pub const STORAGE_TIMEOUT_SECONDS: Limit = Limit::new(1, 3_600, "seconds");
 pub const STORAGE_MAX_ATTEMPTS: Limit = Limit::new(1, 100, "");
+/// `--concurrency`, `storage.concurrency`: storage requests in flight at once (each may hold one
+/// stored object, up to a block or a WAL segment, in memory).
+pub const CONCURRENCY: Limit = Limit::new(1, 1024, "requests");
 /// `backup.block_size_kib` (also a power of two).
 pub const BLOCK_SIZE_KIB: Limit = Limit::new(64, 16_384, "KiB, a power of two");
 /// zstd's own range (negative levels are its fast modes).
@@ -113,6 +116,9 @@ pub mod flag {
 
     pub fn parallel(text: &str) -> Result<usize, ValueError> {
         parse(super::PARALLEL, text)
+    }
+    pub fn concurrency(text: &str) -> Result<usize, ValueError> {
+        parse(super::CONCURRENCY, text)
     }
     pub fn prefetch(text: &str) -> Result<usize, ValueError> {
         parse(super::PREFETCH, text)
@@ -173,6 +179,7 @@ pub mod key {
         keep_days: u32 = "retention.keep_days", KEEP_DAYS;
         storage_timeout_seconds: u64 = "storage.timeout_seconds", STORAGE_TIMEOUT_SECONDS;
         storage_max_attempts: u32 = "storage.max_attempts", STORAGE_MAX_ATTEMPTS;
+        storage_concurrency: usize = "storage.concurrency", CONCURRENCY;
     }
 }
 
@@ -232,5 +239,15 @@ mod tests {
                 e.message()
             );
         }
+    }
+
+    #[test]
+    fn concurrency_flag_is_checked() {
+        assert_eq!(flag::concurrency("1").unwrap(), 1);
+        assert_eq!(flag::concurrency("1024").unwrap(), 1024);
+        assert!(matches!(
+            flag::concurrency("0"),
+            Err(ValueError::OutOfRange(m)) if m.contains("1 to 1024 requests")
+        ));
     }
 }

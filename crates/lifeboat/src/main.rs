@@ -97,7 +97,7 @@ async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
         };
         return tokio::task::block_in_place(|| demo::run(&options));
     }
-    let resolved = config::resolve(cli.config.as_deref(), cli.repo.as_deref())?;
+    let resolved = config::resolve(cli.config.as_deref(), cli.repo.as_deref(), cli.concurrency)?;
     match &cli.command {
         Command::Init(args) => init::init(&resolved, args).await,
         Command::WalPush(args) => wal::wal_push(&resolved, args).await,

@@ -93,6 +93,11 @@ pub struct Capabilities {
     pub conditional_create: bool,
     /// A successful put has been made durable (local: file and directory fsync'd).
     pub durable_put: bool,
+    /// Requests worth having in flight at once: the backend's default
+    /// ([`local::DEFAULT_CONCURRENCY`], [`cloud::DEFAULT_CONCURRENCY`]) unless
+    /// [`StorageSettings::concurrency`] sets it. Callers that issue many requests (backup, restore,
+    /// verify, expire) keep this many going, independently of the threads doing CPU work.
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

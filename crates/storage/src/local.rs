@@ -24,6 +24,9 @@ use crate::{
 /// Name prefix of in-flight temp files. Keys may not use it, so a temp file can never be mistaken
 /// for an object.
 pub const TEMP_PREFIX: &str = ".tmp.";
+/// Requests in flight by default ([`Capabilities::concurrency`]): a few, since every put ends in
+/// fsyncs on one disk and more only queue there.
+pub const DEFAULT_CONCURRENCY: usize = 8;
 
 const FILE_MODE: u32 = 0o600;
 const DIR_MODE: u32 = 0o700;
@@ -230,6 +233,7 @@ impl Store for LocalStore {
         Capabilities {
             conditional_create: true,
             durable_put: true,
+            concurrency: DEFAULT_CONCURRENCY,
         }
     }
 

@@ -10,7 +10,8 @@ use crate::settings::StorageSettings;
 use crate::url::{Location, parse_location};
 use crate::{Result, Store};
 
-/// Open the store at `location`, wrapped in [`Retrying`] with `settings.retry`. A local directory
+/// Open the store at `location`, wrapped in [`Retrying`] with `settings.retry` (and
+/// `settings.concurrency`, when set, as its [`crate::Capabilities::concurrency`]). A local directory
 /// must already exist (see [`open_or_create`]). Opening does not contact a cloud store: a wrong
 /// bucket or bad credentials show up on the first call.
 pub fn open(location: &str, settings: &StorageSettings) -> Result<Arc<dyn Store>> {
@@ -25,29 +26,30 @@ pub fn open_or_create(location: &str, settings: &StorageSettings) -> Result<Arc<
 }
 
 fn open_impl(location: &str, settings: &StorageSettings, create: bool) -> Result<Arc<dyn Store>> {
-    let policy = settings.retry;
     Ok(match parse_location(location)? {
-        Location::Local(path) => {
-            let store = if create {
+        Location::Local(path) => wrapped(
+            if create {
                 LocalStore::create_root(path)?
             } else {
                 LocalStore::open(path)?
-            };
-            Arc::new(Retrying::new(store, policy))
+            },
+            settings,
+        ),
+        Location::S3 { bucket, prefix } => {
+            wrapped(CloudStore::s3(&bucket, &prefix, &settings.s3)?, settings)
         }
-        Location::S3 { bucket, prefix } => Arc::new(Retrying::new(
-            CloudStore::s3(&bucket, &prefix, &settings.s3)?,
-            policy,
-        )),
-        Location::Gcs { bucket, prefix } => Arc::new(Retrying::new(
-            CloudStore::gcs(&bucket, &prefix, &settings.gcs)?,
-            policy,
-        )),
-        Location::Azure { container, prefix } => Arc::new(Retrying::new(
+        Location::Gcs { bucket, prefix } => {
+            wrapped(CloudStore::gcs(&bucket, &prefix, &settings.gcs)?, settings)
+        }
+        Location::Azure { container, prefix } => wrapped(
             CloudStore::azure(&container, &prefix, &settings.azure)?,
-            policy,
-        )),
+            settings,
+        ),
     })
+}
+
+fn wrapped<S: Store + 'static>(store: S, settings: &StorageSettings) -> Arc<dyn Store> {
+    Arc::new(Retrying::new(store, settings.retry).with_concurrency(settings.concurrency))
 }
 
 #[cfg(test)]
@@ -96,6 +98,37 @@ mod tests {
             "{err:?}"
         );
         open("s3://b/p", &s3(Some(true))).unwrap();
+    }
+
+    #[test]
+    fn concurrency_defaults_by_backend_kind_unless_set() {
+        let s3 = StorageSettings {
+            s3: S3Settings {
+                endpoint: Some("https://127.0.0.1:1".into()),
+                region: Some("us-east-1".into()),
+                ..S3Settings::default()
+            },
+            ..StorageSettings::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().to_str().unwrap();
+        let concurrency = |location: &str, settings: &StorageSettings| {
+            open(location, settings).unwrap().capabilities().concurrency
+        };
+        assert_eq!(
+            concurrency("s3://b/p", &s3),
+            crate::cloud::DEFAULT_CONCURRENCY
+        );
+        assert_eq!(
+            concurrency(local, &StorageSettings::default()),
+            crate::local::DEFAULT_CONCURRENCY
+        );
+        let set = |settings: &StorageSettings| StorageSettings {
+            concurrency: Some(3),
+            ..settings.clone()
+        };
+        assert_eq!(concurrency("s3://b/p", &set(&s3)), 3);
+        assert_eq!(concurrency(local, &set(&StorageSettings::default())), 3);
     }
 
     #[test]

@@ -26,11 +26,23 @@ use crate::{
 pub struct Retrying<S> {
     inner: S,
     policy: RetryPolicy,
+    /// Replaces the backend's [`Capabilities::concurrency`] when set.
+    concurrency: Option<usize>,
 }
 
 impl<S: Store> Retrying<S> {
     pub fn new(inner: S, policy: RetryPolicy) -> Self {
-        Self { inner, policy }
+        Self {
+            inner,
+            policy,
+            concurrency: None,
+        }
+    }
+
+    /// Report `concurrency` (at least 1) instead of the backend's default; `None` keeps it.
+    pub fn with_concurrency(mut self, concurrency: Option<usize>) -> Self {
+        self.concurrency = concurrency.map(|n| n.max(1));
+        self
     }
 
     pub fn inner(&self) -> &S {
@@ -139,7 +151,11 @@ impl<S: Store> Store for Retrying<S> {
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        let mut caps = self.inner.capabilities();
+        if let Some(n) = self.concurrency {
+            caps.concurrency = n;
+        }
+        caps
     }
 
     fn describe(&self) -> String {
@@ -206,6 +222,7 @@ mod tests {
             Capabilities {
                 conditional_create: true,
                 durable_put: true,
+                concurrency: 1,
             }
         }
         fn describe(&self) -> String {

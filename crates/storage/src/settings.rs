@@ -21,6 +21,10 @@ use crate::{Result, RetryPolicy};
 pub struct StorageSettings {
     #[serde(deserialize_with = "deserialize_retry")]
     pub retry: RetryPolicy,
+    /// Requests in flight at once (at least 1); `None`: the backend's default
+    /// ([`crate::Capabilities::concurrency`]).
+    #[serde(deserialize_with = "deserialize_concurrency")]
+    pub concurrency: Option<usize>,
     pub s3: S3Settings,
     pub gcs: GcsSettings,
     pub azure: AzureSettings,
@@ -87,6 +91,14 @@ impl fmt::Debug for AzureSettings {
             .field("use_emulator", &self.use_emulator)
             .field("allow_http", &self.allow_http)
             .finish()
+    }
+}
+
+fn deserialize_concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    use serde::de::Error;
+    match Option::<usize>::deserialize(d)? {
+        Some(0) => Err(D::Error::custom("concurrency must be at least 1")),
+        n => Ok(n),
     }
 }
 
@@ -174,6 +186,7 @@ mod tests {
         let settings: StorageSettings = toml::from_str(
             r#"
             retry = { attempt_timeout = "5s", max_attempts = 3 }
+            concurrency = 12
             [s3]
             endpoint = "http://127.0.0.1:9000"
             allow_http = true
@@ -182,6 +195,7 @@ mod tests {
         .unwrap();
         assert_eq!(settings.retry.attempt_timeout, Duration::from_secs(5));
         assert_eq!(settings.retry.max_attempts, 3);
+        assert_eq!(settings.concurrency, Some(12));
         assert_eq!(
             settings.retry.max_backoff,
             RetryPolicy::default().max_backoff
@@ -201,6 +215,7 @@ mod tests {
             "retry = { max_attempts = 0 }",
             "retry = { attempt_timeout = \"soon\" }",
             "unknown = 1",
+            "concurrency = 0",
         ] {
             assert!(toml::from_str::<StorageSettings>(bad).is_err(), "{bad}");
         }

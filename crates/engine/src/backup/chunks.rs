@@ -86,6 +86,8 @@ pub struct Copier {
     pub bad_pages: std::sync::Mutex<Vec<BadPage>>,
     /// Permits for the CPU stage (read, hash, compress, encrypt): the configured parallelism.
     pub cpu: Arc<tokio::sync::Semaphore>,
+    /// Permits for uploads: the store's request concurrency, independent of `cpu`.
+    pub requests: Arc<tokio::sync::Semaphore>,
 }
 
 impl Copier {
@@ -124,10 +126,15 @@ impl Copier {
         })
         .await
         .map_err(join_error)??;
-        if let (Some(encoded), Some(chunk)) = (encoded, done_chunk(&done))
-            && let ChunkPut::Stored(n) = self.repo.put_chunk(&chunk, encoded).await?
-        {
-            self.bytes_stored.fetch_add(n, Ordering::Relaxed);
+        if let (Some(encoded), Some(chunk)) = (encoded, done_chunk(&done)) {
+            let _request = self
+                .requests
+                .acquire()
+                .await
+                .map_err(|e| EngineError::Internal(format!("upload pool closed: {e}")))?;
+            if let ChunkPut::Stored(n) = self.repo.put_chunk(&chunk, encoded).await? {
+                self.bytes_stored.fetch_add(n, Ordering::Relaxed);
+            }
         }
         Ok(done)
     }

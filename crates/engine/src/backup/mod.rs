@@ -39,7 +39,8 @@ pub struct BackupOptions {
     /// The data directory; `None`: the server's `data_directory`.
     pub pgdata: Option<PathBuf>,
     pub conn: ConnSpec,
-    /// Worker threads for read/hash/compress/encrypt (default: the number of cores).
+    /// Worker threads for read/hash/compress/encrypt (default: the number of cores). Uploads in
+    /// flight are the store's own setting ([`lifeboat_storage::Capabilities::concurrency`]).
     pub parallel: usize,
     pub block_size: u32,
     /// `pg_backup_start(fast => true)`: an immediate checkpoint instead of a spread one.
@@ -228,6 +229,7 @@ async fn backup_locked(
     });
 
     let block_size = u64::from(opts.block_size);
+    let concurrency = repo.store().capabilities().concurrency.max(1);
     let files = Arc::new(files);
     let copier = Arc::new(Copier {
         repo: repo.clone(),
@@ -240,11 +242,13 @@ async fn backup_locked(
         bytes_stored: Default::default(),
         bad_pages: Default::default(),
         cpu: Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1))),
+        requests: Arc::new(tokio::sync::Semaphore::new(concurrency)),
     });
     let mut results = Results::new(&files);
     let items = chunks::plan_items(&files, block_size);
-    // Uploads (and local fsyncs) wait on I/O: keep more items in flight than CPU workers.
-    let in_flight = opts.parallel.max(1) * 4;
+    // `parallel` items being encoded while `concurrency` uploads wait on the store: each holds at
+    // most one encoded block, so this bounds the memory in flight too.
+    let in_flight = opts.parallel.max(1) + concurrency;
     copier
         .run(items, in_flight, |done, _| {
             events(BackupEvent::Copied {
@@ -267,6 +271,7 @@ async fn backup_locked(
         bytes_stored: Default::default(),
         bad_pages: Default::default(),
         cpu: Arc::new(tokio::sync::Semaphore::new(1)),
+        requests: Arc::new(tokio::sync::Semaphore::new(1)),
     });
     let mut control_results = Results::new(&control_copier.files);
     control_copier

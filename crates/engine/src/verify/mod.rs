@@ -53,8 +53,10 @@ pub struct VerifyOptions {
     pub backup: Option<String>,
     /// Read everything again, ignoring what earlier runs verified.
     pub full: bool,
-    /// Objects read at once (default: twice the cores, since reads mostly wait on the store).
-    pub parallel: usize,
+    /// Objects read at once; `None`: the store's request concurrency
+    /// ([`lifeboat_storage::Capabilities::concurrency`]). Fewer when objects are large (see
+    /// `read::in_flight`).
+    pub concurrency: Option<usize>,
     /// Share (0-100 %) of the objects verified by earlier runs that this run reads again, in a
     /// rotation that reads every one within `ceil(100 / reread_percent)` runs.
     pub reread_percent: u8,
@@ -68,7 +70,7 @@ impl Default for VerifyOptions {
         Self {
             backup: None,
             full: false,
-            parallel: std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
+            concurrency: None,
             reread_percent: DEFAULT_REREAD_PERCENT,
         }
     }
@@ -195,14 +197,22 @@ pub async fn verify(
     });
 
     // Read chunks, then WAL.
-    let parallel = opts.parallel.max(1);
+    let concurrency = opts
+        .concurrency
+        .unwrap_or_else(|| repo.store().capabilities().concurrency)
+        .max(1);
+    // Reads wait on the store; decoding is CPU work: one thread per core.
+    let cpu = Arc::new(tokio::sync::Semaphore::new(
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+    ));
     let chunks = read_back(
         to_read,
-        in_flight(parallel, max_block.max(1)),
+        in_flight(concurrency, max_block.max(1)),
         &events,
         |id| {
             let repo = repo.clone();
-            async move { read_chunk(&repo, &id).await }
+            let cpu = cpu.clone();
+            async move { read_chunk(&repo, &id, cpu).await }
         },
     )
     .await?;
@@ -213,7 +223,7 @@ pub async fn verify(
     let verified_chunks = chunks.intact;
     let wal_reads = read_back(
         wal_to_read,
-        in_flight(parallel, seg_size),
+        in_flight(concurrency, seg_size),
         &events,
         |name| {
             let repo = repo.clone();

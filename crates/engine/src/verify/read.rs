@@ -3,7 +3,9 @@
 //! sorts them into intact, damaged (with why) and gone; [`read_chunk`] and [`read_wal`] read one
 //! chunk or one WAL object and say which.
 
+use std::cell::RefCell;
 use std::future::Future;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use lifeboat_pg::history::TimelineHistory;
@@ -13,18 +15,23 @@ use lifeboat_repo::backup::ChunkId;
 use lifeboat_repo::{ClusterIdentity, RepoError, Repository};
 
 use super::{EventSink, VerifyEvent};
-use crate::Result;
+use tokio::sync::Semaphore;
+
+use crate::{EngineError, Result, join_error};
 
 /// Memory for objects being read and decoded at once: each read holds the stored object and its
 /// plaintext, so a 16 MiB WAL segment costs about 32 MiB. Fewer reads run at once when objects are
 /// large, so a repository of 1 GiB segments or 16 MiB blocks stays within this on any machine.
-const READ_MEMORY_BUDGET: u64 = 512 * 1024 * 1024;
+/// 128 MiB: 32 reads of 1 MiB blocks (the object-store default concurrency) but 4 of 16 MiB
+/// segments, as many as two cores read before reads had their own setting; a segment read is
+/// long enough that a few at once keep the link busy.
+const READ_MEMORY_BUDGET: u64 = 128 * 1024 * 1024;
 
-/// Reads allowed at once: `parallel`, fewer when objects are so large that many of them at once
+/// Reads allowed at once: `concurrency`, fewer when objects are so large that many of them at once
 /// would exceed [`READ_MEMORY_BUDGET`] (each read holds the stored object and its plaintext).
-pub(super) fn in_flight(parallel: usize, object_size: u64) -> usize {
+pub(super) fn in_flight(concurrency: usize, object_size: u64) -> usize {
     let by_memory = READ_MEMORY_BUDGET / (2 * object_size.max(1));
-    parallel
+    concurrency
         .min(usize::try_from(by_memory).unwrap_or(usize::MAX))
         .max(1)
 }
@@ -88,12 +95,40 @@ where
     Ok(found)
 }
 
-/// Read one chunk back: decryption, length, content hash, hash equals name.
-pub(super) async fn read_chunk(repo: &Repository, id: &ChunkId) -> Result<Outcome> {
-    match repo.get_chunk(id).await {
-        Ok(_) => Ok(Outcome::Intact),
+thread_local! {
+    /// Plaintext of the chunk being checked, reused from chunk to chunk by each thread.
+    static PLAIN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Read one chunk back: decryption, length, content hash, hash equals name. The fetch waits on
+/// the store; decoding takes one of `cpu`'s permits, so that many reads in flight decode on no
+/// more threads than there are cores (each decoding thread keeps a 1 MiB buffer).
+pub(super) async fn read_chunk(
+    repo: &Repository,
+    id: &ChunkId,
+    cpu: Arc<Semaphore>,
+) -> Result<Outcome> {
+    let raw = match repo.store().get(&id.key()).await {
+        Ok(raw) => raw,
+        Err(e) if e.is_not_found() => return Ok(Outcome::Gone),
+        Err(e) => return Err(RepoError::from(e).into()),
+    };
+    let permit = cpu
+        .acquire_owned()
+        .await
+        .map_err(|e| EngineError::Internal(format!("verify worker pool closed: {e}")))?;
+    let (repo, id) = (repo.clone(), *id);
+    let decoded = tokio::task::spawn_blocking(move || {
+        let result =
+            PLAIN.with_borrow_mut(|buf| repo.decode_chunk_aligned(&id, &raw, buf, 1).map(drop));
+        drop(permit);
+        result
+    })
+    .await
+    .map_err(join_error)?;
+    match decoded {
+        Ok(()) => Ok(Outcome::Intact),
         Err(RepoError::Corrupt { reason, .. }) => Ok(Outcome::Damaged(reason)),
-        Err(e) if e.is_not_found() => Ok(Outcome::Gone),
         Err(e) => Err(e.into()),
     }
 }
@@ -163,7 +198,8 @@ mod tests {
     #[test]
     fn reads_in_flight_respect_memory() {
         assert_eq!(in_flight(4, 1 << 20), 4);
-        assert_eq!(in_flight(64, 16 << 20), 16);
+        assert_eq!(in_flight(32, 1 << 20), 32);
+        assert_eq!(in_flight(64, 16 << 20), 4);
         assert_eq!(in_flight(64, 1 << 30), 1);
     }
 }

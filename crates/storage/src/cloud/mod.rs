@@ -30,6 +30,10 @@ use crate::{
 mod build;
 mod classify;
 
+/// Requests in flight by default ([`Capabilities::concurrency`]): each one mostly waits on the
+/// network and the service, so throughput grows with requests in flight well past the core count.
+pub const DEFAULT_CONCURRENCY: usize = 32;
+
 use classify::{
     Op, Redactor, chain_text, is_not_implemented, is_unsatisfiable_range, names_missing_bucket,
 };
@@ -269,6 +273,7 @@ impl Store for CloudStore {
             conditional_create: self.conditional_create.load(Ordering::Relaxed),
             // An object store acknowledges a put only once the object is durably stored.
             durable_put: true,
+            concurrency: DEFAULT_CONCURRENCY,
         }
     }
 
