@@ -13,6 +13,7 @@ mod adversarial;
 mod alerts;
 mod archive;
 mod backup_restore;
+mod concurrency;
 mod crash;
 mod daemon;
 mod dashboard;

@@ -3,19 +3,16 @@
 //! `[storage] concurrency`, must give back the same data; out-of-range values are configuration
 //! errors (exit 3) that name the flag or key.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::fs;
 use std::io::Write as _;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use lifeboat_pg::cluster::LocalCluster;
 use lifeboat_testkit::cluster::{TestCluster, TestDir};
 use lifeboat_testkit::free_port;
-use support::*;
 
 /// How long a restored copy may take to start and then to finish recovery.
 const START: Duration = Duration::from_secs(180);
