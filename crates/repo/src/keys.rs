@@ -68,6 +68,28 @@ pub fn parse_wal_key(key: &str) -> Option<WalFileName> {
     (wal(&name) == key).then_some(name)
 }
 
+/// Packs of chunks and the indexes locating chunks in them (docs/design/packs.md).
+pub const PACK_PREFIX: &str = "packs/";
+pub const INDEX_PREFIX: &str = "index/";
+
+/// `packs/<first two hex digits>/<32 hex digits>`: a pack, named by a random id.
+pub fn pack(id_hex: &str) -> String {
+    format!("{PACK_PREFIX}{}/{id_hex}", &id_hex[..2.min(id_hex.len())])
+}
+
+/// The id (hex) a pack key names.
+pub fn parse_pack_key(key: &str) -> Option<String> {
+    let rest = key.strip_prefix(PACK_PREFIX)?;
+    let (_, id) = rest.split_once('/')?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && pack(id) == key)
+        .then(|| id.to_string())
+}
+
+/// `index/<32 hex digits>`: one index object, named by a random id.
+pub fn index(id_hex: &str) -> String {
+    format!("{INDEX_PREFIX}{id_hex}")
+}
+
 /// `verify/state`: what `verify` read and found intact (docs/FORMAT.md, "Verification"),
 /// rewritten whole by a run that changed it.
 pub const VERIFY_STATE: &str = "verify/state";
