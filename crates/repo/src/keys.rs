@@ -24,6 +24,25 @@ pub fn chunk(hash_hex: &str) -> String {
     )
 }
 
+/// The hex content hash a chunk key names: `data/<hh>/<64 lowercase hex>` with `hh` its first
+/// two digits. Anything else under `data/` is not a chunk (and not ours to judge).
+pub fn parse_chunk_key(key: &str) -> Option<&str> {
+    let (dir, name) = key.strip_prefix(CHUNK_PREFIX)?.split_once('/')?;
+    (name.len() == 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && dir.len() == 2
+        && name.starts_with(dir))
+    .then_some(name)
+}
+
+/// The 256 directories chunks are spread over (`data/00/` .. `data/ff/`): listing them at the
+/// same time takes one round trip per 1,000 chunks of the largest, not of all of them.
+pub fn chunk_dirs() -> impl Iterator<Item = String> {
+    (0..=255u8).map(|b| format!("{CHUNK_PREFIX}{b:02x}/"))
+}
+
 /// `backups/<label>/manifest`: written last; a backup exists exactly when this object does.
 pub fn manifest(label: &str) -> String {
     format!("{BACKUP_PREFIX}{label}/{MANIFEST_NAME}")
@@ -146,6 +165,19 @@ pub fn parse_drill_key(key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_keys_parse_only_as_written() {
+        let hex = "ab".repeat(32);
+        let key = chunk(&hex);
+        assert_eq!(parse_chunk_key(&key), Some(hex.as_str()));
+        assert_eq!(parse_chunk_key(&key.to_uppercase()), None);
+        assert_eq!(parse_chunk_key("data/ab/xyz"), None);
+        assert_eq!(parse_chunk_key(&format!("backups/ab/{hex}")), None);
+        assert_eq!(parse_chunk_key(&key.replace("data/ab", "data/cd")), None);
+        assert_eq!(chunk_dirs().count(), 256);
+        assert!(chunk_dirs().any(|d| key.starts_with(&d)));
+    }
 
     #[test]
     fn wal_keys_round_trip() {
