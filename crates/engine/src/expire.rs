@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use lifeboat_pg::walname::{WalFileName, WalSegmentName};
-use lifeboat_repo::backup::Manifest;
+use lifeboat_repo::backup::{ChunkId, Manifest};
 use lifeboat_repo::lock::{LockKind, RepoLock};
 use lifeboat_repo::{RepoError, Repository, keys};
 use serde::Serialize;
@@ -309,21 +309,14 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
     let mut chunks = Vec::new();
     let mut chunks_remaining = (0, 0);
     if !kept.is_empty() {
-        let referenced = referenced_keys(&kept);
-        for object in repo
-            .store()
-            .list(keys::CHUNK_PREFIX)
-            .await
-            .map_err(RepoError::from)?
-        {
-            if !is_chunk_key(&object.key) {
-                continue; // not ours to judge
-            }
-            if referenced.contains(&object.key) {
+        let referenced: HashSet<ChunkId> = kept.iter().flat_map(Manifest::chunks).collect();
+        // Only chunk keys are listed: anything else under data/ is not ours to judge.
+        for (id, size) in repo.list_chunks().await? {
+            if referenced.contains(&id) {
                 chunks_remaining.0 += 1;
-                chunks_remaining.1 += object.size;
+                chunks_remaining.1 += size;
             } else {
-                chunks.push((object.key, object.size));
+                chunks.push((id.key(), size));
             }
         }
         chunks.sort();
@@ -343,31 +336,6 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
         chunks,
         chunks_remaining,
     })
-}
-
-fn referenced_keys(manifests: &[Manifest]) -> HashSet<String> {
-    manifests
-        .iter()
-        .flat_map(Manifest::chunks)
-        .map(|c| c.key())
-        .collect()
-}
-
-/// `data/<hh>/<64 hex>` with `hh` its first two digits: the only objects garbage collection
-/// deletes under `data/`.
-fn is_chunk_key(key: &str) -> bool {
-    let Some(rest) = key.strip_prefix(keys::CHUNK_PREFIX) else {
-        return false;
-    };
-    let Some((dir, name)) = rest.split_once('/') else {
-        return false;
-    };
-    name.len() == 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        && name.starts_with(dir)
-        && dir.len() == 2
 }
 
 impl Plan {
@@ -469,7 +437,11 @@ async fn execute(
         }
     }
     if !extra.is_empty() {
-        let also = referenced_keys(&extra);
+        let also: HashSet<String> = extra
+            .iter()
+            .flat_map(Manifest::chunks)
+            .map(|c| c.key())
+            .collect();
         plan.chunks.retain(|(key, _)| !also.contains(key));
     }
     let chunk_keys: Vec<String> = plan.chunks.iter().map(|(k, _)| k.clone()).collect();

@@ -7,6 +7,7 @@
 //! exists exactly when its manifest does (docs/FORMAT.md, "Backups").
 
 use bytes::Bytes;
+use futures::StreamExt;
 use lifeboat_pg::lsn::Lsn;
 use lifeboat_pg::timeline::TimelineId;
 use lifeboat_pg::walname::WalSegmentName;
@@ -159,6 +160,13 @@ pub struct ChunkId(pub ContentHash);
 impl ChunkId {
     pub fn key(&self) -> String {
         keys::chunk(&self.0.to_hex())
+    }
+
+    /// The chunk a key names, if it is a chunk key ([`keys::parse_chunk_key`]).
+    pub fn from_key(key: &str) -> Option<ChunkId> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(keys::parse_chunk_key(key)?, &mut bytes).ok()?;
+        Some(ChunkId(ContentHash(bytes)))
     }
 }
 
@@ -489,20 +497,45 @@ impl Repository {
         Ok((labels, stray))
     }
 
-    /// The ids of every chunk in the repository (one listing of `data/`).
+    /// The ids of every chunk in the repository.
     pub async fn chunk_ids(&self) -> Result<std::collections::HashSet<ChunkId>> {
         Ok(self
-            .store()
-            .list(keys::CHUNK_PREFIX)
+            .list_chunks()
             .await?
             .into_iter()
-            .filter_map(|o| {
-                let hex_name = o.key.rsplit('/').next()?;
-                let mut bytes = [0u8; 32];
-                hex::decode_to_slice(hex_name, &mut bytes).ok()?;
-                (keys::chunk(hex_name) == o.key).then_some(ChunkId(ContentHash(bytes)))
-            })
+            .map(|(id, _)| id)
             .collect())
+    }
+
+    /// Every chunk in the repository with its stored size: the 256 chunk directories listed
+    /// at the same time, so that a large repository on an object store does not wait for one
+    /// page of 1,000 keys after another.
+    pub async fn list_chunks(&self) -> Result<Vec<(ChunkId, u64)>> {
+        let mut listings = futures::stream::iter(keys::chunk_dirs())
+            .map(|dir| async move { self.store().list(&dir).await })
+            .buffer_unordered(self.store().capabilities().concurrency.max(1));
+        let mut chunks = Vec::new();
+        while let Some(listing) = listings.next().await {
+            chunks.extend(
+                listing?
+                    .into_iter()
+                    .filter_map(|o| ChunkId::from_key(&o.key).map(|id| (id, o.size))),
+            );
+        }
+        Ok(chunks)
+    }
+
+    /// The manifests of `labels`, in that order, each with its own outcome; read as many at a
+    /// time as the store's request concurrency.
+    async fn read_manifests(&self, labels: Vec<String>) -> Vec<(String, Result<Manifest>)> {
+        futures::stream::iter(labels)
+            .map(|label| async move {
+                let manifest = self.manifest(&label).await;
+                (label, manifest)
+            })
+            .buffered(self.store().capabilities().concurrency.max(1))
+            .collect()
+            .await
     }
 
     /// Like [`manifests`](Self::manifests), but a manifest that is damaged (not one the store
@@ -512,8 +545,8 @@ impl Repository {
     pub async fn readable_manifests(&self) -> Result<(Vec<Manifest>, Vec<(String, String)>)> {
         let mut out = Vec::new();
         let mut unreadable = Vec::new();
-        for label in self.backup_labels().await? {
-            match self.manifest(&label).await {
+        for (label, manifest) in self.read_manifests(self.backup_labels().await?).await {
+            match manifest {
                 Ok(m) => out.push(m),
                 Err(RepoError::Corrupt { reason, .. }) => unreadable.push((label, reason)),
                 Err(e) => return Err(e),
@@ -528,8 +561,8 @@ impl Repository {
     /// Every complete backup's manifest, oldest stop LSN first.
     pub async fn manifests(&self) -> Result<Vec<Manifest>> {
         let mut out = Vec::new();
-        for label in self.backup_labels().await? {
-            out.push(self.manifest(&label).await?);
+        for (_, manifest) in self.read_manifests(self.backup_labels().await?).await {
+            out.push(manifest?);
         }
         out.sort_by(|a, b| {
             (a.stop_lsn, &a.stop_time, &a.label).cmp(&(b.stop_lsn, &b.stop_time, &b.label))

@@ -24,6 +24,25 @@ pub fn chunk(hash_hex: &str) -> String {
     )
 }
 
+/// The hex content hash a chunk key names: `data/<hh>/<64 lowercase hex>` with `hh` its first
+/// two digits. Anything else under `data/` is not a chunk (and not ours to judge).
+pub fn parse_chunk_key(key: &str) -> Option<&str> {
+    let (dir, name) = key.strip_prefix(CHUNK_PREFIX)?.split_once('/')?;
+    (name.len() == 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && dir.len() == 2
+        && name.starts_with(dir))
+    .then_some(name)
+}
+
+/// The 256 directories chunks are spread over (`data/00/` .. `data/ff/`): listing them at the
+/// same time takes one round trip per 1,000 chunks of the largest, not of all of them.
+pub fn chunk_dirs() -> impl Iterator<Item = String> {
+    (0..=255u8).map(|b| format!("{CHUNK_PREFIX}{b:02x}/"))
+}
+
 /// `backups/<label>/manifest`: written last; a backup exists exactly when this object does.
 pub fn manifest(label: &str) -> String {
     format!("{BACKUP_PREFIX}{label}/{MANIFEST_NAME}")
@@ -66,6 +85,28 @@ pub fn parse_wal_key(key: &str) -> Option<WalFileName> {
     let (_, file) = rest.split_once('/')?;
     let name = WalFileName::parse(file).ok()?;
     (wal(&name) == key).then_some(name)
+}
+
+/// Packs of chunks and the indexes locating chunks in them (docs/design/packs.md).
+pub const PACK_PREFIX: &str = "packs/";
+pub const INDEX_PREFIX: &str = "index/";
+
+/// `packs/<first two hex digits>/<32 hex digits>`: a pack, named by a random id.
+pub fn pack(id_hex: &str) -> String {
+    format!("{PACK_PREFIX}{}/{id_hex}", &id_hex[..2.min(id_hex.len())])
+}
+
+/// The id (hex) a pack key names.
+pub fn parse_pack_key(key: &str) -> Option<String> {
+    let rest = key.strip_prefix(PACK_PREFIX)?;
+    let (_, id) = rest.split_once('/')?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && pack(id) == key)
+        .then(|| id.to_string())
+}
+
+/// `index/<32 hex digits>`: one index object, named by a random id.
+pub fn index(id_hex: &str) -> String {
+    format!("{INDEX_PREFIX}{id_hex}")
 }
 
 /// `verify/state`: what `verify` read and found intact (docs/FORMAT.md, "Verification"),
@@ -124,6 +165,19 @@ pub fn parse_drill_key(key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_keys_parse_only_as_written() {
+        let hex = "ab".repeat(32);
+        let key = chunk(&hex);
+        assert_eq!(parse_chunk_key(&key), Some(hex.as_str()));
+        assert_eq!(parse_chunk_key(&key.to_uppercase()), None);
+        assert_eq!(parse_chunk_key("data/ab/xyz"), None);
+        assert_eq!(parse_chunk_key(&format!("backups/ab/{hex}")), None);
+        assert_eq!(parse_chunk_key(&key.replace("data/ab", "data/cd")), None);
+        assert_eq!(chunk_dirs().count(), 256);
+        assert!(chunk_dirs().any(|d| key.starts_with(&d)));
+    }
 
     #[test]
     fn wal_keys_round_trip() {

@@ -3,8 +3,8 @@
 //! This crate is the only place keys are spelled and objects are encoded. It owns the config and
 //! its keys (and their re-wrapping with a new passphrase), the object codec (hash, compress,
 //! encrypt and the verifying reverse), the cluster identity, the WAL archive and the set of
-//! archived segments, backups (chunks and manifests, with the rules a manifest must keep),
-//! repository locks and the operational records. It never talks to PostgreSQL, never prints, and
+//! archived segments, backups (chunks and manifests, with the rules a manifest must keep), packs
+//! of chunks and the indexes that locate them, repository locks and the operational records. It never talks to PostgreSQL, never prints, and
 //! never decides which backup to use: that is the engine's job.
 
 use std::sync::Arc;
@@ -20,6 +20,7 @@ pub mod error;
 pub mod identity;
 pub mod keys;
 pub mod lock;
+pub mod pack;
 pub mod records;
 pub mod rekey;
 pub mod timestamp;
@@ -374,4 +375,23 @@ fn unwrap_data_key(
         }
     }
     Ok(None)
+}
+
+/// A repository in a local directory for unit tests, encrypted with `passphrase` under a KDF
+/// cheap enough for tests, or unencrypted.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) async fn test_repository(dir: &std::path::Path, passphrase: Option<&str>) -> Repository {
+    let store =
+        lifeboat_storage::open_or_create(dir.to_str().unwrap(), &Default::default()).unwrap();
+    let options = InitOptions {
+        passphrase: passphrase.map(Passphrase::new),
+        kdf: KdfParams {
+            m_cost_kib: 64,
+            t_cost: 1,
+            p_cost: 1,
+        },
+        ..Default::default()
+    };
+    Repository::init(store, options).await.unwrap()
 }

@@ -143,26 +143,9 @@ async fn confirm(repo: &Repository, passphrase: &Passphrase, location: &str) -> 
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::{InitOptions, KdfParams};
-    use std::sync::Arc;
 
     async fn repo(dir: &std::path::Path, pass: &str) -> Repository {
-        let store: Arc<dyn lifeboat_storage::Store> =
-            lifeboat_storage::open_or_create(dir.to_str().unwrap(), &Default::default()).unwrap();
-        Repository::init(
-            store,
-            InitOptions {
-                passphrase: Some(Passphrase::new(pass)),
-                kdf: KdfParams {
-                    m_cost_kib: 64,
-                    t_cost: 1,
-                    p_cost: 1,
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
+        crate::test_repository(dir, Some(pass)).await
     }
 
     async fn opens(repo: &Repository, pass: &str) -> bool {

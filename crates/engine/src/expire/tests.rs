@@ -58,15 +58,6 @@ fn keep_days_keeps_the_window_and_the_backup_that_opens_it() {
 }
 
 #[test]
-fn chunk_keys() {
-    let hex = "ab".repeat(32);
-    assert!(is_chunk_key(&format!("data/ab/{hex}")));
-    assert!(!is_chunk_key(&format!("data/cd/{hex}")));
-    assert!(!is_chunk_key("data/ab/readme"));
-    assert!(!is_chunk_key(&format!("backups/ab/{hex}")));
-}
-
-#[test]
 fn no_policy_is_refused() {
     assert!(check_policy(&ExpireOptions::default()).is_err());
     assert!(

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use lifeboat_pg::timeline::TimelineId;
 use lifeboat_pg::walname::WalFileName;
 use lifeboat_repo::backup::{ChunkId, Manifest};
-use lifeboat_repo::{ContentHash, RepoError, Repository, keys};
+use lifeboat_repo::{RepoError, Repository, keys};
 
 use super::report::{Counters, Finding, damaged_manifest};
 use super::state::State;
@@ -329,32 +329,13 @@ fn backup_info(m: &Manifest, seg_size: u64) -> std::result::Result<BackupInfo, S
 
 /// Every chunk object with its stored size.
 async fn list_chunks(repo: &Repository) -> Result<HashMap<ChunkId, u64>> {
-    Ok(repo
-        .store()
-        .list(keys::CHUNK_PREFIX)
-        .await
-        .map_err(RepoError::from)?
-        .into_iter()
-        .filter_map(|o| parse_chunk_key(&o.key).map(|id| (id, o.size)))
-        .collect())
-}
-
-fn parse_chunk_key(key: &str) -> Option<ChunkId> {
-    let (_, hex_name) = key.strip_prefix(keys::CHUNK_PREFIX)?.split_once('/')?;
-    let mut bytes = [0u8; 32];
-    hex::decode_to_slice(hex_name, &mut bytes).ok()?;
-    let id = ChunkId(ContentHash(bytes));
-    (id.key() == key).then_some(id)
+    Ok(repo.list_chunks().await?.into_iter().collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::report::RereadSummary;
     use super::*;
-
-    fn id(b: u8) -> ChunkId {
-        ChunkId(ContentHash([b; 32]))
-    }
 
     /// Every bucket is picked within ceil(100/p) consecutive runs, whatever run the cycle starts
     /// at, and each run picks about p of them.
@@ -381,14 +362,5 @@ mod tests {
         let s = RereadSummary::new(5, 4, Some(1_000_000), 1_000_000 + 4 * 86_400);
         assert_eq!((s.cycle_runs, s.cycle_days), (Some(20), Some(20.0)));
         assert_eq!(RereadSummary::new(0, 4, Some(1), 100).cycle_runs, None);
-    }
-
-    #[test]
-    fn chunk_keys_parse_only_as_written() {
-        let key = id(0xab).key();
-        assert_eq!(parse_chunk_key(&key), Some(id(0xab)));
-        assert_eq!(parse_chunk_key(&key.to_uppercase()), None);
-        assert_eq!(parse_chunk_key("data/ab/xyz"), None);
-        assert_eq!(parse_chunk_key(&key.replace("data/ab", "data/cd")), None);
     }
 }
