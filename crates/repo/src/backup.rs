@@ -419,7 +419,7 @@ impl Repository {
     pub async fn put_manifest(&self, manifest: &Manifest) -> Result<u64> {
         let json = manifest.to_json()?;
         let key = keys::manifest(&manifest.label);
-        let (_, object) = self.encode(&key, &json)?;
+        let (hash, object) = self.encode(&key, &json)?;
         let len = object.len() as u64;
         match self
             .store()
@@ -427,10 +427,18 @@ impl Repository {
             .await
         {
             Ok(()) => Ok(len),
-            Err(e) if e.kind == ErrorKind::AlreadyExists => Err(RepoError::Invalid(format!(
-                "a backup labelled {} already exists",
-                manifest.label
-            ))),
+            // Our own put may have landed before an attempt failed in transit: the same content
+            // is success; anything else is another backup's manifest, which stays.
+            Err(e) if e.kind == ErrorKind::AlreadyExists => {
+                if self.object_header(&key).await?.hash == hash {
+                    Ok(len)
+                } else {
+                    Err(RepoError::Invalid(format!(
+                        "a backup labelled {} already exists",
+                        manifest.label
+                    )))
+                }
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -323,8 +323,7 @@ pub fn plan_range_reads(
 }
 
 impl Repository {
-    /// Store a sealed pack, create-only. Its name is random: an existing object under it is a
-    /// collision no writer should ever meet, so it is an error, never a success.
+    /// Store a sealed pack, create-only, under its random name.
     pub async fn put_pack(&self, pack: &SealedPack) -> Result<u64> {
         let key = pack.id.key();
         match self
@@ -333,9 +332,17 @@ impl Repository {
             .await
         {
             Ok(()) => Ok(pack.bytes.len() as u64),
-            Err(e) if e.kind == ErrorKind::AlreadyExists => Err(RepoError::Invalid(format!(
-                "{key} already exists: a new pack got the name of a stored one; run the command again"
-            ))),
+            // The name is 128 random bits: an object under it is this put's own, landed before
+            // an attempt failed in transit, unless its size says otherwise.
+            Err(e) if e.kind == ErrorKind::AlreadyExists => {
+                if self.store().head(&key).await?.size == pack.bytes.len() as u64 {
+                    Ok(pack.bytes.len() as u64)
+                } else {
+                    Err(RepoError::Invalid(format!(
+                        "{key} already exists with other content: a new pack got the name of a stored one; run the command again"
+                    )))
+                }
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -119,9 +119,34 @@ fn fmt_duration(d: Duration) -> String {
 #[async_trait]
 impl<S: Store> Store for Retrying<S> {
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<()> {
-        // `Bytes` clones share the buffer, so a retry does not copy the payload.
-        self.run("put", key, || self.inner.put(key, data.clone(), mode))
-            .await
+        let mut attempts = 0u32;
+        self.run("put", key, || {
+            attempts += 1;
+            let look_first = attempts > 1 && mode == PutMode::Create;
+            // `Bytes` clones share the buffer, so a retry does not copy the payload.
+            let data = data.clone();
+            async move {
+                // A create-only put that failed in transit may have landed; or the key existed
+                // and the server refused before reading the body and dropped the connection,
+                // which reaches us as a broken pipe instead of its 412, on every attempt. Look
+                // before sending again: an existing object is `AlreadyExists`, as the 412 would
+                // have been, and the caller compares contents as it does for that.
+                if look_first {
+                    match self.inner.head(key).await {
+                        Ok(_) => {
+                            return Err(StorageError::new(
+                                ErrorKind::AlreadyExists,
+                                format!("{key} exists (found after a failed create-only put)"),
+                            ));
+                        }
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.inner.put(key, data, mode).await
+            }
+        })
+        .await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {
@@ -248,6 +273,25 @@ mod tests {
         let store = Retrying::new(Flaky::failing(vec![transient(), transient()]), policy(3));
         assert_eq!(store.get("k").await.unwrap(), Bytes::from_static(b"ok"));
         assert_eq!(store.inner().calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_create_put_failed_in_transit_looks_for_the_object_before_sending_again() {
+        // The put fails in transit; the HEAD then finds the key: `AlreadyExists`, as a 412 would.
+        let store = Retrying::new(Flaky::failing(vec![transient()]), policy(5));
+        let err = store
+            .put("k", Bytes::new(), PutMode::Create)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::AlreadyExists, "{}", err.message);
+        assert_eq!(store.inner().calls.load(Ordering::SeqCst), 2);
+        // A put that may replace is simply sent again.
+        let store = Retrying::new(Flaky::failing(vec![transient()]), policy(5));
+        store
+            .put("k", Bytes::new(), PutMode::Overwrite)
+            .await
+            .unwrap();
+        assert_eq!(store.inner().calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

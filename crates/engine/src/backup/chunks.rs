@@ -81,6 +81,11 @@ pub struct Copier {
     pub start_lsn: Lsn,
     /// Chunks known to be stored (referenced by a complete backup): not encoded or uploaded again.
     pub known: Arc<HashSet<ChunkId>>,
+    /// Chunks this backup has already encoded for upload. Identical blocks (runs of zero pages,
+    /// say) are uploaded once: two create-only puts of one key at the same moment race at the
+    /// store, and some S3 servers answer the loser before reading its body and drop the
+    /// connection, which looks like a network failure.
+    pub claimed: std::sync::Mutex<HashSet<ChunkId>>,
     pub bytes_read: AtomicU64,
     pub bytes_stored: AtomicU64,
     pub bad_pages: std::sync::Mutex<Vec<BadPage>>,
@@ -137,6 +142,15 @@ impl Copier {
             }
         }
         Ok(done)
+    }
+
+    /// Whether this item uploads `chunk`: true for the first item of the backup that meets it.
+    fn claim(&self, chunk: ChunkId) -> bool {
+        self.claimed
+            .lock()
+            .map(|mut claimed| claimed.insert(chunk))
+            // A poisoned set (a thread panicked while holding it) only costs a second upload.
+            .unwrap_or(true)
     }
 
     /// Read, check, hash and (unless already stored) encode one item, in this thread's buffer.
@@ -236,7 +250,7 @@ impl Copier {
             .fetch_add(plain.len() as u64, Ordering::Relaxed);
         let chunk = done_chunk(&done);
         let encoded = match chunk {
-            Some(chunk) if !self.known.contains(&chunk) => Some(Bytes::from(
+            Some(chunk) if !self.known.contains(&chunk) && self.claim(chunk) => Some(Bytes::from(
                 codec.encode_with_hash(plain, chunk.0).map_err(|reason| {
                     EngineError::Internal(format!("cannot encode a chunk: {reason}"))
                 })?,
