@@ -211,9 +211,13 @@ fn a_killed_restore_is_finished_by_delta() {
         thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
         let status = child.wait().expect("wait for restore");
-        if status.success() {
-            // It finished before the kill: start again from an empty directory.
-            fs::remove_dir_all(&data).expect("remove the finished restore");
+        // The kill may land after the restore's last step (the marker removed) or before its
+        // first write (the directory still empty): neither is an interrupted restore. Start
+        // again from no directory.
+        let holds_anything = fs::read_dir(&data).is_ok_and(|mut d| d.next().is_some());
+        let marker = data.join("lifeboat_restore_incomplete");
+        if status.success() || !holds_anything || !marker.exists() {
+            let _ = fs::remove_dir_all(&data);
             continue;
         }
         killed += 1;
