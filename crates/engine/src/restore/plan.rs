@@ -216,6 +216,13 @@ pub fn check_delta_target(dir: &Path, system_identifier: u64) -> Result<()> {
         }
     }
     let hint = "--delta updates a data directory of the repository's cluster in place (a previous restore of it) and removes what the backup does not hold; restore into an empty or missing directory instead";
+    if holds_only_the_marker(dir) {
+        tracing::info!(
+            "{} holds nothing but the marker of a restore killed at its first write: --delta finishes it",
+            dir.display()
+        );
+        return Ok(());
+    }
     match interrupted_restore(dir) {
         Some(Ok(id)) if id == system_identifier => {
             tracing::info!(
@@ -312,6 +319,23 @@ pub fn interrupted_restore(dir: &Path) -> Option<std::result::Result<u64, String
             path.display()
         )
     }))
+}
+
+/// Whether `dir`'s only entry is a regular file named [`RESTORE_MARKER`], whatever it holds: a
+/// restore killed between creating the marker and writing it leaves that, and there is nothing
+/// in it to lose.
+fn holds_only_the_marker(dir: &Path) -> bool {
+    let Ok(listing) = fs::read_dir(dir) else {
+        return false;
+    };
+    let names: Vec<_> = listing
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .take(2)
+        .collect();
+    names.len() == 1
+        && names[0] == RESTORE_MARKER
+        && fs::symlink_metadata(dir.join(RESTORE_MARKER)).is_ok_and(|m| m.is_file())
 }
 
 /// Refuse a target that holds anything (unless delta) or where a server runs.
@@ -559,5 +583,16 @@ mod tests {
             hint.contains("Europe/Paris") && hint.contains("+01:00"),
             "{hint}"
         );
+    }
+
+    #[test]
+    fn delta_finishes_a_restore_killed_between_creating_and_writing_its_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        // An empty marker and nothing else: the restore's first write, cut short.
+        fs::write(dir.path().join(RESTORE_MARKER), "").unwrap();
+        check_delta_target(dir.path(), 7).unwrap();
+        // Anything beside it, and the marker has to prove whose restore it was.
+        fs::write(dir.path().join("other"), "x").unwrap();
+        assert!(check_delta_target(dir.path(), 7).is_err());
     }
 }
