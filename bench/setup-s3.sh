@@ -47,7 +47,9 @@ else
         || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy >/dev/null; } \
         || die "could not install haproxy with apt-get"
 fi
-haproxy -vv 2>/dev/null | grep -q 'USE_LUA=1' \
+# Not `haproxy -vv | grep -q`: grep stops reading at the match, haproxy dies of SIGPIPE and
+# pipefail turns the match into a failure.
+grep -q 'USE_LUA=1' <<<"$(haproxy -vv 2>/dev/null)" \
     || die "this HAProxy has no Lua: bench/s3lib.sh needs it for the per-request delay"
 # The package enables a system-wide instance; the benchmarks start their own.
 if command -v systemctl >/dev/null && systemctl is-active --quiet haproxy 2>/dev/null; then
