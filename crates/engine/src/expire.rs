@@ -311,7 +311,7 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
     if !kept.is_empty() {
         let referenced: HashSet<ChunkId> = kept.iter().flat_map(Manifest::chunks).collect();
         // Only chunk keys are listed: anything else under data/ is not ours to judge.
-        for (id, size) in repo.list_chunks().await? {
+        for (id, size) in repo.list_chunks(referenced.len()).await? {
             if referenced.contains(&id) {
                 chunks_remaining.0 += 1;
                 chunks_remaining.1 += size;

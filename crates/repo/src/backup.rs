@@ -170,6 +170,10 @@ impl ChunkId {
     }
 }
 
+/// Chunks a repository may hold before [`Repository::list_chunks`] lists the 256 chunk
+/// directories at once instead of `data/` in one listing: ten pages of an object store's listing.
+pub const ONE_LISTING_UP_TO: usize = 10_000;
+
 impl std::fmt::Display for ChunkId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0.to_hex())
@@ -505,21 +509,28 @@ impl Repository {
         Ok((labels, stray))
     }
 
-    /// The ids of every chunk in the repository.
-    pub async fn chunk_ids(&self) -> Result<std::collections::HashSet<ChunkId>> {
+    /// The ids of every chunk in the repository; `expected` as in [`list_chunks`](Self::list_chunks).
+    pub async fn chunk_ids(&self, expected: usize) -> Result<std::collections::HashSet<ChunkId>> {
         Ok(self
-            .list_chunks()
+            .list_chunks(expected)
             .await?
             .into_iter()
             .map(|(id, _)| id)
             .collect())
     }
 
-    /// Every chunk in the repository with its stored size: the 256 chunk directories listed
-    /// at the same time, so that a large repository on an object store does not wait for one
-    /// page of 1,000 keys after another.
-    pub async fn list_chunks(&self) -> Result<Vec<(ChunkId, u64)>> {
-        let mut listings = futures::stream::iter(keys::chunk_dirs())
+    /// Every chunk in the repository with its stored size. `expected` is the caller's estimate
+    /// of their number (the largest backup's chunk count): up to [`ONE_LISTING_UP_TO`] chunks,
+    /// one listing of `data/`; above, the 256 chunk directories at the same time, so that a large
+    /// repository on an object store does not wait for one page of 1,000 keys after another,
+    /// while a small one does not pay 256 requests for a page or two.
+    pub async fn list_chunks(&self, expected: usize) -> Result<Vec<(ChunkId, u64)>> {
+        let dirs: Vec<String> = if expected <= ONE_LISTING_UP_TO {
+            vec![keys::CHUNK_PREFIX.to_string()]
+        } else {
+            keys::chunk_dirs().collect()
+        };
+        let mut listings = futures::stream::iter(dirs)
             .map(|dir| async move { self.store().list(&dir).await })
             .buffer_unordered(self.store().capabilities().concurrency.max(1));
         let mut chunks = Vec::new();

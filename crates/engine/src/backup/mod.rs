@@ -158,7 +158,12 @@ async fn backup_locked(
     for (label, problem) in &unreadable {
         tracing::warn!("backup {label} is unreadable and ignored: {problem}");
     }
-    let stored = repo.chunk_ids().await?;
+    let expected = previous
+        .iter()
+        .map(|m| m.chunks().count())
+        .max()
+        .unwrap_or(0);
+    let stored = repo.chunk_ids(expected).await?;
     let known: HashSet<ChunkId> = previous
         .last()
         .map(|m| m.chunks().filter(|c| stored.contains(c)).collect())

@@ -440,7 +440,12 @@ async fn check_chunks(
     if needed.is_empty() {
         return Ok(());
     }
-    let present = repo.chunk_ids().await?;
+    let expected = manifests
+        .iter()
+        .map(|m| m.chunks().count())
+        .max()
+        .unwrap_or(0);
+    let present = repo.chunk_ids(expected).await?;
     let mut missing: Vec<ChunkId> = needed
         .into_iter()
         .filter(|c| !present.contains(c))

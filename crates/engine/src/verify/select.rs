@@ -135,7 +135,7 @@ pub(super) async fn chunks(
     full: bool,
     counters: &mut Counters,
 ) -> Result<ChunkPlan> {
-    let present_chunks = list_chunks(repo).await?;
+    let present_chunks = list_chunks(repo, referenced.len()).await?;
     let mut referenced: Vec<ChunkId> = referenced.into_iter().collect();
     referenced.sort_unstable();
     let mut missing_chunks: BTreeSet<ChunkId> = BTreeSet::new();
@@ -328,8 +328,8 @@ fn backup_info(m: &Manifest, seg_size: u64) -> std::result::Result<BackupInfo, S
 }
 
 /// Every chunk object with its stored size.
-async fn list_chunks(repo: &Repository) -> Result<HashMap<ChunkId, u64>> {
-    Ok(repo.list_chunks().await?.into_iter().collect())
+async fn list_chunks(repo: &Repository, expected: usize) -> Result<HashMap<ChunkId, u64>> {
+    Ok(repo.list_chunks(expected).await?.into_iter().collect())
 }
 
 #[cfg(test)]

@@ -137,3 +137,30 @@ fn manifest_rules() {
         );
     }
 }
+
+#[tokio::test]
+async fn one_listing_and_the_256_directories_find_the_same_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = crate::test_repository(dir.path(), None).await;
+    let mut stored = Vec::new();
+    for i in 0..40u32 {
+        let (hash, encoded) = repo.codec().encode(&i.to_le_bytes()).unwrap();
+        let id = ChunkId(hash);
+        repo.put_chunk(&id, Bytes::from(encoded)).await.unwrap();
+        stored.push(id);
+    }
+    // Not a chunk: never listed as one.
+    std::fs::write(dir.path().join("data/readme"), "x").unwrap();
+    stored.sort();
+    for expected in [0, ONE_LISTING_UP_TO + 1] {
+        let mut listed: Vec<ChunkId> = repo
+            .list_chunks(expected)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        listed.sort();
+        assert_eq!(listed, stored, "expected {expected}");
+    }
+}
