@@ -5,14 +5,10 @@
 
 use std::fs;
 use std::io::Write as _;
-use std::path::Path;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
-use lifeboat_pg::cluster::LocalCluster;
 use lifeboat_testkit::cluster::{TestCluster, TestDir};
-use lifeboat_testkit::free_port;
 
 /// How long a restored copy may take to start and then to finish recovery.
 const START: Duration = Duration::from_secs(180);
@@ -80,35 +76,9 @@ fn round_trip(flags: &[&str], config: Option<usize>) {
     );
     assert_eq!(verified["ok"].as_bool(), Some(true), "{verified}");
 
-    let copy = start_restored(target, &data, source.owner.clone());
+    let copy = TestCluster::start_restored(target, START)
+        .unwrap_or_else(|e| panic!("the restored copy did not recover: {e:#}"));
     assert_eq!(copy.psql(FINGERPRINT).expect("fingerprint"), expected);
-}
-
-/// Start a restored copy on a new port and wait until it has promoted.
-fn start_restored(
-    dir: TestDir,
-    data: &Path,
-    owner: Option<lifeboat_pg::cluster::OsUser>,
-) -> TestCluster {
-    let log = dir.path().join("postgres.log");
-    let cluster = LocalCluster::existing(data, free_port(), dir.path(), owner)
-        .expect("restored cluster")
-        .with_log_file(log);
-    let cluster = TestCluster::adopt(dir, cluster);
-    cluster
-        .start(START)
-        .unwrap_or_else(|e| panic!("the restored cluster did not start: {e}"));
-    let deadline = Instant::now() + START;
-    loop {
-        match cluster.psql("select pg_is_in_recovery()") {
-            Ok(row) if row == "f" => return cluster,
-            _ if Instant::now() > deadline => panic!(
-                "recovery did not end within {START:?}:\n{}",
-                cluster.log_tail(40)
-            ),
-            _ => thread::sleep(Duration::from_millis(200)),
-        }
-    }
 }
 
 #[test]
