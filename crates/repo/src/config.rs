@@ -8,7 +8,15 @@ use crate::codec::CompressionSettings;
 use crate::crypto::KdfParams;
 
 pub const FORMAT_NAME: &str = "lifeboat-repository";
-pub const FORMAT_VERSION: u32 = 1;
+/// The version `init` writes: 2, a repository whose backups store their chunks in packs
+/// (docs/FORMAT.md "Packs"). Version 1 repositories hold loose chunks only; this Lifeboat reads
+/// them unchanged and keeps writing loose chunks into them until `lifeboat upgrade`, so that an
+/// older binary sharing the repository never meets a pack it cannot read.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version this Lifeboat opens.
+pub const OLDEST_READABLE_VERSION: u32 = 1;
+/// The first version whose backups write packs.
+pub const PACKS_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -109,6 +109,12 @@ pub fn index(id_hex: &str) -> String {
     format!("{INDEX_PREFIX}{id_hex}")
 }
 
+/// The id (hex) an index key names; temporary and foreign keys under `index/` are not indexes.
+pub fn parse_index_key(key: &str) -> Option<&str> {
+    let id = key.strip_prefix(INDEX_PREFIX)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
 /// `verify/state`: what `verify` read and found intact (docs/FORMAT.md, "Verification"),
 /// rewritten whole by a run that changed it.
 pub const VERIFY_STATE: &str = "verify/state";

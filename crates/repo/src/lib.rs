@@ -23,6 +23,7 @@ pub mod lock;
 pub mod pack;
 pub mod records;
 pub mod rekey;
+pub mod stored;
 pub mod timestamp;
 pub mod wal;
 
@@ -32,7 +33,10 @@ pub use crypto::{KdfParams, Passphrase};
 pub use error::{RepoError, Result};
 pub use identity::ClusterIdentity;
 
-use config::{EncryptionConfig, FORMAT_NAME, FORMAT_VERSION, WrappedKey};
+use config::{
+    EncryptionConfig, FORMAT_NAME, FORMAT_VERSION, OLDEST_READABLE_VERSION, PACKS_VERSION,
+    WrappedKey,
+};
 use crypto::DataKeys;
 
 /// Options for creating a repository.
@@ -140,7 +144,9 @@ impl Repository {
     pub async fn open(store: Arc<dyn Store>, passphrase: Option<&Passphrase>) -> Result<Self> {
         let config = read_config(store.as_ref()).await?;
         let location = store.describe();
-        if config.format != FORMAT_NAME || config.version != FORMAT_VERSION {
+        if config.format != FORMAT_NAME
+            || !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&config.version)
+        {
             return Err(RepoError::UnsupportedFormat {
                 location,
                 found: config.version,
@@ -167,6 +173,12 @@ impl Repository {
             config,
             codec,
         })
+    }
+
+    /// Whether backups store new chunks in packs (format version 2 and later) rather than as
+    /// loose `data/` objects.
+    pub fn writes_packs(&self) -> bool {
+        self.config.version >= PACKS_VERSION
     }
 
     pub fn config(&self) -> &RepoConfig {
