@@ -101,14 +101,45 @@ fn print_text(r: &ExpireReport, source: &str) {
         r.chunks.remaining,
         human_bytes(r.chunks.remaining_bytes)
     );
+    let p = &r.packs;
+    if p.count + p.remaining + p.indexes_replaced > 0 || p.skipped.is_some() {
+        outln!(
+            "packs: {verb} {} unreferenced ({}{}); {} with referenced chunks remain ({}){}",
+            p.count,
+            human_bytes(p.bytes),
+            if p.unindexed > 0 {
+                format!(", {} of them named by no index", p.unindexed)
+            } else {
+                String::new()
+            },
+            p.remaining,
+            human_bytes(p.remaining_bytes),
+            if p.indexes_replaced > 0 {
+                format!(
+                    "; {} {} index objects with one",
+                    if r.dry_run {
+                        "would replace"
+                    } else {
+                        "replaced"
+                    },
+                    p.indexes_replaced
+                )
+            } else if p.skipped.is_some() {
+                "; packs left untouched (see the warning)".to_string()
+            } else {
+                String::new()
+            }
+        );
+    }
     outln!(
-        "{} {} in {:.1} s (backups: {}, WAL files: {}, chunks: {})",
+        "{} {} in {:.1} s (backups: {}, WAL files: {}, chunks: {}, packs: {})",
         if r.dry_run { "would free" } else { "freed" },
         human_bytes(r.bytes_freed),
         r.duration_seconds,
         r.expired.len(),
         w.segments + w.other_files,
-        r.chunks.count
+        r.chunks.count,
+        p.count
     );
     let window = |w: &lifeboat_engine::list::Window| {
         format!(
