@@ -32,7 +32,7 @@ fn lifeboat(config: &Path, args: &[&str]) -> Output {
 
 /// Restore `label` (with `args`, without archiving) into a fresh directory, start it and wait
 /// until recovery has ended; the cluster is stopped when dropped.
-fn restore_and_start(config: &Path, label: &str, args: &[&str]) -> TestCluster {
+pub(crate) fn restore_and_start(config: &Path, label: &str, args: &[&str]) -> TestCluster {
     let dir = TestDir::new().expect("test dir");
     let data = dir.path().join("data").to_string_lossy().into_owned();
     let mut all = vec!["restore", "--target-dir", &data, "--archive-mode", "off"];
@@ -46,7 +46,7 @@ fn restore_and_start(config: &Path, label: &str, args: &[&str]) -> TestCluster {
         .unwrap_or_else(|e| panic!("backup {label} restored with {args:?}: {e:#}"))
 }
 
-fn rows_of_big(cluster: &LocalCluster) -> u64 {
+pub(crate) fn rows_of_big(cluster: &LocalCluster) -> u64 {
     cluster
         .psql("select count(*) from big")
         .expect("read table big")
