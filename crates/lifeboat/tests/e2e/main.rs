@@ -20,6 +20,7 @@ mod dashboard;
 mod drill;
 mod expire;
 mod old_format;
+mod packs;
 mod upgrade;
 mod verify;
 mod versions;
