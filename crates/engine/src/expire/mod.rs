@@ -6,7 +6,8 @@
 //! 1. the manifests of the expired backups, oldest first: from then on they are not backups;
 //! 2. WAL before the earliest start segment of the kept backups, oldest first (history files stay);
 //! 3. loose chunks that no manifest still in the repository references;
-//! 4. packs in which no such chunk lies, after one consolidated index has replaced the old ones
+//! 4. packs in which no such chunk lies, and packs less than half live once their live chunks
+//!    are copied into new packs, after one consolidated index has replaced the old ones
 //!    ([`packs`] says in which order and why).
 //!
 //! Each step deletes only what no backup still listed needs once the steps before it are done,
@@ -29,6 +30,7 @@ use crate::list::Window;
 use crate::{EngineError, Result};
 
 pub mod packs;
+pub(crate) mod repack;
 
 pub use packs::PackRemoval;
 
@@ -412,7 +414,12 @@ impl Plan {
                 .map(|m| fate(m, String::new()))
                 .collect(),
             manifest_bytes,
-            bytes_freed: manifest_bytes + wal.bytes + chunks.bytes + packs.bytes,
+            bytes_freed: (manifest_bytes
+                + wal.bytes
+                + chunks.bytes
+                + packs.bytes
+                + packs.repacked_bytes)
+                .saturating_sub(packs.copied_bytes),
             wal,
             chunks,
             packs,

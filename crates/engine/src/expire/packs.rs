@@ -1,25 +1,30 @@
-//! Expire's part for packs (docs/design/packs.md, item 7): which packs no kept backup needs, the
-//! consolidated index that replaces the old ones, and the order of writes and deletes that keeps
-//! every live chunk locatable through some stored index wherever the run stops:
+//! Expire's part for packs (docs/design/packs.md, item 7): which packs no kept backup needs, which
+//! are mostly dead and get repacked, the consolidated index that replaces the old ones, and the
+//! order of writes and deletes that keeps every live chunk locatable through some stored index
+//! wherever the run stops:
 //!
-//! 1. one consolidated index holding the entries of the live packs (duplicates of entries in the
-//!    old indexes are harmless: same chunk, same place);
-//! 2. the old index objects (from here on no index names a dead pack);
-//! 3. the dead packs.
+//! 0. the live chunks of sparse packs copied, as they are, into new packs (no index names those
+//!    yet: a stop here leaves them to the next run, as an interrupted backup's);
+//! 1. one consolidated index: the entries of the packs kept as they are and of the new packs
+//!    (duplicates of entries in the old indexes are harmless: same chunk, same content);
+//! 2. the old index objects (from here on no index names a dead or repacked pack);
+//! 3. the dead and the repacked packs.
 //!
 //! A pack is dead when no chunk a kept manifest references is located in it by the indexes, which
 //! includes a pack no index names at all (an interrupted backup's: no backup runs meanwhile, every
-//! lock kind excluding every other). If any index cannot be read, no pack is provably dead and
-//! this step does nothing. Partly live packs are kept whole (no repacking yet).
+//! lock kind excluding every other). A live pack is sparse, and repacked, when its live chunks
+//! are less than half its bytes. If any index cannot be read, no pack is provably dead and this
+//! step does nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use lifeboat_repo::backup::ChunkId;
-use lifeboat_repo::pack::{IndexEntry, PackId};
+use lifeboat_repo::pack::{ChunkLocation, IndexEntry, PackId};
 use lifeboat_repo::stored::StoredChunks;
 use lifeboat_repo::{RepoError, Repository, keys};
 use serde::Serialize;
 
+use super::repack::{self, Sparse};
 use crate::Result;
 
 /// More index objects than this are consolidated into one even when no pack dies, so that the
@@ -34,9 +39,15 @@ pub struct PackRemoval {
     pub bytes: u64,
     /// Of those, packs in which no index locates any chunk (an interrupted backup's).
     pub unindexed: u64,
-    /// Packs that stay, in whole (a pack with one live chunk is kept).
+    /// Packs that stay as they are: at least half of their bytes are live chunks.
     pub remaining: u64,
     pub remaining_bytes: u64,
+    /// Packs less than half of whose bytes are live chunks: their live chunks are copied, as
+    /// they are, into new packs, then they are deleted.
+    pub repacked: u64,
+    pub repacked_bytes: u64,
+    /// Bytes of live chunks copied into new packs (counted out of `bytes_freed`).
+    pub copied_bytes: u64,
     /// Index objects replaced by one consolidated index (0: the indexes were left as they are).
     pub indexes_replaced: u64,
     /// Why packs and indexes were left untouched this time, if they were.
@@ -52,7 +63,10 @@ pub struct PackPlan {
     listed: Vec<(String, u64)>,
     /// Keys of the dead packs, sorted.
     pub dead: Vec<String>,
-    /// The consolidated index's entries (live packs only, sorted), when the indexes are replaced.
+    /// Packs to repack, with the live chunks to copy out of them.
+    pub repack: Vec<Sparse>,
+    /// The consolidated index's entries (packs kept as they are, sorted), when the indexes are
+    /// replaced; the repacked chunks' new entries join them.
     pub consolidated: Option<Vec<IndexEntry>>,
     pub removal: PackRemoval,
 }
@@ -117,36 +131,61 @@ impl PackPlan {
                 stored,
                 listed,
                 dead: Vec::new(),
+                repack: Vec::new(),
                 consolidated: None,
                 removal,
             };
         }
-        let live: HashSet<PackId> = referenced
-            .iter()
-            .filter_map(|c| stored.packed.locate(c))
-            .map(|l| l.pack)
-            .collect();
+        // The live chunks of each pack, located as every reader locates them.
+        let mut live: HashMap<PackId, Vec<(ChunkId, ChunkLocation)>> = HashMap::new();
+        for c in referenced {
+            if let Some(loc) = stored.packed.locate(c) {
+                live.entry(loc.pack).or_default().push((*c, loc));
+            }
+        }
         let indexed: HashSet<PackId> = stored.packed.entries().map(|e| e.location.pack).collect();
         let mut dead = Vec::new();
+        let mut repack = Vec::new();
         for (key, size) in &listed {
             let Some(id) = PackId::from_key(key) else {
                 continue;
             };
-            if live.contains(&id) {
-                removal.remaining += 1;
-                removal.remaining_bytes += size;
-            } else {
-                removal.count += 1;
-                removal.bytes += size;
-                removal.unindexed += u64::from(!indexed.contains(&id));
-                dead.push(key.clone());
+            match live.remove(&id) {
+                Some(mut chunks) => {
+                    let live_bytes: u64 = chunks.iter().map(|(_, l)| u64::from(l.length)).sum();
+                    if live_bytes * 2 >= *size {
+                        removal.remaining += 1;
+                        removal.remaining_bytes += size;
+                        // Back in the map: its entries go into the consolidated index as they are.
+                        live.insert(id, chunks);
+                    } else {
+                        removal.repacked += 1;
+                        removal.repacked_bytes += size;
+                        removal.copied_bytes += live_bytes;
+                        chunks.sort_by_key(|(_, l)| l.offset);
+                        repack.push(Sparse {
+                            key: key.clone(),
+                            live: chunks,
+                        });
+                    }
+                }
+                None => {
+                    removal.count += 1;
+                    removal.bytes += size;
+                    removal.unindexed += u64::from(!indexed.contains(&id));
+                    dead.push(key.clone());
+                }
             }
         }
-        let consolidated = (!dead.is_empty() || stored.index_keys.len() > MAX_INDEXES).then(|| {
+        // `live` now holds the packs kept as they are (and any located pack that is not stored:
+        // its entries stay for verify to report).
+        let consolidate =
+            !dead.is_empty() || !repack.is_empty() || stored.index_keys.len() > MAX_INDEXES;
+        let consolidated = consolidate.then(|| {
             let mut entries: Vec<IndexEntry> = stored
                 .packed
                 .entries()
-                .filter(|e| live.contains(&e.location.pack))
+                .filter(|e| live.contains_key(&e.location.pack))
                 .collect();
             entries.sort_by_key(|e| (e.location.pack, e.location.offset));
             entries
@@ -158,6 +197,7 @@ impl PackPlan {
             stored,
             listed,
             dead,
+            repack,
             consolidated,
             removal,
         }
@@ -165,28 +205,42 @@ impl PackPlan {
 
     /// The same plan with `more` chunks kept as well.
     pub fn keeping(self, more: impl IntoIterator<Item = ChunkId>) -> Self {
-        // A pack stays live when any chunk located in it is kept, so the chunks of the live packs
-        // stand for the references planned with.
-        let dead: HashSet<&str> = self.dead.iter().map(String::as_str).collect();
+        // A pack stays live when any chunk located in it is kept, so the chunks of the packs kept
+        // as they are, and the live chunks of the sparse ones, stand for the references planned
+        // with.
+        let gone: HashSet<&str> = self
+            .dead
+            .iter()
+            .chain(self.repack.iter().map(|r| &r.key))
+            .map(String::as_str)
+            .collect();
         let mut referenced: HashSet<ChunkId> = self
             .stored
             .packed
             .entries()
-            .filter(|e| !dead.contains(e.location.pack.key().as_str()))
+            .filter(|e| !gone.contains(e.location.pack.key().as_str()))
             .map(|e| e.chunk)
             .collect();
+        referenced.extend(
+            self.repack
+                .iter()
+                .flat_map(|r| r.live.iter().map(|(c, _)| *c)),
+        );
         referenced.extend(more);
         Self::decide(self.stored, self.listed, &referenced)
     }
 
-    /// The writes and deletes, in the order that keeps every live chunk located by a stored index
-    /// wherever it stops: the consolidated index, the old indexes, the dead packs.
-    pub fn operations(&self) -> Vec<PackOp> {
+    /// The writes and deletes that follow the repacking (whose new packs' entries are
+    /// `repacked`), in the order that keeps every live chunk located by a stored index wherever
+    /// it stops: the consolidated index, the old indexes, the dead and repacked packs.
+    pub fn operations(&self, repacked: &[IndexEntry]) -> Vec<PackOp> {
         let mut ops = Vec::new();
         if let Some(entries) = &self.consolidated {
+            let mut all = entries.clone();
+            all.extend_from_slice(repacked);
             // No live pack: the old indexes only name dead ones and need no successor.
-            if !entries.is_empty() {
-                ops.push(PackOp::WriteIndex(entries.clone()));
+            if !all.is_empty() {
+                ops.push(PackOp::WriteIndex(all));
             }
             ops.extend(
                 self.stored
@@ -195,7 +249,12 @@ impl PackPlan {
                     .map(|k| PackOp::DeleteIndex(k.clone())),
             );
         }
-        ops.extend(self.dead.iter().map(|k| PackOp::DeletePack(k.clone())));
+        ops.extend(
+            self.dead
+                .iter()
+                .chain(self.repack.iter().map(|r| &r.key))
+                .map(|k| PackOp::DeletePack(k.clone())),
+        );
         ops
     }
 }
@@ -207,7 +266,10 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
-    let ops = plan.operations();
+    // 0. The live chunks of sparse packs into new packs, which no index names yet: a stop here
+    //    leaves them for the next run to delete as unindexed.
+    let repacked = repack::repack(repo, &plan.repack, held).await?;
+    let ops = plan.operations(&repacked);
     for group in ops.chunk_by(|a, b| std::mem::discriminant(a) == std::mem::discriminant(b)) {
         let keys: Vec<String> = group
             .iter()
@@ -227,10 +289,11 @@ where
     }
     if let Some(entries) = &plan.consolidated {
         tracing::info!(
-            "replaced {} index objects with one of {} entries; deleted {} unneeded packs",
+            "replaced {} index objects with one of {} entries; deleted {} unneeded packs; repacked {}",
             plan.removal.indexes_replaced,
-            entries.len(),
-            plan.removal.count
+            entries.len() + repacked.len(),
+            plan.removal.count,
+            plan.removal.repacked
         );
     } else if plan.removal.count > 0 {
         tracing::info!("deleted {} unneeded packs", plan.removal.count);

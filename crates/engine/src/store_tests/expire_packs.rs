@@ -1,6 +1,7 @@
-//! Expire with packs: dead and unindexed packs go, partly live ones stay whole, the indexes are
-//! replaced by one that locates every live chunk, an unreadable index stops pack deletion, and a
-//! run stopped after any single write or delete leaves every live chunk locatable.
+//! Expire with packs: dead and unindexed packs go, mostly live ones stay whole, mostly dead ones
+//! are repacked, the indexes are replaced by one that locates every live chunk, an unreadable
+//! index stops pack deletion, and a run stopped after any single step leaves every live chunk
+//! locatable.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -11,15 +12,25 @@ use lifeboat_storage::PutMode;
 
 use super::*;
 use crate::expire::packs::{PackOp, PackPlan, apply};
+use crate::expire::repack::repack;
 use crate::expire::{ExpireReport, expire};
 
-/// Store a pack of `ids` (each chunk an encoded object of a few bytes) and, when `indexed`, an
-/// index naming it.
-async fn pack(repo: &Repository, ids: &[ChunkId], indexed: bool) -> String {
+/// `len` bytes that do not compress, different for each chunk: blake3's output stream.
+fn content(id: ChunkId, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&id.0.0)
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+/// Store a pack of `chunks` (id, plaintext length) and, when `indexed`, an index naming it.
+async fn pack(repo: &Repository, chunks: &[(u8, usize)], indexed: bool) -> String {
     let mut builder = PackBuilder::new(1 << 20).unwrap();
-    for id in ids {
-        let (_, encoded) = repo.encode("chunk", &[id.0.0[0]; 100]).unwrap();
-        builder.push(*id, &encoded).unwrap();
+    for &(b, len) in chunks {
+        let (_, encoded) = repo.encode("chunk", &content(chunk(b), len)).unwrap();
+        builder.push(chunk(b), &encoded).unwrap();
     }
     let sealed = builder.seal(repo).unwrap();
     repo.put_pack(&sealed).await.unwrap();
@@ -32,10 +43,10 @@ async fn pack(repo: &Repository, ids: &[ChunkId], indexed: bool) -> String {
 struct Packs {
     /// Chunk 1, only backup a's: dead once a expires.
     only_a: String,
-    /// Chunks 2 (a's and b's) and 9 (nobody's): partly live, kept whole.
+    /// Chunks 2 (a's and b's, 3000 bytes) and 9 (nobody's, 1000): mostly live, kept whole.
     shared: String,
-    /// Chunk 3 (b's and c's).
-    b: String,
+    /// Chunks 3 (b's and c's, 500 bytes) and 8 (nobody's, 3000): mostly dead, repacked.
+    sparse: String,
     /// Chunk 6, in no index (an interrupted backup's).
     unindexed: String,
 }
@@ -45,10 +56,10 @@ struct Packs {
 async fn repository() -> (Repository, Packs) {
     let repo = repo().await;
     let packs = Packs {
-        only_a: pack(&repo, &[chunk(1)], true).await,
-        shared: pack(&repo, &[chunk(2), chunk(9)], true).await,
-        b: pack(&repo, &[chunk(3)], true).await,
-        unindexed: pack(&repo, &[chunk(6)], false).await,
+        only_a: pack(&repo, &[(1, 1000)], true).await,
+        shared: pack(&repo, &[(2, 3000), (9, 1000)], true).await,
+        sparse: pack(&repo, &[(3, 500), (8, 3000)], true).await,
+        unindexed: pack(&repo, &[(6, 1000)], false).await,
     };
     put_chunk(&repo, chunk(4)).await;
     put_chunk(&repo, chunk(7)).await;
@@ -107,11 +118,19 @@ fn check_report(r: &ExpireReport, dry_run: bool) {
     assert_eq!(r.chunks.count, 1, "loose chunk 7");
     assert_eq!(r.chunks.remaining, 1, "loose chunk 4");
     let p = &r.packs;
-    assert_eq!((p.count, p.unindexed, p.remaining), (2, 1, 2), "{p:?}");
+    assert_eq!((p.count, p.unindexed, p.remaining), (2, 1, 1), "{p:?}");
     assert_eq!(p.indexes_replaced, 3, "{p:?}");
+    assert_eq!(p.repacked, 1, "{p:?}");
+    // Chunk 3's encoded object: its 500 bytes and a header.
+    assert!((500..600).contains(&p.copied_bytes), "{p:?}");
+    assert!(p.repacked_bytes > 3500, "{p:?}");
     assert!(p.bytes > 0 && p.remaining_bytes > 0);
     assert!(p.skipped.is_none());
-    assert!(r.bytes_freed >= p.bytes + r.chunks.bytes + r.manifest_bytes);
+    assert_eq!(
+        r.bytes_freed,
+        r.manifest_bytes + r.wal.bytes + r.chunks.bytes + p.bytes + p.repacked_bytes
+            - p.copied_bytes
+    );
 }
 
 #[tokio::test]
@@ -119,9 +138,12 @@ async fn dead_and_unindexed_packs_go_live_ones_stay_under_one_index() {
     let (repo, packs) = repository().await;
     let report = expire(&repo, &keep_last(2, false)).await.unwrap();
     check_report(&report, false);
-    let want: BTreeSet<String> = [&packs.shared, &packs.b].into_iter().cloned().collect();
-    assert_eq!(keys_under(&repo, keys::PACK_PREFIX).await, want);
-    assert!(!want.contains(&packs.only_a) && !want.contains(&packs.unindexed));
+    let stored_packs = keys_under(&repo, keys::PACK_PREFIX).await;
+    assert_eq!(stored_packs.len(), 2, "{stored_packs:?}");
+    assert!(stored_packs.contains(&packs.shared));
+    for gone in [&packs.only_a, &packs.sparse, &packs.unindexed] {
+        assert!(!stored_packs.contains(gone), "{gone} is still there");
+    }
     let indexes = keys_under(&repo, keys::INDEX_PREFIX).await;
     assert_eq!(indexes.len(), 1, "one consolidated index: {indexes:?}");
     let entries = repo
@@ -129,7 +151,27 @@ async fn dead_and_unindexed_packs_go_live_ones_stay_under_one_index() {
         .await
         .unwrap();
     let located: BTreeSet<u8> = entries.iter().map(|e| e.chunk.0.0[0]).collect();
-    assert_eq!(located, [2, 3, 9].into(), "live packs' chunks only");
+    assert_eq!(
+        located,
+        [2, 3, 9].into(),
+        "the kept pack's chunks and the repacked one"
+    );
+    // Chunk 3 was copied as it was: its bytes in the new pack decode to its content.
+    let moved = entries.iter().find(|e| e.chunk == chunk(3)).unwrap();
+    assert_ne!(moved.location.pack.key(), packs.sparse);
+    let raw = repo
+        .store()
+        .get_range(
+            &moved.location.pack.key(),
+            moved.location.offset,
+            moved.location.offset + u64::from(moved.location.length),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        repo.decode("chunk", &raw).unwrap().1,
+        content(chunk(3), 500)
+    );
     assert_locatable(&repo, &live(), "after the run").await;
     assert_eq!(
         keys_under(&repo, keys::CHUNK_PREFIX).await,
@@ -140,6 +182,7 @@ async fn dead_and_unindexed_packs_go_live_ones_stay_under_one_index() {
     let again = expire(&repo, &keep_last(2, false)).await.unwrap();
     assert_eq!(again.packs.count, 0);
     assert_eq!(again.packs.indexes_replaced, 0);
+    assert_eq!(again.packs.repacked, 0);
     assert_eq!(again.packs.remaining, 2);
     assert_eq!(keys_under(&repo, keys::INDEX_PREFIX).await, indexes);
 }
@@ -169,7 +212,14 @@ async fn an_unreadable_index_keeps_every_pack_and_says_so() {
     let report = expire(&repo, &keep_last(2, false)).await.unwrap();
     assert_eq!(report.expired.len(), 1, "backups still expire");
     assert_eq!(report.chunks.count, 1, "loose chunks still expire");
-    assert_eq!((report.packs.count, report.packs.remaining), (0, 4));
+    assert_eq!(
+        (
+            report.packs.count,
+            report.packs.repacked,
+            report.packs.remaining
+        ),
+        (0, 0, 4)
+    );
     let why = report.packs.skipped.as_deref().unwrap();
     assert!(
         why.contains("unreadable") && why.contains("lifeboat verify"),
@@ -184,48 +234,51 @@ async fn an_unreadable_index_keeps_every_pack_and_says_so() {
 async fn many_indexes_are_consolidated_even_when_no_pack_dies() {
     let repo = repo().await;
     let ids: Vec<ChunkId> = (1..=17).map(chunk).collect();
-    for id in &ids {
-        pack(&repo, &[*id], true).await;
+    for b in 1..=17 {
+        pack(&repo, &[(b, 1000)], true).await;
     }
     repo.put_manifest(&manifest("a", 1, (2, 3), "2026-01-01T12:00:00Z", &ids))
         .await
         .unwrap();
     archive(&repo, 1, 1..=4).await;
     let report = expire(&repo, &keep_last(1, false)).await.unwrap();
-    assert_eq!(report.packs.count, 0);
+    assert_eq!((report.packs.count, report.packs.repacked), (0, 0));
     assert_eq!(report.packs.indexes_replaced, 17);
     assert_eq!(keys_under(&repo, keys::INDEX_PREFIX).await.len(), 1);
     assert_locatable(&repo, &ids.into_iter().collect(), "after consolidation").await;
 }
 
-/// Stop after each single write or delete of the packs step (a fresh repository each time, as the
-/// names are random), check that every live chunk is still locatable, then let a full run finish.
+/// Stop after the repacking and after each single write or delete that follows (a fresh
+/// repository each time, as the names are random), check that every live chunk is still
+/// locatable, then let a full run finish.
 #[tokio::test]
 async fn a_stop_after_any_pack_operation_leaves_every_live_chunk_locatable() {
-    let count = {
-        let (repo, _) = repository().await;
-        plan(&repo).await.operations().len()
-    };
-    // A consolidated index, three old indexes, two dead packs.
-    assert_eq!(count, 1 + 3 + 2);
-    for done in 0..=count {
+    let held = || async { Ok(()) };
+    // The repacking, a consolidated index, three old indexes, two dead packs and the sparse one.
+    let steps = 1 + 1 + 3 + 3;
+    for done in 0..=steps {
         let (repo, packs) = repository().await;
-        let ops = plan(&repo).await.operations();
+        let plan = plan(&repo).await;
+        let repacked = if done > 0 {
+            repack(&repo, &plan.repack, &held).await.unwrap()
+        } else {
+            Vec::new()
+        };
+        let ops = plan.operations(&repacked);
+        assert_eq!(ops.len() + 1, steps);
         assert!(matches!(ops[0], PackOp::WriteIndex(_)));
-        for op in &ops[..done] {
+        for op in &ops[..done.saturating_sub(1)] {
             apply(&repo, op).await.unwrap();
         }
-        let when = format!("stopped after {done} of {count} operations");
+        let when = format!("stopped after {done} of {steps} steps");
         assert_locatable(&repo, &live(), &when).await;
 
         let report = expire(&repo, &keep_last(2, false)).await.unwrap();
         assert_locatable(&repo, &live(), &format!("{when}, then a full run")).await;
-        assert_eq!(
-            keys_under(&repo, keys::PACK_PREFIX).await,
-            [packs.shared, packs.b].into(),
-            "{when}: {:?}",
-            report.packs
-        );
+        let stored_packs = keys_under(&repo, keys::PACK_PREFIX).await;
+        assert_eq!(stored_packs.len(), 2, "{when}: {:?}", report.packs);
+        assert!(stored_packs.contains(&packs.shared), "{when}");
+        assert!(!stored_packs.contains(&packs.sparse), "{when}");
         assert_eq!(
             keys_under(&repo, keys::INDEX_PREFIX).await.len(),
             1,
