@@ -19,6 +19,7 @@ mod daemon;
 mod dashboard;
 mod drill;
 mod expire;
+mod expire_packs;
 mod old_format;
 mod packs;
 mod upgrade;
