@@ -126,6 +126,8 @@ async fn a_clean_packed_repository_verifies_clean_and_remembers_it() {
     assert!(report.warnings.is_empty(), "{:#?}", report.warnings);
     let c = &report.counters;
     assert_eq!((c.chunks_referenced, c.chunks_read), (25, 25));
+    // One ranged read per pack (12 neighbours of 20 KiB each), one GET for the loose chunk.
+    assert_eq!(c.chunk_requests, 3);
     assert_eq!((c.packs, c.indexes), (2, 1));
     let verdict = &report.backups[0];
     assert_eq!((verdict.chunks_missing, verdict.chunks_damaged), (0, 0));

@@ -225,6 +225,7 @@ pub async fn verify(
     ));
     let chunks = read_all_chunks(repo, to_read, max_block, concurrency, &events, cpu).await?;
     counters.chunks_read += chunks.read;
+    counters.chunk_requests += chunks.requests;
     counters.bytes_read += chunks.bytes;
     damaged_chunks.extend(chunks.damaged.into_iter().map(|((id, _), why)| (id, why)));
     missing_chunks.extend(chunks.gone.into_iter().map(|(id, _)| id));

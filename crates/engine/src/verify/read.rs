@@ -92,6 +92,8 @@ pub(super) struct ReadBack<K> {
     /// Objects read (intact or damaged), and their stored bytes.
     pub(super) read: u64,
     pub(super) bytes: u64,
+    /// Requests made for chunks ([`read_chunks`]: one per loose chunk or ranged read of a pack).
+    pub(super) requests: u64,
 }
 
 /// Read each of `objects` (with its listed stored size) with `read`, `in_flight` at a time,
@@ -129,6 +131,7 @@ impl<K> Default for ReadBack<K> {
             gone: Vec::new(),
             read: 0,
             bytes: 0,
+            requests: 0,
         }
     }
 }
@@ -158,6 +161,7 @@ impl<K> ReadBack<K> {
         self.gone.extend(other.gone);
         self.read += other.read;
         self.bytes += other.bytes;
+        self.requests += other.requests;
     }
 }
 
@@ -210,7 +214,10 @@ async fn read_chunks(
     events: &EventSink,
     cpu: Arc<Semaphore>,
 ) -> Result<ReadBack<(ChunkId, ChunkPlace)>> {
-    let mut found = ReadBack::default();
+    let mut found = ReadBack {
+        requests: reads.len() as u64,
+        ..ReadBack::default()
+    };
     let mut requests = futures::stream::iter(reads)
         .map(|read| {
             let cpu = cpu.clone();

@@ -120,6 +120,9 @@ pub struct Counters {
     pub chunks_referenced: u64,
     /// Chunks read back this run.
     pub chunks_read: u64,
+    /// Requests that fetched them: one per loose chunk, one per ranged read of a pack (chunks
+    /// less than 256 KiB apart in a pack come in one read of up to 4 MiB).
+    pub chunk_requests: u64,
     /// Chunks present and verified by an earlier run, so not read again.
     pub chunks_skipped: u64,
     /// Of `chunks_read`: chunks verified by an earlier run, read again in their turn of the

@@ -720,6 +720,12 @@ fn chunks_in_packs_are_read_and_a_flipped_byte_in_a_pack_is_that_chunk_damaged()
     );
     assert_eq!(counter(&first, "packs"), packs as u64, "{first}");
     assert_eq!(counter(&first, "indexes"), 1, "{first}");
+    let (read, requests) = (
+        counter(&first, "chunks_read"),
+        counter(&first, "chunk_requests"),
+    );
+    eprintln!("{read} chunks, {moved} of them in {packs} packs, read in {requests} requests");
+    assert!(requests < read, "{first}");
     assert_eq!(
         first["warnings"].as_array().map(Vec::len),
         Some(0),
