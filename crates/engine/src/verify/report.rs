@@ -436,10 +436,10 @@ pub(super) fn index_findings(
         let (what, action) = if stored.unreadable_indexes.is_empty() {
             (
                 format!(
-                    "pack {} ({size} bytes) is named by no index: left by an interrupted backup",
+                    "pack {} ({size} bytes) is named by no index: left by an interrupted backup (or written by one running now)",
                     pack.key()
                 ),
-                "nothing to do: no backup uses it, and the next `lifeboat expire` deletes it"
+                "nothing to do: no finished backup uses it, and the next `lifeboat expire` deletes it"
                     .to_string(),
             )
         } else {
