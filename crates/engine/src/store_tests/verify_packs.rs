@@ -307,3 +307,35 @@ async fn a_pack_cut_short_damages_the_chunks_past_its_end() {
     assert_eq!(found.len(), 2);
     assert_eq!(report.counters.chunks_read, 23);
 }
+
+/// The re-read rotation takes packed chunks by pack: a run re-reads whole packs (one ranged
+/// read each here), and every chunk is read again within the cycle (two runs at 50 %).
+#[tokio::test]
+async fn the_rotation_rereads_whole_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = local_repo(dir.path()).await;
+    let p = packed_backup(&repo).await;
+    let opts = VerifyOptions {
+        reread_percent: 50,
+        ..VerifyOptions::default()
+    };
+    let first = verify(&repo, &opts, Arc::new(|_| {})).await.unwrap();
+    assert_eq!(first.counters.chunks_read, 25);
+    let mut reread = 0;
+    for _ in 0..2 {
+        let run = verify(&repo, &opts, Arc::new(|_| {})).await.unwrap();
+        let c = &run.counters;
+        assert_eq!(c.chunks_read, c.chunks_reread);
+        let now = c.chunks_reread;
+        // Whole packs of 12, plus the loose chunk when its bucket comes.
+        assert!(
+            now % 12 == 0 || now % 12 == 1,
+            "{c:?} with packs of {} and {} chunks",
+            p.ids[0].len(),
+            p.ids[1].len()
+        );
+        assert!(c.chunk_requests <= 3, "{c:?}");
+        reread += c.chunks_reread;
+    }
+    assert_eq!(reread, 25, "every chunk read again within the cycle");
+}

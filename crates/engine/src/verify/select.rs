@@ -176,7 +176,7 @@ pub(super) async fn chunks(
         if let Some(reason) = unreadable(&place, &packs) {
             damaged_chunks.insert(id, reason);
         } else if !full && old_state.chunk_verified(&id, &place) {
-            if rotation.picks(chunk_bucket(&id)) {
+            if rotation.picks(chunk_bucket(&id, &place)) {
                 counters.chunks_reread += 1;
                 to_read.push((id, place));
             } else {
@@ -312,9 +312,15 @@ impl Rotation {
     }
 }
 
-fn chunk_bucket(id: &ChunkId) -> u64 {
+/// A loose chunk by its id; a packed one by its pack's id, so that a run re-reads whole packs
+/// (a few ranged reads each) rather than scattered chunks of every pack (a request each).
+fn chunk_bucket(id: &ChunkId, place: &ChunkPlace) -> u64 {
+    let bytes: &[u8] = match place {
+        ChunkPlace::Loose { .. } => &id.0.0,
+        ChunkPlace::Packed(loc) => &loc.pack.0,
+    };
     let mut b = [0u8; 8];
-    b.copy_from_slice(&id.0.0[..8]);
+    b.copy_from_slice(&bytes[..8]);
     u64::from_le_bytes(b) % 100
 }
 
