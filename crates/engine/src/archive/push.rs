@@ -14,11 +14,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use lifeboat_pg::walname::WalFileName;
 use lifeboat_repo::ClusterIdentity;
 use lifeboat_repo::wal::PutOutcome as RepoPut;
-use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
