@@ -324,13 +324,23 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
     let mut pack_plan = None;
     if !kept.is_empty() {
         let referenced: HashSet<ChunkId> = kept.iter().flat_map(Manifest::chunks).collect();
-        let mut stored = repo
-            .stored_chunks(ChunkScope::All {
-                expected: referenced.len(),
-            })
-            .await?;
+        // Located as a restore locates them: in stored packs only. An entry naming a pack that
+        // is gone must not hide another entry of the same chunk (an index keeps a chunk's first
+        // location), or the pack actually holding it would look dead.
+        let mut stored = repo.stored_chunks(ChunkScope::Wanted(&referenced)).await?;
+        // The loose chunks, all of them: `Wanted` listed them only if a referenced chunk is in no
+        // stored pack (and then all of them).
+        let listed = referenced.iter().any(|c| stored.packed.locate(c).is_none());
+        let loose = if listed {
+            std::mem::take(&mut stored.loose)
+        } else {
+            repo.list_chunks(referenced.len())
+                .await?
+                .into_iter()
+                .collect()
+        };
         // Only chunk keys are listed: anything else under data/ is not ours to judge.
-        for (id, size) in std::mem::take(&mut stored.loose) {
+        for (id, size) in loose {
             if referenced.contains(&id) {
                 chunks_remaining.0 += 1;
                 chunks_remaining.1 += size;

@@ -80,7 +80,9 @@ pub enum PackOp {
 }
 
 impl PackPlan {
-    /// List `packs/` and decide, from the indexes in `stored`, which packs `referenced` keeps.
+    /// List `packs/` and decide, from the indexes in `stored` (loaded for `referenced` with
+    /// [`ChunkScope::Wanted`](lifeboat_repo::stored::ChunkScope), so that every chunk is located
+    /// in a stored pack), which packs `referenced` keeps.
     pub async fn new(
         repo: &Repository,
         stored: StoredChunks,
@@ -177,8 +179,9 @@ impl PackPlan {
                 }
             }
         }
-        // `live` now holds the packs kept as they are (and any located pack that is not stored:
-        // its entries stay for verify to report).
+        // `live` now holds the packs kept as they are. `stored` locates chunks in stored packs
+        // only, so entries naming a pack that is gone are not carried over: the chunk is then
+        // in no index and verify reports it as missing.
         let consolidate =
             !dead.is_empty() || !repack.is_empty() || stored.index_keys.len() > MAX_INDEXES;
         let consolidated = consolidate.then(|| {

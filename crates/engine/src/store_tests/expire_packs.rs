@@ -290,8 +290,40 @@ async fn a_stop_after_any_pack_operation_leaves_every_live_chunk_locatable() {
 /// The packs step's plan for keeping backups b and c.
 async fn plan(repo: &Repository) -> PackPlan {
     let stored = repo
-        .stored_chunks(ChunkScope::All { expected: 8 })
+        .stored_chunks(ChunkScope::Wanted(&live()))
         .await
         .unwrap();
     PackPlan::new(repo, stored, &live()).await.unwrap()
+}
+
+/// A chunk indexed twice, first (by index name) in a pack that is gone, then in a stored one:
+/// the stored pack is the chunk's only copy and stays, and the entry naming the lost pack goes.
+#[tokio::test]
+async fn a_live_chunk_whose_first_entry_names_a_lost_pack_keeps_its_stored_pack() {
+    let (repo, _) = repository().await;
+    let lost = pack(&repo, &[(3, 500)], false).await;
+    let lost_id = lifeboat_repo::pack::PackId::from_key(&lost).unwrap();
+    let trailer = repo.read_pack_trailer(lost_id).await.unwrap();
+    // The index naming the lost pack sorts before every random name.
+    let written = repo.put_index(&trailer).await.unwrap();
+    let raw = repo.store().get(&written).await.unwrap();
+    let first = keys::index(&"0".repeat(32));
+    repo.store()
+        .put(&first, raw, PutMode::Create)
+        .await
+        .unwrap();
+    repo.store().delete(&written).await.unwrap();
+    repo.store().delete(&lost).await.unwrap();
+    let all = repo
+        .stored_chunks(ChunkScope::All { expected: 8 })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.packed.locate(&chunk(3)).map(|l| l.pack),
+        Some(lost_id),
+        "the setup: the lost pack's entry is found first"
+    );
+
+    expire(&repo, &keep_last(2, false)).await.unwrap();
+    assert_locatable(&repo, &live(), "after the run").await;
 }
