@@ -421,7 +421,10 @@ fn keep_last_2_of_5_deletes_old_backups_wal_and_chunks_and_the_rest_restores() {
         assert_eq!(objects(&repo.join("index")).len(), 1, "one index left");
     }
     let freed: u64 = data_before.values().sum::<u64>() - data_after.values().sum::<u64>();
-    assert!(freed > 0);
+    assert!(
+        freed > 0 || data_before.is_empty(),
+        "no loose chunk was freed"
+    );
     assert_eq!(
         report["chunks"]["count"].as_u64(),
         Some(gone.len() as u64),
