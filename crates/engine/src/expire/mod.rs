@@ -494,15 +494,16 @@ async fn execute(
     let chunk_keys: Vec<String> = plan.chunks.iter().map(|(k, _)| k.clone()).collect();
     delete_all(repo, &chunk_keys, &held).await?;
 
-    // 4. Packs: a consolidated index first, then the old indexes, then the dead packs.
-    if let Some(pack_plan) = &plan.packs {
+    // 4. Packs: sparse ones repacked, a consolidated index, the old indexes, the dead packs.
+    let mut warnings = Vec::new();
+    if let Some(pack_plan) = plan.packs.as_mut() {
         if let Some(why) = &pack_plan.removal.skipped {
             tracing::warn!("{why}");
         }
-        packs::execute(repo, pack_plan, &held).await?;
+        warnings = packs::execute(repo, pack_plan, &held).await?;
     }
 
-    Ok(plan.into_report(false, Vec::new(), started))
+    Ok(plan.into_report(false, warnings, started))
 }
 
 /// Delete `keys` in order, a batch at a time (each batch after a check that the lock is ours),

@@ -24,7 +24,7 @@ use lifeboat_repo::stored::StoredChunks;
 use lifeboat_repo::{RepoError, Repository, keys};
 use serde::Serialize;
 
-use super::repack::{self, Sparse};
+use super::repack::{self, Repacked, Sparse};
 use crate::Result;
 
 /// More index objects than this are consolidated into one even when no pack dies, so that the
@@ -167,6 +167,7 @@ impl PackPlan {
                         chunks.sort_by_key(|(_, l)| l.offset);
                         repack.push(Sparse {
                             key: key.clone(),
+                            size: *size,
                             live: chunks,
                         });
                     }
@@ -233,14 +234,23 @@ impl PackPlan {
         Self::decide(self.stored, self.listed, &referenced)
     }
 
-    /// The writes and deletes that follow the repacking (whose new packs' entries are
-    /// `repacked`), in the order that keeps every live chunk located by a stored index wherever
-    /// it stops: the consolidated index, the old indexes, the dead and repacked packs.
-    pub fn operations(&self, repacked: &[IndexEntry]) -> Vec<PackOp> {
+    /// The writes and deletes that follow the repacking (`repacked`), in the order that keeps
+    /// every live chunk located by a stored index wherever it stops: the consolidated index, the
+    /// old indexes, the dead and repacked packs. A sparse pack that could not be read stays, and
+    /// so do its entries.
+    pub fn operations(&self, repacked: &Repacked) -> Vec<PackOp> {
         let mut ops = Vec::new();
         if let Some(entries) = &self.consolidated {
             let mut all = entries.clone();
-            all.extend_from_slice(repacked);
+            all.extend_from_slice(&repacked.entries);
+            if !repacked.unreadable.is_empty() {
+                all.extend(
+                    self.stored
+                        .packed
+                        .entries()
+                        .filter(|e| repacked.kept(&e.location.pack.key())),
+                );
+            }
             // No live pack: the old indexes only name dead ones and need no successor.
             if !all.is_empty() {
                 ops.push(PackOp::WriteIndex(all));
@@ -255,7 +265,12 @@ impl PackPlan {
         ops.extend(
             self.dead
                 .iter()
-                .chain(self.repack.iter().map(|r| &r.key))
+                .chain(
+                    self.repack
+                        .iter()
+                        .map(|r| &r.key)
+                        .filter(|k| !repacked.kept(k)),
+                )
                 .map(|k| PackOp::DeletePack(k.clone())),
         );
         ops
@@ -263,8 +278,13 @@ impl PackPlan {
 }
 
 /// Carry out `plan`: deletes of one kind go in batches (any order among them is as safe), each
-/// kind only after the one before it is complete.
-pub async fn execute<F, Fut>(repo: &Repository, plan: &PackPlan, held: &F) -> Result<()>
+/// kind only after the one before it is complete. A sparse pack that could not be read is kept:
+/// `plan.removal` is corrected and a warning returned for each.
+pub async fn execute<F, Fut>(
+    repo: &Repository,
+    plan: &mut PackPlan,
+    held: &F,
+) -> Result<Vec<String>>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
@@ -272,6 +292,21 @@ where
     // 0. The live chunks of sparse packs into new packs, which no index names yet: a stop here
     //    leaves them for the next run to delete as unindexed.
     let repacked = repack::repack(repo, &plan.repack, held).await?;
+    let mut warnings = Vec::new();
+    for (key, why) in &repacked.unreadable {
+        if let Some(s) = plan.repack.iter().find(|s| &s.key == key) {
+            let r = &mut plan.removal;
+            r.repacked -= 1;
+            r.repacked_bytes -= s.size;
+            r.copied_bytes -= s.live.iter().map(|(_, l)| u64::from(l.length)).sum::<u64>();
+            r.remaining += 1;
+            r.remaining_bytes += s.size;
+        }
+        warnings.push(format!(
+            "{key} was to be repacked but its chunks could not be read ({why}): it stays as it \
+             is; run `lifeboat verify` to see which backups it affects"
+        ));
+    }
     let ops = plan.operations(&repacked);
     for group in ops.chunk_by(|a, b| std::mem::discriminant(a) == std::mem::discriminant(b)) {
         let keys: Vec<String> = group
@@ -294,14 +329,14 @@ where
         tracing::info!(
             "replaced {} index objects with one of {} entries; deleted {} unneeded packs; repacked {}",
             plan.removal.indexes_replaced,
-            entries.len() + repacked.len(),
+            entries.len() + repacked.entries.len(),
             plan.removal.count,
             plan.removal.repacked
         );
     } else if plan.removal.count > 0 {
         tracing::info!("deleted {} unneeded packs", plan.removal.count);
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// Carry out one operation (the crash tests stop between any two).

@@ -12,7 +12,7 @@ use lifeboat_storage::PutMode;
 
 use super::*;
 use crate::expire::packs::{PackOp, PackPlan, apply};
-use crate::expire::repack::repack;
+use crate::expire::repack::{Repacked, repack};
 use crate::expire::{ExpireReport, expire};
 
 /// `len` bytes that do not compress, different for each chunk: blake3's output stream.
@@ -262,7 +262,7 @@ async fn a_stop_after_any_pack_operation_leaves_every_live_chunk_locatable() {
         let repacked = if done > 0 {
             repack(&repo, &plan.repack, &held).await.unwrap()
         } else {
-            Vec::new()
+            Repacked::default()
         };
         let ops = plan.operations(&repacked);
         assert_eq!(ops.len() + 1, steps);
@@ -326,4 +326,69 @@ async fn a_live_chunk_whose_first_entry_names_a_lost_pack_keeps_its_stored_pack(
 
     expire(&repo, &keep_last(2, false)).await.unwrap();
     assert_locatable(&repo, &live(), "after the run").await;
+}
+
+/// A sparse pack shorter than its index says cannot be repacked: it stays, named by the new
+/// index, with a warning; a dead pack goes all the same.
+#[tokio::test]
+async fn a_damaged_sparse_pack_is_kept_and_the_rest_collected() {
+    let repo = repo().await;
+    let dead = pack(&repo, &[(1, 1000)], true).await;
+    // A pack of chunk 8 (nobody's) whose index also places chunk 3 (the backup's) across its end.
+    let mut builder = PackBuilder::new(1 << 20).unwrap();
+    let (_, encoded) = repo.encode("chunk", &content(chunk(8), 3000)).unwrap();
+    builder.push(chunk(8), &encoded).unwrap();
+    let sealed = builder.seal(&repo).unwrap();
+    repo.put_pack(&sealed).await.unwrap();
+    let damaged = sealed.id.key();
+    let size = sealed.bytes.len() as u64;
+    let mut entries = sealed.entries.clone();
+    entries.push(lifeboat_repo::pack::IndexEntry {
+        chunk: chunk(3),
+        location: lifeboat_repo::pack::ChunkLocation {
+            pack: sealed.id,
+            offset: size - 100,
+            length: 500,
+        },
+    });
+    repo.put_index(&entries).await.unwrap();
+    repo.put_manifest(&manifest(
+        "a",
+        1,
+        (2, 3),
+        "2026-01-01T12:00:00Z",
+        &[chunk(3)],
+    ))
+    .await
+    .unwrap();
+    archive(&repo, 1, 1..=4).await;
+
+    let report = expire(&repo, &keep_last(1, false)).await.unwrap();
+    let p = &report.packs;
+    assert_eq!((p.count, p.repacked, p.remaining), (1, 0, 1), "{p:?}");
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains(&damaged) && w.contains("lifeboat verify")),
+        "{:?}",
+        report.warnings
+    );
+    assert_eq!(
+        keys_under(&repo, keys::PACK_PREFIX).await,
+        [damaged.clone()].into(),
+        "{dead} goes, the damaged pack stays"
+    );
+    let indexes = keys_under(&repo, keys::INDEX_PREFIX).await;
+    assert_eq!(indexes.len(), 1);
+    let entries = repo
+        .read_index(indexes.iter().next().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.chunk == chunk(3) && e.location.pack.key() == damaged),
+        "the damaged pack is still indexed, for verify to report"
+    );
 }
