@@ -101,6 +101,11 @@ pub enum Command {
     Alert(AlertArgs),
     /// The repository's passphrase: `lifeboat passphrase change` wraps the data key with a new one.
     Passphrase(PassphraseArgs),
+    /// Raise the repository's format to the version this Lifeboat writes (2: backups store their
+    /// chunks in packs of ~8 MiB, far fewer objects on object storage). Rewrites only lifeboat.json
+    /// and its copy, under the repository lock; Lifeboat binaries too old for version 2 refuse the
+    /// repository afterwards. Does nothing when the repository already is at that version.
+    Upgrade,
     /// Internal: fetch segments ahead into the spool (started by wal-fetch in the background).
     #[command(hide = true)]
     WalPrefetch(WalPrefetchArgs),

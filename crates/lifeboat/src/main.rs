@@ -87,8 +87,8 @@ fn main() -> ExitCode {
 async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
     use cli::{Command, PassphraseCommand};
     use commands::{
-        alert, backup, check, drill, expire, info, init, list, passphrase, restore, serve, verify,
-        wal,
+        alert, backup, check, drill, expire, info, init, list, passphrase, restore, serve, upgrade,
+        verify, wal,
     };
     if let Command::Demo(args) = &cli.command {
         let options = demo::DemoOptions {
@@ -116,6 +116,7 @@ async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
         Command::Passphrase(args) => match &args.command {
             PassphraseCommand::Change(change) => passphrase::change(&resolved, change).await,
         },
+        Command::Upgrade => upgrade::upgrade(&resolved).await,
         Command::Demo(_) => Ok(Exit::Success),
     }
 }

@@ -1,7 +1,7 @@
 //! The repository: the on-storage promise written down in docs/FORMAT.md.
 //!
 //! This crate is the only place keys are spelled and objects are encoded. It owns the config and
-//! its keys (and their re-wrapping with a new passphrase), the object codec (hash, compress,
+//! its keys (their re-wrapping with a new passphrase, the format upgrade), the object codec (hash, compress,
 //! encrypt and the verifying reverse), the cluster identity, the WAL archive and the set of
 //! archived segments, backups (chunks and manifests, with the rules a manifest must keep), packs
 //! of chunks and the indexes that locate them, repository locks and the operational records. It never talks to PostgreSQL, never prints, and
@@ -25,6 +25,7 @@ pub mod records;
 pub mod rekey;
 pub mod stored;
 pub mod timestamp;
+pub mod upgrade;
 pub mod wal;
 
 pub use codec::{Codec, Compression, CompressionSettings, ContentHash, ObjectHeader};

@@ -259,6 +259,14 @@ impl ChunkIndex {
     pub fn retain(&mut self, mut keep: impl FnMut(&ChunkId) -> bool) {
         self.locations.retain(|id, _| keep(id));
     }
+
+    /// Every chunk and its (first) location, in no particular order (expire writes the live
+    /// ones into a consolidated index).
+    pub fn entries(&self) -> impl Iterator<Item = IndexEntry> + '_ {
+        self.locations
+            .iter()
+            .map(|(&chunk, &location)| IndexEntry { chunk, location })
+    }
 }
 
 /// One ranged GET of a pack and the chunks it brings.

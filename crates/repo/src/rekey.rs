@@ -93,7 +93,7 @@ impl Repository {
     }
 }
 
-async fn raw(repo: &Repository, key: &str) -> Result<Option<Bytes>> {
+pub(crate) async fn raw(repo: &Repository, key: &str) -> Result<Option<Bytes>> {
     match repo.store().get(key).await {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.is_not_found() => Ok(None),
@@ -101,7 +101,7 @@ async fn raw(repo: &Repository, key: &str) -> Result<Option<Bytes>> {
     }
 }
 
-async fn put_config(repo: &Repository, key: &str, config: &RepoConfig) -> Result<()> {
+pub(crate) async fn put_config(repo: &Repository, key: &str, config: &RepoConfig) -> Result<()> {
     let json = serde_json::to_vec_pretty(config).map_err(|e| RepoError::Invalid(e.to_string()))?;
     repo.store()
         .put(key, Bytes::from(json), PutMode::Overwrite)

@@ -12,29 +12,7 @@ use crate::expire::{ExpireOptions, ExpireReport, expire};
 /// files, and a chunk no backup references.
 async fn repository() -> Repository {
     let repo = repo().await;
-    for m in [
-        manifest(
-            "a",
-            1,
-            (2, 3),
-            "2026-01-01T12:00:00Z",
-            &[chunk(1), chunk(2)],
-        ),
-        manifest(
-            "b",
-            1,
-            (5, 6),
-            "2026-02-01T12:00:00Z",
-            &[chunk(2), chunk(3)],
-        ),
-        manifest(
-            "c",
-            1,
-            (8, 9),
-            "2026-03-01T12:00:00Z",
-            &[chunk(3), chunk(4)],
-        ),
-    ] {
+    for m in three_backups() {
         backup(&repo, &m).await;
     }
     put_chunk(&repo, chunk(9)).await;
@@ -47,24 +25,6 @@ async fn repository() -> Repository {
         put_wal(&repo, WalFileName::parse(name).unwrap()).await;
     }
     repo
-}
-
-fn keep_last(n: u32, dry_run: bool) -> ExpireOptions {
-    ExpireOptions {
-        keep_last: Some(n),
-        keep_days: None,
-        dry_run,
-    }
-}
-
-async fn keys_under(repo: &Repository, prefix: &str) -> BTreeSet<String> {
-    repo.store()
-        .list(prefix)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect()
 }
 
 fn labels(fates: &[crate::expire::BackupFate]) -> Vec<&str> {

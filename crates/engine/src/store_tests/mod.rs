@@ -1,8 +1,9 @@
 //! Engine tests on an in-memory object store: what the operations decide from what a repository
-//! holds (restore's backup choice and WAL check, expire's plan, WAL gap analysis), without a
+//! holds (restore's backup choice and WAL check, expire's plan and its packs, WAL gap analysis), without a
 //! PostgreSQL cluster. Helpers here write manifests, WAL and chunks as the real commands would
 //! leave them; the end-to-end tests (crates/lifeboat/tests) cover the same paths with PostgreSQL.
 
+mod expire_packs;
 mod expire_plan;
 mod restore_choice;
 mod verify_packs;
@@ -115,4 +116,50 @@ pub async fn backup(repo: &Repository, m: &Manifest) {
         }
     }
     repo.put_manifest(m).await.unwrap();
+}
+
+/// Backups a (segments 2-3, chunks 1 and 2), b (5-6, chunks 2 and 3) and c (8-9, chunks 3 and 4),
+/// a month apart.
+pub fn three_backups() -> [Manifest; 3] {
+    [
+        manifest(
+            "a",
+            1,
+            (2, 3),
+            "2026-01-01T12:00:00Z",
+            &[chunk(1), chunk(2)],
+        ),
+        manifest(
+            "b",
+            1,
+            (5, 6),
+            "2026-02-01T12:00:00Z",
+            &[chunk(2), chunk(3)],
+        ),
+        manifest(
+            "c",
+            1,
+            (8, 9),
+            "2026-03-01T12:00:00Z",
+            &[chunk(3), chunk(4)],
+        ),
+    ]
+}
+
+pub fn keep_last(n: u32, dry_run: bool) -> crate::expire::ExpireOptions {
+    crate::expire::ExpireOptions {
+        keep_last: Some(n),
+        keep_days: None,
+        dry_run,
+    }
+}
+
+pub async fn keys_under(repo: &Repository, prefix: &str) -> std::collections::BTreeSet<String> {
+    repo.store()
+        .list(prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect()
 }

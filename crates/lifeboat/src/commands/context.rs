@@ -1,5 +1,5 @@
 //! What the commands share: the repository's location, opening its store and the repository
-//! (with the exit codes and hints for each failure), the cluster settings (`--db`, `--pgdata`),
+//! (with the exit codes and hints for each failure) and taking its lock, the cluster settings (`--db`, `--pgdata`),
 //! the restore_command a restored cluster gets, and rendering (progress bar, JSON, `human_bytes`).
 //!
 //! Commands depend on this module, never the other way round, and not on each other.
@@ -82,6 +82,23 @@ fn shown_location(location: &str) -> String {
 pub(crate) async fn open_repo(resolved: &Resolved) -> Result<Repository, Failure> {
     let store = open_store(resolved)?;
     Ok(Repository::open(store, resolved.passphrase.as_ref()).await?)
+}
+
+/// Take the lock of `kind` for a command that changes the config, or the failure to report.
+pub(crate) async fn acquire_lock(
+    repo: &Repository,
+    kind: lifeboat_repo::lock::LockKind,
+) -> Result<lifeboat_repo::lock::RepoLock, Failure> {
+    lifeboat_repo::lock::RepoLock::acquire(repo, kind)
+        .await
+        .map_err(|e| {
+            let hint = e.hint();
+            let exit = match &e {
+                lifeboat_repo::lock::LockError::Repo(r) => crate::exit::repo_exit(r),
+                _ => Exit::Refused,
+            };
+            Failure::new(exit, e.to_string(), hint)
+        })
 }
 
 // --- The cluster ----------------------------------------------------------------------------

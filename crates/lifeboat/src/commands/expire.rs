@@ -101,14 +101,57 @@ fn print_text(r: &ExpireReport, source: &str) {
         r.chunks.remaining,
         human_bytes(r.chunks.remaining_bytes)
     );
+    let p = &r.packs;
+    if p.count + p.remaining + p.repacked + p.indexes_replaced > 0 || p.skipped.is_some() {
+        let mut parts = vec![format!(
+            "packs: {verb} {} unreferenced ({}{})",
+            p.count,
+            human_bytes(p.bytes),
+            if p.unindexed > 0 {
+                format!(", {} of them named by no index", p.unindexed)
+            } else {
+                String::new()
+            }
+        )];
+        if p.repacked > 0 {
+            parts.push(format!(
+                "{} {} mostly unreferenced ({}) by copying their {} of referenced chunks into new packs",
+                if r.dry_run { "would repack" } else { "repacked" },
+                p.repacked,
+                human_bytes(p.repacked_bytes),
+                human_bytes(p.copied_bytes)
+            ));
+        }
+        parts.push(format!(
+            "{} remain as they are ({})",
+            p.remaining,
+            human_bytes(p.remaining_bytes)
+        ));
+        if p.indexes_replaced > 0 {
+            parts.push(format!(
+                "{} {} index objects with one",
+                if r.dry_run {
+                    "would replace"
+                } else {
+                    "replaced"
+                },
+                p.indexes_replaced
+            ));
+        }
+        if p.skipped.is_some() {
+            parts.push("packs left untouched (see the warning)".into());
+        }
+        outln!("{}", parts.join("; "));
+    }
     outln!(
-        "{} {} in {:.1} s (backups: {}, WAL files: {}, chunks: {})",
+        "{} {} in {:.1} s (backups: {}, WAL files: {}, chunks: {}, packs: {})",
         if r.dry_run { "would free" } else { "freed" },
         human_bytes(r.bytes_freed),
         r.duration_seconds,
         r.expired.len(),
         w.segments + w.other_files,
-        r.chunks.count
+        r.chunks.count,
+        p.count
     );
     let window = |w: &lifeboat_engine::list::Window| {
         format!(

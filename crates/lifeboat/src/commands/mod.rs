@@ -16,5 +16,6 @@ pub(crate) mod list;
 pub(crate) mod passphrase;
 pub(crate) mod restore;
 pub(crate) mod serve;
+pub(crate) mod upgrade;
 pub(crate) mod verify;
 pub(crate) mod wal;

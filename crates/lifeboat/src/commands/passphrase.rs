@@ -2,7 +2,7 @@
 
 use lifeboat_repo::Repository;
 
-use super::context::open_store;
+use super::context::{acquire_lock, open_store};
 use crate::cli::PassphraseChangeArgs;
 use crate::config::{self, Resolved};
 use crate::exit::{Exit, Failure};
@@ -10,7 +10,7 @@ use crate::exit::{Exit, Failure};
 /// `passphrase change`: re-wrap the data key under the repository lock (two changes at once could
 /// leave the config's two copies with different passphrases).
 pub async fn change(resolved: &Resolved, args: &PassphraseChangeArgs) -> Result<Exit, Failure> {
-    use lifeboat_repo::lock::{LockKind, RepoLock};
+    use lifeboat_repo::lock::LockKind;
     use lifeboat_repo::rekey::RekeyStep;
     let new = config::new_passphrase(args.new_passphrase_file.as_deref())?;
     let store = open_store(resolved)?;
@@ -27,16 +27,7 @@ pub async fn change(resolved: &Resolved, args: &PassphraseChangeArgs) -> Result<
         ));
     };
     let repo = Repository::open(store, Some(current)).await?;
-    let mut lock = RepoLock::acquire(&repo, LockKind::Passphrase)
-        .await
-        .map_err(|e| {
-            let hint = e.hint();
-            let exit = match &e {
-                lifeboat_repo::lock::LockError::Repo(r) => crate::exit::repo_exit(r),
-                _ => Exit::Refused,
-            };
-            Failure::new(exit, e.to_string(), hint)
-        })?;
+    let mut lock = acquire_lock(&repo, LockKind::Passphrase).await?;
     // Test hook: stop as a crash would, after a step (see tests/e2e/adversarial/archive.rs).
     let stop_at = std::env::var("LIFEBOAT_TEST_PASSPHRASE_STOP").ok();
     let after = |step: RekeyStep| {

@@ -11,15 +11,20 @@ use lifeboat_testkit::cluster::TestDir;
 
 use crate::old_format::{backup_labels, each_backup_restores_to_its_end, fixture_copy};
 
-/// Move every other loose chunk of the repository at `dir` into packs of about `pack_size`
-/// bytes, index them, and delete their loose objects; returns (chunks moved, packs written).
-pub(crate) async fn move_half_into_packs(dir: &Path, pack_size: usize) -> (usize, usize) {
+/// The unencrypted repository at `dir`, opened in-process to rearrange it.
+pub(crate) async fn open_unencrypted(dir: &Path) -> Repository {
     let store =
         lifeboat_storage::open_or_create(dir.to_str().expect("utf-8 path"), &Default::default())
             .expect("open the repository's store");
-    let repo = Repository::open(store, None)
+    Repository::open(store, None)
         .await
-        .expect("open the repository");
+        .expect("open the repository")
+}
+
+/// Move every other loose chunk of the repository at `dir` into packs of about `pack_size`
+/// bytes, index them, and delete their loose objects; returns (chunks moved, packs written).
+pub(crate) async fn move_half_into_packs(dir: &Path, pack_size: usize) -> (usize, usize) {
+    let repo = open_unencrypted(dir).await;
     let mut loose = repo.list_chunks(0).await.expect("list chunks");
     loose.sort();
     let mut sealed = Vec::new();

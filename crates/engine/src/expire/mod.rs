@@ -5,11 +5,14 @@
 //! backup runs meanwhile:
 //! 1. the manifests of the expired backups, oldest first: from then on they are not backups;
 //! 2. WAL before the earliest start segment of the kept backups, oldest first (history files stay);
-//! 3. chunks that no manifest still in the repository references.
+//! 3. loose chunks that no manifest still in the repository references;
+//! 4. packs in which no such chunk lies, and packs less than half live once their live chunks
+//!    are copied into new packs, after one consolidated index has replaced the old ones
+//!    ([`packs`] says in which order and why).
 //!
 //! Each step deletes only what no backup still listed needs once the steps before it are done,
 //! so stopping anywhere leaves every listed backup restorable; running `expire` again finishes
-//! the job (steps 2 and 3 always run, whether or not a backup expires this time).
+//! the job (steps 2 to 4 always run, whether or not a backup expires this time).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
@@ -18,12 +21,18 @@ use futures::StreamExt;
 use lifeboat_pg::walname::{WalFileName, WalSegmentName};
 use lifeboat_repo::backup::{ChunkId, Manifest};
 use lifeboat_repo::lock::{LockKind, RepoLock};
+use lifeboat_repo::stored::ChunkScope;
 use lifeboat_repo::{RepoError, Repository, keys};
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::list::Window;
 use crate::{EngineError, Result};
+
+pub mod packs;
+pub(crate) mod repack;
+
+pub use packs::PackRemoval;
 
 /// Deletes between two checks that the lock is still ours.
 const DELETE_BATCH: usize = 256;
@@ -48,7 +57,9 @@ pub struct ExpireReport {
     pub expired: Vec<BackupFate>,
     pub manifest_bytes: u64,
     pub wal: WalRemoval,
+    /// Loose chunks (`data/` objects).
     pub chunks: ChunkRemoval,
+    pub packs: PackRemoval,
     /// Every byte deleted (or, with `dry_run`, that would be).
     pub bytes_freed: u64,
     pub window_before: Window,
@@ -226,6 +237,8 @@ struct Plan {
     /// Chunk keys no kept manifest references, with their sizes.
     chunks: Vec<(String, u64)>,
     chunks_remaining: (u64, u64),
+    /// `None` when there is no backup to keep packs for.
+    packs: Option<packs::PackPlan>,
     window_before: Window,
     window_after: Window,
 }
@@ -308,10 +321,26 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
     // backup to reuse.
     let mut chunks = Vec::new();
     let mut chunks_remaining = (0, 0);
+    let mut pack_plan = None;
     if !kept.is_empty() {
         let referenced: HashSet<ChunkId> = kept.iter().flat_map(Manifest::chunks).collect();
+        // Located as a restore locates them: in stored packs only. An entry naming a pack that
+        // is gone must not hide another entry of the same chunk (an index keeps a chunk's first
+        // location), or the pack actually holding it would look dead.
+        let mut stored = repo.stored_chunks(ChunkScope::Wanted(&referenced)).await?;
+        // The loose chunks, all of them: `Wanted` listed them only if a referenced chunk is in no
+        // stored pack (and then all of them).
+        let listed = referenced.iter().any(|c| stored.packed.locate(c).is_none());
+        let loose = if listed {
+            std::mem::take(&mut stored.loose)
+        } else {
+            repo.list_chunks(referenced.len())
+                .await?
+                .into_iter()
+                .collect()
+        };
         // Only chunk keys are listed: anything else under data/ is not ours to judge.
-        for (id, size) in repo.list_chunks(referenced.len()).await? {
+        for (id, size) in loose {
             if referenced.contains(&id) {
                 chunks_remaining.0 += 1;
                 chunks_remaining.1 += size;
@@ -320,6 +349,7 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
             }
         }
         chunks.sort();
+        pack_plan = Some(packs::PackPlan::new(repo, stored, &referenced).await?);
     }
 
     let window = |ms: &[Manifest]| Window::of(ms, latest_wal.clone());
@@ -335,11 +365,17 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
         wal_kept_from,
         chunks,
         chunks_remaining,
+        packs: pack_plan,
     })
 }
 
 impl Plan {
-    fn into_report(self, dry_run: bool, warnings: Vec<String>, started: Instant) -> ExpireReport {
+    fn into_report(
+        self,
+        dry_run: bool,
+        mut warnings: Vec<String>,
+        started: Instant,
+    ) -> ExpireReport {
         let fate = |m: &Manifest, reason: String| BackupFate {
             label: m.label.clone(),
             stop_time: lifeboat_repo::timestamp::text(m.stop_time),
@@ -371,6 +407,8 @@ impl Plan {
             remaining: self.chunks_remaining.0,
             remaining_bytes: self.chunks_remaining.1,
         };
+        let packs = self.packs.map(|p| p.removal).unwrap_or_default();
+        warnings.extend(packs.skipped.clone());
         ExpireReport {
             dry_run,
             policy: self.policy,
@@ -386,9 +424,15 @@ impl Plan {
                 .map(|m| fate(m, String::new()))
                 .collect(),
             manifest_bytes,
-            bytes_freed: manifest_bytes + wal.bytes + chunks.bytes,
+            bytes_freed: (manifest_bytes
+                + wal.bytes
+                + chunks.bytes
+                + packs.bytes
+                + packs.repacked_bytes)
+                .saturating_sub(packs.copied_bytes),
             wal,
             chunks,
+            packs,
             window_before: self.window_before,
             window_after: self.window_after,
             warnings,
@@ -443,11 +487,23 @@ async fn execute(
             .map(|c| c.key())
             .collect();
         plan.chunks.retain(|(key, _)| !also.contains(key));
+        plan.packs = plan
+            .packs
+            .map(|p| p.keeping(extra.iter().flat_map(Manifest::chunks)));
     }
     let chunk_keys: Vec<String> = plan.chunks.iter().map(|(k, _)| k.clone()).collect();
     delete_all(repo, &chunk_keys, &held).await?;
 
-    Ok(plan.into_report(false, Vec::new(), started))
+    // 4. Packs: sparse ones repacked, a consolidated index, the old indexes, the dead packs.
+    let mut warnings = Vec::new();
+    if let Some(pack_plan) = plan.packs.as_mut() {
+        if let Some(why) = &pack_plan.removal.skipped {
+            tracing::warn!("{why}");
+        }
+        warnings = packs::execute(repo, pack_plan, &held).await?;
+    }
+
+    Ok(plan.into_report(false, warnings, started))
 }
 
 /// Delete `keys` in order, a batch at a time (each batch after a check that the lock is ours),
