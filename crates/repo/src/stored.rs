@@ -67,12 +67,33 @@ impl StoredChunks {
 
 impl Repository {
     /// Load the indexes and, as `scope` asks, list the loose chunks.
+    ///
+    /// An `expire` may replace indexes and packs meanwhile (readers take no lock): an index gone
+    /// between its listing and its read, or a wanted chunk placed only in packs that were not
+    /// listed, makes the indexes and packs be read once more.
     pub async fn stored_chunks(&self, scope: ChunkScope<'_>) -> Result<StoredChunks> {
-        let listed_packs = match scope {
-            ChunkScope::All { .. } => None,
-            ChunkScope::Wanted(_) => Some(self.list_packs().await?),
+        let mut again = false;
+        let mut stored = loop {
+            let listed_packs = match scope {
+                ChunkScope::All { .. } => None,
+                ChunkScope::Wanted(_) => Some(self.list_packs().await?),
+            };
+            match self.read_all_indexes(listed_packs.as_ref()).await {
+                Err(e) if e.is_not_found() && !again => {}
+                Err(e) => return Err(e),
+                Ok((stored, dropped)) => {
+                    let short = match scope {
+                        ChunkScope::Wanted(wanted) => wanted.iter().any(|c| dropped.contains(c)),
+                        ChunkScope::All { .. } => false,
+                    };
+                    if !short || again {
+                        break stored;
+                    }
+                }
+            }
+            tracing::debug!("indexes or packs changed while they were read: reading them again");
+            again = true;
         };
-        let mut stored = self.read_all_indexes(listed_packs.as_ref()).await?;
         let loose_expected = match scope {
             ChunkScope::All { expected } => Some(expected),
             ChunkScope::Wanted(wanted) => {
@@ -91,11 +112,12 @@ impl Repository {
 
     /// Every index object, read as many at a time as the store's request concurrency; an index
     /// that is damaged is set aside (named in `unreadable_indexes`), one the store fails to
-    /// deliver fails the call.
+    /// deliver fails the call. With `listed_packs`, entries naming other packs are left out;
+    /// the chunks they named come back too.
     async fn read_all_indexes(
         &self,
         listed_packs: Option<&HashSet<PackId>>,
-    ) -> Result<StoredChunks> {
+    ) -> Result<(StoredChunks, HashSet<ChunkId>)> {
         let mut index_keys: Vec<String> = self
             .store()
             .list(keys::INDEX_PREFIX)
@@ -115,14 +137,17 @@ impl Repository {
             index_keys,
             ..Default::default()
         };
+        let mut dropped = HashSet::new();
         while let Some((key, entries)) = reads.next().await {
             match entries {
                 Ok(entries) => match listed_packs {
-                    Some(listed) => stored.packed.extend(
-                        entries
+                    Some(listed) => {
+                        let (kept, unlisted): (Vec<_>, Vec<_>) = entries
                             .into_iter()
-                            .filter(|e| listed.contains(&e.location.pack)),
-                    ),
+                            .partition(|e| listed.contains(&e.location.pack));
+                        dropped.extend(unlisted.into_iter().map(|e| e.chunk));
+                        stored.packed.extend(kept);
+                    }
                     None => stored.packed.extend(entries),
                 },
                 Err(RepoError::Corrupt { reason, .. }) => {
@@ -132,7 +157,8 @@ impl Repository {
                 Err(e) => return Err(e),
             }
         }
-        Ok(stored)
+        dropped.retain(|c| stored.packed.locate(c).is_none());
+        Ok((stored, dropped))
     }
 
     /// The packs stored: one listing of `packs/`.

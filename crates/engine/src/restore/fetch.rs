@@ -95,6 +95,17 @@ enum Fetch {
 }
 
 impl Fetch {
+    /// This fetch's object was gone: its key and the chunks it was to bring.
+    fn gone(&self) -> Fetched {
+        match self {
+            Fetch::Loose(chunk, _) => Fetched::Gone(chunk.key(), vec![*chunk]),
+            Fetch::Range(read) => Fetched::Gone(
+                read.pack.key(),
+                read.chunks.iter().map(|(c, _)| *c).collect(),
+            ),
+        }
+    }
+
     fn bytes(&self) -> u64 {
         match self {
             Fetch::Loose(_, size) => *size,
@@ -114,6 +125,10 @@ pub(super) struct Sink {
 
 /// Fetch every chunk of `placements` once and write it to each of its places; `on_written`
 /// sees the bytes written as each chunk lands. Returns the requests made.
+///
+/// `expire` may repack while a restore runs (restore takes no lock): a pack that is gone when
+/// it is read has had its live chunks copied into new packs first, so the chunks it was to
+/// bring are located again once, through the indexes as they are now, and fetched from there.
 pub(super) async fn fetch_and_write(
     repo: &Repository,
     stored: &StoredChunks,
@@ -121,9 +136,57 @@ pub(super) async fn fetch_and_write(
     sink: Sink,
     mut on_written: impl FnMut(u64),
 ) -> Result<u64> {
+    let placements = Arc::new(placements);
+    let sink = Arc::new(sink);
+    let fetches = plan_fetches(stored, placements.keys())?;
+    let mut requests_made = fetches.len() as u64;
+    let gone = run_fetches(repo, fetches, &placements, &sink, &mut on_written).await?;
+    if gone.is_empty() {
+        return Ok(requests_made);
+    }
+    let wanted: HashSet<ChunkId> = gone
+        .iter()
+        .flat_map(|(_, chunks)| chunks)
+        .copied()
+        .collect();
+    tracing::info!(
+        "{} object(s) vanished during the restore (an expire repacking?): locating their {} chunk(s) again",
+        gone.len(),
+        wanted.len()
+    );
+    let now = repo.stored_chunks(ChunkScope::Wanted(&wanted)).await?;
+    if let Some(lost) = wanted.iter().find(|c| !now.contains(c)) {
+        let key = gone
+            .iter()
+            .find(|(_, chunks)| chunks.contains(lost))
+            .map_or_else(|| lost.key(), |(key, _)| key.clone());
+        return Err(vanished(
+            lifeboat_storage::StorageError::not_found(&key),
+            &key,
+            &sink.label,
+        ));
+    }
+    let fetches = plan_fetches(&now, wanted.iter())?;
+    requests_made += fetches.len() as u64;
+    let still_gone = run_fetches(repo, fetches, &placements, &sink, &mut on_written).await?;
+    if let Some((key, _)) = still_gone.first() {
+        return Err(vanished(
+            lifeboat_storage::StorageError::not_found(key),
+            key,
+            &sink.label,
+        ));
+    }
+    Ok(requests_made)
+}
+
+/// The requests that bring `chunks`: a GET per loose chunk, ranged reads for packed ones.
+fn plan_fetches<'a>(
+    stored: &StoredChunks,
+    chunks: impl Iterator<Item = &'a ChunkId>,
+) -> Result<Vec<Fetch>> {
     let mut packed = Vec::new();
     let mut fetches = Vec::new();
-    for chunk in placements.keys() {
+    for chunk in chunks {
         match stored.locate(chunk) {
             Some(ChunkPlace::Packed(location)) => packed.push((*chunk, location)),
             Some(ChunkPlace::Loose { size }) => fetches.push(Fetch::Loose(*chunk, size)),
@@ -140,9 +203,24 @@ pub(super) async fn fetch_and_write(
             .into_iter()
             .map(Fetch::Range),
     );
-    let requests_made = fetches.len() as u64;
-    let placements = Arc::new(placements);
-    let sink = Arc::new(sink);
+    Ok(fetches)
+}
+
+/// What one fetch came to: bytes written, or the object it read was gone (its key and the
+/// chunks it was to bring; nothing of them was written).
+enum Fetched {
+    Written(u64),
+    Gone(String, Vec<ChunkId>),
+}
+
+/// Run `fetches`, writing what they bring; returns the ones whose object was gone.
+async fn run_fetches(
+    repo: &Repository,
+    fetches: Vec<Fetch>,
+    placements: &Arc<HashMap<ChunkId, Vec<Placement>>>,
+    sink: &Arc<Sink>,
+    on_written: &mut impl FnMut(u64),
+) -> Result<Vec<(String, Vec<ChunkId>)>> {
     let concurrency = repo.store().capabilities().concurrency.max(1);
     let requests = Arc::new(Semaphore::new(concurrency));
     let writers = Arc::new(Semaphore::new(sink.parallel.max(1) * WRITERS_PER_THREAD));
@@ -166,7 +244,10 @@ pub(super) async fn fetch_and_write(
                     .map_err(pool_closed)?;
                 let chunks = {
                     let _request = requests.acquire().await.map_err(pool_closed)?;
-                    fetch_chunks(&repo, &fetch, &sink.label).await?
+                    match fetch_chunks(&repo, &fetch).await? {
+                        Some(chunks) => chunks,
+                        None => return Ok(fetch.gone()),
+                    }
                 };
                 let worker = writers.acquire_owned().await.map_err(pool_closed)?;
                 tokio::task::spawn_blocking(move || {
@@ -183,39 +264,38 @@ pub(super) async fn fetch_and_write(
                         })?;
                     }
                     drop(worker);
-                    Ok::<u64, EngineError>(written)
+                    Ok::<Fetched, EngineError>(Fetched::Written(written))
                 })
                 .await
                 .map_err(join_error)?
             }
         })
         .buffer_unordered(in_flight);
-    while let Some(written) = writes.next().await {
-        on_written(written?);
+    let mut gone = Vec::new();
+    while let Some(fetched) = writes.next().await {
+        match fetched? {
+            Fetched::Written(bytes) => on_written(bytes),
+            Fetched::Gone(key, chunks) => gone.push((key, chunks)),
+        }
     }
-    Ok(requests_made)
+    Ok(gone)
 }
 
-/// The chunks one fetch brings, each as its stored (encoded) bytes.
-async fn fetch_chunks(
-    repo: &Repository,
-    fetch: &Fetch,
-    label: &str,
-) -> Result<Vec<(ChunkId, Bytes)>> {
+/// The chunks one fetch brings, each as its stored (encoded) bytes; `None` when the object is
+/// gone.
+async fn fetch_chunks(repo: &Repository, fetch: &Fetch) -> Result<Option<Vec<(ChunkId, Bytes)>>> {
     match fetch {
-        Fetch::Loose(chunk, _) => {
-            let raw = repo
-                .store()
-                .get(&chunk.key())
-                .await
-                .map_err(|e| vanished(e, &chunk.key(), label))?;
-            Ok(vec![(*chunk, raw)])
-        }
+        Fetch::Loose(chunk, _) => match repo.store().get(&chunk.key()).await {
+            Ok(raw) => Ok(Some(vec![(*chunk, raw)])),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(RepoError::from(e).into()),
+        },
         Fetch::Range(read) => {
-            let fetched = repo.fetch_range(read).await.map_err(|e| match e {
-                RepoError::Storage(e) => vanished(e, &read.pack.key(), label),
-                other => other.into(),
-            })?;
+            let fetched = match repo.fetch_range(read).await {
+                Ok(bytes) => bytes,
+                Err(RepoError::Storage(e)) if e.is_not_found() => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
             (0..read.chunks.len())
                 .map(|i| {
                     let (chunk, _) = read.chunks[i];
@@ -227,7 +307,8 @@ async fn fetch_chunks(
                     })?;
                     Ok((chunk, fetched.slice_ref(range)))
                 })
-                .collect()
+                .collect::<Result<Vec<_>>>()
+                .map(Some)
         }
     }
 }
