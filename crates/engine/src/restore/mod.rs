@@ -8,6 +8,7 @@
 //! symbolic link (`O_NOFOLLOW`), and every directory written into was verified or made real.
 
 mod direct;
+mod fetch;
 mod files;
 mod finish;
 pub mod plan;
@@ -24,7 +25,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use futures::StreamExt;
 use lifeboat_pg::recovery::{RecoveryTarget, TargetAction, TargetTimeline};
 use lifeboat_repo::Repository;
 use lifeboat_repo::backup::{ChunkId, Entry, FileEntry, Manifest, Root};
@@ -35,7 +35,7 @@ use crate::{EngineError, Result, join_error};
 use files::{FileAction, FilePlan, apply, make_links, parallel_map, plan_files, remove_any};
 use finish::{finish, fsync_dir, recovery_conf, write_file};
 pub use plan::Plan;
-use write::{FileProgress, PLAIN_BUFFER, sync_all, write_chunk};
+use write::{FileProgress, sync_all};
 
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
@@ -93,6 +93,8 @@ pub struct RestoreReport {
     pub files_kept: u64,
     pub files_removed: u64,
     pub chunks_fetched: u64,
+    /// GET requests made for chunk data: one per loose chunk, one per ranged read of a pack.
+    pub requests: u64,
     pub duration_seconds: f64,
     pub dry_run: bool,
     pub plan: Option<Plan>,
@@ -193,7 +195,7 @@ pub async fn restore(
         "restore: planned in {:.2} s",
         started.elapsed().as_secs_f64()
     );
-    check_chunks(repo, &manifests, &manifest, files.placements.keys()).await?;
+    let stored = fetch::check_chunks(repo, &manifests, &manifest, files.placements.keys()).await?;
     drop(manifests);
     let rewrite: Vec<PathBuf> = targets
         .iter()
@@ -294,53 +296,21 @@ pub async fn restore(
         synced: (0..targets.len()).map(|_| AtomicBool::new(false)).collect(),
         pieces_left: pieces_left.into_iter().map(AtomicUsize::new).collect(),
     });
-    // Fetches wait on the store: `concurrency` requests in flight. Direct writes wait on the disk
-    // in the writing thread: WRITERS_PER_THREAD per `parallel` thread decode and write, so that
-    // the cores stay busy meanwhile (with one per thread a local restore took 30 % longer). Each
-    // chunk in flight holds one stored object: memory stays near (concurrency + writers) x chunk.
-    let writers = opts.parallel.max(1) * WRITERS_PER_THREAD;
-    let concurrency = repo.store().capabilities().concurrency.max(1);
-    let requests = Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let workers = Arc::new(tokio::sync::Semaphore::new(writers));
-    let in_flight = writers + concurrency;
-    let writer = Arc::new(direct::PieceWriter::new(opts.direct_io));
-    let label = manifest.label.clone();
-    let mut writes = futures::stream::iter(placements)
-        .map(|(chunk, places)| {
-            let repo = repo.clone();
-            let targets = targets.clone();
-            let progress = progress.clone();
-            let writer = writer.clone();
-            let label = label.clone();
-            let requests = requests.clone();
-            let workers = workers.clone();
-            async move {
-                let raw = {
-                    let _request = requests.acquire().await.map_err(pool_closed)?;
-                    repo.store()
-                        .get(&chunk.key())
-                        .await
-                        .map_err(|e| vanished(e, &chunk, &label))?
-                };
-                let worker = workers.acquire_owned().await.map_err(pool_closed)?;
-                tokio::task::spawn_blocking(move || {
-                    let written = PLAIN_BUFFER.with_borrow_mut(|buf| {
-                        let plain = repo.decode_chunk_aligned(&chunk, &raw, buf, direct::ALIGN)?;
-                        write_chunk(plain, &places[..], &targets, &progress, &writer)
-                    });
-                    drop(worker);
-                    written
-                })
-                .await
-                .map_err(join_error)?
-            }
-        })
-        .buffer_unordered(in_flight);
-    while let Some(written) = writes.next().await {
-        let written = written?;
+    // Fetches wait on the store (its `concurrency` requests in flight); decoding and writing run
+    // on `parallel` threads (see `fetch`).
+    let sink = fetch::Sink {
+        targets: targets.clone(),
+        progress: progress.clone(),
+        writer: Arc::new(direct::PieceWriter::new(opts.direct_io)),
+        label: manifest.label.clone(),
+        parallel: opts.parallel.max(1),
+    };
+    report.requests = fetch::fetch_and_write(repo, &stored, placements, sink, |written| {
         report.bytes_written += written;
         events(RestoreEvent::Written { bytes: written });
-    }
+    })
+    .await?;
+    drop(stored);
 
     tracing::debug!(
         "restore: written in {:.2} s",
@@ -404,80 +374,6 @@ pub async fn restore(
     }
     report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(report)
-}
-
-/// A chunk the listing held is gone when it is fetched: the repository lost it under us.
-/// Threads decoding and writing chunks per `--parallel` thread (see the write loop in [`restore`]).
-const WRITERS_PER_THREAD: usize = 4;
-
-fn pool_closed(e: tokio::sync::AcquireError) -> EngineError {
-    EngineError::Internal(format!("restore worker pool closed: {e}"))
-}
-
-fn vanished(e: lifeboat_storage::StorageError, chunk: &ChunkId, label: &str) -> EngineError {
-    if e.is_not_found() {
-        EngineError::Corrupt {
-            message: format!(
-                "chunk {} of backup {label} vanished from the repository during the restore; the target directory is incomplete",
-                chunk.key()
-            ),
-            hint: "something removed objects from the repository (an expire of another repository copy, a lifecycle rule, a person): run `lifeboat verify`, then restore again into an empty directory".into(),
-        }
-    } else {
-        lifeboat_repo::RepoError::from(e).into()
-    }
-}
-
-/// Every chunk the restore will fetch must be in the repository (one listing), or nothing is
-/// written: a missing chunk is corruption, named with the backups that need it.
-async fn check_chunks(
-    repo: &Repository,
-    manifests: &[Manifest],
-    manifest: &Manifest,
-    needed: impl Iterator<Item = &ChunkId>,
-) -> Result<()> {
-    let needed: Vec<ChunkId> = needed.copied().collect();
-    if needed.is_empty() {
-        return Ok(());
-    }
-    let expected = manifests
-        .iter()
-        .map(|m| m.chunks().count())
-        .max()
-        .unwrap_or(0);
-    let present = repo.chunk_ids(expected).await?;
-    let mut missing: Vec<ChunkId> = needed
-        .into_iter()
-        .filter(|c| !present.contains(c))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    missing.sort();
-    let gone: HashSet<ChunkId> = missing.iter().copied().collect();
-    let mut needing: Vec<String> = manifests
-        .iter()
-        .filter(|m| m.chunks().any(|c| gone.contains(&c)))
-        .map(|m| m.label.clone())
-        .collect();
-    if !needing.contains(&manifest.label) {
-        needing.push(manifest.label.clone());
-    }
-    const SHOWN: usize = 10;
-    let mut names: Vec<String> = missing.iter().take(SHOWN).map(ChunkId::key).collect();
-    if missing.len() > SHOWN {
-        names.push(format!("and {} more", missing.len() - SHOWN));
-    }
-    Err(EngineError::Corrupt {
-        message: format!(
-            "backup {} cannot be restored: {} chunk(s) it needs are missing from the repository: {}; backups that need them: {}",
-            manifest.label,
-            missing.len(),
-            names.join(", "),
-            needing.join(", ")
-        ),
-        hint: "nothing was written; restore a backup that does not need these chunks (`lifeboat verify` names every affected backup), and find out what removed objects from the repository".into(),
-    })
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {

@@ -101,18 +101,18 @@ fn delta_never_keeps_or_writes_a_file_under_a_link() {
 #[test]
 fn a_chunk_that_vanishes_is_corruption_not_not_found() {
     let id = ChunkId(lifeboat_repo::ContentHash([3; 32]));
-    let gone = vanished(
+    let gone = fetch::vanished(
         lifeboat_storage::StorageError::not_found(&id.key()),
-        &id,
+        &id.key(),
         "L",
     );
     assert!(
         matches!(&gone, EngineError::Corrupt { message, .. } if message.contains(&id.to_string()) && message.contains("L")),
         "{gone:?}"
     );
-    let other = vanished(
+    let other = fetch::vanished(
         lifeboat_storage::StorageError::new(lifeboat_storage::ErrorKind::Transient, "slow"),
-        &id,
+        &id.key(),
         "L",
     );
     assert!(matches!(other, EngineError::Repo(_)), "{other:?}");

@@ -20,5 +20,6 @@ mod dashboard;
 mod drill;
 mod expire;
 mod old_format;
+mod packs;
 mod verify;
 mod versions;

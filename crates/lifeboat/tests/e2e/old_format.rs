@@ -18,7 +18,7 @@ use lifeboat_testkit::cluster::{TestCluster, TestDir, chown_to_owner, copy_tree,
 const START: Duration = Duration::from_secs(180);
 
 /// `lifeboat --config CONFIG ARGS`, as the cluster owner.
-fn lifeboat(config: &Path, args: &[&str]) -> Output {
+pub(crate) fn lifeboat(config: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(BIN);
     run_as_owner(&mut cmd);
     cmd.arg("--config")
@@ -32,7 +32,7 @@ fn lifeboat(config: &Path, args: &[&str]) -> Output {
 
 /// Restore `label` (with `args`, without archiving) into a fresh directory, start it and wait
 /// until recovery has ended; the cluster is stopped when dropped.
-fn restore_and_start(config: &Path, label: &str, args: &[&str]) -> TestCluster {
+pub(crate) fn restore_and_start(config: &Path, label: &str, args: &[&str]) -> TestCluster {
     let dir = TestDir::new().expect("test dir");
     let data = dir.path().join("data").to_string_lossy().into_owned();
     let mut all = vec!["restore", "--target-dir", &data, "--archive-mode", "off"];
@@ -46,7 +46,7 @@ fn restore_and_start(config: &Path, label: &str, args: &[&str]) -> TestCluster {
         .unwrap_or_else(|e| panic!("backup {label} restored with {args:?}: {e:#}"))
 }
 
-fn rows_of_big(cluster: &LocalCluster) -> u64 {
+pub(crate) fn rows_of_big(cluster: &LocalCluster) -> u64 {
     cluster
         .psql("select count(*) from big")
         .expect("read table big")
@@ -55,23 +55,25 @@ fn rows_of_big(cluster: &LocalCluster) -> u64 {
         .expect("a count")
 }
 
-#[test]
-fn old_format_fixture_verifies_and_every_backup_restores() {
-    let dir = TestDir::new().expect("test dir");
+/// A copy of the fixture repository in `dir/repo`, changed by `alter` (given its path) before
+/// it is given to the cluster owner; returns the path of a config naming it.
+pub(crate) fn fixture_copy(dir: &TestDir, alter: impl FnOnce(&Path)) -> std::path::PathBuf {
     let repo = dir.path().join("repo");
     copy_tree(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verify-repo"),
         &repo,
     )
     .expect("copy the fixture");
+    alter(&repo);
     let config = dir.path().join("lifeboat.toml");
     fs::write(&config, format!("repo = \"{}\"\n", repo.display())).expect("config");
     chown_to_owner(dir.path()).expect("chown");
+    config
+}
 
-    let out = lifeboat(&config, &["verify"]);
-    assert_success(&out, "lifeboat verify of the old-format fixture");
-
-    let out = lifeboat(&config, &["list", "--json"]);
+/// The labels of the fixture's two backups, oldest first.
+pub(crate) fn backup_labels(config: &Path) -> Vec<String> {
+    let out = lifeboat(config, &["list", "--json"]);
     let listing = json_of(&out, "lifeboat list --json");
     let labels: Vec<String> = listing["backups"]
         .as_array()
@@ -80,17 +82,33 @@ fn old_format_fixture_verifies_and_every_backup_restores() {
         .map(|b| b["label"].as_str().expect("label").to_string())
         .collect();
     assert_eq!(labels.len(), 2, "the fixture holds two backups: {listing}");
+    labels
+}
 
-    // tests/fixtures/README.md: 8000 rows at backup 1, two more before backup 2, three more
-    // before the end of the archive.
+/// Each backup of the fixture, restored to its end, holds its rows (tests/fixtures/README.md:
+/// 8000 at backup 1, two more before backup 2, three more before the end of the archive).
+pub(crate) fn each_backup_restores_to_its_end(config: &Path, labels: &[String], how: &str) {
     for (label, at_backup) in labels.iter().zip([8000, 8002]) {
-        let copy = restore_and_start(&config, label, &["--target", "immediate"]);
+        let copy = restore_and_start(config, label, &["--target", "immediate"]);
         assert_eq!(
             rows_of_big(&copy),
             at_backup,
-            "backup {label}, restored to its end"
+            "backup {label}{how}, restored to its end"
         );
     }
+}
+
+#[test]
+fn old_format_fixture_verifies_and_every_backup_restores() {
+    let dir = TestDir::new().expect("test dir");
+    let config = fixture_copy(&dir, |_| {});
+
+    let out = lifeboat(&config, &["verify"]);
+    assert_success(&out, "lifeboat verify of the old-format fixture");
+
+    let labels = backup_labels(&config);
+
+    each_backup_restores_to_its_end(&config, &labels, "");
     let copy = restore_and_start(&config, &labels[0], &[]);
     assert_eq!(
         rows_of_big(&copy),
