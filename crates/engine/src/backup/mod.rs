@@ -10,10 +10,8 @@
 
 pub mod chunks;
 pub mod packer;
-mod reuse;
+pub(crate) mod reuse;
 pub mod scan;
-#[cfg(test)]
-mod tests;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -12,10 +12,10 @@ use lifeboat_repo::stored::{ChunkPlace, ChunkScope};
 use lifeboat_repo::{Repository, keys};
 use lifeboat_storage::PutMode;
 
-use super::chunks::{Copier, Done, plan_items};
-use super::packer::PackWriter;
-use super::reuse::known_chunks;
-use super::scan::PlannedFile;
+use crate::backup::chunks::{Copier, Done, plan_items};
+use crate::backup::packer::PackWriter;
+use crate::backup::reuse::known_chunks;
+use crate::backup::scan::PlannedFile;
 use crate::store_tests;
 
 const BLOCK: u64 = 64 * 1024;
