@@ -31,6 +31,7 @@ IDLE_WAIT_SECONDS=${IDLE_WAIT_SECONDS:-600}  # how long to wait for idle before 
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}          # 1: leave clusters/repos/logs for inspection
 OUT_DIR=${OUT_DIR:-$REPO_ROOT/bench/out}
 S3_DELAY_MS=${S3_DELAY_MS:-0}            # the -s3 archivers: delay added to every S3 request
+LIFEBOAT_TOML=${LIFEBOAT_TOML:-}         # lifeboat-s3: extra config lines (printf %b escapes)
 
 case "$LIFEBOAT_BIN" in /*) ;; *) LIFEBOAT_BIN="$REPO_ROOT/$LIFEBOAT_BIN" ;; esac
 
@@ -353,6 +354,8 @@ prepare_lifeboat-s3() {
     [ -z "$SKIP_REASON" ] || return 0
     local conf="$WORK/lifeboat-s3.toml"
     s3_lifeboat_toml lifeboat-s3 >"$conf"
+    # LIFEBOAT_TOML: extra config lines, e.g. "[archive]\npush_parallel = 16".
+    if [ -n "${LIFEBOAT_TOML:-}" ]; then printf '%b\n' "$LIFEBOAT_TOML" >>"$conf"; fi
     chown postgres:postgres "$conf"
     chmod 0600 "$conf"
     as_pg "$LIFEBOAT_BIN" --config "$conf" init --unencrypted >"$WORK/logs/lifeboat-s3-init.log" 2>&1 \

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use futures::StreamExt;
 
 use crate::backup::ChunkId;
-use crate::pack::{ChunkIndex, ChunkLocation};
+use crate::pack::{ChunkIndex, ChunkLocation, PackId};
 use crate::{RepoError, Repository, Result, keys};
 
 /// Which chunks a caller needs to know about.
@@ -20,7 +20,9 @@ pub enum ChunkScope<'a> {
     /// [`Repository::list_chunks`].
     All { expected: usize },
     /// Only these: loose chunks are listed only when some of them is in no index, so a
-    /// repository of packs costs no listing of `data/` at all (backup, restore).
+    /// repository of packs costs no listing of `data/` at all (backup, restore). `packs/` is
+    /// listed, and an index entry whose pack is not there does not count: a backup stores such
+    /// a chunk again and a restore refuses before writing, instead of failing half-way.
     Wanted(&'a HashSet<ChunkId>),
 }
 
@@ -66,7 +68,11 @@ impl StoredChunks {
 impl Repository {
     /// Load the indexes and, as `scope` asks, list the loose chunks.
     pub async fn stored_chunks(&self, scope: ChunkScope<'_>) -> Result<StoredChunks> {
-        let mut stored = self.read_all_indexes().await?;
+        let listed_packs = match scope {
+            ChunkScope::All { .. } => None,
+            ChunkScope::Wanted(_) => Some(self.list_packs().await?),
+        };
+        let mut stored = self.read_all_indexes(listed_packs.as_ref()).await?;
         let loose_expected = match scope {
             ChunkScope::All { expected } => Some(expected),
             ChunkScope::Wanted(wanted) => {
@@ -86,7 +92,10 @@ impl Repository {
     /// Every index object, read as many at a time as the store's request concurrency; an index
     /// that is damaged is set aside (named in `unreadable_indexes`), one the store fails to
     /// deliver fails the call.
-    async fn read_all_indexes(&self) -> Result<StoredChunks> {
+    async fn read_all_indexes(
+        &self,
+        listed_packs: Option<&HashSet<PackId>>,
+    ) -> Result<StoredChunks> {
         let mut index_keys: Vec<String> = self
             .store()
             .list(keys::INDEX_PREFIX)
@@ -108,7 +117,14 @@ impl Repository {
         };
         while let Some((key, entries)) = reads.next().await {
             match entries {
-                Ok(entries) => stored.packed.extend(entries),
+                Ok(entries) => match listed_packs {
+                    Some(listed) => stored.packed.extend(
+                        entries
+                            .into_iter()
+                            .filter(|e| listed.contains(&e.location.pack)),
+                    ),
+                    None => stored.packed.extend(entries),
+                },
                 Err(RepoError::Corrupt { reason, .. }) => {
                     tracing::warn!("index {key} is unreadable and ignored: {reason}");
                     stored.unreadable_indexes.push((key, reason));
@@ -117,6 +133,17 @@ impl Repository {
             }
         }
         Ok(stored)
+    }
+
+    /// The packs stored: one listing of `packs/`.
+    pub async fn list_packs(&self) -> Result<HashSet<PackId>> {
+        Ok(self
+            .store()
+            .list(keys::PACK_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|m| PackId::from_key(&m.key))
+            .collect())
     }
 }
 
@@ -171,6 +198,20 @@ mod tests {
         assert_eq!(all.packed.len(), 1);
         assert_eq!(all.loose.len(), 1);
         assert_eq!(all.index_keys.len(), 1);
+
+        // A pack that is gone: what a backup or restore wants is not located in it any more;
+        // verify (All) still sees the entry, to report the pack.
+        repo.store().delete(&sealed.id.key()).await.unwrap();
+        let stored = repo
+            .stored_chunks(ChunkScope::Wanted(&only_packed))
+            .await
+            .unwrap();
+        assert!(!stored.contains(&id(1)));
+        let all = repo
+            .stored_chunks(ChunkScope::All { expected: 2 })
+            .await
+            .unwrap();
+        assert!(all.contains(&id(1)));
     }
 
     #[tokio::test]

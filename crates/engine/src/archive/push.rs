@@ -14,6 +14,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use lifeboat_pg::walname::WalFileName;
 use lifeboat_repo::ClusterIdentity;
 use lifeboat_repo::wal::PutOutcome as RepoPut;
@@ -87,39 +89,41 @@ pub async fn push(repo: &LazyRepo, path: &Path, options: &PushOptions) -> Result
         });
     }
     let repo = repo.get().await?;
-    let prepared = prepare(repo, &name, path).await?;
-    let identity = prepared.identity;
-    if let Some(id) = &identity {
-        repo.bind_identity(id).await?;
-    }
-
+    // The bound identity is fetched while the files are read and encoded: on an object store a
+    // request costs as much as encoding a segment, and a batch of pushes waits for the slowest.
+    let bound = bound_identity(repo);
+    let permits = Arc::new(Semaphore::new(options.parallel.max(1)));
+    // The requested file first: PostgreSQL waits for it.
+    let own_permit = permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?;
     let ahead = if options.parallel > 1 {
         ready_files(&wal_dir, &name, &markers, options.parallel - 1)
     } else {
         vec![]
     };
-    let permits = Arc::new(Semaphore::new(options.parallel.max(1)));
     let mut others = JoinSet::new();
     for other in ahead {
         let repo = repo.clone();
         let permits = permits.clone();
         let path = wal_dir.join(other.to_string());
         let markers = markers.clone();
+        let bound = bound.clone();
         others.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let result = push_ahead(&repo, &other, &path, identity.as_ref(), &markers).await;
+            let result = push_ahead(&repo, &other, &path, bound, &markers).await;
             (other, result)
         });
     }
 
-    let outcome = {
-        let _permit = permits
-            .acquire()
-            .await
-            .map_err(|e| EngineError::Internal(e.to_string()))?;
-        repo.put_wal_encoded(&name, prepared.hash, prepared.object)
-            .await?
-    };
+    let prepared = prepare(repo, &name, path).await?;
+    check_identity(repo, bound, prepared.identity.as_ref()).await?;
+    let outcome = repo
+        .put_wal_encoded(&name, prepared.hash, prepared.object)
+        .await?;
+    drop(own_permit);
     let mut report = PushReport {
         name: name.to_string(),
         outcome: match outcome {
@@ -147,21 +151,45 @@ async fn push_ahead(
     repo: &lifeboat_repo::Repository,
     name: &WalFileName,
     path: &Path,
-    expected: Option<&ClusterIdentity>,
+    bound: BoundIdentity,
     markers: &Path,
 ) -> Result<()> {
     // The fingerprint is taken before reading, so a write during the read makes it stale.
     let marker = Marker::of(path)?;
     let prepared = prepare(repo, name, path).await?;
-    if let Some(id) = &prepared.identity {
-        match expected {
-            Some(exp) if exp == id => {}
-            _ => repo.bind_identity(id).await?,
-        }
-    }
+    check_identity(repo, bound, prepared.identity.as_ref()).await?;
     repo.put_wal_encoded(name, prepared.hash, prepared.object)
         .await?;
     marker.write(markers, name)
+}
+
+/// The repository's bound identity, fetched once per call and shared by every file it pushes;
+/// `None` when it could not be read or none is bound yet (then each file binds or checks it the
+/// strict way).
+type BoundIdentity = Shared<BoxFuture<'static, Option<ClusterIdentity>>>;
+
+fn bound_identity(repo: &lifeboat_repo::Repository) -> BoundIdentity {
+    let repo = repo.clone();
+    let fetch = tokio::spawn(async move { repo.identity().await.ok().flatten() });
+    async move { fetch.await.ok().flatten() }.boxed().shared()
+}
+
+/// Refuse a file of another cluster before anything of it is stored. A file that matches the
+/// identity fetched at the start passes at once; anything else (no identity bound yet, the fetch
+/// failed, a mismatch) goes through [`lifeboat_repo::Repository::bind_identity`], which binds the
+/// repository or gives the precise refusal.
+async fn check_identity(
+    repo: &lifeboat_repo::Repository,
+    bound: BoundIdentity,
+    offered: Option<&ClusterIdentity>,
+) -> Result<()> {
+    let Some(offered) = offered else {
+        return Ok(());
+    };
+    if bound.await.as_ref() == Some(offered) {
+        return Ok(());
+    }
+    Ok(repo.bind_identity(offered).await?)
 }
 
 /// Pieces a WAL file is read in, each hashed and compressed as a zstd frame of its own while it

@@ -6,6 +6,7 @@
 mod backup_packs;
 mod expire_plan;
 mod restore_choice;
+mod verify_packs;
 mod wal_gaps;
 
 use std::sync::Arc;
@@ -32,6 +33,12 @@ pub async fn repo() -> Repository {
     let repo = Repository::init(Arc::new(store), InitOptions::default())
         .await
         .unwrap();
+    bind(&repo).await;
+    repo
+}
+
+/// Bind `repo` to the tests' cluster: system identifier 1, PostgreSQL 15, 16 MiB segments.
+pub async fn bind(repo: &Repository) {
     repo.bind_identity(&ClusterIdentity {
         system_identifier: 1,
         pg_major: 15,
@@ -39,7 +46,6 @@ pub async fn repo() -> Repository {
     })
     .await
     .unwrap();
-    repo
 }
 
 pub fn tli(n: u32) -> TimelineId {

@@ -12,17 +12,23 @@
 //! the rest (`reread_percent`): each object falls in one of 100 buckets by its hash (segments by
 //! number), and run `r` re-reads the buckets `r*p .. r*p+p` (mod 100), so that everything verified
 //! is read again within `ceil(100/p)` runs; `full` reads everything again. Presence is never taken
-//! from the state: every run lists `data/` and `wal/`, so an object deleted after it was verified
-//! is found on the next run, and one listed shorter than an object header is damaged unread.
+//! from the state: every run reads the indexes and lists `packs/`, `data/` and `wal/`, so an
+//! object deleted after it was verified is found on the next run, and one listed shorter than an
+//! object header (or a packed chunk past its pack's end) is damaged unread. Chunks in packs are
+//! read with ranged reads of neighbours and checked one by one as loose chunks are; an index that
+//! cannot be read, a pack an index names that is gone (one finding naming its chunks' backups)
+//! are findings, and a pack no index names is a warning (an interrupted backup's).
 //!
 //! Findings are data, not errors: a damaged manifest, chunk or segment is reported and the run goes
 //! on with the rest. Only a store that cannot be read at all (after retries) ends the run early.
 //!
-//! Parts: `select` (what this run reads), `read` (the read-back loop for chunks and WAL),
-//! `continuity` (WAL continuity and gaps), `report` (the report types and the text of each
-//! finding), `state` (the stored verification state and its format).
+//! Parts: `select` (what this run reads), `packs` (the packs behind the indexes), `read` (the
+//! read-back loops for chunks and WAL), `continuity` (WAL continuity and gaps), `report` (the
+//! report types and the text of each finding), `state` (the stored verification state and its
+//! format).
 
 mod continuity;
+mod packs;
 mod read;
 mod report;
 mod select;
@@ -34,10 +40,11 @@ use std::time::Instant;
 
 use lifeboat_pg::timeline::TimelineId;
 use lifeboat_pg::walname::{DEFAULT_WAL_SEGMENT_SIZE, WalFileName, WalSegmentName};
+use lifeboat_repo::stored::ChunkPlace;
 use lifeboat_repo::{RepoError, Repository};
 
 use crate::Result;
-use read::{in_flight, read_back, read_chunk, read_wal};
+use read::{in_flight, read_all_chunks, read_back, read_wal};
 use report::finding_order;
 pub use report::{
     BackupVerdict, BackupWindow, Counters, Finding, FindingKind, GAP_NAMED_MAX, GapDetail,
@@ -115,6 +122,14 @@ struct BackupInfo {
 /// last segment its recovery can replay without meeting a gap.
 type Windows = HashMap<String, (bool, Option<u64>)>;
 
+/// The stored bytes of a chunk where it lies.
+fn place_size(place: &ChunkPlace) -> u64 {
+    match place {
+        ChunkPlace::Loose { size } => *size,
+        ChunkPlace::Packed(loc) => u64::from(loc.length),
+    }
+}
+
 /// A segment's file name, or where it has none (a number beyond the name's range) what it is.
 fn segment_name(timeline: TimelineId, segno: u64, seg_size: u64) -> String {
     WalSegmentName::checked_from_segno(timeline, segno, seg_size)
@@ -161,12 +176,7 @@ pub async fn verify(
         max_block,
     } = select::backups(repo, opts, seg_size, &mut counters, &mut findings).await?;
     let rotation = Rotation::new(opts.reread_percent, old_state.runs);
-    let ChunkPlan {
-        present: present_chunks,
-        missing: mut missing_chunks,
-        damaged: mut damaged_chunks,
-        to_read,
-    } = select::chunks(
+    let mut plan: ChunkPlan = select::chunks(
         repo,
         referenced,
         &old_state,
@@ -175,6 +185,14 @@ pub async fn verify(
         &mut counters,
     )
     .await?;
+    let to_read = std::mem::take(&mut plan.to_read);
+    let mut missing_chunks = std::mem::take(&mut plan.missing);
+    let mut damaged_chunks = std::mem::take(&mut plan.damaged);
+    counters.packs = plan.packs.sizes.len() as u64;
+    counters.indexes = plan.stored.index_keys.len() as u64;
+    let (index_findings, warnings) =
+        report::index_findings(&plan.stored, &plan.packs, &mut counters);
+    findings.extend(index_findings);
     let WalPlan {
         all: all_wal,
         listed: listed_wal,
@@ -192,7 +210,7 @@ pub async fn verify(
     .await?;
     events(VerifyEvent::Planned {
         objects: (to_read.len() + wal_to_read.len()) as u64,
-        bytes: to_read.iter().map(|c| c.1).sum::<u64>()
+        bytes: to_read.iter().map(|c| place_size(&c.1)).sum::<u64>()
             + wal_to_read.iter().map(|w| w.1).sum::<u64>(),
     });
 
@@ -205,21 +223,12 @@ pub async fn verify(
     let cpu = Arc::new(tokio::sync::Semaphore::new(
         std::thread::available_parallelism().map_or(2, |n| n.get()),
     ));
-    let chunks = read_back(
-        to_read,
-        in_flight(concurrency, max_block.max(1)),
-        &events,
-        |id| {
-            let repo = repo.clone();
-            let cpu = cpu.clone();
-            async move { read_chunk(&repo, &id, cpu).await }
-        },
-    )
-    .await?;
+    let chunks = read_all_chunks(repo, to_read, max_block, concurrency, &events, cpu).await?;
     counters.chunks_read += chunks.read;
+    counters.chunk_requests += chunks.requests;
     counters.bytes_read += chunks.bytes;
-    damaged_chunks.extend(chunks.damaged);
-    missing_chunks.extend(chunks.gone);
+    damaged_chunks.extend(chunks.damaged.into_iter().map(|((id, _), why)| (id, why)));
+    missing_chunks.extend(chunks.gone.into_iter().map(|(id, _)| id));
     let verified_chunks = chunks.intact;
     let wal_reads = read_back(
         wal_to_read,
@@ -256,6 +265,10 @@ pub async fn verify(
         &backups,
         &missing_chunks,
         &damaged_chunks,
+        report::Places {
+            stored: &plan.stored,
+            packs: &plan.packs,
+        },
         &mut counters,
         &mut findings,
     )
@@ -288,7 +301,7 @@ pub async fn verify(
 
     // The state: what is verified and still there, plus what this run verified.
     let mut state = old_state.clone();
-    state.retain_present(&present_chunks, &all_wal, &wal.vanished, seg_size);
+    state.retain_present(|id| plan.place(id), &all_wal, &wal.vanished, seg_size);
     for id in damaged_chunks.keys() {
         state.chunks.remove(id);
     }
@@ -296,14 +309,8 @@ pub async fn verify(
         state.remove_wal(name, seg_size);
     }
     let stamp = u32::try_from(run_at).unwrap_or(u32::MAX);
-    for (id, size) in &verified_chunks {
-        state.chunks.insert(
-            *id,
-            ChunkRecord {
-                stored_size: u32::try_from(*size).unwrap_or(u32::MAX),
-                verified_at: stamp,
-            },
-        );
+    for ((id, place), _) in &verified_chunks {
+        state.chunks.insert(*id, ChunkRecord::new(place, stamp));
     }
     for (name, size) in &wal.verified {
         state.add_wal(name, run_at, Some(*size), seg_size);
@@ -342,6 +349,7 @@ pub async fn verify(
         full: opts.full,
         ok: findings.is_empty(),
         findings,
+        warnings,
         backups: verdicts,
         counters,
         state: StateSummary {

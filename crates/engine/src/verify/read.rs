@@ -1,9 +1,11 @@
 //! Reading back: one loop ([`read_back`]) reads a list of objects a bounded number at a time
 //! (fewer when they are large, [`in_flight`]), tells the caller's progress sink about each, and
 //! sorts them into intact, damaged (with why) and gone; [`read_chunk`] and [`read_wal`] read one
-//! chunk or one WAL object and say which.
+//! chunk or one WAL object and say which. Chunks in packs are read with ranged reads of several
+//! neighbours at once ([`plan_chunk_reads`], [`read_chunks`]), each chunk checked as a loose one.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -12,6 +14,8 @@ use lifeboat_pg::history::TimelineHistory;
 use lifeboat_pg::walheader;
 use lifeboat_pg::walname::WalFileName;
 use lifeboat_repo::backup::ChunkId;
+use lifeboat_repo::pack::{RangeRead, plan_range_reads};
+use lifeboat_repo::stored::{ChunkPlace, ChunkScope};
 use lifeboat_repo::{ClusterIdentity, RepoError, Repository};
 
 use super::{EventSink, VerifyEvent};
@@ -36,6 +40,47 @@ pub(super) fn in_flight(concurrency: usize, object_size: u64) -> usize {
         .max(1)
 }
 
+/// Packed chunks closer than this in a pack are fetched by one read (the gap read and dropped).
+const MERGE_GAP: u64 = 256 * 1024;
+/// The largest ranged read of a pack (a chunk larger than that is read alone): what one read in
+/// flight holds, so [`in_flight`] counts reads of packs at this size.
+const READ_SIZE: u64 = 4 * 1024 * 1024;
+
+/// One request of chunk bytes: a loose chunk, or a range of a pack holding one or more chunks.
+enum ChunkRead {
+    Loose(ChunkId, u64),
+    Range(RangeRead),
+}
+
+impl ChunkRead {
+    /// Stored bytes this read holds at once.
+    fn size(&self) -> u64 {
+        match self {
+            ChunkRead::Loose(_, size) => *size,
+            ChunkRead::Range(r) => r.end - r.start,
+        }
+    }
+}
+
+/// The requests that read `chunks`: one per loose chunk, packed ones grouped by pack into
+/// ranged reads of neighbours.
+fn plan_chunk_reads(chunks: Vec<(ChunkId, ChunkPlace)>) -> Vec<ChunkRead> {
+    let mut reads = Vec::new();
+    let mut packed = Vec::new();
+    for (id, place) in chunks {
+        match place {
+            ChunkPlace::Loose { size } => reads.push(ChunkRead::Loose(id, size)),
+            ChunkPlace::Packed(loc) => packed.push((id, loc)),
+        }
+    }
+    reads.extend(
+        plan_range_reads(packed, MERGE_GAP, READ_SIZE)
+            .into_iter()
+            .map(ChunkRead::Range),
+    );
+    reads
+}
+
 /// What [`read_back`] found.
 pub(super) struct ReadBack<K> {
     /// Read intact, with the stored size.
@@ -47,6 +92,8 @@ pub(super) struct ReadBack<K> {
     /// Objects read (intact or damaged), and their stored bytes.
     pub(super) read: u64,
     pub(super) bytes: u64,
+    /// Requests made for chunks ([`read_chunks`]: one per loose chunk or ranged read of a pack).
+    pub(super) requests: u64,
 }
 
 /// Read each of `objects` (with its listed stored size) with `read`, `in_flight` at a time,
@@ -63,13 +110,7 @@ where
     F: Fn(K) -> Fut,
     Fut: Future<Output = Result<Outcome>>,
 {
-    let mut found = ReadBack {
-        intact: Vec::new(),
-        damaged: Vec::new(),
-        gone: Vec::new(),
-        read: 0,
-        bytes: 0,
-    };
+    let mut found = ReadBack::default();
     let mut reads = futures::stream::iter(objects)
         .map(|(key, size)| {
             let reading = read(key);
@@ -77,22 +118,193 @@ where
         })
         .buffer_unordered(in_flight);
     while let Some((key, size, result)) = reads.next().await {
+        found.record(key, size, result?, events);
+    }
+    Ok(found)
+}
+
+impl<K> Default for ReadBack<K> {
+    fn default() -> Self {
+        Self {
+            intact: Vec::new(),
+            damaged: Vec::new(),
+            gone: Vec::new(),
+            read: 0,
+            bytes: 0,
+            requests: 0,
+        }
+    }
+}
+
+impl<K> ReadBack<K> {
+    /// Count one object's outcome and tell `events` it was read.
+    fn record(&mut self, key: K, size: u64, outcome: Outcome, events: &EventSink) {
         events(VerifyEvent::Read { bytes: size });
-        match result? {
+        match outcome {
             Outcome::Intact => {
-                found.read += 1;
-                found.bytes += size;
-                found.intact.push((key, size));
+                self.read += 1;
+                self.bytes += size;
+                self.intact.push((key, size));
             }
             Outcome::Damaged(reason) => {
-                found.read += 1;
-                found.bytes += size;
-                found.damaged.push((key, reason));
+                self.read += 1;
+                self.bytes += size;
+                self.damaged.push((key, reason));
             }
-            Outcome::Gone => found.gone.push(key),
+            Outcome::Gone => self.gone.push(key),
+        }
+    }
+
+    fn absorb(&mut self, other: ReadBack<K>) {
+        self.intact.extend(other.intact);
+        self.damaged.extend(other.damaged);
+        self.gone.extend(other.gone);
+        self.read += other.read;
+        self.bytes += other.bytes;
+        self.requests += other.requests;
+    }
+}
+
+/// Read back `chunks` where they lie, loose ones one request each, packed ones by ranged reads,
+/// as many requests at once as `concurrency` and memory allow (a ranged read counts as an object
+/// of its size, a loose chunk as one of `max_block`, its plaintext). A chunk whose pack is gone
+/// by the time it is read (repacked by a concurrent expire) is located again, once, and read
+/// where it lies now; what is still gone is returned as gone.
+pub(super) async fn read_all_chunks(
+    repo: &Repository,
+    chunks: Vec<(ChunkId, ChunkPlace)>,
+    max_block: u64,
+    concurrency: usize,
+    events: &EventSink,
+    cpu: Arc<Semaphore>,
+) -> Result<ReadBack<(ChunkId, ChunkPlace)>> {
+    let mut found = ReadBack::default();
+    let mut pending = chunks;
+    for pass in 0..2 {
+        let reads = plan_chunk_reads(pending);
+        let largest = reads.iter().map(ChunkRead::size).max().unwrap_or(0);
+        let limit = in_flight(concurrency, max_block.max(largest).max(1));
+        let mut this = read_chunks(repo, reads, limit, events, cpu.clone()).await?;
+        let gone = std::mem::take(&mut this.gone);
+        found.absorb(this);
+        let packed_gone = gone.iter().any(|(_, p)| matches!(p, ChunkPlace::Packed(_)));
+        if pass == 1 || !packed_gone {
+            found.gone.extend(gone);
+            break;
+        }
+        let ids: HashSet<ChunkId> = gone.iter().map(|(id, _)| *id).collect();
+        let now = repo.stored_chunks(ChunkScope::Wanted(&ids)).await?;
+        pending = Vec::new();
+        for (id, was) in gone {
+            match now.locate(&id).filter(|p| *p != was) {
+                Some(place) => pending.push((id, place)),
+                None => found.gone.push((id, was)),
+            }
         }
     }
     Ok(found)
+}
+
+/// Read every chunk of `reads`, `in_flight` requests at a time, telling `events` about each chunk
+/// as its request ends; sorted as [`read_back`] does, each chunk with where it was read.
+async fn read_chunks(
+    repo: &Repository,
+    reads: Vec<ChunkRead>,
+    in_flight: usize,
+    events: &EventSink,
+    cpu: Arc<Semaphore>,
+) -> Result<ReadBack<(ChunkId, ChunkPlace)>> {
+    let mut found = ReadBack {
+        requests: reads.len() as u64,
+        ..ReadBack::default()
+    };
+    let mut requests = futures::stream::iter(reads)
+        .map(|read| {
+            let cpu = cpu.clone();
+            async move {
+                match read {
+                    ChunkRead::Loose(id, size) => {
+                        let outcome = read_chunk(repo, &id, cpu).await?;
+                        Ok(vec![((id, ChunkPlace::Loose { size }), size, outcome)])
+                    }
+                    ChunkRead::Range(range) => read_range(repo, range, cpu).await,
+                }
+            }
+        })
+        .buffer_unordered(in_flight);
+    while let Some(result) = requests.next().await {
+        let chunks: Vec<((ChunkId, ChunkPlace), u64, Outcome)> = result?;
+        for (key, size, outcome) in chunks {
+            found.record(key, size, outcome, events);
+        }
+    }
+    Ok(found)
+}
+
+/// Fetch one range of a pack and check each chunk in it as a loose chunk is checked: a chunk's
+/// damage is its own, its neighbours are judged on their bytes.
+async fn read_range(
+    repo: &Repository,
+    range: RangeRead,
+    cpu: Arc<Semaphore>,
+) -> Result<Vec<((ChunkId, ChunkPlace), u64, Outcome)>> {
+    let each = |range: &RangeRead, outcome: &dyn Fn() -> Outcome| {
+        range
+            .chunks
+            .iter()
+            .map(|(id, loc)| {
+                (
+                    (*id, ChunkPlace::Packed(*loc)),
+                    u64::from(loc.length),
+                    outcome(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let fetched = match repo.fetch_range(&range).await {
+        Ok(fetched) => fetched,
+        Err(e) if e.is_not_found() => return Ok(each(&range, &|| Outcome::Gone)),
+        Err(RepoError::Corrupt { reason, .. }) => {
+            return Ok(each(&range, &|| Outcome::Damaged(reason.clone())));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let permit = cpu
+        .acquire_owned()
+        .await
+        .map_err(|e| EngineError::Internal(format!("verify worker pool closed: {e}")))?;
+    let repo = repo.clone();
+    tokio::task::spawn_blocking(move || {
+        let checked = PLAIN.with_borrow_mut(|buf| {
+            let mut out = Vec::with_capacity(range.chunks.len());
+            for (i, (id, loc)) in range.chunks.iter().enumerate() {
+                let outcome = match range.chunk_bytes(&fetched, i) {
+                    None => Outcome::Damaged(format!(
+                        "the read of {} bytes {}..{} did not hold it",
+                        range.pack.key(),
+                        range.start,
+                        range.end
+                    )),
+                    Some(raw) => match repo.decode_chunk_aligned(id, raw, buf, 1) {
+                        Ok(_) => Outcome::Intact,
+                        Err(RepoError::Corrupt { reason, .. }) => Outcome::Damaged(reason),
+                        Err(e) => return Err(e),
+                    },
+                };
+                out.push((
+                    (*id, ChunkPlace::Packed(*loc)),
+                    u64::from(loc.length),
+                    outcome,
+                ));
+            }
+            Ok(out)
+        });
+        drop(permit);
+        checked
+    })
+    .await
+    .map_err(join_error)?
+    .map_err(Into::into)
 }
 
 thread_local! {

@@ -1,14 +1,18 @@
 //! The verdict: the report types a run returns (findings, per-backup verdicts, counters, the
 //! state and rotation summaries), the text of each finding (what happened, what to do), and the
-//! findings about chunks and damaged WAL files. Gaps in the WAL are found in `continuity`.
+//! findings about chunks, packs, indexes and damaged WAL files. Gaps in the WAL are found in
+//! `continuity`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use lifeboat_pg::walname::WalFileName;
 use lifeboat_repo::backup::ChunkId;
+use lifeboat_repo::pack::PackId;
+use lifeboat_repo::stored::{ChunkPlace, StoredChunks};
 use lifeboat_repo::{Repository, keys};
 use serde::Serialize;
 
+use super::packs::{PackView, Resolved};
 use super::{BackupInfo, Windows, segment_name};
 
 /// Segments of one gap named in the JSON report; a longer gap is named by its ends and count.
@@ -32,6 +36,13 @@ pub enum FindingKind {
     DamagedWal,
     /// The cluster identity (`cluster.json`) cannot be read.
     DamagedIdentity,
+    /// An index cannot be read: the chunks only it locates are missing.
+    DamagedIndex,
+    /// A pack an index names is not in the repository: its chunks are missing unless stored
+    /// elsewhere.
+    MissingPack,
+    /// A warning, not a problem: a pack no index names (left by an interrupted backup).
+    UnindexedPack,
 }
 
 /// One problem, with what it affects and what to do.
@@ -109,6 +120,9 @@ pub struct Counters {
     pub chunks_referenced: u64,
     /// Chunks read back this run.
     pub chunks_read: u64,
+    /// Requests that fetched them: one per loose chunk, one per ranged read of a pack (chunks
+    /// less than 256 KiB apart in a pack come in one read of up to 4 MiB).
+    pub chunk_requests: u64,
     /// Chunks present and verified by an earlier run, so not read again.
     pub chunks_skipped: u64,
     /// Of `chunks_read`: chunks verified by an earlier run, read again in their turn of the
@@ -116,6 +130,13 @@ pub struct Counters {
     pub chunks_reread: u64,
     pub chunks_missing: u64,
     pub chunks_damaged: u64,
+    /// Packs stored, and indexes read (docs/design/packs.md).
+    pub packs: u64,
+    pub indexes: u64,
+    /// Indexes that could not be read, packs an index names that are gone, packs no index names.
+    pub indexes_damaged: u64,
+    pub packs_missing: u64,
+    pub packs_unindexed: u64,
     /// Stored bytes read (chunks and WAL).
     pub bytes_read: u64,
     /// WAL objects in scope (segments, .partial, .backup and history files).
@@ -184,6 +205,8 @@ pub struct VerifyReport {
     /// No findings.
     pub ok: bool,
     pub findings: Vec<Finding>,
+    /// What deserves a look but damages nothing (packs no index names); not counted in `ok`.
+    pub warnings: Vec<Finding>,
     pub backups: Vec<BackupVerdict>,
     pub counters: Counters,
     pub state: StateSummary,
@@ -194,11 +217,14 @@ pub(super) fn finding_order(kind: FindingKind) -> u8 {
     match kind {
         FindingKind::DamagedIdentity => 0,
         FindingKind::DamagedManifest => 1,
-        FindingKind::MissingChunk => 2,
-        FindingKind::DamagedChunk => 3,
-        FindingKind::BackupWalMissing => 4,
-        FindingKind::DamagedWal => 5,
-        FindingKind::WalGap => 6,
+        FindingKind::DamagedIndex => 2,
+        FindingKind::MissingPack => 3,
+        FindingKind::MissingChunk => 4,
+        FindingKind::DamagedChunk => 5,
+        FindingKind::BackupWalMissing => 6,
+        FindingKind::DamagedWal => 7,
+        FindingKind::WalGap => 8,
+        FindingKind::UnindexedPack => 9,
     }
 }
 
@@ -226,18 +252,36 @@ fn chunk_action(damaged: bool) -> String {
     )
 }
 
+/// What to do about a damaged chunk in a pack: the pack holds other chunks, so it stays.
+fn packed_chunk_action(pack: &PackId) -> String {
+    format!(
+        "the backups named cannot be restored in full: restore from another backup; do not delete {} to get rid of the damage, it also holds intact chunks; repairing a chunk inside a pack is not available yet and a new backup may reuse the damaged copy, so run `lifeboat verify --full` after the next backup to see whether it is intact",
+        pack.key()
+    )
+}
+
+/// Where the chunks are kept: the indexes and the packs they name.
+#[derive(Clone, Copy)]
+pub(super) struct Places<'a> {
+    pub(super) stored: &'a StoredChunks,
+    pub(super) packs: &'a PackView,
+}
+
 /// Which backups each missing or damaged chunk affects (a second pass over the manifests, only
 /// when there is such a chunk), as findings; and per backup, its missing and damaged chunks.
+/// Chunks missing because the one pack their index names is gone make one finding per pack.
 pub(super) async fn chunk_findings(
     repo: &Repository,
     backups: &[BackupInfo],
     missing_chunks: &BTreeSet<ChunkId>,
     damaged_chunks: &BTreeMap<ChunkId, String>,
+    places: Places<'_>,
     counters: &mut Counters,
     findings: &mut Vec<Finding>,
 ) -> HashMap<String, (u64, u64)> {
     let mut verdict_counts: HashMap<String, (u64, u64)> = HashMap::new();
     if missing_chunks.is_empty() && damaged_chunks.is_empty() {
+        findings.extend(lost_pack_findings(places, &BTreeMap::new(), counters));
         return verdict_counts;
     }
     let mut affected: BTreeMap<ChunkId, Vec<String>> = BTreeMap::new();
@@ -263,33 +307,161 @@ pub(super) async fn chunk_findings(
             }
         }
     }
+    let unreadable = &places.stored.unreadable_indexes;
+    let mut in_lost: BTreeMap<PackId, (u64, BTreeSet<String>)> = BTreeMap::new();
     for id in missing_chunks {
         let Some(labels) = affected.remove(id) else {
             continue; // only backups removed meanwhile referenced it
         };
         counters.chunks_missing += 1;
+        if let Resolved::InLostPack(pack) = places.packs.resolve(places.stored, id) {
+            let lost = in_lost.entry(pack).or_default();
+            lost.0 += 1;
+            lost.1.extend(labels);
+            continue;
+        }
+        let why = match unreadable.len() {
+            0 => String::new(),
+            1 => format!(" (the unreadable index {} may name it)", unreadable[0].0),
+            n => format!(" ({n} unreadable indexes may name it)"),
+        };
         findings.push(Finding {
             kind: FindingKind::MissingChunk,
             object: id.key(),
-            what: format!("chunk {} is missing from the repository", id.key()),
+            what: format!("chunk {} is missing from the repository{why}", id.key()),
             action: chunk_action(false),
             backups: labels,
             gap: None,
         });
     }
+    findings.extend(lost_pack_findings(places, &in_lost, counters));
     for (id, reason) in damaged_chunks {
         let labels = affected.remove(id).unwrap_or_default();
         counters.chunks_damaged += 1;
+        let (object, what, action) = match places.packs.place(places.stored, id) {
+            Some(ChunkPlace::Packed(loc)) => (
+                loc.pack.key(),
+                format!(
+                    "chunk {} in pack {} (bytes {}..{}) is damaged: {reason}",
+                    id,
+                    loc.pack.key(),
+                    loc.offset,
+                    loc.offset + u64::from(loc.length)
+                ),
+                packed_chunk_action(&loc.pack),
+            ),
+            _ => (
+                id.key(),
+                format!("chunk {} is damaged: {reason}", id.key()),
+                chunk_action(true),
+            ),
+        };
         findings.push(Finding {
             kind: FindingKind::DamagedChunk,
-            object: id.key(),
-            what: format!("chunk {} is damaged: {reason}", id.key()),
-            action: chunk_action(true),
+            object,
+            what,
+            action,
             backups: labels,
             gap: None,
         });
     }
     verdict_counts
+}
+
+/// One finding per pack an index names that is gone, with the chunks only it held: `in_lost`
+/// counts, per pack, the referenced ones and the backups that need them. A lost pack whose every
+/// chunk is stored elsewhere is no finding (an index entry left behind, ignored by readers).
+fn lost_pack_findings(
+    places: Places<'_>,
+    in_lost: &BTreeMap<PackId, (u64, BTreeSet<String>)>,
+    counters: &mut Counters,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (pack, lost) in &places.packs.lost {
+        let referenced = in_lost.get(pack);
+        let (needed, labels) = referenced.map_or((0, Vec::new()), |(n, l)| {
+            (*n, l.iter().cloned().collect::<Vec<_>>())
+        });
+        let only_there = lost
+            .chunks
+            .iter()
+            .filter(|id| !matches!(places.packs.resolve(places.stored, id), Resolved::At(_)))
+            .count();
+        if only_there == 0 {
+            continue;
+        }
+        counters.packs_missing += 1;
+        let indexes: Vec<&str> = lost.indexes.iter().map(String::as_str).collect();
+        findings.push(Finding {
+            kind: FindingKind::MissingPack,
+            object: pack.key(),
+            what: format!(
+                "pack {} is missing from the repository: index {} names it, and {only_there} chunk{} placed in it {} stored nowhere else ({needed} of them needed by the backups checked)",
+                pack.key(),
+                indexes.join(", "),
+                if only_there == 1 { "" } else { "s" },
+                if only_there == 1 { "is" } else { "are" },
+            ),
+            backups: labels,
+            action: chunk_action(false),
+            gap: None,
+        });
+    }
+    findings
+}
+
+/// A finding per index that could not be read, and a warning per pack no index names.
+pub(super) fn index_findings(
+    stored: &StoredChunks,
+    packs: &PackView,
+    counters: &mut Counters,
+) -> (Vec<Finding>, Vec<Finding>) {
+    let mut findings = Vec::new();
+    for (key, reason) in &stored.unreadable_indexes {
+        counters.indexes_damaged += 1;
+        findings.push(Finding {
+            kind: FindingKind::DamagedIndex,
+            object: key.clone(),
+            what: format!(
+                "index {key} cannot be read ({reason}): the chunks only it locates count as missing, and the packs only it names show as named by no index"
+            ),
+            backups: Vec::new(),
+            action: "run `lifeboat backup` to store the current data's chunks again, then `lifeboat verify` to see which backups are intact, and restore from one of those; leave the packs in place: rebuilding an index from the packs' own lists of chunks is not available yet".into(),
+            gap: None,
+        });
+    }
+    let mut warnings = Vec::new();
+    for (pack, size) in &packs.unindexed {
+        counters.packs_unindexed += 1;
+        let (what, action) = if stored.unreadable_indexes.is_empty() {
+            (
+                format!(
+                    "pack {} ({size} bytes) is named by no index: left by an interrupted backup (or written by one running now)",
+                    pack.key()
+                ),
+                "nothing to do: no finished backup uses it, and the next `lifeboat expire` deletes it"
+                    .to_string(),
+            )
+        } else {
+            (
+                format!(
+                    "pack {} ({size} bytes) is named by no readable index: left by an interrupted backup, or named by an unreadable index",
+                    pack.key()
+                ),
+                "leave it in place while an index is unreadable: it may hold chunks backups need"
+                    .to_string(),
+            )
+        };
+        warnings.push(Finding {
+            kind: FindingKind::UnindexedPack,
+            object: pack.key(),
+            what,
+            backups: Vec::new(),
+            action,
+            gap: None,
+        });
+    }
+    (findings, warnings)
 }
 
 /// One finding per damaged WAL file, in name order, naming the backups whose WAL it is part of.

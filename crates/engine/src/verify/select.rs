@@ -1,6 +1,7 @@
 //! What a run reads: the backups (all, or the one `--backup` names) and what their manifests
-//! reference, then of the chunks and WAL objects listed in the repository, which are damaged
-//! unread (shorter than an object header), which are read (new, changed size, `--full`, or in
+//! reference, then of the chunks (loose, or located through the indexes) and WAL objects listed
+//! in the repository, which are damaged unread (shorter than an object header, or past the end
+//! of their pack), which are read (new, changed size, `--full`, or in
 //! this run's share of the re-read rotation) and which are skipped as verified before.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -8,8 +9,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use lifeboat_pg::timeline::TimelineId;
 use lifeboat_pg::walname::WalFileName;
 use lifeboat_repo::backup::{ChunkId, Manifest};
+use lifeboat_repo::stored::{ChunkPlace, ChunkScope, StoredChunks};
 use lifeboat_repo::{RepoError, Repository, keys};
 
+use super::packs::{self, PackView, Resolved};
 use super::report::{Counters, Finding, damaged_manifest};
 use super::state::State;
 use super::{BackupInfo, VerifyOptions};
@@ -116,15 +119,26 @@ pub(super) async fn backups(
     })
 }
 
-/// The chunks: presence from one listing, content from reading back what is not known good.
+/// The chunks: presence from the indexes, one listing of `packs/` and one of `data/`; content
+/// from reading back what is not known good.
 pub(super) struct ChunkPlan {
-    /// Every chunk object listed, with its stored size.
-    pub(super) present: HashMap<ChunkId, u64>,
+    /// Where the repository keeps its chunks (indexes and loose ones).
+    pub(super) stored: StoredChunks,
+    /// The packs behind them.
+    pub(super) packs: PackView,
+    /// Referenced and in no index and no loose key, or only in a lost pack.
     pub(super) missing: BTreeSet<ChunkId>,
-    /// Damaged unread (listed shorter than an object header), with why.
+    /// Damaged unread (shorter than an object header, or beyond the end of their pack), with why.
     pub(super) damaged: BTreeMap<ChunkId, String>,
-    /// With their stored size.
-    pub(super) to_read: Vec<(ChunkId, u64)>,
+    /// With where they lie.
+    pub(super) to_read: Vec<(ChunkId, ChunkPlace)>,
+}
+
+impl ChunkPlan {
+    /// Where a chunk can be read now, if it can.
+    pub(super) fn place(&self, id: &ChunkId) -> Option<ChunkPlace> {
+        self.packs.place(&self.stored, id)
+    }
 }
 
 pub(super) async fn chunks(
@@ -135,37 +149,68 @@ pub(super) async fn chunks(
     full: bool,
     counters: &mut Counters,
 ) -> Result<ChunkPlan> {
-    let present_chunks = list_chunks(repo, referenced.len()).await?;
+    let scope = ChunkScope::All {
+        expected: referenced.len(),
+    };
+    let mut stored = repo.stored_chunks(scope).await?;
+    let mut packs = packs::survey(repo, &stored).await?;
+    if !packs.lost.is_empty() {
+        // A pack an index names is gone: look once more, in case an expire replaced the index
+        // and deleted the pack between our listing of the indexes and that of the packs.
+        stored = repo.stored_chunks(scope).await?;
+        packs = packs::survey(repo, &stored).await?;
+    }
     let mut referenced: Vec<ChunkId> = referenced.into_iter().collect();
     referenced.sort_unstable();
     let mut missing_chunks: BTreeSet<ChunkId> = BTreeSet::new();
     let mut damaged_chunks: BTreeMap<ChunkId, String> = BTreeMap::new();
-    let mut to_read: Vec<(ChunkId, u64)> = Vec::new();
+    let mut to_read: Vec<(ChunkId, ChunkPlace)> = Vec::new();
     for id in referenced {
-        match present_chunks.get(&id) {
-            None => {
+        let place = match packs.resolve(&stored, &id) {
+            Resolved::At(place) => place,
+            Resolved::InLostPack(_) | Resolved::Missing => {
                 missing_chunks.insert(id);
+                continue;
             }
-            Some(&size) if short_object(size).is_some() => {
-                damaged_chunks.insert(id, short_object(size).unwrap_or_default());
+        };
+        if let Some(reason) = unreadable(&place, &packs) {
+            damaged_chunks.insert(id, reason);
+        } else if !full && old_state.chunk_verified(&id, &place) {
+            if rotation.picks(chunk_bucket(&id, &place)) {
+                counters.chunks_reread += 1;
+                to_read.push((id, place));
+            } else {
+                counters.chunks_skipped += 1;
             }
-            Some(&size) if !full && old_state.chunk_verified(&id, size) => {
-                if rotation.picks(chunk_bucket(&id)) {
-                    counters.chunks_reread += 1;
-                    to_read.push((id, size));
-                } else {
-                    counters.chunks_skipped += 1;
-                }
-            }
-            Some(&size) => to_read.push((id, size)),
+        } else {
+            to_read.push((id, place));
         }
     }
     Ok(ChunkPlan {
-        present: present_chunks,
+        stored,
+        packs,
         missing: missing_chunks,
         damaged: damaged_chunks,
         to_read,
     })
+}
+
+/// Why a chunk cannot be intact without reading it: shorter than an object header, or (packed)
+/// lying past the end of its pack.
+fn unreadable(place: &ChunkPlace, packs: &PackView) -> Option<String> {
+    match place {
+        ChunkPlace::Loose { size } => short_object(*size),
+        ChunkPlace::Packed(loc) => {
+            let end = loc.offset + u64::from(loc.length);
+            match packs.sizes.get(&loc.pack) {
+                Some(&size) if size < end => Some(format!(
+                    "the pack is {size} bytes, shorter than its index says: it was cut short"
+                )),
+                _ => short_object(u64::from(loc.length))
+                    .map(|r| format!("its index entry gives it {} bytes: {r}", loc.length)),
+            }
+        }
+    }
 }
 
 /// The WAL: every object in scope, read unless verified before.
@@ -267,9 +312,15 @@ impl Rotation {
     }
 }
 
-fn chunk_bucket(id: &ChunkId) -> u64 {
+/// A loose chunk by its id; a packed one by its pack's id, so that a run re-reads whole packs
+/// (a few ranged reads each) rather than scattered chunks of every pack (a request each).
+fn chunk_bucket(id: &ChunkId, place: &ChunkPlace) -> u64 {
+    let bytes: &[u8] = match place {
+        ChunkPlace::Loose { .. } => &id.0.0,
+        ChunkPlace::Packed(loc) => &loc.pack.0,
+    };
     let mut b = [0u8; 8];
-    b.copy_from_slice(&id.0.0[..8]);
+    b.copy_from_slice(&bytes[..8]);
     u64::from_le_bytes(b) % 100
 }
 
@@ -325,11 +376,6 @@ fn backup_info(m: &Manifest, seg_size: u64) -> std::result::Result<BackupInfo, S
         stop_time: m.stop_time,
         chunks: 0,
     })
-}
-
-/// Every chunk object with its stored size.
-async fn list_chunks(repo: &Repository, expected: usize) -> Result<HashMap<ChunkId, u64>> {
-    Ok(repo.list_chunks(expected).await?.into_iter().collect())
 }
 
 #[cfg(test)]

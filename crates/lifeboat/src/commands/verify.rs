@@ -77,7 +77,8 @@ fn progress_bar() -> ProgressBar {
     bar
 }
 
-/// One line per finding, one per backup, a note about the state if any, then the summary.
+/// One line per finding, one per warning (no problem: the exit code stays 0), one per backup, a
+/// note about the state if any, then the summary.
 fn render_text(report: &VerifyReport) -> String {
     let mut out = String::new();
     for f in &report.findings {
@@ -91,6 +92,9 @@ fn render_text(report: &VerifyReport) -> String {
             "PROBLEM: {}; backups affected: {backups}; FIX: {}",
             f.what, f.action
         );
+    }
+    for w in &report.warnings {
+        let _ = writeln!(out, "WARNING: {}; {}", w.what, w.action);
     }
     for b in &report.backups {
         let _ = writeln!(out, "{}", verdict_line(b));

@@ -13,7 +13,7 @@ use crate::old_format::{backup_labels, each_backup_restores_to_its_end, fixture_
 
 /// Move every other loose chunk of the repository at `dir` into packs of about `pack_size`
 /// bytes, index them, and delete their loose objects; returns (chunks moved, packs written).
-async fn move_half_into_packs(dir: &Path, pack_size: usize) -> (usize, usize) {
+pub(crate) async fn move_half_into_packs(dir: &Path, pack_size: usize) -> (usize, usize) {
     let store =
         lifeboat_storage::open_or_create(dir.to_str().expect("utf-8 path"), &Default::default())
             .expect("open the repository's store");

@@ -698,3 +698,79 @@ fn remove_empty_dirs(dir: &Path) -> bool {
     }
     empty
 }
+
+/// A repository whose chunks lie partly in packs (the fixture with every other chunk moved into
+/// indexed packs, as `packs.rs` does for restore) verifies clean, every chunk read; a byte
+/// flipped inside one packed chunk is that chunk's damage alone, named with its pack and the
+/// backups that reference it.
+#[test]
+fn chunks_in_packs_are_read_and_a_flipped_byte_in_a_pack_is_that_chunk_damaged() {
+    let repo = FixtureRepo::new(NO_REREAD);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (moved, packs) = runtime.block_on(crate::packs::move_half_into_packs(&repo.path, 64 << 10));
+    assert!(moved > 0 && packs > 1, "{moved} chunks into {packs} packs");
+    lifeboat_testkit::cluster::chown_to_owner(repo.dir.path()).expect("chown");
+
+    let first = repo.verify(&[], 0);
+    assert_eq!(first["ok"], true, "{first}");
+    assert_eq!(
+        counter(&first, "chunks_read"),
+        counter(&first, "chunks_referenced"),
+        "{first}"
+    );
+    assert_eq!(counter(&first, "packs"), packs as u64, "{first}");
+    assert_eq!(counter(&first, "indexes"), 1, "{first}");
+    let (read, requests) = (
+        counter(&first, "chunks_read"),
+        counter(&first, "chunk_requests"),
+    );
+    eprintln!("{read} chunks, {moved} of them in {packs} packs, read in {requests} requests");
+    assert!(requests < read, "{first}");
+    assert_eq!(
+        first["warnings"].as_array().map(Vec::len),
+        Some(0),
+        "{first}"
+    );
+
+    // A chunk of the first pack: the index says where it lies.
+    let entry = runtime.block_on(async {
+        let store = lifeboat_storage::open(repo.path.to_str().expect("utf-8"), &Default::default())
+            .expect("open the store");
+        let r = lifeboat_repo::Repository::open(store, None)
+            .await
+            .expect("open the repository");
+        let keys = r
+            .store()
+            .list(lifeboat_repo::keys::INDEX_PREFIX)
+            .await
+            .expect("list indexes");
+        let entries = r.read_index(&keys[0].key).await.expect("read the index");
+        entries[0]
+    });
+    let ms = manifests(&repo.path);
+    let expected = labels_referencing(&ms, &entry.chunk);
+    let pack = repo.object(&entry.location.pack.key());
+    let end = fs::metadata(&pack).expect("pack").len();
+    let middle = entry.location.offset + u64::from(entry.location.length) / 2;
+    flip_byte(&pack, (end - middle) as usize);
+
+    let report = repo.verify(&["--full"], 6);
+    let damaged = findings(&report, "damaged_chunk");
+    assert_eq!(damaged.len(), 1, "{report}");
+    assert_eq!(
+        report["findings"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert_eq!(
+        damaged[0]["object"].as_str(),
+        Some(entry.location.pack.key().as_str())
+    );
+    let what = damaged[0]["what"].as_str().expect("what");
+    assert!(what.contains(&entry.chunk.to_string()), "{what}");
+    assert_eq!(strings(&damaged[0]["backups"]), expected);
+    assert_eq!(
+        counter(&report, "chunks_read"),
+        counter(&report, "chunks_referenced")
+    );
+}

@@ -63,6 +63,15 @@ impl CloudStore {
         if custom_endpoint {
             b = b.with_virtual_hosted_style_request(false);
         }
+        // Over TLS, a SHA-256 of the body in the signature adds nothing to what TLS and every
+        // object's own hash (checked on each read) already guarantee, and costs a pass over each
+        // uploaded byte; requests in the clear keep it. AWS_UNSIGNED_PAYLOAD still decides.
+        let allow_http = b
+            .get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp))
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        if !allow_http && std::env::var_os("AWS_UNSIGNED_PAYLOAD").is_none() {
+            b = b.with_unsigned_payload(true);
+        }
         let conditional = b
             .get_config_value(&AmazonS3ConfigKey::ConditionalPut)
             .is_none_or(|v| v != "disabled");

@@ -2,12 +2,21 @@
 //! at which stored size and when, and the position of the re-read rotation. Two copies,
 //! `verify/state` then `verify/state.copy`; each is one JSON header line followed by fixed-size
 //! binary chunk records sorted by id. This module owns that format.
+//!
+//! A chunk's record says where the copy that was read lies: its stored size (a loose object's
+//! size, or a packed chunk's length) and, for a chunk read from a pack, the first 8 bytes of the
+//! pack's id. A chunk that moves (a repack, or stored again elsewhere) is a copy never read, so
+//! its record no longer matches and it is read again. Records with a pack take 48 bytes (state
+//! version 2); a state with none is written as version 1 (40-byte records), as before packs, so
+//! a repository without packs keeps a state older versions of Lifeboat read.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use lifeboat_pg::timeline::TimelineId;
 use lifeboat_pg::walname::{WalFileName, WalSegmentName};
 use lifeboat_repo::backup::ChunkId;
+use lifeboat_repo::pack::PackId;
+use lifeboat_repo::stored::ChunkPlace;
 use lifeboat_repo::{ContentHash, RepoError, Repository};
 use lifeboat_storage::PutMode;
 use serde::{Deserialize, Serialize};
@@ -21,10 +30,16 @@ use crate::{EngineError, Result};
 pub use lifeboat_repo::keys::{VERIFY_STATE as STATE_KEY, VERIFY_STATE_COPY as STATE_COPY_KEY};
 
 const STATE_FORMAT: &str = "lifeboat-verify-state";
+/// Version 1: chunk records of [`CHUNK_RECORD_LEN`] bytes (loose chunks only); version 2: of
+/// [`PACKED_RECORD_LEN`] bytes.
 const STATE_VERSION: u32 = 1;
-/// Bytes per chunk record in the state: id (32), stored size (u32 LE), verified at (u32 LE, Unix
-/// seconds).
+const STATE_VERSION_PACKS: u32 = 2;
+/// Bytes per chunk record in a version 1 state: id (32), stored size (u32 LE), verified at (u32
+/// LE, Unix seconds).
 pub(super) const CHUNK_RECORD_LEN: usize = 40;
+/// Bytes per chunk record in a version 2 state: a version 1 record, then the first 8 bytes of the
+/// id of the pack the chunk was read from (all zero for a loose chunk).
+pub(super) const PACKED_RECORD_LEN: usize = 48;
 
 /// Segments a stored state may record: far more than any archive holds (2^24 segments of 16 MiB
 /// are 256 TiB), so a state claiming more is damaged or crafted and is not expanded in memory.
@@ -49,11 +64,45 @@ pub(super) fn rfc3339(unix: u64) -> String {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct ChunkRecord {
-    /// The stored object's size when it was read: a listing showing another size means the object
-    /// changed, and it is read again.
+    /// The stored object's size (a packed chunk's length) when it was read: a listing or index
+    /// showing another size means the object changed, and it is read again.
     pub(super) stored_size: u32,
     /// Unix seconds.
     pub(super) verified_at: u32,
+    /// The first 8 bytes of the id of the pack it was read from (little-endian); 0 for a loose
+    /// chunk.
+    pub(super) pack: u64,
+}
+
+impl ChunkRecord {
+    pub(super) fn new(place: &ChunkPlace, verified_at: u32) -> Self {
+        let (size, pack) = place_key(place);
+        Self {
+            stored_size: u32::try_from(size).unwrap_or(u32::MAX),
+            verified_at,
+            pack,
+        }
+    }
+
+    fn matches(&self, place: &ChunkPlace) -> bool {
+        let (size, pack) = place_key(place);
+        u64::from(self.stored_size) == size && self.pack == pack
+    }
+}
+
+/// What a record compares of a chunk's place: its stored size and its pack's tag.
+fn place_key(place: &ChunkPlace) -> (u64, u64) {
+    match place {
+        ChunkPlace::Loose { size } => (*size, 0),
+        ChunkPlace::Packed(loc) => (u64::from(loc.length), pack_tag(&loc.pack)),
+    }
+}
+
+/// The first 8 bytes of a pack's id: enough to tell two packs apart (ids are random).
+fn pack_tag(pack: &PackId) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&pack.0[..8]);
+    u64::from_le_bytes(b)
 }
 
 /// What earlier runs verified. Segments are kept per timeline as segment number → time of the
@@ -160,20 +209,24 @@ impl State {
             .ok_or("no header line")?;
         let header: StateHeader =
             serde_json::from_slice(&plain[..newline]).map_err(|e| format!("bad header: {e}"))?;
-        if header.format != STATE_FORMAT || header.version != STATE_VERSION {
+        let record_len = match (header.format == STATE_FORMAT, header.version) {
+            (true, STATE_VERSION) => CHUNK_RECORD_LEN,
+            (true, STATE_VERSION_PACKS) => PACKED_RECORD_LEN,
+            _ => {
+                return Err(format!(
+                    "format {} version {} is not {STATE_FORMAT} {STATE_VERSION} or {STATE_VERSION_PACKS}",
+                    header.format, header.version
+                ));
+            }
+        };
+        if header.chunk_record_len != record_len {
             return Err(format!(
-                "format {} version {} is not {STATE_FORMAT} {STATE_VERSION}",
-                header.format, header.version
-            ));
-        }
-        if header.chunk_record_len != CHUNK_RECORD_LEN {
-            return Err(format!(
-                "chunk records of {} bytes, expected {CHUNK_RECORD_LEN}",
-                header.chunk_record_len
+                "chunk records of {} bytes, expected {record_len} in version {}",
+                header.chunk_record_len, header.version
             ));
         }
         let records = &plain[newline + 1..];
-        if records.len() as u64 != header.chunks * CHUNK_RECORD_LEN as u64 {
+        if records.len() as u64 != header.chunks * record_len as u64 {
             return Err(format!(
                 "{} bytes of chunk records for {} chunks",
                 records.len(),
@@ -181,18 +234,24 @@ impl State {
             ));
         }
         let mut chunks = BTreeMap::new();
-        for record in records.chunks_exact(CHUNK_RECORD_LEN) {
+        for record in records.chunks_exact(record_len) {
             let (id, rest) = record.split_at(32);
-            let (size, at) = rest.split_at(4);
+            let (size, rest) = rest.split_at(4);
+            let (at, pack) = rest.split_at(4);
             let mut hash = [0u8; 32];
             hash.copy_from_slice(id);
             let size: [u8; 4] = size.try_into().map_err(|_| "short record")?;
             let at: [u8; 4] = at.try_into().map_err(|_| "short record")?;
+            let pack = match pack.len() {
+                0 => 0,
+                _ => u64::from_le_bytes(pack.try_into().map_err(|_| "short record")?),
+            };
             chunks.insert(
                 ChunkId(ContentHash(hash)),
                 ChunkRecord {
                     stored_size: u32::from_le_bytes(size),
                     verified_at: u32::from_le_bytes(at),
+                    pack,
                 },
             );
         }
@@ -287,11 +346,18 @@ impl State {
                 }
             }
         }
+        // Version 1 while no record names a pack: what Lifeboat wrote before packs, and reads.
+        let packed = self.chunks.values().any(|r| r.pack != 0);
+        let (version, record_len) = if packed {
+            (STATE_VERSION_PACKS, PACKED_RECORD_LEN)
+        } else {
+            (STATE_VERSION, CHUNK_RECORD_LEN)
+        };
         let header = StateHeader {
             format: STATE_FORMAT.into(),
-            version: STATE_VERSION,
+            version,
             updated: self.updated.clone().unwrap_or_default(),
-            chunk_record_len: CHUNK_RECORD_LEN,
+            chunk_record_len: record_len,
             chunks: self.chunks.len() as u64,
             wal_segments: ranges
                 .into_iter()
@@ -318,12 +384,15 @@ impl State {
         };
         let mut out = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
         out.push(b'\n');
-        out.reserve(self.chunks.len() * CHUNK_RECORD_LEN);
+        out.reserve(self.chunks.len() * record_len);
         // BTreeMap order: the records are sorted by id, as the format says.
         for (id, record) in &self.chunks {
             out.extend_from_slice(&id.0.0);
             out.extend_from_slice(&record.stored_size.to_le_bytes());
             out.extend_from_slice(&record.verified_at.to_le_bytes());
+            if packed {
+                out.extend_from_slice(&record.pack.to_le_bytes());
+            }
         }
         Ok(out)
     }
@@ -339,10 +408,9 @@ impl State {
         Ok(())
     }
 
-    pub(super) fn chunk_verified(&self, id: &ChunkId, stored_size: u64) -> bool {
-        self.chunks
-            .get(id)
-            .is_some_and(|r| u64::from(r.stored_size) == stored_size)
+    /// Read intact before where it lies now.
+    pub(super) fn chunk_verified(&self, id: &ChunkId, place: &ChunkPlace) -> bool {
+        self.chunks.get(id).is_some_and(|r| r.matches(place))
     }
 
     /// Verified before at this stored size (a record without a size does not count).
@@ -402,13 +470,13 @@ impl State {
     /// "this object, as it is now, was read intact".
     pub(super) fn retain_present(
         &mut self,
-        chunks: &HashMap<ChunkId, u64>,
+        chunks: impl Fn(&ChunkId) -> Option<ChunkPlace>,
         wal: &[(WalFileName, u64)],
         vanished: &HashSet<WalFileName>,
         seg_size: u64,
     ) {
         self.chunks
-            .retain(|id, r| chunks.get(id) == Some(&u64::from(r.stored_size)));
+            .retain(|id, r| chunks(id).is_some_and(|place| r.matches(&place)));
         let mut listed_segments: BTreeMap<TimelineId, HashMap<u64, u64>> = BTreeMap::new();
         let mut listed_other: HashMap<String, u64> = HashMap::new();
         for (name, size) in wal {
@@ -449,148 +517,4 @@ impl State {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use lifeboat_pg::walname::DEFAULT_WAL_SEGMENT_SIZE;
-
-    fn id(b: u8) -> ChunkId {
-        ChunkId(ContentHash([b; 32]))
-    }
-
-    const SEG: u64 = DEFAULT_WAL_SEGMENT_SIZE;
-
-    #[test]
-    fn state_round_trips_and_stays_compact() {
-        let mut state = State {
-            updated: Some("2026-11-23T10:15:00Z".into()),
-            ..State::default()
-        };
-        for b in [9u8, 1, 5] {
-            state.chunks.insert(
-                id(b),
-                ChunkRecord {
-                    stored_size: 1000 + u32::from(b),
-                    verified_at: 7,
-                },
-            );
-        }
-        for n in 2..=200 {
-            let name = WalFileName::Segment(WalSegmentName::from_segno(TimelineId::ONE, n, SEG));
-            state.add_wal(&name, if n < 100 { 10 } else { 20 }, Some(1000 + n), SEG);
-        }
-        state.add_wal(
-            &WalFileName::parse("00000002.history").unwrap(),
-            20,
-            Some(40),
-            SEG,
-        );
-        state.runs = 3;
-        state.runs_since = Some(5);
-        let bytes = state.to_bytes(SEG).unwrap();
-        let newline = bytes.iter().position(|&b| b == b'\n').unwrap();
-        assert_eq!(bytes.len() - newline - 1, 3 * CHUNK_RECORD_LEN);
-        let header: serde_json::Value = serde_json::from_slice(&bytes[..newline]).unwrap();
-        // 199 segments verified by two runs: two ranges.
-        assert_eq!(
-            header["wal_segments"].as_array().unwrap().len(),
-            2,
-            "{header}"
-        );
-        // Records sorted by id.
-        assert_eq!(bytes[newline + 1], 1);
-        assert_eq!(bytes[newline + 1 + CHUNK_RECORD_LEN], 5);
-        let back = State::parse(&bytes, SEG).unwrap();
-        assert_eq!(back, state);
-    }
-
-    #[test]
-    fn state_forgets_what_is_gone_or_changed() {
-        let mut state = State::default();
-        for b in [1u8, 2, 3] {
-            state.chunks.insert(
-                id(b),
-                ChunkRecord {
-                    stored_size: 100,
-                    verified_at: 1,
-                },
-            );
-        }
-        let seg = |n| WalFileName::Segment(WalSegmentName::from_segno(TimelineId::ONE, n, SEG));
-        for n in 1..=5 {
-            state.add_wal(&seg(n), 1, Some(10), SEG);
-        }
-        let present: HashMap<ChunkId, u64> = [(id(1), 100), (id(2), 99)].into_iter().collect();
-        let wal = vec![(seg(1), 10), (seg(2), 10), (seg(4), 10), (seg(5), 0)];
-        let vanished: HashSet<WalFileName> = [seg(4)].into_iter().collect();
-        state.retain_present(&present, &wal, &vanished, SEG);
-        assert!(state.chunk_verified(&id(1), 100));
-        assert!(!state.chunk_verified(&id(2), 99), "changed size");
-        assert!(!state.chunk_verified(&id(3), 100), "deleted");
-        assert!(state.wal_verified(&seg(1), 10, SEG));
-        assert!(
-            !state.wal_verified(&seg(1), 11, SEG),
-            "listed at another size"
-        );
-        assert!(!state.wal_verified(&seg(3), 10, SEG), "deleted");
-        assert!(!state.wal_verified(&seg(4), 10, SEG), "vanished while read");
-        assert!(!state.wal_verified(&seg(5), 0, SEG), "changed size");
-        assert!(!state.wal_verified(&seg(5), 10, SEG), "forgotten");
-    }
-
-    /// A state written before stored sizes and the rotation were recorded still reads: its chunk
-    /// records stand, its WAL records count as not verified (read again, then recorded with
-    /// their size), and the rotation starts at run 0.
-    #[test]
-    fn a_state_without_sizes_still_reads() {
-        let header = serde_json::json!({
-            "format": STATE_FORMAT, "version": 1, "updated": "2026-11-23T10:15:00Z",
-            "chunk_record_len": 40, "chunks": 1,
-            "wal_segments": [{"first": "000000010000000000000002", "last": "000000010000000000000004", "verified_at": 7}],
-            "wal_files": [{"name": "00000002.history", "verified_at": 7}]
-        });
-        let mut bytes = serde_json::to_vec(&header).unwrap();
-        bytes.push(b'\n');
-        bytes.extend_from_slice(&[3u8; 32]);
-        bytes.extend_from_slice(&500u32.to_le_bytes());
-        bytes.extend_from_slice(&7u32.to_le_bytes());
-        let state = State::parse(&bytes, SEG).unwrap();
-        assert!(state.chunk_verified(&id(3), 500));
-        assert_eq!(state.wal_count(), 4);
-        let seg = WalFileName::Segment(WalSegmentName::from_segno(TimelineId::ONE, 3, SEG));
-        assert!(!state.wal_verified(&seg, 100, SEG));
-        assert_eq!((state.runs, state.runs_since), (0, None));
-        // Written again with what it holds, it reads back the same.
-        let again = State::parse(&state.to_bytes(SEG).unwrap(), SEG).unwrap();
-        assert_eq!(again, state);
-    }
-
-    /// A state that claims more segments than any archive holds is refused, not expanded.
-    #[test]
-    fn a_state_claiming_every_segment_is_refused() {
-        let header = serde_json::json!({
-            "format": STATE_FORMAT, "version": 1, "updated": "x",
-            "chunk_record_len": 40, "chunks": 0,
-            "wal_segments": [{"first": "000000010000000000000000", "last": "00000001FFFFFFFF000000FF", "verified_at": 7}],
-            "wal_files": []
-        });
-        let mut bytes = serde_json::to_vec(&header).unwrap();
-        bytes.push(b'\n');
-        assert!(State::parse(&bytes, SEG).is_err());
-    }
-
-    #[test]
-    fn damaged_state_is_refused() {
-        assert!(State::parse(b"not json\n", SEG).is_err());
-        let mut state = State::default();
-        state.chunks.insert(
-            id(1),
-            ChunkRecord {
-                stored_size: 1,
-                verified_at: 1,
-            },
-        );
-        let mut bytes = state.to_bytes(SEG).unwrap();
-        bytes.pop();
-        assert!(State::parse(&bytes, SEG).is_err());
-    }
-}
+mod tests;
