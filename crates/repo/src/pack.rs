@@ -259,6 +259,11 @@ impl ChunkIndex {
     pub fn retain(&mut self, mut keep: impl FnMut(&ChunkId) -> bool) {
         self.locations.retain(|id, _| keep(id));
     }
+
+    /// Every chunk located, in no particular order.
+    pub fn chunks(&self) -> impl Iterator<Item = &ChunkId> {
+        self.locations.keys()
+    }
 }
 
 /// One ranged GET of a pack and the chunks it brings.

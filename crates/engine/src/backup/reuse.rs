@@ -1,5 +1,5 @@
-//! What a backup reuses from the newest complete one: the chunks the repository still holds
-//! (not encoded or uploaded again) and the entries of files unchanged since (not even read).
+//! What a backup reuses: the chunks the repository still holds (not encoded or uploaded again)
+//! and the entries of files unchanged since the newest complete backup (not even read).
 
 use std::collections::HashSet;
 
@@ -10,20 +10,21 @@ use lifeboat_repo::stored::ChunkScope;
 use super::scan::PlannedFile;
 use crate::Result;
 
-/// The chunks of the newest complete backup (`newest`) that the repository still holds: they are
-/// not encoded or uploaded again. Located through the indexes first, so a repository of packs
-/// costs no listing of `data/`; a chunk in an unreadable index (or lost, or removed after verify
-/// found it damaged) is not known, so it is stored anew instead of referenced.
+/// The chunks a backup need not encode or upload again: those of the newest complete backup
+/// (`newest`) that the repository still holds, and every chunk an index places in a stored pack
+/// (an interrupted backup's, named by its checkpoint indexes, or an older backup's). Located
+/// through the indexes first (only in packs a listing of `packs/` finds), so a repository of
+/// packs costs no listing of `data/`; a chunk of an unreadable index, or lost, or removed after
+/// verify found it damaged, is not known, so it is stored anew instead of referenced.
 pub(crate) async fn known_chunks(
     repo: &Repository,
     newest: Option<&Manifest>,
 ) -> Result<HashSet<ChunkId>> {
     let wanted: HashSet<ChunkId> = newest.map(|m| m.chunks().collect()).unwrap_or_default();
-    if wanted.is_empty() {
-        return Ok(wanted);
-    }
     let stored = repo.stored_chunks(ChunkScope::Wanted(&wanted)).await?;
-    Ok(wanted.into_iter().filter(|c| stored.contains(c)).collect())
+    let mut known: HashSet<ChunkId> = wanted.into_iter().filter(|c| stored.contains(c)).collect();
+    known.extend(stored.packed.chunks());
+    Ok(known)
 }
 
 /// Seconds by which a file must predate the previous backup's start to be trusted unchanged: a

@@ -54,6 +54,21 @@ async fn copy(
     known: HashSet<ChunkId>,
     packs: Option<Arc<PackWriter>>,
 ) -> (HashSet<ChunkId>, u64) {
+    let (chunks, mut stored) = copy_unfinished(repo, files, known, packs.clone()).await;
+    if let Some(packs) = packs {
+        stored += packs.finish().await.unwrap().pack_bytes;
+    }
+    (chunks, stored)
+}
+
+/// Copy `files` as a backup killed before its last pack and index would (full packs are stored,
+/// and checkpoint indexes written); the chunks named and the loose bytes stored.
+async fn copy_unfinished(
+    repo: &Repository,
+    files: Vec<PlannedFile>,
+    known: HashSet<ChunkId>,
+    packs: Option<Arc<PackWriter>>,
+) -> (HashSet<ChunkId>, u64) {
     let copier = Arc::new(Copier {
         repo: repo.clone(),
         files: Arc::new(files),
@@ -67,7 +82,7 @@ async fn copy(
         bad_pages: Default::default(),
         cpu: Arc::new(tokio::sync::Semaphore::new(2)),
         requests: Arc::new(tokio::sync::Semaphore::new(4)),
-        storage_packs: packs.clone(),
+        storage_packs: packs,
     });
     let items = plan_items(&copier.files, BLOCK);
     let mut chunks = HashSet::new();
@@ -79,12 +94,9 @@ async fn copy(
         })
         .await
         .unwrap();
-    let mut stored = copier
+    let stored = copier
         .bytes_stored
         .load(std::sync::atomic::Ordering::Relaxed);
-    if let Some(packs) = packs {
-        stored += packs.finish().await.unwrap().pack_bytes;
-    }
     (chunks, stored)
 }
 
@@ -258,4 +270,33 @@ async fn chunks_of_an_unreadable_index_are_not_known() {
         &first.iter().copied().collect::<Vec<_>>(),
     );
     assert!(known_chunks(&repo, Some(&newest)).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_interrupted_backups_checkpointed_packs_are_known_to_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = store_tests::repo().await;
+    let files = write_files(dir.path(), 20, 6);
+    // 21 chunks, 4 of 64 KiB fill a pack: 5 full packs stored, a checkpoint index after packs 2
+    // and 4, and the interruption loses the fifth pack's index and the last partial pack (the
+    // small files' chunk lands in any of them: it does not fill a pack alone).
+    let writer = Arc::new(PackWriter::with_sizes(&repo, 256 * 1024, 1, 2).unwrap());
+    let (all, _) = copy_unfinished(&repo, files.clone(), HashSet::new(), Some(writer)).await;
+    assert_eq!(count(&repo, keys::PACK_PREFIX).await, 5);
+    assert_eq!(count(&repo, keys::INDEX_PREFIX).await, 2);
+    let known = known_chunks(&repo, None).await.unwrap();
+    assert!(
+        (16..=17).contains(&known.len()),
+        "the chunks of the four indexed packs: {}",
+        known.len()
+    );
+    assert!(known.is_subset(&all));
+
+    // The next backup stores only what no index names, and its index completes the set.
+    let writer = Arc::new(PackWriter::with_sizes(&repo, 256 * 1024, 1, 2).unwrap());
+    let (again, _) = copy(&repo, files, known, Some(writer)).await;
+    assert_eq!(again, all);
+    let packs = count(&repo, keys::PACK_PREFIX).await;
+    assert!((6..=7).contains(&packs), "{packs} packs");
+    read_back_from_packs(&repo, &all).await;
 }
