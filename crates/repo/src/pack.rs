@@ -267,6 +267,11 @@ impl ChunkIndex {
             .iter()
             .map(|(&chunk, &location)| IndexEntry { chunk, location })
     }
+
+    /// Every chunk located, in no particular order.
+    pub fn chunks(&self) -> impl Iterator<Item = &ChunkId> {
+        self.locations.keys()
+    }
 }
 
 /// One ranged GET of a pack and the chunks it brings.

@@ -1,6 +1,7 @@
 //! The copy pipeline of a backup: read → verify page checksums → hash → compress → encrypt →
-//! upload, with parallelism over blocks (not only files) and memory bounded by
-//! `in_flight × block_size`, never by the size of the database.
+//! upload (a loose chunk, or into a storage pack through [`PackWriter`]), with parallelism over
+//! blocks (not only files) and memory bounded by `in_flight × block_size` (plus the storage packs
+//! in memory, see [`PackWriter`]), never by the size of the database.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -16,6 +17,7 @@ use lifeboat_pg::page::{self, PageCheck};
 use lifeboat_repo::Repository;
 use lifeboat_repo::backup::{BadPage, ChunkId, ChunkPut};
 
+use super::packer::PackWriter;
 use super::scan::PlannedFile;
 use crate::{EngineError, Result, join_error};
 
@@ -93,6 +95,8 @@ pub struct Copier {
     pub cpu: Arc<tokio::sync::Semaphore>,
     /// Permits for uploads: the store's request concurrency, independent of `cpu`.
     pub requests: Arc<tokio::sync::Semaphore>,
+    /// Where new chunks go in a repository that writes packs; `None`: loose `data/` objects.
+    pub storage_packs: Option<Arc<PackWriter>>,
 }
 
 impl Copier {
@@ -132,6 +136,10 @@ impl Copier {
         .await
         .map_err(join_error)??;
         if let (Some(encoded), Some(chunk)) = (encoded, done_chunk(&done)) {
+            if let Some(packs) = &self.storage_packs {
+                packs.add(chunk, &encoded).await?;
+                return Ok(done);
+            }
             let _request = self
                 .requests
                 .acquire()

@@ -1,12 +1,16 @@
 //! `backup`: a consistent base backup of a running cluster into the repository.
 //!
 //! Order (docs/FORMAT.md, "Backups"): `pg_backup_start` on one session → walk the data directory
-//! → copy every file through the chunk pipeline → copy `global/pg_control` last →
+//! → copy every file through the chunk pipeline → copy `global/pg_control` last → (in a
+//! repository of packs) store the last pack and the index naming this backup's packs →
 //! `pg_backup_stop` → wait until the WAL from the start to the stop segment is in the repository →
 //! store the manifest. Only the manifest makes the backup exist, so an interrupted backup leaves
-//! chunks (reused by the next backup) but never a restorable-looking backup.
+//! chunks (loose ones, and packs named by a checkpoint index, are reused by the next backup) but
+//! never a restorable-looking backup.
 
 pub mod chunks;
+pub mod packer;
+pub(crate) mod reuse;
 pub mod scan;
 
 use std::collections::HashSet;
@@ -30,6 +34,8 @@ pub use crate::backup_report::BackupReport;
 use crate::error::postgres;
 use crate::{EngineError, Result};
 use chunks::{Copier, Done, Item};
+use packer::PackWriter;
+use reuse::{known_chunks, split_unchanged};
 use scan::PlannedFile;
 
 pub const DEFAULT_BLOCK_SIZE: u32 = 1024 * 1024;
@@ -151,23 +157,11 @@ async fn backup_locked(
     };
     repo.bind_identity(&identity).await?;
 
-    // Chunks of the newest complete backup that are still in the repository need not be encoded
-    // or uploaded again. Checking presence (one listing) lets a backup repair a chunk that was
-    // lost or removed after verify found it damaged: it is stored anew instead of referenced.
     let (previous, unreadable) = repo.readable_manifests().await?;
     for (label, problem) in &unreadable {
         tracing::warn!("backup {label} is unreadable and ignored: {problem}");
     }
-    let expected = previous
-        .iter()
-        .map(|m| m.chunks().count())
-        .max()
-        .unwrap_or(0);
-    let stored = repo.chunk_ids(expected).await?;
-    let known: HashSet<ChunkId> = previous
-        .last()
-        .map(|m| m.chunks().filter(|c| stored.contains(c)).collect())
-        .unwrap_or_default();
+    let known = known_chunks(repo, previous.last()).await?;
 
     let mut label = new_label();
     while previous.iter().any(|m| m.label == label) {
@@ -236,6 +230,11 @@ async fn backup_locked(
     let block_size = u64::from(opts.block_size);
     let concurrency = repo.store().capabilities().concurrency.max(1);
     let files = Arc::new(files);
+    let storage_packs = if repo.writes_packs() {
+        Some(Arc::new(PackWriter::new(repo, concurrency)?))
+    } else {
+        None
+    };
     let copier = Arc::new(Copier {
         repo: repo.clone(),
         files: files.clone(),
@@ -249,6 +248,7 @@ async fn backup_locked(
         bad_pages: Default::default(),
         cpu: Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1))),
         requests: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+        storage_packs: storage_packs.clone(),
     });
     let mut results = Results::new(&files);
     let items = chunks::plan_items(&files, block_size);
@@ -279,6 +279,7 @@ async fn backup_locked(
         bad_pages: Default::default(),
         cpu: Arc::new(tokio::sync::Semaphore::new(1)),
         requests: Arc::new(tokio::sync::Semaphore::new(1)),
+        storage_packs: storage_packs.clone(),
     });
     let mut control_results = Results::new(&control_copier.files);
     control_copier
@@ -286,6 +287,21 @@ async fn backup_locked(
             control_results.record(done)
         })
         .await?;
+    // Every chunk is now in a stored pack or loose object: the last pack and the index naming
+    // this backup's packs go before the manifest, which may only name located chunks.
+    let packed = match &storage_packs {
+        Some(writer) => writer.finish().await?,
+        None => Default::default(),
+    };
+    if packed.packs > 0 {
+        tracing::info!(
+            "stored {} new chunks in {} packs ({} bytes), named by {} indexes",
+            packed.chunks,
+            packed.packs,
+            packed.pack_bytes,
+            packed.indexes.len()
+        );
+    }
 
     events(BackupEvent::Stopping);
     // Not pg_backup_stop(wait_for_archive => true): that only learns that *some* archive_command
@@ -351,8 +367,10 @@ async fn backup_locked(
         (_, Entry::File(_)) => std::cmp::Ordering::Less,
         _ => std::cmp::Ordering::Equal,
     });
+    // Loose chunks' encoded bytes, or the packs' bytes (chunks, trailers, footers).
     let stored_size = copier.bytes_stored.load(Ordering::Relaxed)
-        + control_copier.bytes_stored.load(Ordering::Relaxed);
+        + control_copier.bytes_stored.load(Ordering::Relaxed)
+        + packed.pack_bytes;
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
         version: MANIFEST_VERSION,
@@ -392,56 +410,6 @@ async fn backup_locked(
     lock.check_held().await.map_err(EngineError::from)?;
     repo.put_manifest(&manifest).await?;
     Ok(BackupReport::from_manifest(&manifest))
-}
-
-/// Seconds by which a file must predate the previous backup's start to be trusted unchanged: a
-/// write in the same second as that backup's read could leave size and mtime as they were.
-const UNCHANGED_MARGIN_SECONDS: i64 = 2;
-
-/// Split the walk into files to read and files whose entry in `previous` can be reused as it is:
-/// same size and modification time, and modified well before `previous` started (so the copy it
-/// holds was taken after the last change). Reused entries keep their chunk references.
-fn split_unchanged(
-    files: Vec<PlannedFile>,
-    previous: Option<&Manifest>,
-    block_size: u32,
-    present: &HashSet<ChunkId>,
-) -> (Vec<PlannedFile>, Vec<FileEntry>) {
-    let Some(prev) = previous.filter(|p| p.block_size == block_size) else {
-        return (files, Vec::new());
-    };
-    let trusted_before = prev.start_time.unix_timestamp() - UNCHANGED_MARGIN_SECONDS;
-    let by_path: std::collections::HashMap<(bool, &str), &FileEntry> = prev
-        .entries
-        .iter()
-        .filter_map(|e| match e {
-            Entry::File(f) => Some(((f.root == Root::Config, f.path.as_str()), f)),
-            _ => None,
-        })
-        .collect();
-    let mut read = Vec::with_capacity(files.len());
-    let mut reused = Vec::new();
-    for f in files {
-        match by_path.get(&(f.root == Root::Config, f.rel.as_str())) {
-            Some(old)
-                if old.size == f.size
-                    && old.mtime == f.mtime
-                    && f.mtime < trusted_before
-                    && (f.size == 0 || !old.blocks.is_empty() || old.packed.is_some())
-                    && old.blocks.iter().all(|c| present.contains(c))
-                    && old
-                        .packed
-                        .as_ref()
-                        .is_none_or(|p| present.contains(&p.chunk)) =>
-            {
-                let mut entry = (*old).clone();
-                entry.mode = f.mode;
-                reused.push(entry);
-            }
-            _ => read.push(f),
-        }
-    }
-    (read, reused)
 }
 
 fn done_bytes(done: &Done) -> u64 {

@@ -3,6 +3,7 @@
 //! PostgreSQL cluster. Helpers here write manifests, WAL and chunks as the real commands would
 //! leave them; the end-to-end tests (crates/lifeboat/tests) cover the same paths with PostgreSQL.
 
+mod backup_packs;
 mod expire_packs;
 mod expire_plan;
 mod restore_choice;

@@ -5,7 +5,7 @@
 //! receiver got.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -249,25 +249,7 @@ fn a_drill_of_a_corrupted_backup_fails_says_why_and_alerts() {
     let (setup, cluster) = archiving_cluster(0, 1);
     setup.backup(&cluster);
     // Flip a byte in the middle of the largest chunk: a relation's block the restore needs.
-    let data = setup.repo_dir.as_ref().expect("local repo").join("data");
-    let mut chunks: Vec<(u64, PathBuf)> = Vec::new();
-    for dir in fs::read_dir(&data).expect("data/") {
-        for f in fs::read_dir(dir.expect("entry").path()).expect("chunk dir") {
-            let path = f.expect("entry").path();
-            chunks.push((fs::metadata(&path).expect("size").len(), path));
-        }
-    }
-    chunks.sort();
-    let (size, victim) = chunks.pop().expect("a chunk");
-    let mut bytes = fs::read(&victim).expect("read chunk");
-    let middle = (size / 2) as usize;
-    bytes[middle] ^= 0x40;
-    fs::write(&victim, bytes).expect("corrupt chunk");
-    let victim_name = victim
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("name")
-        .to_string();
+    let victim_name = crate::support::chunks::corrupt_largest_chunk(&setup, 0x40);
 
     let (hook_url, hook) = WebhookReceiver::start();
     let (smtp_port, smtp) = SmtpReceiver::start();
@@ -392,15 +374,11 @@ url = "{hook_url}"
     daemon.wait_status("the backup runs", Duration::from_secs(60), |s| {
         job(s, "backup").is_some_and(|j| j["running_since"].is_string())
     });
-    // Signal as soon as the child is in the copy (its first chunk is stored): a fixed pause
-    // raced with backups that finish in under two seconds.
-    let chunks = setup
-        .repo_dir
-        .clone()
-        .expect("local repository")
-        .join("data");
+    // Signal as soon as the child is in the copy (its first chunk or pack is stored): a fixed
+    // pause raced with backups that finish in under two seconds.
+    let repo = setup.repo_dir.clone().expect("local repository");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !holds_a_file(&chunks) {
+    while !holds_a_file(&repo.join("data")) && !holds_a_file(&repo.join("packs")) {
         assert!(
             Instant::now() < deadline,
             "the backup stored no chunk in 60 s"

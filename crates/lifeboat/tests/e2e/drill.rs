@@ -271,12 +271,7 @@ fn random_backup_to_random_lsn_passes() {
 #[test]
 fn corrupted_backup_fails_at_restore_and_is_recorded() {
     let f = fixture("amcheck = false", 1);
-    let data = f.setup.repo_dir.as_ref().expect("repo").join("data");
-    let chunk = largest_file(&data);
-    let mut bytes = fs::read(&chunk).expect("read chunk");
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x55;
-    fs::write(&chunk, bytes).expect("write chunk");
+    let hash = crate::support::chunks::corrupt_largest_chunk(&f.setup, 0x55);
 
     let out = f.drill(&["--json"]);
     assert_code(&out, 9, "drill of a corrupted backup");
@@ -288,7 +283,6 @@ fn corrupted_backup_fails_at_restore_and_is_recorded() {
         )),
         "{err}"
     );
-    let hash = file_name(&chunk);
     assert!(
         err.contains(&hash),
         "the damaged chunk {hash} is not named: {err}"
@@ -447,21 +441,4 @@ fn server_running_under(scratch: &Path) -> bool {
             .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
             .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
     })
-}
-
-fn largest_file(dir: &Path) -> PathBuf {
-    fn walk(dir: &Path, best: &mut Option<(u64, PathBuf)>) {
-        for entry in fs::read_dir(dir).expect("read dir") {
-            let path = entry.expect("entry").path();
-            let meta = fs::symlink_metadata(&path).expect("stat");
-            if meta.is_dir() {
-                walk(&path, best);
-            } else if best.as_ref().is_none_or(|(size, _)| meta.len() > *size) {
-                *best = Some((meta.len(), path));
-            }
-        }
-    }
-    let mut best = None;
-    walk(dir, &mut best);
-    best.expect("the repository holds chunks").1
 }

@@ -153,8 +153,7 @@ fn missing_chunk_is_corruption_named_before_anything_is_written() {
         })
         .expect("a file stored in a chunk")
         .to_string();
-    let object = b.repo().join(lifeboat_repo::keys::chunk(&chunk));
-    fs::remove_file(&object).unwrap_or_else(|e| panic!("remove {}: {e}", object.display()));
+    crate::support::chunks::remove_chunk(&b.setup, &chunk);
 
     let t = TestDir::new().expect("test dir");
     let data = t.path().join("data");

@@ -2,6 +2,7 @@
 //! encrypted or not) with a config file, and the `lifeboat` binary run as the cluster owner, as
 //! PostgreSQL's archiver and startup process would run it.
 
+pub mod chunks;
 pub mod daemon;
 pub mod fixture;
 pub mod receivers;
