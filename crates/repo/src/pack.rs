@@ -18,6 +18,10 @@ use crate::backup::ChunkId;
 use crate::codec::ContentHash;
 use crate::{RepoError, Repository, Result, crypto, keys};
 
+/// Bytes of encoded chunks after which a pack is closed (it ends with the chunk that crossed
+/// it): backups and expire's repacking write packs of this size.
+pub const PACK_SIZE: usize = 8 << 20;
+
 /// The last bytes of a pack: the encoded trailer's length (u32, little-endian), then this magic.
 const FOOTER_MAGIC: &[u8; 4] = b"LBPK";
 const FOOTER_LEN: usize = 8;

@@ -233,6 +233,10 @@ async fn backup_locked(
     let storage_packs = if repo.writes_packs() {
         Some(Arc::new(PackWriter::new(repo, concurrency)?))
     } else {
+        tracing::info!(
+            "the repository at {} is format version 1: backups store loose chunks; `lifeboat upgrade` makes them write packs (far fewer objects)",
+            repo.location()
+        );
         None
     };
     let copier = Arc::new(Copier {

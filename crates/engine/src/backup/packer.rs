@@ -16,8 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{EngineError, Result};
 
-/// Bytes of encoded chunks after which a pack is closed (it ends with the chunk that crossed it).
-pub const PACK_SIZE: usize = 8 << 20;
+pub use lifeboat_repo::pack::PACK_SIZE;
 /// Sealed packs uploading at once, at most (fewer when the store's concurrency is lower): an
 /// 8 MiB PUT moves enough bytes that a few in flight keep the link busy, and each one is held in
 /// memory until it is stored.

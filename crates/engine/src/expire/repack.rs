@@ -12,7 +12,7 @@ use lifeboat_repo::{RepoError, Repository};
 use crate::Result;
 
 /// New packs close at this many bytes of chunks, as a backup's do.
-pub const REPACK_SIZE: usize = 8 << 20;
+pub use lifeboat_repo::pack::PACK_SIZE as REPACK_SIZE;
 /// Ranged reads: neighbours closer than this are fetched together, up to `MAX_READ` per read.
 const MAX_GAP: u64 = 256 << 10;
 const MAX_READ: u64 = 4 << 20;
