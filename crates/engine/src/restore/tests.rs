@@ -117,3 +117,111 @@ fn a_chunk_that_vanishes_is_corruption_not_not_found() {
     );
     assert!(matches!(other, EngineError::Repo(_)), "{other:?}");
 }
+
+/// A repository on local disk holding `plain` as one chunk in an indexed pack, and where a
+/// restore that started before an expire repacked it had located the chunk: in a pack that is
+/// gone now.
+async fn repacked_chunk(
+    dir: &Path,
+    plain: &[u8],
+) -> (Repository, ChunkId, lifeboat_repo::stored::StoredChunks) {
+    use lifeboat_repo::pack::{IndexEntry, PackBuilder};
+    let store =
+        lifeboat_storage::open_or_create(dir.to_str().unwrap(), &Default::default()).unwrap();
+    let repo = Repository::init(store, Default::default()).await.unwrap();
+    let (hash, encoded) = repo.encode("chunk", plain).unwrap();
+    let chunk = ChunkId(hash);
+    let mut before = PackBuilder::new(1 << 20).unwrap();
+    let gone = before.push(chunk, &encoded).unwrap();
+    let mut after = PackBuilder::new(1 << 20).unwrap();
+    after.push(chunk, &encoded).unwrap();
+    let after = after.seal(&repo).unwrap();
+    repo.put_pack(&after).await.unwrap();
+    repo.put_index(&after.entries).await.unwrap();
+    let mut stale = lifeboat_repo::stored::StoredChunks::default();
+    stale.packed.extend([IndexEntry {
+        chunk,
+        location: gone,
+    }]);
+    (repo, chunk, stale)
+}
+
+/// One file of `len` bytes made of `chunk`, ready to be written by `fetch`.
+fn one_file(
+    dest: &Path,
+    chunk: ChunkId,
+    len: u64,
+) -> (HashMap<ChunkId, Vec<Placement>>, fetch::Sink) {
+    fs::write(dest, b"").unwrap();
+    let entry = FileEntry {
+        path: "f".into(),
+        root: Root::default(),
+        mode: 0o600,
+        size: len,
+        mtime: 0,
+        blocks: vec![chunk],
+        packed: None,
+    };
+    let placements = HashMap::from([(
+        chunk,
+        vec![Placement {
+            file: 0,
+            file_offset: 0,
+            chunk_offset: 0,
+            len,
+        }],
+    )]);
+    let sink = fetch::Sink {
+        targets: Arc::new(vec![Target {
+            entry,
+            dest: dest.to_path_buf(),
+        }]),
+        progress: Arc::new(write::FileProgress {
+            pieces_left: vec![AtomicUsize::new(1)],
+            synced: vec![AtomicBool::new(false)],
+        }),
+        writer: Arc::new(direct::PieceWriter::new(false)),
+        label: "L".into(),
+        parallel: 1,
+    };
+    (placements, sink)
+}
+
+#[tokio::test]
+async fn a_pack_repacked_under_a_restore_is_read_where_its_chunks_now_lie() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = vec![5u8; 8192];
+    let (repo, chunk, stale) = repacked_chunk(&dir.path().join("repo"), &plain).await;
+    let dest = dir.path().join("f");
+    let (placements, sink) = one_file(&dest, chunk, plain.len() as u64);
+    let mut written = 0;
+    let requests = fetch::fetch_and_write(&repo, &stale, placements, sink, |n| written += n)
+        .await
+        .unwrap();
+    assert_eq!(written, plain.len() as u64);
+    assert_eq!(
+        requests, 2,
+        "the read of the gone pack, then the one where the chunk lies"
+    );
+    assert_eq!(fs::read(&dest).unwrap(), plain);
+}
+
+#[tokio::test]
+async fn a_chunk_gone_from_every_pack_under_a_restore_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = vec![6u8; 8192];
+    let (repo, chunk, stale) = repacked_chunk(&dir.path().join("repo"), &plain).await;
+    for key in ["packs/", "index/"] {
+        for object in repo.store().list(key).await.unwrap() {
+            repo.store().delete(&object.key).await.unwrap();
+        }
+    }
+    let (placements, sink) = one_file(&dir.path().join("f"), chunk, plain.len() as u64);
+    let err = fetch::fetch_and_write(&repo, &stale, placements, sink, |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, EngineError::Corrupt { message, .. } if message.contains("vanished")),
+        "{err:?}"
+    );
+}
