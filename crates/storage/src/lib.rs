@@ -20,7 +20,7 @@ pub mod url;
 
 pub use crate::open::{open, open_or_create};
 pub use crate::settings::{AzureSettings, GcsSettings, S3Settings, StorageSettings};
-pub use crate::url::{Location, parse_location};
+pub use crate::url::{Location, describe_cloud_location, parse_location};
 
 /// What a failed storage call means to the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

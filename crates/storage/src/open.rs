@@ -58,6 +58,39 @@ mod tests {
     use crate::ErrorKind;
     use crate::settings::{AzureSettings, S3Settings};
 
+    /// `wal-push` finds its markers by the store's description before building the store.
+    #[test]
+    fn a_cloud_location_is_described_as_its_store_describes_itself() {
+        let settings = StorageSettings {
+            s3: S3Settings {
+                endpoint: Some("https://127.0.0.1:1".into()),
+                region: Some("us-east-1".into()),
+                ..S3Settings::default()
+            },
+            azure: AzureSettings {
+                account: Some("devstoreaccount1".into()),
+                access_key: Some("a2V5".into()),
+                ..AzureSettings::default()
+            },
+            ..StorageSettings::default()
+        };
+        for location in [
+            "s3://b",
+            "s3://b/",
+            "s3://b/team/db1/",
+            "s3://b//x",
+            "az://c/p/q",
+        ] {
+            let store = open(location, &settings).unwrap();
+            assert_eq!(
+                crate::describe_cloud_location(location).as_deref(),
+                Some(store.describe().as_str()),
+                "{location}"
+            );
+        }
+        assert_eq!(crate::describe_cloud_location("/var/lib/repo"), None);
+    }
+
     #[test]
     fn plain_http_endpoints_need_allow_http_and_fail_at_once_naming_it() {
         let azure = |allow_http| StorageSettings {

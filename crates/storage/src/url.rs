@@ -38,6 +38,15 @@ impl fmt::Display for Location {
     }
 }
 
+/// What the store of an object-store location (S3, GCS, Azure) will say it is (`describe()`),
+/// without building it; `None` for a local path or a location that does not parse.
+pub fn describe_cloud_location(location: &str) -> Option<String> {
+    match parse_location(location).ok()? {
+        Location::Local(_) => None,
+        cloud => Some(cloud.to_string()),
+    }
+}
+
 /// Parse a location string (see the module docs for the accepted forms). Cloud prefixes come back
 /// without leading or trailing `/`.
 pub fn parse_location(location: &str) -> Result<Location> {

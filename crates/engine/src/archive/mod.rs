@@ -18,7 +18,7 @@ pub mod fetch;
 pub mod push;
 
 pub use fetch::{FetchOptions, FetchOutcome, PrefetchReport, fetch, prefetch};
-pub use push::{PushOptions, PushOutcome, PushReport, push};
+pub use push::{PushOptions, PushOutcome, PushReport, already_pushed, push};
 
 /// The directory PostgreSQL keeps WAL in, given the path of a file in it (%p or %p's target).
 fn wal_dir_of(path: &Path) -> PathBuf {
@@ -37,7 +37,12 @@ fn default_spool(wal_dir: &Path) -> PathBuf {
 /// chained twice in archive_command) a shared marker would make the second call return 0 for a
 /// segment only the first one stored.
 pub fn spool_subdir(store: &dyn lifeboat_storage::Store) -> String {
-    let hash = blake3::hash(store.describe().as_bytes());
+    spool_subdir_of(&store.describe())
+}
+
+/// [`spool_subdir`] of the store whose `describe()` is `description`.
+pub fn spool_subdir_of(description: &str) -> String {
+    let hash = blake3::hash(description.as_bytes());
     format!("repo-{}", &hash.to_hex()[..16])
 }
 
