@@ -255,7 +255,7 @@ fn chunk_action(damaged: bool) -> String {
 /// What to do about a damaged chunk in a pack: the pack holds other chunks, so it stays.
 fn packed_chunk_action(pack: &PackId) -> String {
     format!(
-        "the backups named cannot be restored in full: restore from another backup; do not delete {} to get rid of the damage, it also holds intact chunks; repairing a chunk inside a pack is not available yet and a new backup may reuse the damaged copy, so run `lifeboat verify --full` after the next backup to see whether it is intact",
+        "the backups named cannot be restored in full: restore from another backup, and keep the intact backups (hold off `lifeboat expire`): new backups reuse this copy of the chunk while the block is unchanged, because repairing a chunk inside a pack is not available yet; do not delete {} to get rid of the damage, it also holds intact chunks",
         pack.key()
     )
 }
