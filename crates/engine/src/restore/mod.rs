@@ -14,6 +14,7 @@ mod finish;
 pub mod plan;
 #[cfg(test)]
 mod tests;
+pub mod timeline;
 mod write;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -151,6 +152,7 @@ pub async fn restore(
     let settings = recovery_conf(&manifest, opts)?;
     let owner =
         lifeboat_pg::cluster::cluster_owner().map_err(|e| EngineError::Internal(e.to_string()))?;
+    timeline::check_target_timeline(repo, &manifest, &opts.timeline).await?;
     let (wal_to, warnings) =
         plan::check_wal(repo, &manifest, &opts.target, identity.wal_segment_size).await?;
     for w in &warnings {

@@ -127,3 +127,44 @@ async fn a_gap_after_the_backup_refuses_latest_and_warns_for_a_time() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_target_timeline_must_have_its_history_and_pass_through_the_backup() {
+    use crate::restore::timeline::check_target_timeline;
+    use lifeboat_pg::recovery::TargetTimeline;
+    let repo = repo().await;
+    // Started in segment 2 of timeline 1.
+    let m = manifest("a", 1, (2, 3), "2026-01-01T12:00:00Z", &[chunk(1)]);
+    let history = |timeline: u32, text: &'static str| {
+        let repo = repo.clone();
+        async move {
+            repo.put_wal(&WalFileName::History(tli(timeline)), Bytes::from(text))
+                .await
+                .unwrap();
+        }
+    };
+    // Timeline 2 left timeline 1 in segment 5, after the backup started; timeline 3 in segment
+    // 1, before it.
+    history(2, "1\t0/5000000\tno recovery target specified\n").await;
+    history(3, "1\t0/1000000\tno recovery target specified\n").await;
+    let check = |t: TargetTimeline| {
+        let (repo, m) = (repo.clone(), m.clone());
+        async move {
+            match check_target_timeline(&repo, &m, &t).await {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e.to_string(),
+            }
+        }
+    };
+    assert_eq!(check(TargetTimeline::Latest).await, "ok");
+    assert_eq!(check(TargetTimeline::Current).await, "ok");
+    assert_eq!(check(TargetTimeline::Id(tli(1))).await, "ok");
+    assert_eq!(check(TargetTimeline::Id(tli(2))).await, "ok");
+    let missing = check(TargetTimeline::Id(tli(4))).await;
+    assert!(missing.contains("no history file"), "{missing}");
+    let elsewhere = check(TargetTimeline::Id(tli(3))).await;
+    assert!(
+        elsewhere.contains("does not pass through backup a") && elsewhere.contains("0/1000000"),
+        "{elsewhere}"
+    );
+}
