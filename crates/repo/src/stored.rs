@@ -116,7 +116,7 @@ impl Repository {
     /// the chunks they named come back too.
     async fn read_all_indexes(
         &self,
-        listed_packs: Option<&HashSet<PackId>>,
+        listed_packs: Option<&HashMap<PackId, u64>>,
     ) -> Result<(StoredChunks, HashSet<ChunkId>)> {
         let mut index_keys: Vec<String> = self
             .store()
@@ -144,7 +144,7 @@ impl Repository {
                     Some(listed) => {
                         let (kept, unlisted): (Vec<_>, Vec<_>) = entries
                             .into_iter()
-                            .partition(|e| listed.contains(&e.location.pack));
+                            .partition(|e| listed.contains_key(&e.location.pack));
                         dropped.extend(unlisted.into_iter().map(|e| e.chunk));
                         stored.packed.extend(kept);
                     }
@@ -161,14 +161,15 @@ impl Repository {
         Ok((stored, dropped))
     }
 
-    /// The packs stored: one listing of `packs/`.
-    pub async fn list_packs(&self) -> Result<HashSet<PackId>> {
+    /// The packs stored, with their sizes: one listing of `packs/` (keys that are not pack keys
+    /// are left out: nothing else under `packs/` is ours to judge).
+    pub async fn list_packs(&self) -> Result<HashMap<PackId, u64>> {
         Ok(self
             .store()
             .list(keys::PACK_PREFIX)
             .await?
             .into_iter()
-            .filter_map(|m| PackId::from_key(&m.key))
+            .filter_map(|m| PackId::from_key(&m.key).map(|id| (id, m.size)))
             .collect())
     }
 }

@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use lifeboat_repo::backup::ChunkId;
 use lifeboat_repo::pack::{ChunkLocation, IndexEntry, PackId};
 use lifeboat_repo::stored::StoredChunks;
-use lifeboat_repo::{RepoError, Repository, keys};
+use lifeboat_repo::{RepoError, Repository};
 use serde::Serialize;
 
 use super::repack::{self, Repacked, Sparse};
@@ -89,14 +89,10 @@ impl PackPlan {
         referenced: &HashSet<ChunkId>,
     ) -> Result<Self> {
         let mut listed: Vec<(String, u64)> = repo
-            .store()
-            .list(keys::PACK_PREFIX)
-            .await
-            .map_err(RepoError::from)?
+            .list_packs()
+            .await?
             .into_iter()
-            // Only pack keys: anything else under packs/ is not ours to judge.
-            .filter(|o| PackId::from_key(&o.key).is_some())
-            .map(|o| (o.key, o.size))
+            .map(|(id, size)| (id.key(), size))
             .collect();
         listed.sort();
         Ok(Self::decide(stored, listed, referenced))

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use lifeboat_repo::backup::ChunkId;
 use lifeboat_repo::pack::{ChunkLocation, PackId};
 use lifeboat_repo::stored::{ChunkPlace, StoredChunks};
-use lifeboat_repo::{RepoError, Repository, keys};
+use lifeboat_repo::{RepoError, Repository};
 
 use crate::Result;
 
@@ -80,14 +80,7 @@ impl PackView {
 /// List `packs/` once and read the readable indexes of `stored` again, entry by entry (the
 /// merged index keeps one location per chunk; this pass sees every entry).
 pub(super) async fn survey(repo: &Repository, stored: &StoredChunks) -> Result<PackView> {
-    let sizes: HashMap<PackId, u64> = repo
-        .store()
-        .list(keys::PACK_PREFIX)
-        .await
-        .map_err(RepoError::from)?
-        .into_iter()
-        .filter_map(|m| PackId::from_key(&m.key).map(|id| (id, m.size)))
-        .collect();
+    let sizes = repo.list_packs().await?;
     let mut view = PackView {
         sizes,
         ..PackView::default()
