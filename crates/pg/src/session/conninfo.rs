@@ -204,6 +204,12 @@ impl ConnSpec {
         self.config.get_dbname().unwrap_or_default()
     }
 
+    /// The resolved settings, for connections made without tokio-postgres (the replication
+    /// client). Holds the password: never print it.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Whether a password was found (in the connection string, `PGPASSWORD` or the password
     /// file).
     #[must_use]
