@@ -65,6 +65,11 @@ pub enum Command {
     /// Restore a WAL file (use as restore_command = 'lifeboat wal-fetch %f %p'). Exits 0 once the file
     /// is complete at DEST, 1 if the repository does not hold it, 200 (stop recovery) on any other failure.
     WalFetch(WalFetchArgs),
+    /// Stream WAL from the server over a physical replication slot into the repository, as it is
+    /// written (foreground, like pg_receivewal; stop with Ctrl-C or SIGTERM). What a restore can
+    /// reach then trails the primary by about a second; with --synchronous and the receiver in
+    /// synchronous_standby_names, a commit returns only once the repository holds it.
+    WalStream(WalStreamArgs),
     /// Show the repository: identity, encryption, compression, and per timeline the archived WAL and every gap.
     Info(InfoArgs),
     /// Take a base backup of the running cluster into the repository (needs archive_command =
@@ -150,6 +155,27 @@ pub struct InfoArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WalStreamArgs {
+    /// libpq connection string of the server to stream from [config: db]; the role needs the
+    /// REPLICATION attribute and pg_hba.conf a `replication` line for it.
+    #[arg(long, value_name = "CONNINFO")]
+    pub db: Option<String>,
+    /// Physical replication slot [config: stream.slot; default lifeboat].
+    #[arg(long)]
+    pub slot: Option<String>,
+    /// Do not create the slot when it is missing (fail instead) [config: stream.create_slot].
+    #[arg(long)]
+    pub no_create_slot: bool,
+    /// Store and acknowledge every write as soon as it arrives [config: stream.synchronous].
+    #[arg(long)]
+    pub synchronous: bool,
+    /// How often received WAL is stored, in milliseconds [config: stream.flush_interval_ms;
+    /// default 1000; 10 to 60000].
+    #[arg(long, value_name = "MS")]
+    pub flush_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -29,6 +29,7 @@ pub struct FileConfig {
     /// libpq connection string of the cluster (backup, check). Default: the PG* environment.
     pub db: Option<String>,
     pub archive: ArchiveConfig,
+    pub stream: StreamConfig,
     pub backup: BackupConfig,
     pub restore: RestoreConfig,
     pub retention: RetentionConfig,
@@ -44,6 +45,23 @@ pub struct FileConfig {
     pub s3: S3Settings,
     pub gcs: GcsSettings,
     pub azure: AzureSettings,
+}
+
+/// `wal-stream` (and, later, the daemon's receiver).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Physical replication slot. Default `lifeboat`.
+    pub slot: Option<String>,
+    /// Create the slot when it is missing. Default true.
+    pub create_slot: Option<bool>,
+    /// `application_name` of the replication connection (what synchronous_standby_names lists).
+    /// Default `lifeboat`.
+    pub application_name: Option<String>,
+    /// Store received WAL every this many milliseconds. Default 1000.
+    pub flush_interval_ms: Option<u64>,
+    /// Store and acknowledge every write at once. Default false.
+    pub synchronous: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

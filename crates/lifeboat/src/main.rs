@@ -87,8 +87,8 @@ fn main() -> ExitCode {
 async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
     use cli::{Command, PassphraseCommand};
     use commands::{
-        alert, backup, check, drill, expire, info, init, list, passphrase, restore, serve, upgrade,
-        verify, wal,
+        alert, backup, check, drill, expire, info, init, list, passphrase, restore, serve, stream,
+        upgrade, verify, wal,
     };
     if let Command::Demo(args) = &cli.command {
         let options = demo::DemoOptions {
@@ -102,6 +102,7 @@ async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
         Command::Init(args) => init::init(&resolved, args).await,
         Command::WalPush(args) => wal::wal_push(&resolved, args).await,
         Command::WalFetch(args) => wal::wal_fetch(&cli, &resolved, args).await,
+        Command::WalStream(args) => stream::wal_stream(&resolved, args).await,
         Command::Info(args) => info::info(&resolved, args).await,
         Command::WalPrefetch(args) => wal::wal_prefetch(&resolved, args).await,
         Command::Backup(args) => backup::backup(&resolved, args).await,

@@ -87,6 +87,41 @@ pub fn parse_wal_key(key: &str) -> Option<WalFileName> {
     (wal(&name) == key).then_some(name)
 }
 
+/// WAL received by `wal-stream` for segments not yet complete (docs/FORMAT.md, "Streamed WAL").
+pub const STREAM_PREFIX: &str = "stream/";
+
+/// `stream/<timeline+log>/<segment>.<start>-<end>`: bytes `start..end` (offsets in the segment,
+/// 8 upper-case hex digits each) of a segment being streamed. Each upload is a new key, so a
+/// piece never changes; a segment's streamed prefix is the chain of pieces from offset 0.
+pub fn stream_piece(segment: &WalSegmentName, start: u32, end: u32) -> String {
+    format!("{}{segment}.{start:08X}-{end:08X}", stream_dir(segment))
+}
+
+/// `stream/<timeline+log>/`: where the pieces of `segment` (and of its log file's other
+/// segments) lie.
+pub fn stream_dir(segment: &WalSegmentName) -> String {
+    let text = segment.to_string();
+    format!("{STREAM_PREFIX}{}/", &text[..16.min(text.len())])
+}
+
+/// The (segment, start, end) a piece key names; `start < end`.
+pub fn parse_stream_piece_key(key: &str) -> Option<(WalSegmentName, u32, u32)> {
+    let rest = key.strip_prefix(STREAM_PREFIX)?;
+    let (_, file) = rest.split_once('/')?;
+    let (segment, range) = file.split_once('.')?;
+    let (start, end) = range.split_once('-')?;
+    let hex8 = |s: &str| {
+        (s.len() == 8
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)))
+        .then(|| u32::from_str_radix(s, 16).ok())
+        .flatten()
+    };
+    let segment: WalSegmentName = segment.parse().ok()?;
+    let (start, end) = (hex8(start)?, hex8(end)?);
+    (start < end && stream_piece(&segment, start, end) == key).then_some((segment, start, end))
+}
+
 /// Packs of chunks and the indexes locating chunks in them (docs/design/packs.md).
 pub const PACK_PREFIX: &str = "packs/";
 pub const INDEX_PREFIX: &str = "index/";
@@ -183,6 +218,27 @@ mod tests {
         assert_eq!(parse_chunk_key(&key.replace("data/ab", "data/cd")), None);
         assert_eq!(chunk_dirs().count(), 256);
         assert!(chunk_dirs().any(|d| key.starts_with(&d)));
+    }
+
+    #[test]
+    fn stream_piece_keys_round_trip() {
+        let seg: WalSegmentName = "000000020000000A000000FE".parse().unwrap();
+        let key = stream_piece(&seg, 0, 0x2000);
+        assert_eq!(
+            key,
+            "stream/000000020000000A/000000020000000A000000FE.00000000-00002000"
+        );
+        assert_eq!(parse_stream_piece_key(&key), Some((seg, 0, 0x2000)));
+        assert!(key.starts_with(&stream_dir(&seg)));
+        for bad in [
+            "stream/000000020000000A/000000020000000A000000FE.00002000-00002000",
+            "stream/000000020000000A/000000020000000A000000FE.00000000-00002000.tmp",
+            "stream/0000000200000000/000000020000000A000000FE.00000000-00002000",
+            "stream/000000020000000A/000000020000000A000000FE.0000000a-00002000",
+            "wal/000000020000000A/000000020000000A000000FE",
+        ] {
+            assert_eq!(parse_stream_piece_key(bad), None, "{bad}");
+        }
     }
 
     #[test]

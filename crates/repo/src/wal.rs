@@ -2,6 +2,7 @@
 //! the archived segments of a timeline as a set with its gaps ([`ArchivedSegments`]).
 
 mod segments;
+mod stream;
 
 use bytes::Bytes;
 use lifeboat_pg::walname::WalFileName;
@@ -11,6 +12,7 @@ use crate::codec::ContentHash;
 use crate::{RepoError, Repository, Result, keys};
 
 pub use segments::{ArchivedSegments, Gap};
+pub use stream::{StreamPiece, StreamedPrefix, streamed_chain};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {

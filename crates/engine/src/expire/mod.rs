@@ -93,6 +93,8 @@ pub struct WalRemoval {
     pub segments: u64,
     /// `.partial` and `.backup` files.
     pub other_files: u64,
+    /// Pieces `wal-stream` stored of segments before the boundary (docs/FORMAT.md, "Streamed WAL").
+    pub streamed_pieces: u64,
     pub bytes: u64,
     /// The first and last file deleted, by position (then timeline).
     pub first: Option<String>,
@@ -233,6 +235,8 @@ struct Plan {
     manifest_sizes: BTreeMap<String, u64>,
     /// Oldest first.
     wal: Vec<(WalFileName, u64, u64)>,
+    /// Streamed pieces of segments before the same boundary.
+    stream_pieces: Vec<lifeboat_repo::wal::StreamPiece>,
     wal_kept_from: Option<String>,
     /// Chunk keys no kept manifest references, with their sizes.
     chunks: Vec<(String, u64)>,
@@ -275,6 +279,7 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
     let identity = repo.identity().await?;
     let listed_wal = repo.list_wal().await?;
     let mut wal = Vec::new();
+    let mut stream_pieces = Vec::new();
     let mut wal_kept_from = None;
     let mut latest_wal = None;
     if let (Some(identity), false) = (identity, kept.is_empty()) {
@@ -306,6 +311,15 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
                 }
             }
             wal.sort_by_key(|(name, segno, _)| (*segno, name.timeline(), name.to_string()));
+            stream_pieces = repo
+                .list_stream_pieces(None)
+                .await?
+                .into_iter()
+                .filter(|p| {
+                    p.segment.timeline <= max_timeline
+                        && p.segment.segno(seg_size).is_ok_and(|n| n < cutoff)
+                })
+                .collect();
         }
         if let Some(newest) = kept.last() {
             latest_wal = Some(
@@ -362,6 +376,7 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
         kept_reasons,
         manifest_sizes,
         wal,
+        stream_pieces,
         wal_kept_from,
         chunks,
         chunks_remaining,
@@ -399,6 +414,12 @@ impl Plan {
             }
             wal.bytes += size;
         }
+        wal.streamed_pieces = self.stream_pieces.len() as u64;
+        wal.bytes += self
+            .stream_pieces
+            .iter()
+            .map(|p| p.stored_size)
+            .sum::<u64>();
         wal.first = self.wal.first().map(|w| w.0.to_string());
         wal.last = self.wal.last().map(|w| w.0.to_string());
         let chunks = ChunkRemoval {
@@ -468,6 +489,8 @@ async fn execute(
     //    is still one unbroken run.
     let wal_keys: Vec<String> = plan.wal.iter().map(|(n, _, _)| keys::wal(n)).collect();
     delete_all(repo, &wal_keys, &held).await?;
+    let piece_keys: Vec<String> = plan.stream_pieces.iter().map(|p| p.key()).collect();
+    delete_all(repo, &piece_keys, &held).await?;
 
     // 3. Chunks. The references are re-read from what is in the repository now, so that a
     //    manifest we did not plan with (there should be none: backups wait for our lock) is

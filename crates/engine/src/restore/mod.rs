@@ -12,6 +12,7 @@ mod fetch;
 mod files;
 mod finish;
 pub mod plan;
+mod tail;
 #[cfg(test)]
 mod tests;
 pub mod timeline;
@@ -153,8 +154,16 @@ pub async fn restore(
     let owner =
         lifeboat_pg::cluster::cluster_owner().map_err(|e| EngineError::Internal(e.to_string()))?;
     timeline::check_target_timeline(repo, &manifest, &opts.timeline).await?;
-    let (wal_to, warnings) =
+    let (wal_to, mut warnings) =
         plan::check_wal(repo, &manifest, &opts.target, identity.wal_segment_size).await?;
+    let streamed_tail = tail::find(
+        repo,
+        &manifest,
+        &opts.target,
+        identity.wal_segment_size,
+        &mut warnings,
+    )
+    .await?;
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -212,6 +221,9 @@ pub async fn restore(
         timeline: manifest.timeline.get(),
         wal_from: manifest.start_wal.to_string(),
         wal_to,
+        streamed_wal_to: streamed_tail
+            .as_ref()
+            .and_then(|t| t.end_lsn(identity.wal_segment_size)),
         files: targets.len() as u64,
         bytes,
         target_dir: target_dir.clone(),
@@ -350,6 +362,9 @@ pub async fn restore(
         opts.standby,
         &tablespaces,
     )?;
+    if let Some(tail) = &streamed_tail {
+        tail::write(&target_dir, tail, identity.wal_segment_size)?;
+    }
     // The backup's own links last: nothing is written after them, so nothing through them.
     make_links(&manifest, &target_dir)?;
     remove_any(&target_dir.join(plan::RESTORE_MARKER))?;

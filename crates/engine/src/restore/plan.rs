@@ -30,10 +30,12 @@ pub struct Plan {
     pub backup_stop_time: String,
     pub backup_stop_lsn: Lsn,
     pub timeline: u32,
-    /// First and last WAL segment recovery needs that the check could name (the last is the
-    /// target's segment for an LSN target, else the last archived one).
+    /// First and last WAL segment recovery needs (the last: an LSN target's, else the newest).
     pub wal_from: String,
     pub wal_to: Option<String>,
+    /// Where the streamed WAL recovery uses after the last archived segment ends (`wal-stream`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streamed_wal_to: Option<Lsn>,
     pub files: u64,
     pub bytes: u64,
     pub target_dir: PathBuf,

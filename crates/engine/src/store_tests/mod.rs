@@ -7,6 +7,7 @@ mod backup_packs;
 mod expire_packs;
 mod expire_plan;
 mod restore_choice;
+mod stream_pieces;
 mod verify_packs;
 mod wal_gaps;
 

@@ -108,7 +108,12 @@ pub(crate) fn cores() -> usize {
 }
 
 pub(crate) fn conn_spec(resolved: &Resolved, args: &ClusterArgs) -> Result<ConnSpec, Failure> {
-    let conninfo = args.db.clone().or_else(|| resolved.file.db.clone());
+    conn_spec_of(resolved, args.db.as_deref())
+}
+
+/// The connection to the server: `db` given on the command line, else the config's.
+pub(crate) fn conn_spec_of(resolved: &Resolved, db: Option<&str>) -> Result<ConnSpec, Failure> {
+    let conninfo = db.map(str::to_owned).or_else(|| resolved.file.db.clone());
     ConnSpec::new(conninfo.as_deref()).map_err(|e| {
         Failure::config(
             format!("invalid connection settings: {e}"),

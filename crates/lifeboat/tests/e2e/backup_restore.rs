@@ -64,12 +64,12 @@ fn listed_labels(setup: &Setup) -> Vec<String> {
 }
 
 /// A place to restore into: `<fresh test dir>/data`, not yet created.
-struct Target {
+pub(crate) struct Target {
     dir: TestDir,
-    data: PathBuf,
+    pub(crate) data: PathBuf,
 }
 
-fn target() -> Target {
+pub(crate) fn target() -> Target {
     let dir = TestDir::new().expect("test dir");
     let data = dir.path().join("data");
     Target { dir, data }
@@ -88,7 +88,7 @@ fn restore(setup: &Setup, data: &Path, args: &[&str]) -> Output {
 }
 
 /// `lifeboat restore --json`, which must succeed; its report.
-fn restore_json(setup: &Setup, data: &Path, args: &[&str]) -> Value {
+pub(crate) fn restore_json(setup: &Setup, data: &Path, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.push("--json");
     let what = format!("lifeboat restore {}", args.join(" "));
@@ -108,7 +108,7 @@ fn no_archiving(datadir: &Path) {
 
 /// Start a restored copy (as the source's owner, on a new port) and wait until it has finished
 /// recovery and promoted; it is stopped when the returned cluster is dropped.
-fn start_restored(target: Target, owner: Option<OsUser>) -> TestCluster {
+pub(crate) fn start_restored(target: Target, owner: Option<OsUser>) -> TestCluster {
     let log = target.dir.path().join("postgres.log");
     let cluster = LocalCluster::existing(&target.data, free_port(), target.dir.path(), owner)
         .expect("restored cluster")

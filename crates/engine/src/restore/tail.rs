@@ -1,0 +1,151 @@
+//! The streamed tail: WAL that `wal-stream` stored for the segment after the last complete one, so
+//! that recovery reaches the last streamed commit instead of stopping at the last archived segment.
+//!
+//! Restore writes it as `pg_wal/<segment>`, padded with zeros to the segment size (as
+//! pg_receivewal's `.partial` is used): PostgreSQL asks `restore_command` for the segment first,
+//! which says "not found" (a streamed prefix is never handed out as a complete segment), then
+//! reads the file from `pg_wal`, replays up to its end and ends recovery there (or at an earlier
+//! target). Every page of the prefix is checked to be the page of that segment it claims to be,
+//! so that a misplaced piece ends the tail early instead of being replayed.
+
+use lifeboat_pg::recovery::RecoveryTarget;
+use lifeboat_pg::walheader;
+use lifeboat_pg::walname::{WalFileName, WalSegmentName};
+use lifeboat_repo::backup::Entry;
+use lifeboat_repo::wal::ArchivedSegments;
+
+use super::*;
+
+/// The streamed prefix of the segment recovery will need after the archive ends.
+#[derive(Debug, Clone)]
+pub(super) struct StreamedTail {
+    pub segment: WalSegmentName,
+    pub bytes: Vec<u8>,
+}
+
+impl StreamedTail {
+    /// The position just past the last streamed byte.
+    pub fn end_lsn(&self, seg_size: u64) -> Option<lifeboat_pg::lsn::Lsn> {
+        self.segment
+            .start_lsn(seg_size)
+            .ok()
+            .and_then(|start| start.checked_add(self.bytes.len() as u64))
+    }
+}
+
+/// The tail recovery can use, if any: pieces of the first segment after the archive's unbroken
+/// run from the backup's stop, on the backup's timeline, when no later timeline exists (recovery
+/// would follow that one instead). Damaged pieces shorten it, with a warning each.
+pub(super) async fn find(
+    repo: &Repository,
+    manifest: &Manifest,
+    target: &RecoveryTarget,
+    seg_size: u64,
+    warnings: &mut Vec<String>,
+) -> Result<Option<StreamedTail>> {
+    if matches!(target, RecoveryTarget::Immediate) {
+        return Ok(None);
+    }
+    if manifest
+        .entries
+        .iter()
+        .any(|e| matches!(e, Entry::Link { path, .. } if path == "pg_wal"))
+    {
+        return Ok(None);
+    }
+    let stop = manifest.stop_wal;
+    let pieces = repo.list_stream_pieces(Some(stop.timeline)).await?;
+    if pieces.is_empty() {
+        return Ok(None);
+    }
+    let listing = repo.list_wal().await?;
+    let newer_timeline = listing
+        .iter()
+        .any(|w| matches!(w.name, WalFileName::History(tli) if tli.get() > stop.timeline.get()));
+    if newer_timeline {
+        return Ok(None);
+    }
+    let archived = ArchivedSegments::from_listing(stop.timeline, seg_size, &listing);
+    let Ok(stop_segno) = stop.segno(seg_size) else {
+        return Ok(None);
+    };
+    // The stop segment itself is archived: the WAL check refused the restore otherwise.
+    let next = archived.contiguous_end(stop_segno) + 1;
+    let segment = WalSegmentName::from_segno(stop.timeline, next, seg_size);
+    let of_segment: Vec<_> = pieces
+        .into_iter()
+        .filter(|p| p.segment == segment)
+        .collect();
+    if of_segment.is_empty() {
+        return Ok(None);
+    }
+    let prefix = repo.read_streamed_prefix(&segment, &of_segment).await?;
+    for (key, why) in &prefix.unusable {
+        warnings.push(format!(
+            "streamed WAL {key} cannot be used ({why}): recovery stops where the usable streamed WAL of {segment} ends"
+        ));
+    }
+    let usable = checked_len(&prefix.bytes, &segment, seg_size, warnings);
+    if usable == 0 {
+        return Ok(None);
+    }
+    let mut bytes = prefix.bytes;
+    bytes.truncate(usable);
+    Ok(Some(StreamedTail { segment, bytes }))
+}
+
+/// How much of `bytes` (a segment's streamed prefix) is made of the pages of `segment`: the long
+/// header must name the segment, and every later page header its own address.
+fn checked_len(
+    bytes: &[u8],
+    segment: &WalSegmentName,
+    seg_size: u64,
+    warnings: &mut Vec<String>,
+) -> usize {
+    let header = match walheader::validate_segment_header(bytes, seg_size, segment) {
+        Ok(header) => header,
+        Err(e) => {
+            warnings.push(format!(
+                "the streamed WAL of {segment} does not start with its page header ({e}); it is not used"
+            ));
+            return 0;
+        }
+    };
+    let Ok(start) = segment.start_lsn(seg_size) else {
+        return 0;
+    };
+    let page = usize::try_from(header.block_size).unwrap_or(8192).max(512);
+    let mut offset = page;
+    while offset + 16 <= bytes.len() {
+        let magic = u16::from_le_bytes([bytes[offset], bytes[offset + 1]]);
+        let mut addr = [0u8; 8];
+        addr.copy_from_slice(&bytes[offset + 8..offset + 16]);
+        let addr = u64::from_le_bytes(addr);
+        if magic != header.magic || addr != start.0 + offset as u64 {
+            warnings.push(format!(
+                "the streamed WAL of {segment} holds a wrong page at offset {offset}: only what precedes it is used"
+            ));
+            return offset;
+        }
+        offset += page;
+    }
+    bytes.len()
+}
+
+/// Write the tail as `pg_wal/<segment>` of the restored directory, zero-padded to the segment
+/// size, fsynced; never through a link.
+pub(super) fn write(target_dir: &Path, tail: &StreamedTail, seg_size: u64) -> Result<()> {
+    let path = target_dir.join("pg_wal").join(tail.segment.to_string());
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(NOFOLLOW)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io(format!("cannot create {}", path.display())))?;
+    std::io::Write::write_all(&mut file, &tail.bytes)
+        .and_then(|()| file.set_len(seg_size))
+        .and_then(|()| file.sync_all())
+        .map_err(io(format!("cannot write {}", path.display())))?;
+    fsync_dir(&target_dir.join("pg_wal"))
+}

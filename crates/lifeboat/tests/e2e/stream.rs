@@ -1,0 +1,191 @@
+//! `wal-stream` end to end: WAL streamed over a replication slot into the repository reaches a
+//! restore even when the primary dies before its segment is complete (so `archive_command` never
+//! archived it), and in synchronous mode every acknowledged commit is in the repository even when
+//! the receiver is killed with the primary.
+
+use std::fs;
+use std::process::{Child, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::backup_restore::{restore_json, start_restored, target};
+use crate::support::fixture::keys_under;
+use crate::support::*;
+use lifeboat_pg::cluster::LocalCluster;
+use lifeboat_testkit::cluster::TestCluster;
+
+/// A running `lifeboat wal-stream`, killed on drop if still running.
+struct Receiver {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Receiver {
+    fn start(setup: &Setup, cluster: &LocalCluster, extra: &[&str]) -> Receiver {
+        let log = setup.dir.path().join("wal-stream.log");
+        let file = fs::File::create(&log).expect("receiver log");
+        let child = setup
+            .cmd()
+            .arg("wal-stream")
+            .arg("--db")
+            .arg(cluster.conninfo())
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start lifeboat wal-stream");
+        Receiver { child, log }
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the server lists the receiver as streaming.
+    fn wait_streaming(&mut self, cluster: &LocalCluster) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let state = cluster
+                .psql("select state from pg_stat_replication where application_name = 'lifeboat'")
+                .unwrap_or_default();
+            if state == "streaming" {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("wal-stream exited ({status}):\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wal-stream did not start streaming (state {state:?}):\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, then its exit status (0 expected: a clean stop flushes what it holds).
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wal-stream did not stop on SIGTERM:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Wait until the receiver reports as flushed everything the server has written.
+fn wait_flushed(cluster: &LocalCluster, receiver: &Receiver) {
+    let lsn = cluster.psql("select pg_current_wal_lsn()").expect("lsn");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let done = cluster
+            .psql(&format!(
+                "select flush_lsn >= '{lsn}' from pg_stat_replication where application_name = 'lifeboat'"
+            ))
+            .unwrap_or_default();
+        if done == "t" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the receiver never reported {lsn} flushed:\n{}",
+            receiver.log_text()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Restore to the end of the archive, which must use the streamed WAL, start the copy and count
+/// the rows of `t`.
+fn restored_count(setup: &Setup, source: &LocalCluster) -> String {
+    let t = target();
+    let report = restore_json(setup, &t.data, &[]);
+    assert!(
+        report["plan"]["streamed_wal_to"].is_string(),
+        "the restore did not use the streamed WAL: {report}"
+    );
+    let restored = start_restored(t, source.owner.clone());
+    restored.psql("select count(*) from t").expect("count rows")
+}
+
+#[test]
+fn streamed_wal_reaches_a_restore_after_the_primary_dies() {
+    let setup = Setup::new(Backend::Local, true);
+    let cluster = TestCluster::start_new(&setup.archive_conf()).expect("cluster");
+    cluster
+        .psql("create table t (id int primary key, note text)")
+        .expect("create table");
+    setup.backup(&cluster);
+    let mut receiver = Receiver::start(&setup, &cluster, &["--flush-interval-ms", "100"]);
+    receiver.wait_streaming(&cluster);
+    cluster
+        .psql("insert into t select g, 'streamed' from generate_series(1, 1000) g")
+        .expect("insert");
+    wait_flushed(&cluster, &receiver);
+    // The primary dies with its current segment incomplete: archive_command never saw it.
+    cluster.kill9().expect("kill -9 the primary");
+    let status = receiver.terminate();
+    assert!(status.success(), "wal-stream exit: {status}");
+    let pieces = setup
+        .repo_dir
+        .as_ref()
+        .map(|repo| keys_under(repo, "stream"))
+        .unwrap_or_default();
+    assert!(!pieces.is_empty(), "no streamed pieces in the repository");
+
+    assert_eq!(
+        restored_count(&setup, &cluster),
+        "1000",
+        "rows committed before the crash"
+    );
+}
+
+#[test]
+fn synchronous_streaming_loses_no_acknowledged_commit() {
+    let setup = Setup::new(Backend::Local, true);
+    let conf = format!(
+        "{}synchronous_standby_names = 'lifeboat'\nsynchronous_commit = on\n",
+        setup.archive_conf()
+    );
+    let cluster = TestCluster::start_new(&conf).expect("cluster");
+    // The receiver must be up before the first commit that waits for it.
+    let mut receiver = Receiver::start(&setup, &cluster, &["--synchronous"]);
+    receiver.wait_streaming(&cluster);
+    cluster
+        .psql("create table t (id int primary key, note text)")
+        .expect("create table");
+    setup.backup(&cluster);
+    for i in 1..=20 {
+        cluster
+            .psql(&format!("insert into t values ({i}, 'acknowledged')"))
+            .expect("a commit the receiver acknowledged");
+    }
+    // Both die at once: what the server acknowledged must already be in the repository.
+    drop(receiver);
+    cluster.kill9().expect("kill -9 the primary");
+
+    assert_eq!(
+        restored_count(&setup, &cluster),
+        "20",
+        "acknowledged commits"
+    );
+}
