@@ -17,6 +17,7 @@ pub mod info;
 pub mod lazy;
 pub mod list;
 pub mod restore;
+pub mod standby;
 pub mod stream;
 pub mod verify;
 pub mod walcheck;

@@ -70,6 +70,10 @@ pub enum Command {
     /// reach then trails the primary by about a second; with --synchronous and the receiver in
     /// synchronous_standby_names, a commit returns only once the repository holds it.
     WalStream(WalStreamArgs),
+    /// Standbys built from the repository: `lifeboat standby create --target-dir DIR --primary
+    /// CONNINFO` restores the newest backup as a standby that replays the archive, then streams
+    /// from the primary over its own slot.
+    Standby(StandbyArgs),
     /// Show the repository: identity, encryption, compression, and per timeline the archived WAL and every gap.
     Info(InfoArgs),
     /// Take a base backup of the running cluster into the repository (needs archive_command =
@@ -245,6 +249,55 @@ pub enum AlertCommand {
     /// Send a test message through every configured channel ([alerts] webhook and email); exits
     /// 0 only when every channel took it.
     Test,
+}
+
+#[derive(Debug, Args)]
+pub struct StandbyArgs {
+    #[command(subcommand)]
+    pub command: StandbyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StandbyCommand {
+    /// Restore the newest backup (or --backup LABEL) into DIR as a standby of --primary:
+    /// standby.signal, primary_conninfo with application_name, primary_slot_name (the slot is
+    /// created on the primary after the restore), restore_command = wal-fetch, the newest
+    /// timeline. Refused before anything is written when the primary is another cluster or its
+    /// slot is in use. Start the server afterwards.
+    Create(StandbyCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StandbyCreateArgs {
+    /// Directory of the new standby: missing or empty (or, with --delta, a copy of this cluster).
+    #[arg(long, value_name = "DIR")]
+    pub target_dir: PathBuf,
+    /// libpq connection string of the primary, written into primary_conninfo (with
+    /// application_name added). The role needs REPLICATION; put passwords in ~/.pgpass.
+    #[arg(long, value_name = "CONNINFO")]
+    pub primary: String,
+    /// application_name and slot name [default: the target directory's name, lower-cased].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Use no replication slot (the primary may then remove WAL the standby still needs; it
+    /// falls back to the repository).
+    #[arg(long)]
+    pub no_slot: bool,
+    /// Backup label, or `latest`.
+    #[arg(long, value_name = "LABEL")]
+    pub backup: Option<String>,
+    /// Update an existing copy of this cluster in place (e.g. an old primary after a failover).
+    #[arg(long)]
+    pub delta: bool,
+    /// Restore a tablespace elsewhere: OID=DIR or NAME=DIR (repeatable).
+    #[arg(long, value_name = "OID=DIR")]
+    pub tablespace_map: Vec<String>,
+    /// Threads planning, decoding and writing [config: restore.parallel; default: cores].
+    #[arg(long, value_parser = limits::flag::parallel)]
+    pub parallel: Option<usize>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

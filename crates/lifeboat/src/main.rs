@@ -85,10 +85,10 @@ fn main() -> ExitCode {
 
 /// Run one command: the one place that maps a subcommand to the module holding its code.
 async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
-    use cli::{Command, PassphraseCommand};
+    use cli::{Command, PassphraseCommand, StandbyCommand};
     use commands::{
-        alert, backup, check, drill, expire, info, init, list, passphrase, restore, serve, stream,
-        upgrade, verify, wal,
+        alert, backup, check, drill, expire, info, init, list, passphrase, restore, serve, standby,
+        stream, upgrade, verify, wal,
     };
     if let Command::Demo(args) = &cli.command {
         let options = demo::DemoOptions {
@@ -103,6 +103,9 @@ async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
         Command::WalPush(args) => wal::wal_push(&resolved, args).await,
         Command::WalFetch(args) => wal::wal_fetch(&cli, &resolved, args).await,
         Command::WalStream(args) => stream::wal_stream(&resolved, args).await,
+        Command::Standby(args) => match &args.command {
+            StandbyCommand::Create(create) => standby::create(&resolved, create).await,
+        },
         Command::Info(args) => info::info(&resolved, args).await,
         Command::WalPrefetch(args) => wal::wal_prefetch(&resolved, args).await,
         Command::Backup(args) => backup::backup(&resolved, args).await,

@@ -256,6 +256,7 @@ impl Run<'_> {
             delta: false,
             standby: false,
             primary_conninfo: None,
+            primary_slot_name: None,
             tablespace_map,
             dry_run: false,
             parallel: self.opts.parallel.max(1),

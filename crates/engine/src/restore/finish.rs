@@ -40,6 +40,12 @@ pub(super) fn recovery_conf(manifest: &Manifest, opts: &RestoreOptions) -> Resul
             )
         })?,
     );
+    if let (true, Some(slot)) = (opts.standby, &opts.primary_slot_name) {
+        conf.push_str(&format!(
+            "primary_slot_name = {}\n",
+            lifeboat_pg::recovery::quote_conf_value(slot)
+        ));
+    }
     Ok(conf)
 }
 
@@ -147,8 +153,9 @@ pub(super) fn finish(
 /// the cluster's own setting.
 fn strip_recovery_settings(conf: &str) -> String {
     const MARKER: &str = "# Recovery settings added by lifeboat";
-    const KEYS: [&str; 9] = [
+    const KEYS: [&str; 10] = [
         "restore_command",
+        "primary_slot_name",
         "recovery_target",
         "recovery_target_time",
         "recovery_target_lsn",

@@ -50,6 +50,8 @@ pub struct RestoreOptions {
     pub delta: bool,
     pub standby: bool,
     pub primary_conninfo: Option<String>,
+    /// `primary_slot_name` for a standby.
+    pub primary_slot_name: Option<String>,
     /// Tablespace OID or name → directory.
     pub tablespace_map: HashMap<String, PathBuf>,
     pub dry_run: bool,
@@ -159,7 +161,7 @@ pub async fn restore(
     let streamed_tail = tail::find(
         repo,
         &manifest,
-        &opts.target,
+        opts,
         identity.wal_segment_size,
         &mut warnings,
     )

@@ -8,7 +8,8 @@
 //! target). Every page of the prefix is checked to be the page of that segment it claims to be,
 //! so that a misplaced piece ends the tail early instead of being replayed.
 
-use lifeboat_pg::recovery::RecoveryTarget;
+use lifeboat_pg::history::TimelineHistory;
+use lifeboat_pg::recovery::{RecoveryTarget, TargetTimeline};
 use lifeboat_pg::walheader;
 use lifeboat_pg::walname::{WalFileName, WalSegmentName};
 use lifeboat_repo::backup::Entry;
@@ -33,17 +34,19 @@ impl StreamedTail {
     }
 }
 
-/// The tail recovery can use, if any: pieces of the first segment after the archive's unbroken
-/// run from the backup's stop, on the backup's timeline, when no later timeline exists (recovery
-/// would follow that one instead). Damaged pieces shorten it, with a warning each.
+/// The tail recovery can use, if any: pieces of the first segment missing from the archive on
+/// the timeline recovery ends on (the backup's, the one given, or the newest for `latest`),
+/// counting from where recovery enters that timeline (the backup's stop, or the timeline's branch
+/// point). Damaged pieces shorten it, with a warning each.
 pub(super) async fn find(
     repo: &Repository,
     manifest: &Manifest,
-    target: &RecoveryTarget,
+    opts: &RestoreOptions,
     seg_size: u64,
     warnings: &mut Vec<String>,
 ) -> Result<Option<StreamedTail>> {
-    if matches!(target, RecoveryTarget::Immediate) {
+    // A standby streams the newest WAL from its primary; a one-off recovery ends at the tail.
+    if opts.standby || matches!(opts.target, RecoveryTarget::Immediate) {
         return Ok(None);
     }
     if manifest
@@ -53,25 +56,35 @@ pub(super) async fn find(
     {
         return Ok(None);
     }
-    let stop = manifest.stop_wal;
-    let pieces = repo.list_stream_pieces(Some(stop.timeline)).await?;
+    let pieces = repo.list_stream_pieces(None).await?;
     if pieces.is_empty() {
         return Ok(None);
     }
     let listing = repo.list_wal().await?;
-    let newer_timeline = listing
-        .iter()
-        .any(|w| matches!(w.name, WalFileName::History(tli) if tli.get() > stop.timeline.get()));
-    if newer_timeline {
-        return Ok(None);
-    }
-    let archived = ArchivedSegments::from_listing(stop.timeline, seg_size, &listing);
-    let Ok(stop_segno) = stop.segno(seg_size) else {
+    let end_timeline = match opts.timeline {
+        TargetTimeline::Current => manifest.timeline,
+        TargetTimeline::Id(tli) => tli,
+        TargetTimeline::Latest => listing
+            .iter()
+            .filter_map(|w| match w.name {
+                WalFileName::History(tli) => Some(tli),
+                _ => None,
+            })
+            .chain(std::iter::once(manifest.timeline))
+            .max_by_key(|tli| tli.get())
+            .unwrap_or(manifest.timeline),
+    };
+    let Some(entry) = entry_point(repo, manifest, end_timeline).await? else {
         return Ok(None);
     };
-    // The stop segment itself is archived: the WAL check refused the restore otherwise.
-    let next = archived.contiguous_end(stop_segno) + 1;
-    let segment = WalSegmentName::from_segno(stop.timeline, next, seg_size);
+    let archived = ArchivedSegments::from_listing(end_timeline, seg_size, &listing);
+    let entry_segno = entry.segment_number(seg_size);
+    let next = if archived.contains(entry_segno) {
+        archived.contiguous_end(entry_segno) + 1
+    } else {
+        entry_segno
+    };
+    let segment = WalSegmentName::from_segno(end_timeline, next, seg_size);
     let of_segment: Vec<_> = pieces
         .into_iter()
         .filter(|p| p.segment == segment)
@@ -92,6 +105,35 @@ pub(super) async fn find(
     let mut bytes = prefix.bytes;
     bytes.truncate(usable);
     Ok(Some(StreamedTail { segment, bytes }))
+}
+
+/// Where recovery from `manifest` enters `timeline`: the backup's stop on its own timeline, else
+/// the point the timeline branched off (from its history file), when its history passes through
+/// the backup's start; `None` when it does not or the history cannot be read.
+async fn entry_point(
+    repo: &Repository,
+    manifest: &Manifest,
+    timeline: lifeboat_pg::timeline::TimelineId,
+) -> Result<Option<lifeboat_pg::lsn::Lsn>> {
+    if timeline == manifest.timeline {
+        return Ok(Some(manifest.stop_lsn));
+    }
+    let Some(bytes) = repo.get_wal(&WalFileName::History(timeline)).await? else {
+        return Ok(None);
+    };
+    let Some(history) = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|text| TimelineHistory::parse(timeline, text).ok())
+    else {
+        return Ok(None);
+    };
+    if history.timeline_of(manifest.start_lsn) != manifest.timeline {
+        return Ok(None);
+    }
+    Ok(history
+        .entries
+        .last()
+        .map(|branch| branch.switch_point.max(manifest.stop_lsn)))
 }
 
 /// How much of `bytes` (a segment's streamed prefix) is made of the pages of `segment`: the long

@@ -16,6 +16,7 @@ pub(crate) mod list;
 pub(crate) mod passphrase;
 pub(crate) mod restore;
 pub(crate) mod serve;
+pub(crate) mod standby;
 pub(crate) mod stream;
 pub(crate) mod upgrade;
 pub(crate) mod verify;

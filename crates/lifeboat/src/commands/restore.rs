@@ -2,10 +2,11 @@
 //! progress on a terminal, print the plan (`--dry-run`) or a summary line (or JSON).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lifeboat_engine::restore::{RestoreEvent, RestoreOptions};
+use indicatif::ProgressBar;
+use lifeboat_engine::restore::{EventSink, RestoreEvent, RestoreOptions};
 use lifeboat_pg::lsn::Lsn;
 use lifeboat_pg::recovery::{RecoveryTarget, TargetAction, TargetTimeline};
 
@@ -34,51 +35,26 @@ fn recovery_target(args: &RestoreArgs) -> Result<RecoveryTarget, Failure> {
     })
 }
 
-pub async fn restore(resolved: &Resolved, args: &RestoreArgs) -> Result<Exit, Failure> {
-    let usage = |m: String| Failure::new(Exit::Usage, m, None);
-    let target = recovery_target(args)?;
-    let action: TargetAction = args
-        .target_action
-        .parse()
-        .map_err(|e| usage(format!("invalid --target-action: {e}")))?;
-    let timeline: TargetTimeline = args
-        .target_timeline
-        .parse()
-        .map_err(|e| usage(format!("invalid --target-timeline: {e}")))?;
-    let mut tablespace_map = HashMap::new();
-    for item in &args.tablespace_map {
+/// `--tablespace-map OID=DIR|NAME=DIR`, repeated.
+pub(crate) fn tablespace_map(items: &[String]) -> Result<HashMap<String, PathBuf>, Failure> {
+    let mut map = HashMap::new();
+    for item in items {
         let (key, dir) = item.split_once('=').ok_or_else(|| {
-            usage(format!(
-                "invalid --tablespace-map {item}: write OID=DIR or NAME=DIR"
-            ))
+            Failure::new(
+                Exit::Usage,
+                format!("invalid --tablespace-map {item}: write OID=DIR or NAME=DIR"),
+                None,
+            )
         })?;
-        tablespace_map.insert(key.to_string(), absolute(Path::new(dir)));
+        map.insert(key.to_string(), absolute(Path::new(dir)));
     }
-    let repo = open_repo(resolved).await?;
-    let opts = RestoreOptions {
-        target_dir: absolute(&args.target_dir),
-        backup: args.backup.clone(),
-        target,
-        action,
-        timeline,
-        delta: args.delta,
-        standby: args.standby,
-        primary_conninfo: args.primary_conninfo.clone(),
-        tablespace_map,
-        dry_run: args.dry_run,
-        parallel: args
-            .parallel
-            .or(resolved.file.restore.parallel)
-            .unwrap_or_else(cores)
-            .max(1),
-        restore_command: restore_command(resolved)?,
-        archive_off: args.archive_mode == "off",
-        // Off only to compare with the page cache, or for a filesystem that takes O_DIRECT but
-        // handles it badly (README, "Configuration").
-        direct_io: std::env::var_os("LIFEBOAT_RESTORE_DIRECT_IO").is_none_or(|v| v != "off"),
-    };
+    Ok(map)
+}
+
+/// A progress bar on a terminal, and the restore's events drawn on it.
+pub(crate) fn progress_events() -> (ProgressBar, EventSink) {
     let progress = bar(0);
-    let events = {
+    let events: EventSink = {
         let progress = progress.clone();
         Arc::new(move |event: RestoreEvent| match event {
             RestoreEvent::Planned { bytes, .. } => {
@@ -95,6 +71,46 @@ pub async fn restore(resolved: &Resolved, args: &RestoreArgs) -> Result<Exit, Fa
             }),
         })
     };
+    (progress, events)
+}
+
+pub async fn restore(resolved: &Resolved, args: &RestoreArgs) -> Result<Exit, Failure> {
+    let usage = |m: String| Failure::new(Exit::Usage, m, None);
+    let target = recovery_target(args)?;
+    let action: TargetAction = args
+        .target_action
+        .parse()
+        .map_err(|e| usage(format!("invalid --target-action: {e}")))?;
+    let timeline: TargetTimeline = args
+        .target_timeline
+        .parse()
+        .map_err(|e| usage(format!("invalid --target-timeline: {e}")))?;
+    let tablespace_map = tablespace_map(&args.tablespace_map)?;
+    let repo = open_repo(resolved).await?;
+    let opts = RestoreOptions {
+        target_dir: absolute(&args.target_dir),
+        backup: args.backup.clone(),
+        target,
+        action,
+        timeline,
+        delta: args.delta,
+        standby: args.standby,
+        primary_conninfo: args.primary_conninfo.clone(),
+        primary_slot_name: None,
+        tablespace_map,
+        dry_run: args.dry_run,
+        parallel: args
+            .parallel
+            .or(resolved.file.restore.parallel)
+            .unwrap_or_else(cores)
+            .max(1),
+        restore_command: restore_command(resolved)?,
+        archive_off: args.archive_mode == "off",
+        // Off only to compare with the page cache, or for a filesystem that takes O_DIRECT but
+        // handles it badly (README, "Configuration").
+        direct_io: std::env::var_os("LIFEBOAT_RESTORE_DIRECT_IO").is_none_or(|v| v != "off"),
+    };
+    let (progress, events) = progress_events();
     let result = lifeboat_engine::restore::restore(&repo, &opts, events).await;
     progress.finish_and_clear();
     let report = result?;

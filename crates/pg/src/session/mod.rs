@@ -361,6 +361,43 @@ impl Session {
         self.parse_lsn(what, &text)
     }
 
+    /// Makes sure the physical replication slot `name` exists, reserving WAL from now on; true
+    /// when it was created by this call (a slot of that name, of any kind, counts as existing).
+    pub async fn ensure_physical_slot(&self, name: &str) -> Result<bool> {
+        let what = format!("creating the replication slot {name:?}");
+        let created = self
+            .query_text(
+                &what,
+                "select (count(*) = 0)::text from pg_replication_slots where slot_name = $1",
+                &[&name],
+            )
+            .await?;
+        if created != "true" {
+            return Ok(false);
+        }
+        self.query_text(
+            &what,
+            "select slot_name::text from pg_create_physical_replication_slot($1, true)",
+            &[&name],
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Whether a replication slot `name` exists and a process is using it.
+    pub async fn slot_is_active(&self, name: &str) -> Result<bool> {
+        let what = format!("reading the replication slot {name:?}");
+        let active = self
+            .query_text(
+                &what,
+                "select coalesce(bool_or(active), false)::text from pg_replication_slots \
+                 where slot_name = $1",
+                &[&name],
+            )
+            .await?;
+        Ok(active == "true")
+    }
+
     /// Sets this session's `statement_timeout`; zero turns it off.
     pub async fn set_statement_timeout(&self, timeout: Duration) -> Result<()> {
         let mut ms = timeout.as_millis();
