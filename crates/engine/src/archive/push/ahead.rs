@@ -165,7 +165,7 @@ fn record_failure(dir: &PusherDir, name: &str, failure: PushFailure) -> bool {
 /// The `.ready` files to push now, in archiving order: not marked pushed, not in flight, without
 /// an error file (the waiting call removes it, then the file is tried again), not stored by this
 /// process a moment ago. `stored` is pruned to the `.ready` set.
-fn to_push(
+pub(super) fn to_push(
     ready: &HashSet<String>,
     markers: &Path,
     dir: &PusherDir,
@@ -199,7 +199,7 @@ fn to_push(
 }
 
 /// Remove markers of files PostgreSQL no longer has pending (nobody will ask for them).
-fn prune_markers(markers: &Path, ready: &HashSet<String>) {
+pub(super) fn prune_markers(markers: &Path, ready: &HashSet<String>) {
     for entry in fs::read_dir(markers).into_iter().flatten().flatten() {
         let name = entry.file_name();
         if name

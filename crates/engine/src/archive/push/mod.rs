@@ -34,6 +34,9 @@ use crate::{EngineError, LazyRepo, Result};
 
 mod ahead;
 mod state;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
 mod wait;
 
 pub use ahead::{PusherReport, run_pusher};
