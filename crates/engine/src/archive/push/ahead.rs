@@ -64,27 +64,41 @@ pub async fn run_pusher(
         if tasks.len() < parallel {
             let ready = ready_names(wal_dir);
             let todo = to_push(&ready, &markers, &dir, &in_flight, &mut stored);
-            for name in todo.into_iter().take(parallel - tasks.len()) {
-                let text = name.to_string();
-                let repo = match repo.get().await {
-                    Ok(repo) => repo.clone(),
+            let todo: Vec<WalFileName> = todo.into_iter().take(parallel - tasks.len()).collect();
+            // The repository is opened once; when that fails, every file of this round gets the
+            // error (opening again per file could take the store's whole retry budget each).
+            let opened = if todo.is_empty() {
+                None
+            } else {
+                match repo.get().await {
+                    Ok(repo) => Some(repo),
                     Err(e) => {
-                        report.failed += 1;
-                        if !record_failure(&dir, &text, classify(e)) {
-                            in_flight.insert(text);
+                        let failure = classify(e);
+                        for name in &todo {
+                            let text = name.to_string();
+                            report.failed += 1;
+                            if !record_failure(&dir, &text, failure.clone()) {
+                                in_flight.insert(text);
+                            }
                         }
-                        continue;
+                        None
                     }
-                };
-                // One bound identity per process; fetched again while none is bound yet.
-                let identity = bound.get_or_insert_with(|| bound_identity(&repo)).clone();
-                let path = wal_dir.join(&text);
-                let markers = markers.clone();
-                in_flight.insert(text.clone());
-                tasks.spawn(async move {
-                    let result = push_ahead(&repo, &name, &path, identity, &markers).await;
-                    (text, result)
-                });
+                }
+            };
+            if let Some(opened) = opened {
+                for name in todo {
+                    let repo = opened.clone();
+                    let text = name.to_string();
+                    // One bound identity per process; fetched again while none is bound yet.
+                    let identity = bound.get_or_insert_with(|| bound_identity(&repo)).clone();
+                    let path = wal_dir.join(&text);
+                    let markers = markers.clone();
+                    in_flight.insert(text.clone());
+                    tasks.spawn(async move {
+                        let result = push_ahead(&repo, &name, &path, identity, &markers).await;
+                        (text, result)
+                    });
+                }
             }
         }
         if tasks.is_empty() {
@@ -198,15 +212,8 @@ pub(super) fn to_push(
     archive_order(candidates.into_iter())
 }
 
-/// Remove markers of files PostgreSQL no longer has pending (nobody will ask for them).
+/// Remove markers of files PostgreSQL no longer has pending (nobody will ask for them), and
+/// temporary files a killed pusher left. Only while holding the lock with nothing in flight.
 pub(super) fn prune_markers(markers: &Path, ready: &HashSet<String>) {
-    for entry in fs::read_dir(markers).into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        if name
-            .to_str()
-            .is_some_and(|n| !n.starts_with('.') && !ready.contains(n))
-        {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
+    super::state::remove_all_but(markers, ready);
 }

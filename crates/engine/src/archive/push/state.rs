@@ -100,13 +100,9 @@ impl PusherDir {
             .collect()
     }
 
-    /// Remove error files of names PostgreSQL no longer has pending.
+    /// Remove error files of names PostgreSQL no longer has pending (and leftover temporary files).
     pub(super) fn prune_errors(&self, ready: &HashSet<String>) {
-        for name in self.error_names() {
-            if !ready.contains(&name) {
-                let _ = fs::remove_file(self.error_path(&name));
-            }
-        }
+        remove_all_but(&self.errors(), ready);
     }
 
     /// Append a line to the log, best effort (nobody reads it but a person looking into a problem).
@@ -128,6 +124,15 @@ impl PusherDir {
             .open(&path)
         {
             let _ = writeln!(f, "{stamp} [{}] {line}", std::process::id());
+        }
+    }
+}
+
+/// Remove every entry of `dir` whose name is not in `keep`.
+pub(super) fn remove_all_but(dir: &Path, keep: &HashSet<String>) {
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_str().is_none_or(|n| !keep.contains(n)) {
+            let _ = fs::remove_file(entry.path());
         }
     }
 }

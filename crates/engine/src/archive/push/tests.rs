@@ -229,10 +229,12 @@ fn markers_and_errors_of_files_no_longer_ready_are_removed() {
         };
         dir.write_error(name, &failure).unwrap();
     }
+    fs::write(wal.markers().join(".000000010000000000000007.tmp"), "x").unwrap();
     let ready = set(&[NAME]);
     super::ahead::prune_markers(&wal.markers(), &ready);
     dir.prune_errors(&ready);
     assert!(wal.markers().join(NAME).exists());
     assert!(!wal.markers().join("000000010000000000000001").exists());
+    assert_eq!(fs::read_dir(wal.markers()).unwrap().count(), 1);
     assert_eq!(dir.error_names(), ready);
 }
