@@ -383,14 +383,19 @@ impl Marker {
     }
 }
 
-/// True when an earlier call pushed this very file, unchanged since; consumes the marker.
+/// True when an earlier call pushed this very file, unchanged since; consumes the marker then.
+/// A marker that does not match stays, so that a call waiting for the background pusher finds
+/// it and pushes the file itself at once (the pusher skips marked files).
 fn marker_matches(dir: &Path, name: &WalFileName, path: &Path) -> bool {
     let marker_path = dir.join(name.to_string());
     let Ok(recorded) = fs::read_to_string(&marker_path) else {
         return false;
     };
-    let _ = fs::remove_file(&marker_path);
-    Marker::of(path).is_ok_and(|now| now.text() == recorded)
+    let matches = Marker::of(path).is_ok_and(|now| now.text() == recorded);
+    if matches {
+        let _ = fs::remove_file(&marker_path);
+    }
+    matches
 }
 
 /// Up to `limit` other files PostgreSQL has marked `.ready`, in the order it archives them
