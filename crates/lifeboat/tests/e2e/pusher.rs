@@ -249,3 +249,46 @@ fn a_pusher_failure_fails_postgres_call_with_its_message_until_fixed() {
     all_segments_stored(&setup);
     wait_no_pusher(&setup, Duration::from_secs(15));
 }
+
+/// A file the pusher refuses (not what its name says) fails PostgreSQL's call for it with the
+/// refusal's exit code and message; nothing of it is stored.
+#[test]
+fn a_file_the_pusher_refuses_fails_postgres_call_with_exit_4() {
+    let setup = Setup::new(Backend::Local, false);
+    let (cluster, last) = backlog(&setup, 2);
+    cluster.wait_archived(&last, WAIT).expect("archived");
+    let stored = setup.info_json()["wal_files"].as_u64();
+    let wal = cluster.datadir.join("pg_wal");
+    let bogus = "0000000100000000000000F0";
+    fs::copy(setup.arch.join(&last), wal.join(bogus)).expect("plant");
+    let ready = wal.join("archive_status").join(format!("{bogus}.ready"));
+    fs::write(&ready, "").expect("ready");
+    for path in [wal.join(bogus), ready.clone()] {
+        lifeboat_testkit::cluster::chown_to_owner(&path).expect("chown");
+    }
+    // A new segment wakes the archiver, which then finds the planted file too.
+    cluster.psql("insert into b values (-2)").expect("insert");
+    cluster.switch_wal().expect("switch");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = fs::read_to_string(cluster.log_file()).unwrap_or_default();
+        if log.contains("failed with exit code 4") {
+            assert!(
+                log.contains(&format!("{bogus} is not a valid WAL file"))
+                    && log.contains("the background pusher's error"),
+                "{}",
+                cluster.log_tail(30)
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", cluster.log_tail(30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fs::remove_file(&ready).expect("unplant");
+    fs::remove_file(wal.join(bogus)).expect("unplant");
+    assert_eq!(
+        setup.info_json()["wal_files"].as_u64(),
+        stored.map(|n| n + 1),
+        "only the new segment may be stored"
+    );
+}
