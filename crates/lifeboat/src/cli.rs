@@ -60,7 +60,8 @@ pub enum Command {
     /// (LIFEBOAT_PASSPHRASE_FILE, LIFEBOAT_PASSPHRASE or passphrase_file); otherwise --unencrypted is required.
     Init(InitArgs),
     /// Archive a WAL file (use as archive_command = 'lifeboat wal-push %p'). Exits 0 only once the
-    /// file is durably stored; also pushes ahead other files PostgreSQL marked ready.
+    /// file is durably stored; a background process pushes the other files PostgreSQL marked
+    /// ready meanwhile.
     WalPush(WalPushArgs),
     /// Restore a WAL file (use as restore_command = 'lifeboat wal-fetch %f %p'). Exits 0 once the file
     /// is complete at DEST, 1 if the repository does not hold it, 200 (stop recovery) on any other failure.
@@ -118,6 +119,9 @@ pub enum Command {
     /// Internal: fetch segments ahead into the spool (started by wal-fetch in the background).
     #[command(hide = true)]
     WalPrefetch(WalPrefetchArgs),
+    /// Internal: push the files PostgreSQL marked ready, in the background (started by wal-push).
+    #[command(hide = true)]
+    WalPushAhead(WalPushAheadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -137,7 +141,9 @@ pub struct InitArgs {
 pub struct WalPushArgs {
     /// Path of the WAL file (%p), absolute or relative to the data directory.
     pub path: PathBuf,
-    /// Files stored at once, this one included [config: archive.push_parallel; default 8; 1 to 1024].
+    /// Files stored at once by the background pusher, or by this call for a file without its
+    /// .ready (by hand) [config: archive.push_parallel; default 8; 1 to 1024; 1 = no pusher, one
+    /// file per call].
     #[arg(long, value_parser = limits::flag::parallel)]
     pub parallel: Option<usize>,
 }
@@ -194,6 +200,18 @@ pub struct WalPrefetchArgs {
     pub count: usize,
     #[arg(long, default_value_t = 4, value_parser = limits::flag::parallel)]
     pub parallel: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct WalPushAheadArgs {
+    /// PostgreSQL's WAL directory (pg_wal), whose archive_status lists the files to push.
+    #[arg(long)]
+    pub wal_dir: PathBuf,
+    #[arg(long, default_value_t = 8, value_parser = limits::flag::parallel)]
+    pub parallel: usize,
+    /// Descriptor of the pusher's lock file, locked by the wal-push that started this process.
+    #[arg(long)]
+    pub lock_fd: Option<i32>,
 }
 
 #[derive(Debug, Args)]

@@ -67,7 +67,9 @@ pub struct StreamConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ArchiveConfig {
-    /// WAL files one wal-push stores at once (the requested one and others marked .ready). Default 8.
+    /// WAL files stored at once by wal-push's background pusher (which keeps that many .ready
+    /// files uploading until none is left), or by one wal-push run by hand. 1: no pusher, each
+    /// call stores its own file. Default 8.
     #[serde(deserialize_with = "limits::key::push_parallel")]
     pub push_parallel: Option<usize>,
     /// Segments wal-fetch fetches ahead during recovery. Default 8; 0 disables.

@@ -100,7 +100,7 @@ async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
     let resolved = config::resolve(cli.config.as_deref(), cli.repo.as_deref(), cli.concurrency)?;
     match &cli.command {
         Command::Init(args) => init::init(&resolved, args).await,
-        Command::WalPush(args) => wal::wal_push(&resolved, args).await,
+        Command::WalPush(args) => wal::wal_push(&cli, &resolved, args).await,
         Command::WalFetch(args) => wal::wal_fetch(&cli, &resolved, args).await,
         Command::WalStream(args) => stream::wal_stream(&resolved, args).await,
         Command::Standby(args) => match &args.command {
@@ -108,6 +108,7 @@ async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
         },
         Command::Info(args) => info::info(&resolved, args).await,
         Command::WalPrefetch(args) => wal::wal_prefetch(&resolved, args).await,
+        Command::WalPushAhead(args) => wal::wal_push_ahead(&resolved, args).await,
         Command::Backup(args) => backup::backup(&resolved, args).await,
         Command::List(args) => list::list(&resolved, args).await,
         Command::Check(args) => check::check(&resolved, args).await,

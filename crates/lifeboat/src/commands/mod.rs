@@ -1,5 +1,6 @@
 //! The commands, one module each (or one per small group: `wal` holds wal-push, wal-fetch and
-//! wal-prefetch): each resolves what it needs, calls the engine and renders the result.
+//! the processes they start, wal-push-ahead and wal-prefetch): each resolves what it needs, calls
+//! the engine and renders the result.
 //! `main.rs` dispatches to them. What several commands share (opening the repository, cluster
 //! settings, rendering) lives in `context`; commands depend on it, never on each other, and
 //! `context` on none of them.

@@ -22,6 +22,7 @@ mod expire;
 mod expire_packs;
 mod old_format;
 mod packs;
+mod pusher;
 mod stream;
 mod upgrade;
 mod verify;

@@ -8,6 +8,10 @@
 //! file or touching the repository. Any write to the file changes its ctime, so a file that changed
 //! after it was pushed is pushed again (and the repository's never-overwrite rule applies). Renaming `.ready` to `.done` stays
 //! PostgreSQL's job: it only happens after PostgreSQL's own call for the file returned 0.
+//!
+//! When PostgreSQL itself calls (the file has its `.ready`) and `parallel > 1`, the pushing is
+//! done by a background pusher instead ([`ahead`]), which keeps `parallel` files in flight
+//! without waiting for batches; the call only waits for its file's marker ([`wait`]).
 
 use std::collections::HashSet;
 use std::fs;
@@ -27,6 +31,17 @@ use super::{
 };
 use crate::error::join_error;
 use crate::{EngineError, LazyRepo, Result};
+
+mod ahead;
+mod state;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
+mod wait;
+
+pub use ahead::{PusherReport, run_pusher};
+pub use state::PushFailure;
+pub use wait::{Waited, is_ready, wait_for_pusher};
 
 /// Enough to keep two cores busy compressing while others wait on fsync; memory is about
 /// 20 MiB per file in flight.
@@ -86,13 +101,17 @@ pub fn already_pushed(description: &str, path: &Path, options: &PushOptions) -> 
     )
 }
 
-fn markers_dir(path: &Path, options: &PushOptions, subdir: &str) -> std::path::PathBuf {
+fn markers_dir(path: &Path, options: &PushOptions, subdir: &str) -> PathBuf {
+    spool_of(&wal_dir_of(path), options)
+        .join("pushed")
+        .join(subdir)
+}
+
+fn spool_of(wal_dir: &Path, options: &PushOptions) -> PathBuf {
     options
         .spool_dir
         .clone()
-        .unwrap_or_else(|| default_spool(&wal_dir_of(path)))
-        .join("pushed")
-        .join(subdir)
+        .unwrap_or_else(|| default_spool(wal_dir))
 }
 
 pub async fn push(repo: &LazyRepo, path: &Path, options: &PushOptions) -> Result<PushReport> {
@@ -364,14 +383,19 @@ impl Marker {
     }
 }
 
-/// True when an earlier call pushed this very file, unchanged since; consumes the marker.
+/// True when an earlier call pushed this very file, unchanged since; consumes the marker then.
+/// A marker that does not match stays, so that a call waiting for the background pusher finds
+/// it and pushes the file itself at once (the pusher skips marked files).
 fn marker_matches(dir: &Path, name: &WalFileName, path: &Path) -> bool {
     let marker_path = dir.join(name.to_string());
     let Ok(recorded) = fs::read_to_string(&marker_path) else {
         return false;
     };
-    let _ = fs::remove_file(&marker_path);
-    Marker::of(path).is_ok_and(|now| now.text() == recorded)
+    let matches = Marker::of(path).is_ok_and(|now| now.text() == recorded);
+    if matches {
+        let _ = fs::remove_file(&marker_path);
+    }
+    matches
 }
 
 /// Up to `limit` other files PostgreSQL has marked `.ready`, in the order it archives them
@@ -383,18 +407,7 @@ fn ready_files(
     markers: &Path,
     limit: usize,
 ) -> Vec<WalFileName> {
-    let Ok(entries) = fs::read_dir(wal_dir.join("archive_status")) else {
-        return vec![];
-    };
-    let ready: HashSet<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".ready"))
-                .map(str::to_owned)
-        })
-        .collect();
+    let ready = ready_names(wal_dir);
     let mut pushed = HashSet::new();
     if let Ok(entries) = fs::read_dir(markers) {
         for entry in entries.filter_map(|e| e.ok()) {
@@ -409,12 +422,34 @@ fn ready_files(
         }
     }
     let current = current.to_string();
-    let mut names: Vec<WalFileName> = ready
-        .iter()
-        .filter(|n| **n != current && !pushed.contains(*n))
-        .filter_map(|n| WalFileName::parse(n).ok())
-        .collect();
-    names.sort_by_key(|n| (!matches!(n, WalFileName::History(_)), n.to_string()));
+    let mut names = archive_order(
+        ready
+            .iter()
+            .filter(|n| **n != current && !pushed.contains(*n)),
+    );
     names.truncate(limit);
+    names
+}
+
+/// The names of the files PostgreSQL has marked `.ready` in `<wal_dir>/archive_status`.
+fn ready_names(wal_dir: &Path) -> HashSet<String> {
+    let Ok(entries) = fs::read_dir(wal_dir.join("archive_status")) else {
+        return HashSet::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".ready"))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// WAL file names in the order PostgreSQL archives them: history files first, then oldest first.
+fn archive_order<'a>(names: impl Iterator<Item = &'a String>) -> Vec<WalFileName> {
+    let mut names: Vec<WalFileName> = names.filter_map(|n| WalFileName::parse(n).ok()).collect();
+    names.sort_by_key(|n| (!matches!(n, WalFileName::History(_)), n.to_string()));
     names
 }
