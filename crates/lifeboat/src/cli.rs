@@ -35,7 +35,7 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Log level on stderr (error, warn, info, debug, trace) [default: info for serve, warn
+    /// Log level on stderr (error, warn, info, debug, trace) [default: info for serve and wal-stream, warn
     /// otherwise]. Without this flag, LIFEBOAT_LOG may give a filter (e.g. `lifeboat=debug`).
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,

@@ -177,10 +177,12 @@ fn report(failure: &Failure, in_recovery: bool) -> ExitCode {
 fn init_logging(cli: &cli::Cli) {
     use tracing_subscriber::EnvFilter;
     // The flag wins over the environment, as everywhere else (README, "Configuration").
-    let default = match cli.command {
-        cli::Command::Serve(_) => "info",
-        _ => "warn",
-    };
+    // Long-running commands say what they do; one-shot commands only what went wrong.
+    let long_running = matches!(
+        cli.command,
+        cli::Command::Serve(_) | cli::Command::WalStream(_)
+    );
+    let default = if long_running { "info" } else { "warn" };
     let filter = match &cli.log_level {
         Some(level) => EnvFilter::new(level),
         None => EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
@@ -191,7 +193,7 @@ fn init_logging(cli: &cli::Cli) {
         .with_target(false);
     if cli.log_format == cli::LogFormat::Json {
         builder.json().init();
-    } else if matches!(cli.command, cli::Command::Serve(_)) {
+    } else if long_running {
         // A daemon's lines need their time (journald adds its own, a plain file does not).
         builder.init();
     } else {

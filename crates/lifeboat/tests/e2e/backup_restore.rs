@@ -256,7 +256,7 @@ fn assert_pgbench_consistent(cluster: &LocalCluster, what: &str) -> (i64, i64, i
 }
 
 /// Switch WAL on the source and wait until everything written so far is in the repository.
-fn archive_everything(cluster: &TestCluster) {
+pub(crate) fn archive_everything(cluster: &TestCluster) {
     let last = cluster.switch_wal().expect("switch WAL");
     cluster.wait_archived(&last, WAIT).expect("archived");
 }

@@ -8,11 +8,12 @@ use std::process::{Child, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::backup_restore::{restore_json, start_restored, target};
+use crate::backup_restore::{archive_everything, restore_json, start_restored, target};
 use crate::support::fixture::keys_under;
 use crate::support::*;
-use lifeboat_pg::cluster::LocalCluster;
-use lifeboat_testkit::cluster::TestCluster;
+use lifeboat_pg::cluster::{LocalCluster, StopMode};
+use lifeboat_testkit::cluster::{TestCluster, TestDir};
+use lifeboat_testkit::free_port;
 
 /// A running `lifeboat wal-stream`, killed on drop if still running.
 struct Receiver {
@@ -187,5 +188,173 @@ fn synchronous_streaming_loses_no_acknowledged_commit() {
         restored_count(&setup, &cluster),
         "20",
         "acknowledged commits"
+    );
+}
+
+/// Wait until `sql` on `cluster` returns `want`.
+fn wait_for(cluster: &LocalCluster, sql: &str, want: &str, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = cluster.psql(sql).unwrap_or_else(|e| e.to_string());
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: `{sql}` returned {got:?}, not {want:?}:\n{}",
+            cluster.log_tail(30)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_standby_from_the_repository_replays_it_then_streams_from_the_primary() {
+    let setup = Setup::new(Backend::Local, true);
+    let primary = TestCluster::start_new(&setup.archive_conf()).expect("cluster");
+    primary
+        .psql("create table t (id int primary key, note text)")
+        .expect("create table");
+    setup.backup(&primary);
+    primary
+        .psql("insert into t select g, 'archived' from generate_series(1, 100) g")
+        .expect("insert");
+    archive_everything(&primary);
+
+    let dir = TestDir::new().expect("standby dir");
+    let data = dir.path().join("replica1");
+    let out = setup
+        .cmd()
+        .args(["standby", "create", "--json", "--primary"])
+        .arg(primary.conninfo())
+        .arg("--target-dir")
+        .arg(&data)
+        .output()
+        .expect("run standby create");
+    let report = json_of(&out, "lifeboat standby create");
+    assert_eq!(report["name"], "replica1", "{report}");
+    assert_eq!(report["slot_created"], true, "{report}");
+    let conf = fs::read_to_string(data.join("postgresql.auto.conf")).expect("auto.conf");
+    for line in [
+        "primary_slot_name = 'replica1'",
+        "application_name=replica1",
+        "recovery_target_timeline = 'latest'",
+    ] {
+        assert!(conf.contains(line), "{line} missing from:\n{conf}");
+    }
+    assert!(data.join("standby.signal").exists());
+
+    // With the primary down, the standby replays what the repository holds.
+    primary.stop(StopMode::Fast).expect("stop the primary");
+    let standby = LocalCluster::existing(&data, free_port(), dir.path(), primary.owner.clone())
+        .expect("standby")
+        .with_log_file(dir.path().join("standby.log"));
+    let standby = TestCluster::adopt(dir, standby);
+    standby.start(WAIT).expect("start the standby");
+    wait_for(
+        &standby,
+        "select count(*) from t",
+        "100",
+        "replay from the repository",
+    );
+    assert_eq!(
+        standby
+            .psql("select pg_is_in_recovery()")
+            .expect("in recovery"),
+        "t"
+    );
+
+    // The primary back: the standby streams from it over its slot.
+    primary.start(WAIT).expect("start the primary again");
+    primary
+        .psql("insert into t select g, 'streamed' from generate_series(101, 150) g")
+        .expect("insert");
+    wait_for(&standby, "select count(*) from t", "150", "streaming");
+    wait_for(
+        &primary,
+        "select state || ' ' || (select active::text from pg_replication_slots where slot_name = 'replica1') \
+         from pg_stat_replication where application_name = 'replica1'",
+        "streaming true",
+        "the standby streaming over its slot",
+    );
+}
+
+#[test]
+fn the_receiver_follows_a_promotion_and_a_restore_reaches_a_time_after_it() {
+    let setup = Setup::new(Backend::Local, true);
+    let primary = TestCluster::start_new(&setup.archive_conf()).expect("cluster");
+    primary
+        .psql("create table t (id int primary key, note text)")
+        .expect("create table");
+    setup.backup(&primary);
+
+    // A standby from the repository, and the receiver streaming from the standby.
+    let dir = TestDir::new().expect("standby dir");
+    let data = dir.path().join("replica1");
+    let out = setup
+        .cmd()
+        .args(["standby", "create", "--primary"])
+        .arg(primary.conninfo())
+        .arg("--target-dir")
+        .arg(&data)
+        .output()
+        .expect("run standby create");
+    assert_success(&out, "lifeboat standby create");
+    let standby = LocalCluster::existing(&data, free_port(), dir.path(), primary.owner.clone())
+        .expect("standby")
+        .with_log_file(dir.path().join("standby.log"));
+    let standby = TestCluster::adopt(dir, standby);
+    standby.start(WAIT).expect("start the standby");
+    let mut receiver = Receiver::start(&setup, &standby, &["--flush-interval-ms", "100"]);
+    receiver.wait_streaming(&standby);
+
+    primary
+        .psql("insert into t select g, 'timeline 1' from generate_series(1, 100) g")
+        .expect("insert");
+    wait_for(
+        &standby,
+        "select count(*) from t",
+        "100",
+        "the standby replaying",
+    );
+    primary.kill9().expect("kill -9 the primary");
+    standby
+        .psql("select pg_promote()")
+        .expect("promote the standby");
+    wait_for(
+        &standby,
+        "select pg_is_in_recovery()",
+        "f",
+        "the standby promoting",
+    );
+    standby
+        .psql("insert into t select g, 'timeline 2' from generate_series(101, 150) g")
+        .expect("insert on the new timeline");
+    thread::sleep(Duration::from_millis(1100));
+    let target_time = standby.psql("select now()::text").expect("the target time");
+    thread::sleep(Duration::from_millis(1100));
+    standby
+        .psql("insert into t select g, 'after the target' from generate_series(151, 200) g")
+        .expect("insert after the target");
+    wait_flushed(&standby, &receiver);
+    standby.kill9().expect("kill -9 the new primary");
+    assert!(receiver.terminate().success(), "wal-stream exit");
+    let log = fs::read_to_string(setup.dir.path().join("wal-stream.log")).unwrap_or_default();
+    assert!(
+        log.contains("following timeline 2"),
+        "the receiver did not follow the promotion:\n{log}"
+    );
+
+    let t = target();
+    let report = restore_json(&setup, &t.data, &["--target-time", &target_time]);
+    assert!(
+        report["plan"]["streamed_wal_to"].is_string(),
+        "the restore did not use the streamed WAL of timeline 2: {report}"
+    );
+    let restored = start_restored(t, primary.owner.clone());
+    assert_eq!(
+        restored.psql("select count(*) from t").expect("count"),
+        "150",
+        "rows up to the target time, across the promotion"
     );
 }
