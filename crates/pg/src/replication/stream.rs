@@ -124,8 +124,10 @@ impl WalStream {
         self.conn.take_notices()
     }
 
-    /// The next message. After [`StreamMessage::End`] it keeps answering `End`. Cancel-safe:
-    /// partial frames stay buffered in `self`.
+    /// The next message. After [`StreamMessage::End`] it keeps answering `End`. After an error
+    /// of severity ERROR (removed WAL, say) the server has left copy mode: the next call
+    /// answers `End { next_timeline: None }` and [`WalStream::finish`] gives the connection
+    /// back. Cancel-safe: partial frames stay buffered in `self`.
     pub async fn next(&mut self) -> Result<StreamMessage> {
         let what = "reading the WAL stream";
         loop {
@@ -174,11 +176,16 @@ impl WalStream {
                         next_timeline: next,
                     });
                 }
+                // An ERROR (removed WAL, say) ends copy mode and the command: ReadyForQuery
+                // follows and the connection takes commands again ([`WalStream::finish`]).
+                // Anything worse ends the connection.
                 (_, b'E') => {
                     let e = wire.server_error(what, &frame.body);
-                    if e.server_error().is_some_and(|s| s.severity != "ERROR") {
-                        self.state = State::Gone;
-                    }
+                    self.state = if e.server_error().is_some_and(|s| s.severity == "ERROR") {
+                        State::Closing { next: None }
+                    } else {
+                        State::Gone
+                    };
                     return Err(e);
                 }
                 (_, tag) => return Err(wire.unexpected(what, tag)),
