@@ -41,8 +41,10 @@ pub struct SystemIdentity {
 /// Where a physical slot holds WAL from (`READ_REPLICATION_SLOT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotPosition {
-    /// The oldest WAL the slot keeps; `None` for a slot created without reserving WAL that
-    /// has never been used.
+    /// The oldest WAL the slot keeps; `None` for a slot created without reserving WAL and never
+    /// used, or one invalidated for holding too much (`max_slot_wal_keep_size`, wal_status
+    /// `lost`): for a slot made by [`ReplicationConnection::create_physical_slot`], `None`
+    /// means its WAL is gone and streaming must restart from the archive.
     pub restart_lsn: Option<Lsn>,
     /// The timeline of `restart_lsn`, when there is one.
     pub restart_tli: Option<TimelineId>,
