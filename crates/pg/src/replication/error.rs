@@ -158,15 +158,16 @@ impl ReplicationError {
 
     /// The WAL asked for is gone from the server (SQLSTATE 58P01, "requested WAL segment ... has
     /// already been removed"), or the slot was invalidated because it held back too much WAL
-    /// (`max_slot_wal_keep_size`; SQLSTATE 55000 naming an invalidated slot). Streaming cannot
+    /// (`max_slot_wal_keep_size`; SQLSTATE 55000 "can no longer access replication slot" on 16+,
+    /// whose detail says it was invalidated; on 13 to 15 such a slot's `restart_lsn` reads as
+    /// NULL and streaming from an old position fails with 58P01). Streaming cannot
     /// resume where it stopped: the gap must come from the archive, or a new base backup.
     #[must_use]
     pub fn is_wal_removed(&self) -> bool {
         match self.server_error() {
             Some(e) => {
                 (e.code == sqlstate::UNDEFINED_FILE && e.message.contains("WAL segment"))
-                    || (e.code == sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE
-                        && e.message.contains("invalidated"))
+                    || is_slot_invalidated(e)
             }
             None => false,
         }
@@ -204,6 +205,16 @@ impl ReplicationError {
     }
 }
 
+/// A slot that lost its WAL: PostgreSQL 16+ refuse it ("can no longer access replication slot",
+/// the reason in the detail); 13 to 15 stream from it and fail on the removed WAL instead.
+fn is_slot_invalidated(e: &ServerError) -> bool {
+    e.code == sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE
+        && (e.message.contains("invalidated")
+            || e.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("invalidated")))
+}
+
 /// What to do about the common server errors, as a suffix of the message.
 fn advice(e: &ServerError) -> &'static str {
     let msg = e.message.as_str();
@@ -217,7 +228,7 @@ fn advice(e: &ServerError) -> &'static str {
              (the newest archived segment), or take a new base backup; keep a slot so the \
              server retains WAL while the receiver is down"
         }
-        sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE if msg.contains("invalidated") => {
+        sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE if is_slot_invalidated(e) => {
             "; the slot lost its WAL (max_slot_wal_keep_size): drop and recreate it, and restart \
              from the archive or a new base backup"
         }
@@ -285,11 +296,15 @@ mod tests {
         assert!(e.is_wal_removed() && !e.is_slot_in_use());
         assert!(e.to_string().contains("restart from the archive"), "{e}");
 
-        let e = server(
-            "55000",
-            "cannot read from replication slot \"s\": this slot has been invalidated",
-        );
-        assert!(e.is_wal_removed());
+        // PostgreSQL 18's words for a slot invalidated by max_slot_wal_keep_size.
+        let mut e = server("55000", "can no longer access replication slot \"s\"");
+        assert!(!e.is_wal_removed());
+        if let ReplicationError::Server { server, .. } = &mut e {
+            server.detail =
+                Some("This replication slot has been invalidated due to \"wal_removed\".".into());
+        }
+        assert!(e.is_wal_removed(), "{e}");
+        assert!(e.to_string().contains("drop and recreate it"), "{e}");
 
         let e = server(
             "57P01",

@@ -41,8 +41,10 @@ pub struct SystemIdentity {
 /// Where a physical slot holds WAL from (`READ_REPLICATION_SLOT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotPosition {
-    /// The oldest WAL the slot keeps; `None` for a slot created without reserving WAL that
-    /// has never been used.
+    /// The oldest WAL the slot keeps; `None` for a slot created without reserving WAL and never
+    /// used, or one invalidated for holding too much (`max_slot_wal_keep_size`, wal_status
+    /// `lost`): for a slot made by [`ReplicationConnection::create_physical_slot`], `None`
+    /// means its WAL is gone and streaming must restart from the archive.
     pub restart_lsn: Option<Lsn>,
     /// The timeline of `restart_lsn`, when there is one.
     pub restart_tli: Option<TimelineId>,
@@ -51,7 +53,10 @@ pub struct SlotPosition {
 /// The outcome of [`ReplicationConnection::create_physical_slot`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotCreated {
-    /// Made now, holding WAL from `lsn`.
+    /// Made now, holding WAL from `lsn`: the slot's `restart_lsn` on 15+; on 13 and 14 (no
+    /// `READ_REPLICATION_SLOT`) the server's flush position just after, which may lie a little
+    /// before `restart_lsn` (the insert position) but never in an older segment than WAL the
+    /// server still has.
     Created { lsn: Lsn },
     /// A slot of that name existed already (physical or not: check with
     /// [`ReplicationConnection::read_replication_slot`]).
@@ -188,7 +193,24 @@ impl ReplicationConnection {
         let sql = format!("CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL");
         match self.one_row(&what, &sql).await {
             Ok(row) => {
-                let lsn = self.lsn(&what, self.required(&what, &row, 1)?)?;
+                // The answer's consistent_point is 0/0 for physical slots (it is a logical
+                // decoding position), so ask for the slot's restart_lsn where we can.
+                let point = match text_column(&row, 1).map_err(|d| self.bad_row(&what, d))? {
+                    Some(text) => self.lsn(&what, text)?,
+                    None => Lsn::INVALID,
+                };
+                if point != Lsn::INVALID {
+                    return Ok(SlotCreated::Created { lsn: point });
+                }
+                if self.version_num >= READ_REPLICATION_SLOT_VERSION_NUM
+                    && let Some(SlotPosition {
+                        restart_lsn: Some(lsn),
+                        ..
+                    }) = self.read_replication_slot(slot).await?
+                {
+                    return Ok(SlotCreated::Created { lsn });
+                }
+                let lsn = self.identify_system().await?.xlogpos;
                 Ok(SlotCreated::Created { lsn })
             }
             Err(e) if e.server_error().is_some_and(|s| s.code == "42710") => {

@@ -264,3 +264,57 @@ async fn authenticate(wire: &mut Wire, spec: &ConnSpec, user: &str) -> Result<()
         wire.flush(what).await?;
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::ReplicationConnection;
+    use super::*;
+
+    fn spec(conninfo: &str) -> ConnSpec {
+        ConnSpec::with_env(Some(conninfo), &|_| None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn silent_and_absent_servers() {
+        // Accepts and never answers: the timeout covers the startup, not just the TCP connect.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let err = ReplicationConnection::connect(
+            &spec(&format!(
+                "host=127.0.0.1 port={port} user=u password=sekrit"
+            )),
+            "t",
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, ReplicationError::ConnectTimeout { .. }),
+            "{err}"
+        );
+        assert!(
+            err.is_connect_failure() && !err.is_connection_lost(),
+            "{err}"
+        );
+        assert!(!format!("{err} {err:?}").contains("sekrit"));
+        drop(listener);
+
+        // Nobody listening, on any of the hosts: the last one's error.
+        let err = ReplicationConnection::connect(
+            &spec(&format!("host=/nonexistent,127.0.0.1 port={port} user=u")),
+            "t",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ReplicationError::Connect { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&format!("127.0.0.1:{port}")),
+            "{err}"
+        );
+        assert!(err.is_connect_failure());
+    }
+}

@@ -124,8 +124,10 @@ impl WalStream {
         self.conn.take_notices()
     }
 
-    /// The next message. After [`StreamMessage::End`] it keeps answering `End`. Cancel-safe:
-    /// partial frames stay buffered in `self`.
+    /// The next message. After [`StreamMessage::End`] it keeps answering `End`. After an error
+    /// of severity ERROR (removed WAL, say) the server has left copy mode: the next call
+    /// answers `End { next_timeline: None }` and [`WalStream::finish`] gives the connection
+    /// back. Cancel-safe: partial frames stay buffered in `self`.
     pub async fn next(&mut self) -> Result<StreamMessage> {
         let what = "reading the WAL stream";
         loop {
@@ -174,11 +176,16 @@ impl WalStream {
                         next_timeline: next,
                     });
                 }
+                // An ERROR (removed WAL, say) ends copy mode and the command: ReadyForQuery
+                // follows and the connection takes commands again ([`WalStream::finish`]).
+                // Anything worse ends the connection.
                 (_, b'E') => {
                     let e = wire.server_error(what, &frame.body);
-                    if e.server_error().is_some_and(|s| s.severity != "ERROR") {
-                        self.state = State::Gone;
-                    }
+                    self.state = if e.server_error().is_some_and(|s| s.severity == "ERROR") {
+                        State::Closing { next: None }
+                    } else {
+                        State::Gone
+                    };
                     return Err(e);
                 }
                 (_, tag) => return Err(wire.unexpected(what, tag)),
@@ -326,5 +333,169 @@ impl std::fmt::Debug for WalStream {
             .field("target", &self.conn.wire.target)
             .field("state", &self.state)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use bytes::BytesMut;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::super::wire::Wire;
+    use super::*;
+
+    fn frame(out: &mut BytesMut, tag: u8, body: &[u8]) {
+        out.put_u8(tag);
+        out.put_i32(i32::try_from(body.len()).unwrap() + 4);
+        out.put_slice(body);
+    }
+
+    fn xlogdata(out: &mut BytesMut, start: u64, data: &[u8]) {
+        let mut body = BytesMut::new();
+        body.put_u8(b'w');
+        body.put_u64(start);
+        body.put_u64(start + data.len() as u64);
+        body.put_i64(0);
+        body.put_slice(data);
+        frame(out, b'd', &body);
+    }
+
+    /// A server that dribbles its messages 7 bytes at a time into a 64-byte pipe, and a reader
+    /// whose every read is cancelled as soon as it would wait: nothing is lost or reordered,
+    /// and the end of a timeline comes out with the connection usable.
+    #[tokio::test]
+    async fn reads_cancelled_anywhere_lose_nothing() {
+        let (client, server) = tokio::io::duplex(64);
+        let (mut from_client, mut to_client) = tokio::io::split(server);
+        let mut out = BytesMut::new();
+        let pieces: Vec<Vec<u8>> = [1usize, 100, 1000, 5000]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| (i * 31 + j) as u8).collect())
+            .collect();
+        let mut at = 0x100_0000_u64;
+        for (i, piece) in pieces.iter().enumerate() {
+            xlogdata(&mut out, at, piece);
+            at += piece.len() as u64;
+            if i == 1 {
+                frame(&mut out, b'N', b"SWARNING\0VWARNING\0C01000\0Mcareful\0\0");
+                frame(&mut out, b'S', b"server_version\x0015.9\0");
+                let mut k = BytesMut::new();
+                k.put_u8(b'k');
+                k.put_u64(at);
+                k.put_i64(0);
+                k.put_u8(1);
+                frame(&mut out, b'd', &k);
+            }
+        }
+        frame(&mut out, b'c', b"");
+        frame(&mut out, b'T', b"\0\0");
+        let mut row = BytesMut::new();
+        row.put_u16(2);
+        for col in [&b"2"[..], b"0/5000000"] {
+            row.put_i32(i32::try_from(col.len()).unwrap());
+            row.put_slice(col);
+        }
+        frame(&mut out, b'D', &row);
+        frame(&mut out, b'C', b"START_STREAMING\0");
+        frame(&mut out, b'Z', b"I");
+        let writer = tokio::spawn(async move {
+            for chunk in out.chunks(7) {
+                to_client.write_all(chunk).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            to_client
+        });
+
+        let conn = ReplicationConnection {
+            wire: Wire::new(Box::new(client), "test".into()),
+            version_num: 150_000,
+        };
+        let mut stream = WalStream {
+            conn,
+            state: State::Streaming,
+        };
+        let mut got = Vec::new();
+        let mut cancelled = 0;
+        loop {
+            let message = tokio::select! {
+                biased;
+                message = stream.next() => message.unwrap(),
+                () = tokio::task::yield_now() => {
+                    cancelled += 1;
+                    continue;
+                }
+            };
+            let end = matches!(message, StreamMessage::End { .. });
+            got.push(message);
+            if end {
+                break;
+            }
+        }
+        assert!(cancelled > 100, "{cancelled}");
+        let two = TimelineId::new(2).unwrap();
+        let mut want: Vec<StreamMessage> = Vec::new();
+        let mut at = 0x100_0000_u64;
+        for (i, piece) in pieces.iter().enumerate() {
+            want.push(StreamMessage::XLogData {
+                start: Lsn(at),
+                server_end: Lsn(at + piece.len() as u64),
+                data: Bytes::from(piece.clone()),
+            });
+            at += piece.len() as u64;
+            if i == 1 {
+                want.push(StreamMessage::Keepalive {
+                    server_end: Lsn(at),
+                    reply_requested: true,
+                });
+            }
+        }
+        want.push(StreamMessage::End {
+            next_timeline: Some((two, Lsn(0x500_0000))),
+        });
+        assert_eq!(got, want);
+
+        let (mut conn, next) = stream.finish().await.unwrap();
+        assert_eq!(next, Some((two, Lsn(0x500_0000))));
+        let notices = conn.take_notices();
+        assert_eq!(notices.len(), 1);
+        assert_eq!(
+            (notices[0].code.as_str(), notices[0].message.as_str()),
+            ("01000", "careful")
+        );
+        assert_eq!(conn.wire.server_version, "15.9");
+        // Our CopyDone answered the server's.
+        writer.await.unwrap();
+        drop(conn);
+        let mut sent = Vec::new();
+        from_client.read_to_end(&mut sent).await.unwrap();
+        assert_eq!(sent, b"c\0\0\0\x04");
+    }
+
+    /// A malformed message is an error that names it, never a panic.
+    #[tokio::test]
+    async fn malformed_frames_are_named() {
+        let cases: [(&[u8], &str); 5] = [
+            (b"d\0\0\0\x0cw\0\0\0\0\0\0\0", "XLogData"),
+            (b"d\0\0\0\x07k\0\0", "primary keepalive message"),
+            (b"d\0\0\0\x05x", "CopyData of kind 'x'"),
+            (b"d\0\0\0\x04", "CopyData"),
+            (b"d\0\0\0\x02", "length 2 is out of range"),
+        ];
+        for (bytes, needle) in cases {
+            let (client, mut server) = tokio::io::duplex(1024);
+            server.write_all(bytes).await.unwrap();
+            let mut stream = WalStream {
+                conn: ReplicationConnection {
+                    wire: Wire::new(Box::new(client), "test".into()),
+                    version_num: 150_000,
+                },
+                state: State::Streaming,
+            };
+            let err = stream.next().await.unwrap_err();
+            assert!(matches!(err, ReplicationError::Protocol { .. }), "{err}");
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
     }
 }
