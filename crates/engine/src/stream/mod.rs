@@ -185,7 +185,11 @@ async fn stream_session(
             .into());
         }
         Some(identity) => identity.wal_segment_size,
-        None => 16 << 20,
+        // Nothing bound yet: the server says (the first segment's header is checked against it).
+        None => conn
+            .wal_segment_size()
+            .await
+            .map_err(|e| pg_error("cannot read the server's WAL segment size", e))?,
     };
     if options.create_slot {
         match conn.create_physical_slot(&options.slot).await {

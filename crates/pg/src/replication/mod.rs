@@ -137,6 +137,30 @@ impl ReplicationConnection {
         })
     }
 
+    /// The server's WAL segment size (`SHOW wal_segment_size`, in bytes), needed to choose a
+    /// segment boundary to start at before any WAL has arrived.
+    pub async fn wal_segment_size(&mut self) -> Result<u64> {
+        let what = "SHOW wal_segment_size";
+        let row = self.one_row(what, "SHOW wal_segment_size").await?;
+        let text = self.required(what, &row, 0)?;
+        let (number, unit) = text
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or((text, ""), |at| text.split_at(at));
+        let scale = match unit.trim() {
+            "" | "B" => 1,
+            "kB" => 1 << 10,
+            "MB" => 1 << 20,
+            "GB" => 1 << 30,
+            _ => 0,
+        };
+        number
+            .parse::<u64>()
+            .ok()
+            .map(|n| n * scale)
+            .filter(|size| crate::walname::is_valid_wal_segment_size(*size))
+            .ok_or_else(|| self.bad_row(what, format!("wal_segment_size {text:?}")))
+    }
+
     /// `READ_REPLICATION_SLOT` (PostgreSQL 15+): where physical slot `slot` holds WAL from, or
     /// `None` if there is no such slot. On older servers, an [`ReplicationError::Unsupported`]
     /// error (they answer the command with a syntax error).

@@ -144,6 +144,7 @@ async fn identity_and_slots() {
         session.system_identifier().await.unwrap()
     );
     assert_eq!(id.timeline, TimelineId::ONE);
+    assert_eq!(conn.wal_segment_size().await.unwrap(), 16 << 20);
     assert!(id.xlogpos > Lsn::INVALID);
     // The connection shows up as a WAL sender under our application name.
     assert_eq!(
