@@ -124,6 +124,8 @@ pub(crate) fn snapshot() -> Snapshot {
                 gaps: Vec::new(),
                 partial_files: Vec::new(),
                 backup_files: Vec::new(),
+                streamed_to: None,
+                streamed_pieces: 0,
             }],
             ..Default::default()
         },

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use lifeboat_pg::walname::{DEFAULT_WAL_SEGMENT_SIZE, WalFileName, WalSegmentName};
-use lifeboat_repo::wal::ArchivedSegments;
+use lifeboat_repo::wal::{ArchivedSegments, streamed_chain};
 use lifeboat_repo::{ClusterIdentity, Repository};
 use serde::Serialize;
 
@@ -35,6 +35,12 @@ pub struct TimelineInfo {
     pub gaps: Vec<Gap>,
     pub partial_files: Vec<String>,
     pub backup_files: Vec<String>,
+    /// Where the WAL `wal-stream` stored beyond the complete segments ends: the end of the
+    /// unbroken run of pieces of this timeline's newest streamed segment (from the listing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streamed_to: Option<String>,
+    /// Streamed pieces stored for this timeline (of segments not yet complete).
+    pub streamed_pieces: u64,
 }
 
 /// Consecutive segments missing between two archived ones.
@@ -56,10 +62,15 @@ pub async fn info(repo: &Repository) -> Result<RepoInfo> {
         partial: Vec<String>,
         backup: Vec<String>,
     }
+    let pieces = repo.list_stream_pieces(None).await?;
     let mut segments = ArchivedSegments::per_timeline(seg_size, &wal);
     // A timeline with segments, or with only `.partial` or `.backup` files, is shown.
-    let mut per_timeline: BTreeMap<u32, Acc> =
-        segments.keys().map(|t| (t.get(), Acc::default())).collect();
+    let mut per_timeline: BTreeMap<u32, Acc> = segments
+        .keys()
+        .copied()
+        .chain(pieces.iter().map(|p| p.segment.timeline))
+        .map(|t| (t.get(), Acc::default()))
+        .collect();
     let mut history_files = Vec::new();
     for stored in &wal {
         match &stored.name {
@@ -99,8 +110,32 @@ pub async fn info(repo: &Repository) -> Result<RepoInfo> {
                 count: g.count(),
             })
             .collect();
+        let of_timeline: Vec<_> = pieces
+            .iter()
+            .filter(|p| p.segment.timeline == timeline)
+            .cloned()
+            .collect();
+        let streamed_to = of_timeline
+            .iter()
+            .map(|p| p.segment)
+            .max()
+            .and_then(|newest| {
+                let of_newest: Vec<_> = of_timeline
+                    .iter()
+                    .filter(|p| p.segment == newest)
+                    .cloned()
+                    .collect();
+                let end = streamed_chain(&of_newest).last()?.end;
+                newest
+                    .start_lsn(seg_size)
+                    .ok()?
+                    .checked_add(u64::from(end))
+                    .map(|lsn| lsn.to_string())
+            });
         timelines.push(TimelineInfo {
             timeline: tli,
+            streamed_to,
+            streamed_pieces: of_timeline.len() as u64,
             first_segment: first,
             last_segment: last,
             segments: archived.len(),

@@ -72,6 +72,12 @@ pub async fn info(resolved: &Resolved, args: &InfoArgs) -> Result<Exit, Failure>
         for p in &tl.partial_files {
             outln!("  partial    {p}");
         }
+        if let Some(to) = &tl.streamed_to {
+            outln!(
+                "  streamed   up to {to} ({} pieces of segments not yet complete)",
+                tl.streamed_pieces
+            );
+        }
     }
     for h in &info.history_files {
         outln!("history      {h}");

@@ -152,6 +152,9 @@ fn streamed_wal_reaches_a_restore_after_the_primary_dies() {
         .map(|repo| keys_under(repo, "stream"))
         .unwrap_or_default();
     assert!(!pieces.is_empty(), "no streamed pieces in the repository");
+    let info = setup.info_json();
+    let streamed = &info["timelines"][0]["streamed_to"];
+    assert!(streamed.is_string(), "info does not show the streamed position: {info}");
 
     assert_eq!(
         restored_count(&setup, &cluster),
