@@ -110,6 +110,7 @@ pub(crate) fn snapshot() -> Snapshot {
             earliest: Some("2026-01-02T10:00:12.5Z".into()),
             latest_backup: Some("2026-01-02T10:00:12.5Z".into()),
             latest_wal: Some("000000010000000000000009".into()),
+            streamed_to: None,
         },
         backups: vec![backup("20260102T100000Z")],
         newest_backup_age_seconds: Some(3587.5),

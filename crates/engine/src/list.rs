@@ -26,6 +26,10 @@ pub struct Window {
     /// The last segment archived, without a gap, after the newest backup's stop segment: recovery
     /// can replay up to its end.
     pub latest_wal: Option<String>,
+    /// Where the WAL `wal-stream` stored for the segment after `latest_wal` ends: recovery to
+    /// the end replays up to this position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streamed_to: Option<String>,
 }
 
 impl Window {
@@ -36,6 +40,7 @@ impl Window {
             earliest: manifests.first().map(stop),
             latest_backup: manifests.last().map(stop),
             latest_wal,
+            streamed_to: None,
         }
     }
 }
@@ -51,13 +56,32 @@ pub async fn list(repo: &Repository) -> Result<Listing> {
     let mut window = Window::of(&manifests, None);
     if let (Some(newest), Some(identity)) = (manifests.last(), repo.identity().await?) {
         let seg_size = identity.wal_segment_size;
-        window.latest_wal = Some(
-            contiguous_end(repo, &newest.stop_wal, seg_size)
-                .await?
-                .to_string(),
-        );
+        let end = contiguous_end(repo, &newest.stop_wal, seg_size).await?;
+        window.latest_wal = Some(end.to_string());
+        window.streamed_to = streamed_after(repo, &end, seg_size).await?;
     }
     Ok(Listing { backups, window })
+}
+
+/// Where the streamed pieces of the segment after `end` reach without a break (from the
+/// listing: `restore` reads and checks them).
+async fn streamed_after(
+    repo: &Repository,
+    end: &WalSegmentName,
+    seg_size: u64,
+) -> Result<Option<String>> {
+    let Ok(next) = end.next(seg_size) else {
+        return Ok(None);
+    };
+    let pieces = repo.list_stream_pieces_of(&next).await?;
+    let Some(last) = lifeboat_repo::wal::streamed_chain(&pieces).pop() else {
+        return Ok(None);
+    };
+    Ok(next
+        .start_lsn(seg_size)
+        .ok()
+        .and_then(|start| start.checked_add(u64::from(last.end)))
+        .map(|lsn| lsn.to_string()))
 }
 
 /// The last segment of the unbroken run of archived segments that starts at `from` (on its

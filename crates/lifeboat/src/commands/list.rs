@@ -41,10 +41,19 @@ pub async fn list(resolved: &Resolved, args: &ListArgs) -> Result<Exit, Failure>
         );
     }
     let w = &listing.window;
+    let end = match &w.streamed_to {
+        Some(lsn) => format!(
+            "the end of WAL segment {}, then streamed WAL up to {lsn}",
+            w.latest_wal.as_deref().unwrap_or("-")
+        ),
+        None => format!(
+            "the end of WAL segment {}",
+            w.latest_wal.as_deref().unwrap_or("-")
+        ),
+    };
     outln!(
-        "restore window: from {} to the end of WAL segment {} (newest backup ended {})",
+        "restore window: from {} to {end} (newest backup ended {})",
         w.earliest.as_deref().unwrap_or("-"),
-        w.latest_wal.as_deref().unwrap_or("-"),
         w.latest_backup.as_deref().unwrap_or("-")
     );
     Ok(Exit::Success)

@@ -154,7 +154,15 @@ fn streamed_wal_reaches_a_restore_after_the_primary_dies() {
     assert!(!pieces.is_empty(), "no streamed pieces in the repository");
     let info = setup.info_json();
     let streamed = &info["timelines"][0]["streamed_to"];
-    assert!(streamed.is_string(), "info does not show the streamed position: {info}");
+    assert!(
+        streamed.is_string(),
+        "info does not show the streamed position: {info}"
+    );
+    let listing = json_of(&setup.run(&["list", "--json"]), "lifeboat list --json");
+    assert_eq!(
+        listing["window"]["streamed_to"], *streamed,
+        "list's restore window ends where the streamed WAL does"
+    );
 
     assert_eq!(
         restored_count(&setup, &cluster),
