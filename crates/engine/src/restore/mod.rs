@@ -12,7 +12,7 @@ mod fetch;
 mod files;
 mod finish;
 pub mod plan;
-mod tail;
+pub(crate) mod tail;
 #[cfg(test)]
 mod tests;
 pub mod timeline;

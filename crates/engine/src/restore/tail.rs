@@ -137,8 +137,9 @@ async fn entry_point(
 }
 
 /// How much of `bytes` (a segment's streamed prefix) is made of the pages of `segment`: the long
-/// header must name the segment, and every later page header its own address.
-fn checked_len(
+/// header must name the segment, and every later page header its own address. What stops it
+/// early is added to `warnings`.
+pub(crate) fn checked_len(
     bytes: &[u8],
     segment: &WalSegmentName,
     seg_size: u64,

@@ -23,7 +23,8 @@
 //! on with the rest. Only a store that cannot be read at all (after retries) ends the run early.
 //!
 //! Parts: `select` (what this run reads), `packs` (the packs behind the indexes), `read` (the
-//! read-back loops for chunks and WAL), `continuity` (WAL continuity and gaps), `report` (the
+//! read-back loops for chunks and WAL), `streamed` (`wal-stream`'s pieces, read whole every
+//! run), `continuity` (WAL continuity and gaps), `report` (the
 //! report types and the text of each finding), `state` (the stored verification state and its
 //! format).
 
@@ -33,6 +34,7 @@ mod read;
 mod report;
 mod select;
 mod state;
+mod streamed;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -290,6 +292,7 @@ pub async fn verify(
         seg_size,
         &mut counters,
     ));
+    findings.extend(streamed::check(repo, seg_size, &mut counters).await?);
     let verdicts = report::verdicts(
         &selected,
         &damaged_manifests,

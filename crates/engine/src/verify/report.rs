@@ -43,6 +43,9 @@ pub enum FindingKind {
     MissingPack,
     /// A warning, not a problem: a pack no index names (left by an interrupted backup).
     UnindexedPack,
+    /// Streamed WAL (`wal-stream`'s pieces) that cannot be used: a restore to the end stops
+    /// before it.
+    DamagedStreamedWal,
 }
 
 /// One problem, with what it affects and what to do.
@@ -148,6 +151,9 @@ pub struct Counters {
     pub wal_damaged: u64,
     /// Segments missing where a backup needs them or between archived segments after one.
     pub wal_missing: u64,
+    /// Streamed pieces (of segments not yet complete) read back, and those found unusable.
+    pub streamed_pieces_read: u64,
+    pub streamed_pieces_damaged: u64,
     pub duration_seconds: f64,
 }
 
@@ -224,7 +230,8 @@ pub(super) fn finding_order(kind: FindingKind) -> u8 {
         FindingKind::BackupWalMissing => 6,
         FindingKind::DamagedWal => 7,
         FindingKind::WalGap => 8,
-        FindingKind::UnindexedPack => 9,
+        FindingKind::DamagedStreamedWal => 9,
+        FindingKind::UnindexedPack => 10,
     }
 }
 

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::backup_restore::{archive_everything, restore_json, start_restored, target};
-use crate::support::fixture::keys_under;
+use crate::support::fixture::{findings, flip_byte, keys_under, verify_json};
 use crate::support::*;
 use lifeboat_pg::cluster::{LocalCluster, StopMode};
 use lifeboat_testkit::cluster::{TestCluster, TestDir};
@@ -168,6 +168,22 @@ fn streamed_wal_reaches_a_restore_after_the_primary_dies() {
         restored_count(&setup, &cluster),
         "1000",
         "rows committed before the crash"
+    );
+
+    // verify reads the pieces; a damaged one is a finding, not a silently shorter restore.
+    let report = verify_json(|a| setup.run(a), &[], 0);
+    assert!(
+        report["counters"]["streamed_pieces_read"].as_u64() > Some(0),
+        "{report}"
+    );
+    let repo = setup.repo_dir.as_ref().expect("local repository");
+    let newest = pieces.iter().max().expect("a piece");
+    flip_byte(&repo.join(newest), 10);
+    let report = verify_json(|a| setup.run(a), &[], 6);
+    assert_eq!(
+        findings(&report, "damaged_streamed_wal").len(),
+        1,
+        "{report}"
     );
 }
 
