@@ -23,6 +23,8 @@ pub struct CheckReport {
     pub server_version: u32,
     pub system_identifier: u64,
     pub problems: Vec<Problem>,
+    /// Advice that does not stop backups: streaming and synchronous replication choices.
+    pub notes: Vec<Problem>,
     /// The segment switched out and waited for, when the settings allowed the test.
     pub switched_segment: Option<String>,
     pub archive_seconds: Option<f64>,
@@ -94,13 +96,120 @@ pub(crate) async fn require_archiving(session: &Session) -> Result<()> {
     Ok(())
 }
 
-pub async fn check(repo: &Repository, conn: &ConnSpec, timeout: Duration) -> Result<CheckReport> {
+/// The receiver `wal-stream` runs as, when streaming is set up.
+#[derive(Debug, Clone)]
+pub struct StreamSetup {
+    pub application_name: String,
+    pub slot: String,
+}
+
+/// What the server's synchronous replication and slot settings mean for the receiver: problems
+/// (commits that would wait forever or wait now) and notes (choices to make knowingly).
+async fn streaming_findings(
+    session: &Session,
+    stream: &StreamSetup,
+) -> Result<(Vec<Problem>, Vec<Problem>)> {
+    let (mut problems, mut notes) = (Vec::new(), Vec::new());
+    let names = session
+        .setting("synchronous_standby_names")
+        .await
+        .map_err(postgres)?;
+    let (required, listed) = synchronous_names(&names);
+    let me = stream.application_name.to_lowercase();
+    if listed.contains(&me) {
+        let commit = session
+            .setting("synchronous_commit")
+            .await
+            .map_err(postgres)?;
+        if commit == "remote_apply" {
+            problems.push(Problem {
+                what: format!("synchronous_commit = remote_apply with {me} in synchronous_standby_names: a WAL receiver never applies WAL, so commits would wait for it forever"),
+                fix: "set synchronous_commit = on (the receiver reports what the repository holds as flushed), then reload".into(),
+            });
+        }
+        if listed.len() <= required {
+            notes.push(Problem {
+                what: format!("synchronous_standby_names = '{names}' needs the receiver {me} for every commit: zero data loss, and commits wait whenever the receiver or its repository is unreachable"),
+                fix: format!("to keep commits flowing while either a replica or the receiver is up, list both: synchronous_standby_names = 'ANY 1 (replica1, {me})'"),
+            });
+        }
+        if session
+            .replication_client_state(&me)
+            .await
+            .map_err(postgres)?
+            .is_none()
+        {
+            problems.push(Problem {
+                what: format!("{me} is in synchronous_standby_names but no receiver of that name is connected: commits wait now"),
+                fix: "start `lifeboat wal-stream --synchronous` (or `lifeboat serve` with [stream]), or remove it from synchronous_standby_names and reload".into(),
+            });
+        }
+    }
+    if session
+        .slot_state(&stream.slot)
+        .await
+        .map_err(postgres)?
+        .is_some()
+        && session
+            .setting("max_slot_wal_keep_size")
+            .await
+            .map_err(postgres)?
+            == "-1"
+    {
+        notes.push(Problem {
+            what: format!("the replication slot {} keeps WAL on this server without limit (max_slot_wal_keep_size = -1): a receiver that stays down can fill the disk of pg_wal", stream.slot),
+            fix: "set max_slot_wal_keep_size (e.g. '10GB', less than pg_wal's free space) and reload: past it the server drops the WAL, the receiver reports the gap and archive_command still stores every segment".into(),
+        });
+    }
+    Ok((problems, notes))
+}
+
+/// How many synchronous standbys `synchronous_standby_names` requires, and the names it lists
+/// (lower-cased unless quoted): `a, b`, `FIRST 2 (a, b)`, `ANY 1 (a, "B")`, `2 (a, b)`.
+fn synchronous_names(setting: &str) -> (usize, Vec<String>) {
+    let text = setting.trim();
+    if text.is_empty() {
+        return (0, Vec::new());
+    }
+    let (required, list) = match text.split_once('(') {
+        Some((head, rest)) => {
+            let count = head
+                .split_whitespace()
+                .last()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            (count, rest.trim_end().trim_end_matches(')'))
+        }
+        None => (1, text),
+    };
+    let names = list
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(
+            |n| match n.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+                Some(quoted) => quoted.to_string(),
+                None => n.to_lowercase(),
+            },
+        )
+        .collect();
+    (required, names)
+}
+
+pub async fn check(
+    repo: &Repository,
+    conn: &ConnSpec,
+    timeout: Duration,
+    stream: &StreamSetup,
+) -> Result<CheckReport> {
     let session = Session::connect(conn, Duration::from_secs(30))
         .await
         .map_err(postgres)?;
     let server_version = session.server_version_num();
     let system_identifier = session.system_identifier().await.map_err(postgres)?;
     let mut problems = archiving_problems(&session).await?;
+    let (stream_problems, notes) = streaming_findings(&session, stream).await?;
+    problems.extend(stream_problems);
     if let Some(bound) = repo.identity().await?
         && bound.system_identifier != system_identifier
     {
@@ -116,6 +225,7 @@ pub async fn check(repo: &Repository, conn: &ConnSpec, timeout: Duration) -> Res
         server_version,
         system_identifier,
         problems,
+        notes,
         switched_segment: None,
         archive_seconds: None,
     };
@@ -161,4 +271,25 @@ pub async fn check(repo: &Repository, conn: &ConnSpec, timeout: Duration) -> Res
         report.archive_seconds = Some(began.elapsed().as_secs_f64());
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::synchronous_names;
+
+    #[test]
+    fn synchronous_standby_names_as_postgresql_reads_them() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(synchronous_names(""), (0, vec![]));
+        assert_eq!(synchronous_names("lifeboat"), (1, names(&["lifeboat"])));
+        assert_eq!(
+            synchronous_names("ANY 1 (replica1, Lifeboat)"),
+            (1, names(&["replica1", "lifeboat"]))
+        );
+        assert_eq!(
+            synchronous_names("FIRST 2 (a, \"B\")"),
+            (2, names(&["a", "B"]))
+        );
+        assert_eq!(synchronous_names("2 (a,b)"), (2, names(&["a", "b"])));
+    }
 }

@@ -77,9 +77,10 @@ pub async fn create(
     }
     if options.slot
         && session
-            .slot_is_active(&options.name)
+            .slot_state(&options.name)
             .await
             .map_err(|e| pg("cannot read the primary's replication slots", e))?
+            == Some(true)
     {
         return Err(EngineError::invalid(
             format!(

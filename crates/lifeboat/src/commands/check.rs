@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use lifeboat_engine::check::StreamSetup;
+
 use super::context::{conn_spec, open_repo, print_json};
 use crate::cli::CheckArgs;
 use crate::config::Resolved;
@@ -11,9 +13,27 @@ use crate::exit::{Exit, Failure};
 pub async fn check(resolved: &Resolved, args: &CheckArgs) -> Result<Exit, Failure> {
     let repo = open_repo(resolved).await?;
     let conn = conn_spec(resolved, &args.cluster)?;
-    let report =
-        lifeboat_engine::check::check(&repo, &conn, Duration::from_secs(args.timeout.max(1)))
-            .await?;
+    let stream = StreamSetup {
+        application_name: resolved
+            .file
+            .stream
+            .application_name
+            .clone()
+            .unwrap_or_else(|| "lifeboat".into()),
+        slot: resolved
+            .file
+            .stream
+            .slot
+            .clone()
+            .unwrap_or_else(|| "lifeboat".into()),
+    };
+    let report = lifeboat_engine::check::check(
+        &repo,
+        &conn,
+        Duration::from_secs(args.timeout.max(1)),
+        &stream,
+    )
+    .await?;
     if args.json {
         print_json(&report)?;
     } else {
@@ -25,6 +45,9 @@ pub async fn check(resolved: &Resolved, args: &CheckArgs) -> Result<Exit, Failur
         );
         for p in &report.problems {
             outln!("PROBLEM: {}\n  FIX: {}", p.what, p.fix);
+        }
+        for n in &report.notes {
+            outln!("NOTE: {}\n  CONSIDER: {}", n.what, n.fix);
         }
         if let (Some(seg), Some(s)) = (&report.switched_segment, report.archive_seconds) {
             outln!("ok: segment {seg} reached the repository {s:.1} s after the switch");

@@ -202,6 +202,39 @@ fn synchronous_streaming_loses_no_acknowledged_commit() {
         .psql("create table t (id int primary key, note text)")
         .expect("create table");
     setup.backup(&cluster);
+
+    // check explains what synchronous_standby_names = 'lifeboat' means, and refuses
+    // remote_apply, which would make every commit wait forever for a receiver.
+    let check = |code: i32| {
+        let out = setup
+            .cmd()
+            .args(["check", "--json", "--db"])
+            .arg(cluster.conninfo())
+            .output()
+            .expect("run lifeboat check");
+        assert_code(&out, code, "lifeboat check");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("check JSON")
+    };
+    let report = check(0);
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains("needs the receiver lifeboat for every commit")
+            && notes.contains("max_slot_wal_keep_size"),
+        "{report}"
+    );
+    cluster
+        .psql("alter system set synchronous_commit = remote_apply")
+        .expect("alter system");
+    cluster.psql("select pg_reload_conf()").expect("reload");
+    let report = check(4);
+    assert!(
+        report["problems"].to_string().contains("remote_apply"),
+        "{report}"
+    );
+    cluster
+        .psql("alter system reset synchronous_commit")
+        .expect("alter system");
+    cluster.psql("select pg_reload_conf()").expect("reload");
     for i in 1..=20 {
         cluster
             .psql(&format!("insert into t values ({i}, 'acknowledged')"))

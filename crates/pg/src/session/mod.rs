@@ -384,18 +384,37 @@ impl Session {
         Ok(true)
     }
 
-    /// Whether a replication slot `name` exists and a process is using it.
-    pub async fn slot_is_active(&self, name: &str) -> Result<bool> {
+    /// Whether a replication slot `name` exists (`Some(active)`), and whether a process uses it.
+    pub async fn slot_state(&self, name: &str) -> Result<Option<bool>> {
         let what = format!("reading the replication slot {name:?}");
-        let active = self
+        let state = self
             .query_text(
                 &what,
-                "select coalesce(bool_or(active), false)::text from pg_replication_slots \
-                 where slot_name = $1",
+                "select coalesce((select active::text from pg_replication_slots \
+                 where slot_name = $1), 'none')",
                 &[&name],
             )
             .await?;
-        Ok(active == "true")
+        Ok(match state.as_str() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        })
+    }
+
+    /// The state `pg_stat_replication` shows for the client named `application_name`
+    /// (`streaming`, `catchup`, ...), if one is connected.
+    pub async fn replication_client_state(&self, application_name: &str) -> Result<Option<String>> {
+        let what = "reading pg_stat_replication";
+        let state = self
+            .query_text(
+                what,
+                "select coalesce((select state from pg_stat_replication \
+                 where application_name = $1 limit 1), '')",
+                &[&application_name],
+            )
+            .await?;
+        Ok((!state.is_empty()).then_some(state))
     }
 
     /// Sets this session's `statement_timeout`; zero turns it off.
