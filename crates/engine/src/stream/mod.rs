@@ -70,6 +70,8 @@ pub struct StreamReport {
     pub durable_lsn: Option<String>,
     pub timeline: Option<u32>,
     pub reconnects: u64,
+    /// Where the server had already removed WAL the receiver needed (it started over later).
+    pub wal_removed_at: Option<String>,
 }
 
 /// Run the receiver until `shutdown` resolves; what arrived is flushed before returning. Errors
@@ -85,13 +87,40 @@ pub async fn run(
     let repo = repo.get().await?;
     let mut report = StreamReport::default();
     let mut resume: Option<(TimelineId, Lsn)> = None;
+    // The server no longer has the WAL after what the repository holds: start over at its
+    // current position (a gap, unless archive_command stored that WAL).
+    let mut jump = false;
     let mut started_once = false;
     let mut backoff = Duration::from_secs(1);
     let shutdown = shutdown.boxed().shared();
     loop {
-        let session = stream_session(repo, spec, options, resume, &mut report, shutdown.clone());
-        match session.await {
+        let session = stream_session(
+            repo,
+            spec,
+            options,
+            Start { resume, jump },
+            &mut report,
+            shutdown.clone(),
+        );
+        let outcome = session.await;
+        jump = false;
+        match outcome {
             Ok(SessionEnd::Shutdown) => return Ok(report),
+            Ok(SessionEnd::WalRemoved { from }) => {
+                started_once = true;
+                resume = None;
+                jump = true;
+                report
+                    .wal_removed_at
+                    .get_or_insert_with(|| from.to_string());
+                tracing::error!(
+                    "the server removed WAL from {from} on before it was streamed (its slot was \
+                     invalidated by max_slot_wal_keep_size, or no slot was used): streaming \
+                     starts again at the server's current position, and the repository misses \
+                     that WAL unless archive_command stored it; `lifeboat info` shows any gap, \
+                     and a new backup (`lifeboat backup`) makes the time after it restorable"
+                );
+            }
             Ok(SessionEnd::Disconnected { next }) => {
                 started_once = true;
                 resume = next.or(resume);
@@ -123,8 +152,19 @@ pub async fn run(
 
 type Shutdown = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
 
+/// Where a session starts: where the last one stopped, or (`jump`) at the server's position.
+#[derive(Clone, Copy)]
+struct Start {
+    resume: Option<(TimelineId, Lsn)>,
+    jump: bool,
+}
+
 enum SessionEnd {
     Shutdown,
+    /// The server no longer has the WAL from `from` on.
+    WalRemoved {
+        from: Lsn,
+    },
     /// The server closed the stream (shutting down); where to resume, if known.
     Disconnected {
         next: Option<(TimelineId, Lsn)>,
@@ -160,7 +200,7 @@ async fn stream_session(
     repo: &Repository,
     spec: &ConnSpec,
     options: &StreamOptions,
-    resume: Option<(TimelineId, Lsn)>,
+    start: Start,
     report: &mut StreamReport,
     shutdown: Shutdown,
 ) -> std::result::Result<SessionEnd, SessionError> {
@@ -191,6 +231,28 @@ async fn stream_session(
             .await
             .map_err(|e| pg_error("cannot read the server's WAL segment size", e))?,
     };
+    let invalidated = match conn.read_replication_slot(&options.slot).await {
+        // A slot that reserved WAL and shows no position any more was invalidated
+        // (max_slot_wal_keep_size): it holds nothing, so it protects nothing.
+        Ok(Some(slot)) if slot.restart_lsn.is_none() => {
+            tracing::warn!(
+                "the replication slot {} was invalidated while the receiver was away (the server \
+                 passed max_slot_wal_keep_size and dropped its WAL); it is made anew so that it \
+                 holds WAL again. Anything archive_command did not store in the meantime is a \
+                 gap that `lifeboat info` shows",
+                options.slot
+            );
+            true
+        }
+        _ => false,
+    };
+    if (start.jump || invalidated) && options.create_slot {
+        // An invalidated slot cannot be used again (PostgreSQL 16 and later refuse it): made
+        // anew, it holds WAL from now on.
+        conn.drop_slot(&options.slot)
+            .await
+            .map_err(|e| pg_error("cannot drop the invalidated replication slot", e))?;
+    }
     if options.create_slot {
         match conn.create_physical_slot(&options.slot).await {
             Ok(SlotCreated::Created { .. }) => {
@@ -200,9 +262,10 @@ async fn stream_session(
             Err(e) => return Err(pg_error("cannot create the replication slot", e).into()),
         }
     }
-    let (timeline, start) = match resume {
-        Some(position) => position,
-        None => {
+    let (timeline, from) = match (start.resume, start.jump) {
+        (_, true) => (system.timeline, system.xlogpos),
+        (Some(position), false) => position,
+        (None, false) => {
             start_position(
                 repo,
                 &mut conn,
@@ -214,16 +277,20 @@ async fn stream_session(
             .await?
         }
     };
-    let start = Lsn(start.0 - start.segment_offset(seg_size));
+    let start = Lsn(from.0 - from.segment_offset(seg_size));
     tracing::info!(
         "streaming from {start} on timeline {} (slot {})",
         timeline.get(),
         options.slot
     );
-    let mut stream = conn
+    let mut stream = match conn
         .start_physical(Some(&options.slot), start, timeline)
         .await
-        .map_err(|e| pg_error("START_REPLICATION failed", e))?;
+    {
+        Ok(stream) => stream,
+        Err(e) if e.is_wal_removed() => return Ok(SessionEnd::WalRemoved { from: start }),
+        Err(e) => return Err(pg_error("START_REPLICATION failed", e).into()),
+    };
     let mut buffer = SegmentBuffer::new(timeline, start, seg_size)?;
     report.timeline = Some(timeline.get());
     let streamed = |error: EngineError| SessionError {
@@ -235,6 +302,9 @@ async fn stream_session(
         .map_err(streamed)?;
     match end {
         Received::Shutdown => Ok(SessionEnd::Shutdown),
+        Received::WalRemoved => Ok(SessionEnd::WalRemoved {
+            from: buffer.received(),
+        }),
         Received::End(None) => Ok(SessionEnd::Disconnected {
             next: Some((
                 buffer.timeline(),
@@ -312,6 +382,8 @@ async fn start_position(
 
 enum Received {
     Shutdown,
+    /// The server answered that the WAL asked for is gone.
+    WalRemoved,
     End(Option<(TimelineId, Lsn)>),
 }
 
@@ -332,7 +404,11 @@ async fn receive(
     let mut reported = Lsn::INVALID;
     loop {
         let message = tokio::select! {
-            m = stream.next() => m.map_err(|e| pg_error("the replication stream failed", e))?,
+            m = stream.next() => match m {
+                Ok(message) => message,
+                Err(e) if e.is_wal_removed() => return Ok(Received::WalRemoved),
+                Err(e) => return Err(pg_error("the replication stream failed", e)),
+            },
             _ = flush_tick.tick() => {
                 flush(repo, stream, buffer, report, &mut reported, false).await?;
                 continue;
@@ -369,8 +445,11 @@ async fn receive(
                     return Ok(Received::End(next_timeline));
                 }
             }
-            if let Some(more) = stream.next().now_or_never() {
-                next = Some(more.map_err(|e| pg_error("the replication stream failed", e))?);
+            match stream.next().now_or_never() {
+                None => {}
+                Some(Ok(more)) => next = Some(more),
+                Some(Err(e)) if e.is_wal_removed() => return Ok(Received::WalRemoved),
+                Some(Err(e)) => return Err(pg_error("the replication stream failed", e)),
             }
         }
         if options.synchronous {

@@ -418,3 +418,114 @@ fn the_receiver_follows_a_promotion_and_a_restore_reaches_a_time_after_it() {
         "rows up to the target time, across the promotion"
     );
 }
+
+#[test]
+fn a_slot_invalidated_while_the_receiver_was_down_is_reported_and_made_anew() {
+    let setup = Setup::new(Backend::Local, true);
+    let conf = format!("{}max_slot_wal_keep_size = 32MB\n", setup.archive_conf());
+    let cluster = TestCluster::start_new(&conf).expect("cluster");
+    cluster
+        .psql("create table t (id int primary key, note text)")
+        .expect("create table");
+    setup.backup(&cluster);
+    let mut receiver = Receiver::start(&setup, &cluster, &["--flush-interval-ms", "100"]);
+    receiver.wait_streaming(&cluster);
+    cluster
+        .psql("insert into t select g, 'streamed' from generate_series(1, 100) g")
+        .expect("insert");
+    wait_flushed(&cluster, &receiver);
+    assert!(receiver.terminate().success(), "wal-stream exit");
+
+    // While the receiver is down the server writes past max_slot_wal_keep_size: it drops the
+    // slot's WAL (archive_command still stores every segment).
+    for round in 0..6 {
+        cluster
+            .psql(&format!(
+                "insert into t select g, 'while down' from generate_series({}, {}) g",
+                1000 + round * 100,
+                1099 + round * 100
+            ))
+            .expect("insert");
+        cluster.switch_wal().expect("switch WAL");
+    }
+    archive_everything(&cluster);
+    cluster.psql("checkpoint").expect("checkpoint");
+    wait_for(
+        &cluster,
+        "select wal_status from pg_replication_slots where slot_name = 'lifeboat'",
+        "lost",
+        "the slot invalidated",
+    );
+
+    let mut receiver = Receiver::start(&setup, &cluster, &["--flush-interval-ms", "100"]);
+    receiver.wait_streaming(&cluster);
+    cluster
+        .psql("insert into t select g, 'after' from generate_series(5001, 5050) g")
+        .expect("insert");
+    wait_flushed(&cluster, &receiver);
+    let log = receiver.log_text();
+    assert!(
+        log.contains("was invalidated while the receiver was away"),
+        "the receiver did not report the invalidated slot:\n{log}"
+    );
+    // Made anew, the slot holds WAL again.
+    wait_for(
+        &cluster,
+        "select wal_status from pg_replication_slots where slot_name = 'lifeboat'",
+        "reserved",
+        "the slot made anew",
+    );
+    cluster.kill9().expect("kill -9 the primary");
+    assert!(receiver.terminate().success(), "wal-stream exit");
+    // archive_command stored what the slot lost: nothing is missing.
+    assert_eq!(restored_count(&setup, &cluster), "750");
+}
+
+#[test]
+fn wal_the_server_removed_before_it_was_streamed_is_a_reported_gap() {
+    // No archive_command: the receiver alone feeds the repository (and binds it).
+    let setup = Setup::new(Backend::Local, true);
+    let cluster = TestCluster::start_new("max_slot_wal_keep_size = 32MB\n").expect("cluster");
+    cluster
+        .psql("create table t (id int primary key, note text)")
+        .expect("create table");
+    let mut receiver = Receiver::start(&setup, &cluster, &["--flush-interval-ms", "100"]);
+    receiver.wait_streaming(&cluster);
+    cluster.switch_wal().expect("switch WAL");
+    wait_flushed(&cluster, &receiver);
+    assert!(receiver.terminate().success(), "wal-stream exit");
+    for round in 0..6 {
+        cluster
+            .psql(&format!(
+                "insert into t select g, 'while down' from generate_series({}, {}) g",
+                round * 100,
+                round * 100 + 99
+            ))
+            .expect("insert");
+        cluster.switch_wal().expect("switch WAL");
+    }
+    cluster.psql("checkpoint").expect("checkpoint");
+    wait_for(
+        &cluster,
+        "select wal_status from pg_replication_slots where slot_name = 'lifeboat'",
+        "lost",
+        "the slot invalidated",
+    );
+
+    let mut receiver = Receiver::start(&setup, &cluster, &["--flush-interval-ms", "100"]);
+    receiver.wait_streaming(&cluster);
+    cluster.switch_wal().expect("switch WAL");
+    wait_flushed(&cluster, &receiver);
+    let log = receiver.log_text();
+    assert!(
+        log.contains("the server removed WAL from"),
+        "the receiver did not report the removed WAL:\n{log}"
+    );
+    let info = setup.info_json();
+    assert!(
+        info["timelines"][0]["gaps"]
+            .as_array()
+            .is_some_and(|g| !g.is_empty()),
+        "info does not show the gap: {info}"
+    );
+}

@@ -244,6 +244,22 @@ impl ReplicationConnection {
         }
     }
 
+    /// `DROP_REPLICATION_SLOT slot`: for a slot the server invalidated (its WAL removed), which
+    /// must be made again to hold WAL from now on. A slot that does not exist is fine.
+    pub async fn drop_slot(&mut self, slot: &str) -> Result<()> {
+        let what = format!("dropping replication slot {slot:?}");
+        check_slot_name(slot)?;
+        match self
+            .wire
+            .simple_query(&what, &format!("DROP_REPLICATION_SLOT {slot}"))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.server_error().is_some_and(|s| s.code == "42704") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `TIMELINE_HISTORY tli`: the history file's name and content (what `pg_wal/<name>` holds
     /// on the server). Timeline 1 has none; the server answers with an error.
     pub async fn timeline_history(&mut self, tli: TimelineId) -> Result<(String, Vec<u8>)> {
