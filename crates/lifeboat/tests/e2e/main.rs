@@ -23,6 +23,7 @@ mod expire_packs;
 mod old_format;
 mod packs;
 mod stream;
+mod stream_daemon;
 mod upgrade;
 mod verify;
 mod versions;
