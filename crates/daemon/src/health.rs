@@ -4,7 +4,8 @@
 //! Watched: the repository (backups, the restore window, WAL continuity, job and drill records),
 //! PostgreSQL's archiver (`pg_stat_archiver`), the `.ready` backlog in `pg_wal/archive_status`
 //! and its age (the WAL an outage now would lose), and free space on the volumes of `pg_wal` and
-//! the data directory, the disk-full outage that once took the monitoring down with it. Each
+//! the data directory, the disk-full outage that once took the monitoring down with it; with
+//! `[stream]`, the receiver's walsender and slot (`stream_watch`, on the same session). Each
 //! source can fail on its own; a failure is itself a finding, never a reason to stop watching.
 
 use std::path::{Path, PathBuf};

@@ -8,7 +8,6 @@
 //! closes the listener.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -85,7 +84,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             options.listen
         )));
     }
-    let listeners = bind_all(&options.listen, &addrs).await?;
+    let listeners = crate::http::bind_all(&options.listen, &addrs)
+        .await
+        .map_err(ServeError::Listen)?;
     let bound = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
@@ -185,49 +186,6 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     }
     tracing::info!("lifeboat serve stopped");
     Ok(())
-}
-
-/// A listener on every address `listen` resolved to (`localhost` may be 127.0.0.1 and ::1). An
-/// address this host does not have (::1 with IPv6 off) is skipped; any other failure, or no
-/// address at all, stops the start.
-async fn bind_all(
-    listen: &str,
-    addrs: &[SocketAddr],
-) -> Result<Vec<tokio::net::TcpListener>, ServeError> {
-    let failed = |addr: &SocketAddr, e: &std::io::Error| {
-        ServeError::Listen(format!(
-            "cannot listen on {addr} ([serve] listen = {listen:?}): {e}; is another lifeboat \
-             serve running? Change [serve] listen or --listen"
-        ))
-    };
-    let mut listeners = Vec::new();
-    let mut skipped = None;
-    for addr in addrs {
-        if listeners
-            .iter()
-            .any(|l: &tokio::net::TcpListener| l.local_addr().ok() == Some(*addr))
-        {
-            continue;
-        }
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => listeners.push(listener),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::AddrNotAvailable
-                    || e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) =>
-            {
-                tracing::warn!("not listening on {addr} ([serve] listen = {listen:?}): {e}");
-                skipped = Some(failed(addr, &e));
-            }
-            Err(e) => return Err(failed(addr, &e)),
-        }
-    }
-    match (listeners.is_empty(), skipped) {
-        (true, Some(e)) => Err(e),
-        (true, None) => Err(ServeError::Config(format!(
-            "[serve] listen = {listen:?} names no address"
-        ))),
-        (false, _) => Ok(listeners),
-    }
 }
 
 async fn watch_signals(stop: watch::Sender<bool>) {
