@@ -82,3 +82,55 @@ pub(super) fn stream(out: &mut String, s: &Snapshot, now: Option<f64>) {
     }
     out.push_str("</section>\n");
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::status::{ReceiverProcess, Snapshot, StreamStatus};
+
+    fn snapshot(stream: Option<StreamStatus>) -> Snapshot {
+        Snapshot {
+            generated_at: Some("2026-01-02T11:00:00Z".into()),
+            stream,
+            ..crate::samples::snapshot()
+        }
+    }
+
+    #[test]
+    fn section_and_series_only_with_a_receiver_and_unknown_values_left_out() {
+        let none = snapshot(None);
+        assert!(!crate::dashboard::render(&none).contains("id=\"stream\""));
+        assert!(!crate::metrics::render(&none).contains("lifeboat_stream_"));
+
+        let down = snapshot(Some(StreamStatus {
+            slot: "lifeboat".into(),
+            streaming: Some(false),
+            slot_exists: Some(true),
+            retained_bytes: Some(3 << 20),
+            wal_status: Some("lost".into()),
+            receiver: ReceiverProcess {
+                starts: 3,
+                last_error: Some("<script>no pg_hba.conf entry</script>".into()),
+                ..ReceiverProcess::default()
+            },
+            ..StreamStatus::default()
+        }));
+        let page = crate::dashboard::render(&down);
+        assert!(page.contains("not connected"), "{page}");
+        assert!(page.contains("receiver not running"), "{page}");
+        assert!(
+            page.contains("&lt;script&gt;no pg_hba.conf entry"),
+            "{page}"
+        );
+        let metrics = crate::metrics::render(&down);
+        for line in [
+            "lifeboat_stream_up 0",
+            "lifeboat_slot_lost 1",
+            "lifeboat_slot_retained_bytes 3145728",
+            "lifeboat_stream_receiver_starts_total 3",
+        ] {
+            assert!(metrics.contains(line), "{line}:\n{metrics}");
+        }
+        // No walsender: no lag is known, and none is made up.
+        assert!(!metrics.contains("lifeboat_stream_lag_bytes "), "{metrics}");
+    }
+}
