@@ -98,6 +98,8 @@ pub struct StreamStatus {
     pub safe_wal_size: Option<i64>,
     /// The server's `max_slot_wal_keep_size` in MB; -1 is unlimited.
     pub max_slot_wal_keep_size_mb: Option<i64>,
+    /// `synchronous_standby_names` names the receiver (or is `*`): commits wait for it.
+    pub synchronous_standby: Option<bool>,
 }
 
 /// The receiver child process, as the daemon's supervisor sees it.

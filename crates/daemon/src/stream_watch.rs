@@ -45,6 +45,9 @@ pub fn update(
     status.wal_status = slot.as_ref().and_then(|s| s.wal_status.clone());
     status.safe_wal_size = slot.as_ref().and_then(|s| s.safe_wal_size);
     status.max_slot_wal_keep_size_mb = server.as_ref().and_then(|s| s.max_slot_wal_keep_size_mb);
+    status.synchronous_standby = server
+        .as_ref()
+        .map(|s| names(&s.synchronous_standby_names, &watch.application_name));
     // Unknown (server unreachable): judged by the process alone.
     let up = status.streaming.unwrap_or(status.receiver.pid.is_some());
     if up {
@@ -52,6 +55,15 @@ pub fn update(
     } else if status.down_since.is_none() {
         status.down_since = Some(rfc3339(Utc::now()));
     }
+}
+
+/// Whether `synchronous_standby_names` (`a, b`, `FIRST 1 (a, "b")`, `ANY 2 (*)`) lists
+/// `application_name`, which PostgreSQL compares case-insensitively.
+fn names(setting: &str, application_name: &str) -> bool {
+    setting
+        .split(|c: char| c == ',' || c == '(' || c == ')' || c.is_whitespace())
+        .map(|t| t.trim_matches('"'))
+        .any(|t| t == "*" || t.eq_ignore_ascii_case(application_name))
 }
 
 /// The walsender and slot of the receiver, over a session of its own (`db`).
@@ -99,6 +111,12 @@ pub fn findings(
             .as_deref()
             .map(|e| format!("the receiver's last error: {e}"))
             .unwrap_or_else(|| "the receiver printed no error".to_string());
+        let waiting = if status.synchronous_standby == Some(true) {
+            "; synchronous_standby_names names it, so commits on the primary WAIT for it: \
+             take it out of synchronous_standby_names (and reload) if it cannot be fixed at once"
+        } else {
+            ""
+        };
         let process = match status.receiver.pid {
             Some(pid) => format!(
                 "the receiver process runs (pid {pid}) but the server does not list it as streaming"
@@ -122,8 +140,8 @@ pub fn findings(
                 humantime::format_duration(Duration::from_secs(down_for.as_secs()))
             ),
             format!(
-                "{process}; {why}. Until it streams, a failure of the primary loses what \
-                 archive_command has not stored yet. Check the daemon's log (wal-stream lines), \
+                "{process}; {why}{waiting}. Until it streams, a failure of the primary loses \
+                 what archive_command has not stored yet. Check the daemon's log (wal-stream lines), \
                  the `replication` line in pg_hba.conf and the role's REPLICATION attribute"
             ),
         );
@@ -233,6 +251,7 @@ mod tests {
                 ..SlotStatus::default()
             }),
             max_slot_wal_keep_size_mb: Some(1024),
+            synchronous_standby_names: String::new(),
         };
         let running = ReceiverProcess {
             pid: Some(7),
@@ -277,6 +296,28 @@ mod tests {
             "{}",
             f[0].detail
         );
+        assert!(!f[0].detail.contains("WAIT"), "{}", f[0].detail);
+        server.synchronous_standby_names = "FIRST 1 (replica1, \"LifeBoat\")".into();
+        update(
+            &mut s,
+            &watch(),
+            ReceiverProcess::default(),
+            Ok(server.clone()),
+        );
+        let f = findings(&s, &limits, wait);
+        assert!(
+            f[0].detail.contains("commits on the primary WAIT"),
+            "{}",
+            f[0].detail
+        );
+        for (setting, listed) in [
+            ("", false),
+            ("lifeboat_2", false),
+            ("ANY 1 (*)", true),
+            ("a,lifeboat", true),
+        ] {
+            assert_eq!(names(setting, "lifeboat"), listed, "{setting}");
+        }
 
         // The server cannot be asked: the process decides.
         update(&mut s, &watch(), running, Err("refused".into()));

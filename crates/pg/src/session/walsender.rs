@@ -41,6 +41,8 @@ pub struct ReceiverServerStatus {
     pub slot: Option<SlotStatus>,
     /// In MB, `-1` for unlimited (None before PostgreSQL 13).
     pub max_slot_wal_keep_size_mb: Option<i64>,
+    /// The server's `synchronous_standby_names`: when it names the receiver, commits wait for it.
+    pub synchronous_standby_names: String,
 }
 
 /// The server's current WAL position: the insert position on a primary, the replayed one on a
@@ -140,10 +142,12 @@ impl Session {
         } else {
             None
         };
+        let synchronous_standby_names = self.setting("synchronous_standby_names").await?;
         Ok(ReceiverServerStatus {
             sender,
             slot: slot_status,
             max_slot_wal_keep_size_mb,
+            synchronous_standby_names,
         })
     }
 }
