@@ -74,8 +74,8 @@ pub struct StreamStatus {
     pub slot: String,
     pub application_name: String,
     pub receiver: ReceiverProcess,
-    /// Whether `pg_stat_replication` shows the receiver in state `streaming` (None: the server
-    /// could not be asked).
+    /// Whether `pg_stat_replication` shows the receiver in state `streaming` or `catchup` (None:
+    /// the server could not be asked).
     pub streaming: Option<bool>,
     /// Since when it has not been streaming (RFC 3339); None while it streams.
     pub down_since: Option<String>,

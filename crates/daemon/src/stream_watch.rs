@@ -29,9 +29,12 @@ pub fn update(
     let server = server.ok();
     let sender = server.as_ref().and_then(|s| s.sender.clone());
     let slot = server.as_ref().and_then(|s| s.slot.clone());
-    status.streaming = server
-        .as_ref()
-        .map(|_| sender.as_ref().is_some_and(|s| s.state == "streaming"));
+    // Catching up after an outage is receiving: `stream_lag` says how far behind it is.
+    status.streaming = server.as_ref().map(|_| {
+        sender
+            .as_ref()
+            .is_some_and(|s| s.state == "streaming" || s.state == "catchup")
+    });
     status.state = sender.as_ref().map(|s| s.state.clone());
     status.sent_lsn = sender.as_ref().and_then(|s| s.sent_lsn.clone());
     status.flush_lsn = sender.as_ref().and_then(|s| s.flush_lsn.clone());
@@ -260,6 +263,9 @@ mod tests {
         update(&mut s, &watch(), running.clone(), Ok(server.clone()));
         assert_eq!((s.streaming, s.down_since.as_deref()), (Some(true), None));
         assert!(findings(&s, &limits, wait).is_empty());
+        server.sender.as_mut().expect("sender").state = "catchup".into();
+        update(&mut s, &watch(), running.clone(), Ok(server.clone()));
+        assert_eq!((s.streaming, s.down_since.as_deref()), (Some(true), None));
 
         let (sender, slot) = (server.sender.as_mut(), server.slot.as_mut());
         sender.expect("sender").lag_bytes = Some(2000);

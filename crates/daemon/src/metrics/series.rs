@@ -218,7 +218,7 @@ pub(super) fn stream(b: &mut Builder, s: &Snapshot) {
     };
     b.gauge(
         "stream_up",
-        "1 when the server lists the WAL receiver as streaming (pg_stat_replication)",
+        "1 when the server lists the WAL receiver as streaming or catching up (pg_stat_replication)",
         None,
         st.streaming.map(flag),
     );
