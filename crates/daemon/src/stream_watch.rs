@@ -29,12 +29,14 @@ pub fn update(
     let server = server.ok();
     let sender = server.as_ref().and_then(|s| s.sender.clone());
     let slot = server.as_ref().and_then(|s| s.slot.clone());
-    // Catching up after an outage is receiving: `stream_lag` says how far behind it is.
-    status.streaming = server.as_ref().map(|_| {
-        sender
-            .as_ref()
-            .is_some_and(|s| s.state == "streaming" || s.state == "catchup")
-    });
+    // Catching up after an outage is receiving: `stream_lag` says how far behind it is. A role
+    // without pg_monitor sees the row with its columns null: unknown, not down.
+    status.streaming = match (&server, &sender) {
+        (None, _) => None,
+        (Some(_), None) => Some(false),
+        (Some(_), Some(s)) if s.state.is_empty() => None,
+        (Some(_), Some(s)) => Some(s.state == "streaming" || s.state == "catchup"),
+    };
     status.state = sender.as_ref().map(|s| s.state.clone());
     status.sent_lsn = sender.as_ref().and_then(|s| s.sent_lsn.clone());
     status.flush_lsn = sender.as_ref().and_then(|s| s.flush_lsn.clone());
@@ -266,6 +268,11 @@ mod tests {
         server.sender.as_mut().expect("sender").state = "catchup".into();
         update(&mut s, &watch(), running.clone(), Ok(server.clone()));
         assert_eq!((s.streaming, s.down_since.as_deref()), (Some(true), None));
+        // Seen by a role without pg_monitor: the row, its columns null.
+        server.sender.as_mut().expect("sender").state = String::new();
+        update(&mut s, &watch(), running.clone(), Ok(server.clone()));
+        assert_eq!((s.streaming, s.down_since.as_deref()), (None, None));
+        server.sender.as_mut().expect("sender").state = "streaming".into();
 
         let (sender, slot) = (server.sender.as_mut(), server.slot.as_mut());
         sender.expect("sender").lag_bytes = Some(2000);
