@@ -8,7 +8,7 @@
 //!
 //! This module assembles the page (head, header, footer) from its parts: `summary` (the banner
 //! and the cards), `charts` (restore window and size SVGs), `tables` (backups, WAL, jobs, drills,
-//! alerts sent) and `format` (escaping, times, durations, sizes). The style sheet and the script
+//! alerts sent), `stream` (the WAL receiver) and `format` (escaping, times, durations, sizes). The style sheet and the script
 //! are `dashboard/style.css` and `dashboard/script.js`, included at compile time.
 
 use std::fmt::Write as _;
@@ -30,6 +30,7 @@ macro_rules! w {
 
 mod charts;
 mod format;
+mod stream;
 mod summary;
 mod tables;
 
@@ -72,6 +73,7 @@ pub fn render(s: &Snapshot) -> String {
     window(&mut out, s, now);
     backups(&mut out, s, now);
     wal(&mut out, s, now);
+    stream::stream(&mut out, s, now);
     jobs(&mut out, s, now);
     drills(&mut out, s, now);
     alerts(&mut out, s, now);

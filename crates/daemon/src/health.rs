@@ -4,7 +4,8 @@
 //! Watched: the repository (backups, the restore window, WAL continuity, job and drill records),
 //! PostgreSQL's archiver (`pg_stat_archiver`), the `.ready` backlog in `pg_wal/archive_status`
 //! and its age (the WAL an outage now would lose), and free space on the volumes of `pg_wal` and
-//! the data directory, the disk-full outage that once took the monitoring down with it. Each
+//! the data directory, the disk-full outage that once took the monitoring down with it; with
+//! `[stream]`, the receiver's walsender and slot (`stream_watch`, on the same session). Each
 //! source can fail on its own; a failure is itself a finding, never a reason to stop watching.
 
 use std::path::{Path, PathBuf};
@@ -12,10 +13,11 @@ use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use lifeboat_engine::LazyRepo;
-use lifeboat_pg::session::{ArchiverStats, ConnSpec, Session};
+use lifeboat_pg::session::{ArchiverStats, ConnSpec, ReceiverServerStatus, Session};
 use lifeboat_repo::records::Outcome;
 
-use crate::config::HealthConfig;
+use crate::config::{HealthConfig, StreamWatch};
+use crate::receiver::SharedReceiver;
 use crate::schedule::{parse_rfc3339, rfc3339};
 use crate::status::{Finding, Severity, Snapshot, Volume};
 
@@ -30,6 +32,8 @@ pub struct Sources {
     pub db: Option<String>,
     /// The data directory (None: asked from the server).
     pub pgdata: Option<PathBuf>,
+    /// The WAL receiver the daemon runs, to ask the server about (None: no `[stream]`).
+    pub stream: Option<(StreamWatch, SharedReceiver)>,
 }
 
 /// What one gathering found beyond the snapshot's fields: the failures of its sources.
@@ -49,8 +53,13 @@ pub async fn gather(sources: &Sources, snapshot: &mut Snapshot) -> Problems {
         problems.repository = Some(e);
     }
     let mut pgdata = sources.pgdata.clone();
-    match archiver(sources.db.as_deref(), pgdata.is_none()).await {
-        Ok((stats, dir)) => {
+    let watch = sources.stream.as_ref().map(|(w, _)| w);
+    let mut stream_server = Err("the server could not be reached".to_string());
+    match archiver(sources.db.as_deref(), pgdata.is_none(), watch).await {
+        Ok((stats, dir, stream)) => {
+            if let Some(stream) = stream {
+                stream_server = stream;
+            }
             let wal = &mut snapshot.wal;
             wal.last_archived_wal = stats.last_archived_wal;
             wal.last_archived_time = stats.last_archived_time;
@@ -60,6 +69,17 @@ pub async fn gather(sources: &Sources, snapshot: &mut Snapshot) -> Problems {
             pgdata = pgdata.or(dir);
         }
         Err(e) => problems.database = Some(e),
+    }
+    if let Some((watch, receiver)) = &sources.stream {
+        let process = receiver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Err(e) = &stream_server {
+            tracing::debug!("cannot read the receiver's status from the server: {e}");
+        }
+        let status = snapshot.stream.get_or_insert_with(Default::default);
+        crate::stream_watch::update(status, watch, process, stream_server);
     }
     snapshot.volumes.clear();
     snapshot.wal.ready_segments = None;
@@ -141,11 +161,15 @@ async fn gather_repository(
     Ok(())
 }
 
-/// `pg_stat_archiver`, and the data directory when asked for.
+/// What the server's answer on the receiver was, when one is watched.
+type StreamAnswer = Option<Result<ReceiverServerStatus, String>>;
+
+/// `pg_stat_archiver`, the data directory when asked for, and the receiver's walsender and slot.
 async fn archiver(
     db: Option<&str>,
     want_datadir: bool,
-) -> Result<(ArchiverStats, Option<PathBuf>), String> {
+    stream: Option<&StreamWatch>,
+) -> Result<(ArchiverStats, Option<PathBuf>, StreamAnswer), String> {
     let spec = ConnSpec::new(db).map_err(|e| e.to_string())?;
     let session = Session::connect(&spec, DB_TIMEOUT)
         .await
@@ -156,7 +180,11 @@ async fn archiver(
     } else {
         None
     };
-    Ok((stats, dir))
+    let stream = match stream {
+        Some(watch) => Some(crate::stream_watch::ask_server(&session, watch).await),
+        None => None,
+    };
+    Ok((stats, dir, stream))
 }
 
 /// Segments marked `.ready`, and how long the oldest has waited.

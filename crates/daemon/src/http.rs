@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::{Query, Request, State};
@@ -177,6 +178,47 @@ async fn api_drills(State(snapshot): State<SharedSnapshot>) -> Response {
 async fn api_jobs(State(snapshot): State<SharedSnapshot>) -> Response {
     let s = snapshot.read().await;
     json_response(serde_json::to_value(&s.jobs).map(|j| json!({"jobs": j})))
+}
+
+/// A listener on every address `listen` resolved to (`localhost` may be 127.0.0.1 and ::1). An
+/// address this host does not have (::1 with IPv6 off) is skipped; any other failure, or no
+/// address at all, stops the start.
+pub async fn bind_all(
+    listen: &str,
+    addrs: &[SocketAddr],
+) -> Result<Vec<tokio::net::TcpListener>, String> {
+    let failed = |addr: &SocketAddr, e: &std::io::Error| {
+        format!(
+            "cannot listen on {addr} ([serve] listen = {listen:?}): {e}; is another lifeboat \
+             serve running? Change [serve] listen or --listen"
+        )
+    };
+    let mut listeners = Vec::new();
+    let mut skipped = None;
+    for addr in addrs {
+        if listeners
+            .iter()
+            .any(|l: &tokio::net::TcpListener| l.local_addr().ok() == Some(*addr))
+        {
+            continue;
+        }
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => listeners.push(listener),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                    || e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) =>
+            {
+                tracing::warn!("not listening on {addr} ([serve] listen = {listen:?}): {e}");
+                skipped = Some(failed(addr, &e));
+            }
+            Err(e) => return Err(failed(addr, &e)),
+        }
+    }
+    match (listeners.is_empty(), skipped) {
+        (true, Some(e)) => Err(e),
+        (true, None) => Err(format!("[serve] listen = {listen:?} names no address")),
+        (false, _) => Ok(listeners),
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! safe. Job history, drill results and alert state live in the repository (`lifeboat_repo::records`).
 //!
 //! Map: `config` (the TOML sections), `schedule` (cron, catch-up), `runner` (child processes),
-//! `health` (findings), `alert` (de-duplication, webhook, SMTP), `status` (the snapshot every
+//! `health` (findings), `receiver` (the WAL receiver child `wal-stream`), `stream_watch` (the
+//! receiver as the server sees it, and its findings), `alert` (de-duplication, webhook, SMTP), `status` (the snapshot every
 //! page is rendered from), `metrics`, `dashboard`, `http`, `serve` (the main loop).
 
 pub mod alert;
@@ -17,11 +18,13 @@ pub mod dashboard;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod receiver;
 pub mod runner;
 #[cfg(test)]
 mod samples;
 pub mod schedule;
 pub mod serve;
 pub mod status;
+pub mod stream_watch;
 
 pub use config::DaemonConfig;

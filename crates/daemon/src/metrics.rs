@@ -16,7 +16,7 @@ use crate::status::{Severity, Snapshot};
 
 mod series;
 
-use series::{Builder, backups, drills, flag, jobs, labels, wal};
+use series::{Builder, backups, drills, flag, jobs, labels, stream, wal};
 
 /// Content type of [`render`]: the classic Prometheus text format every scraper understands.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -140,6 +140,7 @@ fn build(s: &Snapshot) -> Registry {
 
     backups(&mut b, s);
     wal(&mut b, s);
+    stream(&mut b, s);
     b.family(
         "volume_free",
         "Free space on the volume (pg_wal, data)",

@@ -36,6 +36,12 @@ pub struct Launcher {
 
 impl Launcher {
     fn command(&self, kind: JobKind) -> Command {
+        self.command_with(&kind.args())
+    }
+
+    /// `lifeboat --config … --repo … ARGS`, stdin closed, stdout and stderr piped, killed when
+    /// dropped.
+    pub(crate) fn command_with(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.exe);
         if let Some(config) = &self.config {
             cmd.arg("--config").arg(config);
@@ -43,7 +49,7 @@ impl Launcher {
         if let Some(repo) = &self.repo {
             cmd.arg("--repo").arg(repo);
         }
-        cmd.args(kind.args())
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -164,7 +170,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// SIGTERM (a drill stops and removes its scratch cluster), then SIGKILL.
-async fn terminate(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
+pub(crate) async fn terminate(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
     if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         if let Ok(status) = tokio::time::timeout(TERM_GRACE, child.wait()).await {
@@ -257,7 +263,7 @@ fn summary_cut_note(out: &Captured) -> String {
 
 /// The child's `lifeboat: error: …` and `HINT: …` lines (and what follows them: some errors list
 /// one problem per line), else its last lines.
-fn error_text(stderr: &[u8]) -> Option<String> {
+pub(crate) fn error_text(stderr: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(stderr);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     if lines.is_empty() {

@@ -2,13 +2,12 @@
 //!
 //! Tasks: one timer per scheduled job that queues it when due; one executor that runs queued jobs
 //! one at a time (so a backup, an expire and a drill never contend for the repository lock or the
-//! disks); the health loop that refreshes the snapshot, judges it and sends alerts; and the HTTP
-//! server. SIGTERM or SIGINT stops the timers, lets a running job finish within the grace period
+//! disks); the health loop that refreshes the snapshot, judges it and sends alerts; the WAL
+//! receiver's supervisor (with `[stream]`, beside the jobs); and the HTTP server. SIGTERM or SIGINT stops the timers, lets a running job finish within the grace period
 //! (then stops it: every job is safe to abandon), records its run, saves the alert state and
 //! closes the listener.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -21,6 +20,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::alert::{self, Notifier};
 use crate::config::DaemonConfig;
 use crate::health::{self, Sources};
+use crate::receiver::SharedReceiver;
 use crate::runner::Launcher;
 use crate::schedule::{self, JobKind, ScheduledJob, rfc3339};
 use crate::status::{JobStatus, SharedSnapshot, Snapshot};
@@ -59,6 +59,10 @@ struct Daemon {
     busy: Mutex<HashSet<&'static str>>,
     /// Wakes the health loop at once (after a job finished).
     refresh: Notify,
+    /// The WAL receiver's process state, when `[stream]` is configured; `receiver_changed` wakes
+    /// the health loop when it starts or exits.
+    receiver: Option<SharedReceiver>,
+    receiver_changed: Arc<Notify>,
     stop: watch::Receiver<bool>,
 }
 
@@ -80,7 +84,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             options.listen
         )));
     }
-    let listeners = bind_all(&options.listen, &addrs).await?;
+    let listeners = crate::http::bind_all(&options.listen, &addrs)
+        .await
+        .map_err(ServeError::Listen)?;
     let bound = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
@@ -126,13 +132,29 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         "lifeboat serve started"
     );
 
+    let receiver = options
+        .config
+        .stream
+        .as_ref()
+        .map(|_| SharedReceiver::default());
     let daemon = Arc::new(Daemon {
         options,
         jobs,
         snapshot,
         busy: Mutex::new(HashSet::new()),
         refresh: Notify::new(),
+        receiver,
+        receiver_changed: Arc::new(Notify::new()),
         stop: stop_rx,
+    });
+    // Beside the jobs, not through their executor: the receiver runs for good.
+    let supervisor = daemon.receiver.clone().map(|state| {
+        tokio::spawn(crate::receiver::supervise(
+            daemon.options.launcher.clone(),
+            state,
+            daemon.stop.clone(),
+            daemon.receiver_changed.clone(),
+        ))
     });
     let (due_tx, due_rx) = mpsc::unbounded_channel::<Due>();
     catch_up(&daemon, &due_tx).await;
@@ -148,6 +170,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     if let Err(e) = executor.await {
         tracing::error!("the job executor failed: {e}");
     }
+    if let Some(Err(e)) = futures::future::OptionFuture::from(supervisor).await {
+        tracing::error!("the WAL receiver's supervisor failed: {e}");
+    }
     daemon.refresh.notify_one();
     if let Err(e) = health.await {
         tracing::error!("the health loop failed: {e}");
@@ -161,49 +186,6 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     }
     tracing::info!("lifeboat serve stopped");
     Ok(())
-}
-
-/// A listener on every address `listen` resolved to (`localhost` may be 127.0.0.1 and ::1). An
-/// address this host does not have (::1 with IPv6 off) is skipped; any other failure, or no
-/// address at all, stops the start.
-async fn bind_all(
-    listen: &str,
-    addrs: &[SocketAddr],
-) -> Result<Vec<tokio::net::TcpListener>, ServeError> {
-    let failed = |addr: &SocketAddr, e: &std::io::Error| {
-        ServeError::Listen(format!(
-            "cannot listen on {addr} ([serve] listen = {listen:?}): {e}; is another lifeboat \
-             serve running? Change [serve] listen or --listen"
-        ))
-    };
-    let mut listeners = Vec::new();
-    let mut skipped = None;
-    for addr in addrs {
-        if listeners
-            .iter()
-            .any(|l: &tokio::net::TcpListener| l.local_addr().ok() == Some(*addr))
-        {
-            continue;
-        }
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => listeners.push(listener),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::AddrNotAvailable
-                    || e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) =>
-            {
-                tracing::warn!("not listening on {addr} ([serve] listen = {listen:?}): {e}");
-                skipped = Some(failed(addr, &e));
-            }
-            Err(e) => return Err(failed(addr, &e)),
-        }
-    }
-    match (listeners.is_empty(), skipped) {
-        (true, Some(e)) => Err(e),
-        (true, None) => Err(ServeError::Config(format!(
-            "[serve] listen = {listen:?} names no address"
-        ))),
-        (false, _) => Ok(listeners),
-    }
 }
 
 async fn watch_signals(stop: watch::Sender<bool>) {
@@ -404,6 +386,7 @@ async fn health_loop(daemon: Arc<Daemon>, notifier: Notifier) {
         repo: daemon.options.repo.clone(),
         db: daemon.options.db.clone(),
         pgdata: daemon.options.pgdata.clone(),
+        stream: config_stream(&daemon),
     };
     let config = &daemon.options.config;
     let host = daemon.options.launcher.host.clone();
@@ -452,7 +435,16 @@ async fn health_loop(daemon: Arc<Daemon>, notifier: Notifier) {
                 Err(e) => tracing::warn!("cannot measure the repository size: {e}"),
             }
         }
-        let findings = health::findings(&fresh, &problems, &config.health);
+        let mut findings = health::findings(&fresh, &problems, &config.health);
+        if let Some(stream) = &fresh.stream {
+            // A receiver that died is started again within 5 s: not yet an outage.
+            let down_after = (config.serve.check_interval * 2).max(Duration::from_secs(20));
+            findings.extend(crate::stream_watch::findings(
+                stream,
+                &config.health,
+                down_after,
+            ));
+        }
         let messages = {
             let before = alerts.clone();
             let now = time::OffsetDateTime::now_utc();
@@ -503,6 +495,7 @@ async fn health_loop(daemon: Arc<Daemon>, notifier: Notifier) {
         tokio::select! {
             () = tokio::time::sleep(config.serve.check_interval) => {}
             () = daemon.refresh.notified() => {}
+            () = daemon.receiver_changed.notified() => {}
             () = wait_stop(&mut stop) => {
                 // One last pass after the executor recorded its last run.
                 daemon.refresh.notified().await;
@@ -511,12 +504,24 @@ async fn health_loop(daemon: Arc<Daemon>, notifier: Notifier) {
     }
 }
 
+fn config_stream(daemon: &Daemon) -> Option<(crate::config::StreamWatch, SharedReceiver)> {
+    daemon
+        .options
+        .config
+        .stream
+        .clone()
+        .zip(daemon.receiver.clone())
+}
+
 /// Replace the shared snapshot with a fresh one, keeping what the executor changed meanwhile
 /// (a job started or finished, its next run).
 async fn publish(daemon: &Daemon, fresh: Snapshot) {
     let mut s = daemon.snapshot.write().await;
     let live_jobs = std::mem::take(&mut s.jobs);
     *s = fresh;
+    if let (Some(stream), Some(live)) = (s.stream.as_mut(), &daemon.receiver) {
+        stream.receiver = live.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    }
     for job in &mut s.jobs {
         if let Some(live) = live_jobs.iter().find(|j| j.job == job.job) {
             job.running_since = live.running_since.clone();

@@ -26,7 +26,8 @@ pub enum Severity {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finding {
     /// e.g. `wal_archive_lag`, `backup_age`, `wal_backlog`, `disk_free:pg_wal`, `job_failed:backup`,
-    /// `drill_failed`, `repository_unreachable`, `database_unreachable`.
+    /// `drill_failed`, `repository_unreachable`, `database_unreachable`, `stream_down`,
+    /// `stream_lag`, `slot_retained`, `slot_lost`, `slot_unlimited`.
     pub key: String,
     pub severity: Severity,
     /// One line: what is wrong.
@@ -64,6 +65,61 @@ pub struct WalStatus {
     pub wal_stored_bytes: u64,
 }
 
+/// The WAL receiver (`lifeboat wal-stream`) the daemon runs when `[stream]` is configured: its
+/// process, and what the server says of it (the truth: a receiver can run and store nothing).
+/// Server-side values are None when unknown (the server could not be asked, or has no walsender
+/// for the receiver).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StreamStatus {
+    pub slot: String,
+    pub application_name: String,
+    pub receiver: ReceiverProcess,
+    /// Whether `pg_stat_replication` shows the receiver in state `streaming` or `catchup` (None:
+    /// the server could not be asked).
+    pub streaming: Option<bool>,
+    /// Since when it has not been streaming (RFC 3339); None while it streams.
+    pub down_since: Option<String>,
+    /// From `pg_stat_replication`: `state`, `sent_lsn`, `flush_lsn`, the server's position minus
+    /// `flush_lsn`, seconds since `reply_time`, `sync_state`.
+    pub state: Option<String>,
+    pub sent_lsn: Option<String>,
+    pub flush_lsn: Option<String>,
+    pub lag_bytes: Option<u64>,
+    pub reply_age_seconds: Option<f64>,
+    pub sync_state: Option<String>,
+    /// From `pg_replication_slots`: whether the slot exists and is in use, its `restart_lsn`,
+    /// the WAL it keeps on the server (position minus `restart_lsn`), `wal_status`
+    /// (reserved, extended, unreserved, lost) and `safe_wal_size`.
+    pub slot_exists: Option<bool>,
+    pub slot_active: Option<bool>,
+    pub restart_lsn: Option<String>,
+    pub retained_bytes: Option<u64>,
+    pub wal_status: Option<String>,
+    pub safe_wal_size: Option<i64>,
+    /// The server's `max_slot_wal_keep_size` in MB; -1 is unlimited.
+    pub max_slot_wal_keep_size_mb: Option<i64>,
+    /// `synchronous_standby_names` names the receiver (or is `*`): commits wait for it.
+    pub synchronous_standby: Option<bool>,
+}
+
+/// The receiver child process, as the daemon's supervisor sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReceiverProcess {
+    /// Process id while it runs.
+    pub pid: Option<u32>,
+    pub running_since: Option<String>,
+    /// How many times it was started since the daemon started.
+    pub starts: u64,
+    pub last_exit: Option<String>,
+    /// Exit code of the last exit (None: killed by a signal, or not exited yet).
+    pub last_exit_code: Option<i32>,
+    /// The end of what it last printed as an error or warning (it also reconnects on its own,
+    /// saying why, without exiting).
+    pub last_error: Option<String>,
+    /// When it is started again, while waiting after an exit.
+    pub restart_at: Option<String>,
+}
+
 /// A scheduled job: its cron line, next run, whether it runs now, and its recorded history.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobStatus {
@@ -91,6 +147,8 @@ pub struct Snapshot {
     /// Seconds since the newest backup's stop time.
     pub newest_backup_age_seconds: Option<f64>,
     pub wal: WalStatus,
+    /// None: no `[stream]` in the config, the daemon runs no receiver.
+    pub stream: Option<StreamStatus>,
     pub volumes: Vec<Volume>,
     pub jobs: Vec<JobStatus>,
     /// Newest first.

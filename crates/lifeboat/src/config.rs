@@ -29,7 +29,8 @@ pub struct FileConfig {
     /// libpq connection string of the cluster (backup, check). Default: the PG* environment.
     pub db: Option<String>,
     pub archive: ArchiveConfig,
-    pub stream: StreamConfig,
+    /// Present: `serve` runs and watches a WAL receiver (`wal-stream`) with these settings.
+    pub stream: Option<StreamConfig>,
     pub backup: BackupConfig,
     pub restore: RestoreConfig,
     pub retention: RetentionConfig,
@@ -47,7 +48,7 @@ pub struct FileConfig {
     pub azure: AzureSettings,
 }
 
-/// `wal-stream` (and, later, the daemon's receiver).
+/// `wal-stream`, and the receiver `serve` runs when the section is present.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamConfig {

@@ -211,6 +211,42 @@ pub(super) fn wal(b: &mut Builder, s: &Snapshot) {
     );
 }
 
+/// The WAL receiver, as the server sees it; nothing without `[stream]`.
+pub(super) fn stream(b: &mut Builder, s: &Snapshot) {
+    let Some(st) = &s.stream else {
+        return;
+    };
+    b.gauge(
+        "stream_up",
+        "1 when the server lists the WAL receiver as streaming or catching up (pg_stat_replication)",
+        None,
+        st.streaming.map(flag),
+    );
+    b.gauge(
+        "stream_lag",
+        "WAL the receiver has not stored yet: the server's position minus its flush position",
+        Some(Unit::Bytes),
+        st.lag_bytes.map(|v| v as f64),
+    );
+    b.gauge(
+        "slot_retained",
+        "WAL the receiver's replication slot keeps on the server (position minus restart_lsn)",
+        Some(Unit::Bytes),
+        st.retained_bytes.map(|v| v as f64),
+    );
+    b.gauge(
+        "slot_lost",
+        "1 when the server removed WAL the slot still needed (wal_status = lost)",
+        None,
+        st.wal_status.as_deref().map(|w| flag(w == "lost")),
+    );
+    b.counter(
+        "stream_receiver_starts",
+        "Times the daemon started the WAL receiver (wal-stream) since it started",
+        Some(st.receiver.starts),
+    );
+}
+
 pub(super) fn jobs(b: &mut Builder, s: &Snapshot) {
     let per_job = |f: &dyn Fn(&crate::status::JobStatus) -> Option<f64>| -> Vec<(Labels, f64)> {
         s.jobs

@@ -13,18 +13,13 @@ use crate::exit::{Exit, Failure};
 pub async fn check(resolved: &Resolved, args: &CheckArgs) -> Result<Exit, Failure> {
     let repo = open_repo(resolved).await?;
     let conn = conn_spec(resolved, &args.cluster)?;
+    let configured = resolved.file.stream.as_ref();
     let stream = StreamSetup {
-        application_name: resolved
-            .file
-            .stream
-            .application_name
-            .clone()
+        application_name: configured
+            .and_then(|c| c.application_name.clone())
             .unwrap_or_else(|| "lifeboat".into()),
-        slot: resolved
-            .file
-            .stream
-            .slot
-            .clone()
+        slot: configured
+            .and_then(|c| c.slot.clone())
             .unwrap_or_else(|| "lifeboat".into()),
     };
     let report = lifeboat_engine::check::check(

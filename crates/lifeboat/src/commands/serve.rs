@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use lifeboat_daemon::DaemonConfig;
+use lifeboat_daemon::config::StreamWatch;
 use lifeboat_daemon::runner::Launcher;
 use lifeboat_daemon::serve::{ServeError, ServeOptions};
 use lifeboat_engine::LazyRepo;
@@ -19,6 +20,17 @@ pub async fn serve(cli: &Cli, resolved: &Resolved, args: &ServeArgs) -> Result<E
         schedule: file.schedule.clone(),
         health: file.health.clone(),
         alerts: file.alerts.clone(),
+        // The receiver validates its settings itself; the daemon only needs the names.
+        stream: file.stream.as_ref().map(|s| {
+            let defaults = lifeboat_engine::stream::StreamOptions::default();
+            StreamWatch {
+                slot: s.slot.clone().unwrap_or(defaults.slot),
+                application_name: s
+                    .application_name
+                    .clone()
+                    .unwrap_or(defaults.application_name),
+            }
+        }),
     };
     let listen = args
         .listen

@@ -43,7 +43,8 @@ pub async fn wal_stream(resolved: &Resolved, args: &WalStreamArgs) -> Result<Exi
 }
 
 fn options(resolved: &Resolved, args: &WalStreamArgs) -> Result<StreamOptions, Failure> {
-    let config = &resolved.file.stream;
+    let none = Default::default();
+    let config = resolved.file.stream.as_ref().unwrap_or(&none);
     let defaults = StreamOptions::default();
     let slot = args
         .slot
