@@ -56,10 +56,11 @@ pub async fn gather(sources: &Sources, snapshot: &mut Snapshot) -> Problems {
     let watch = sources.stream.as_ref().map(|(w, _)| w);
     let mut stream_server = Err("the server could not be reached".to_string());
     match archiver(sources.db.as_deref(), pgdata.is_none(), watch).await {
-        Ok((stats, dir, stream)) => {
+        Ok((stats, dir, stream, replicas)) => {
             if let Some(stream) = stream {
                 stream_server = stream;
             }
+            snapshot.replicas = replicas;
             let wal = &mut snapshot.wal;
             wal.last_archived_wal = stats.last_archived_wal;
             wal.last_archived_time = stats.last_archived_time;
@@ -169,7 +170,15 @@ async fn archiver(
     db: Option<&str>,
     want_datadir: bool,
     stream: Option<&StreamWatch>,
-) -> Result<(ArchiverStats, Option<PathBuf>, StreamAnswer), String> {
+) -> Result<
+    (
+        ArchiverStats,
+        Option<PathBuf>,
+        StreamAnswer,
+        Vec<lifeboat_pg::session::ReplicationClient>,
+    ),
+    String,
+> {
     let spec = ConnSpec::new(db).map_err(|e| e.to_string())?;
     let session = Session::connect(&spec, DB_TIMEOUT)
         .await
@@ -184,7 +193,10 @@ async fn archiver(
         Some(watch) => Some(crate::stream_watch::ask_server(&session, watch).await),
         None => None,
     };
-    Ok((stats, dir, stream))
+    // Standbys and receivers as the server sees them; a role without pg_monitor sees fewer
+    // columns, which only leaves values unknown.
+    let replicas = session.replication_clients().await.unwrap_or_default();
+    Ok((stats, dir, stream, replicas))
 }
 
 /// Segments marked `.ready`, and how long the oldest has waited.

@@ -149,6 +149,8 @@ pub struct Snapshot {
     pub wal: WalStatus,
     /// None: no `[stream]` in the config, the daemon runs no receiver.
     pub stream: Option<StreamStatus>,
+    /// Every standby and receiver connected to the server (`pg_stat_replication`), with its lag.
+    pub replicas: Vec<lifeboat_pg::session::ReplicationClient>,
     pub volumes: Vec<Volume>,
     pub jobs: Vec<JobStatus>,
     /// Newest first.

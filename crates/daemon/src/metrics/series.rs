@@ -212,6 +212,28 @@ pub(super) fn wal(b: &mut Builder, s: &Snapshot) {
 }
 
 /// The WAL receiver, as the server sees it; nothing without `[stream]`.
+/// Every standby the server lists, by `application_name`.
+pub(super) fn replicas(b: &mut Builder, s: &Snapshot) {
+    let per = |f: &dyn Fn(&lifeboat_pg::session::ReplicationClient) -> Option<f64>| {
+        s.replicas
+            .iter()
+            .filter_map(|r| f(r).map(|v| (labels(&[("application_name", &r.application_name)]), v)))
+            .collect::<Vec<_>>()
+    };
+    b.family(
+        "replica_lag",
+        "WAL a standby has not replayed yet: the server's position minus its replay position (pg_stat_replication)",
+        Some(Unit::Bytes),
+        per(&|r| r.replay_lag_bytes.map(|v| v as f64)),
+    );
+    b.family(
+        "replica_replay_lag",
+        "How long ago the newest WAL a standby replayed was written on the server (replay_lag)",
+        Some(Unit::Seconds),
+        per(&|r| r.replay_lag_seconds),
+    );
+}
+
 pub(super) fn stream(b: &mut Builder, s: &Snapshot) {
     let Some(st) = &s.stream else {
         return;

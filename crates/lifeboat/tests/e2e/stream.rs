@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::backup_restore::{archive_everything, restore_json, start_restored, target};
+use crate::support::daemon::{Daemon, daemon_config};
 use crate::support::fixture::{findings, flip_byte, keys_under, verify_json};
 use crate::support::*;
 use lifeboat_pg::cluster::{LocalCluster, StopMode};
@@ -336,6 +337,30 @@ fn a_standby_from_the_repository_replays_it_then_streams_from_the_primary() {
          from pg_stat_replication where application_name = 'replica1'",
         "streaming true",
         "the standby streaming over its slot",
+    );
+
+    // The daemon watching the primary shows the standby and its lag.
+    let port = free_port();
+    daemon_config(
+        &setup,
+        &primary,
+        &format!("[serve]\nlisten = \"127.0.0.1:{port}\"\ncheck_interval = \"1s\"\n"),
+    );
+    let daemon = Daemon::start(&setup, port, "serve.log");
+    daemon.wait_status(
+        "the standby in the daemon's status",
+        Duration::from_secs(60),
+        |s| {
+            s["replicas"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|c| c["application_name"] == "replica1"))
+        },
+    );
+    let (code, metrics) = daemon.get("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("lifeboat_replica_lag_bytes{application_name=\"replica1\"}"),
+        "{metrics}"
     );
 }
 

@@ -29,7 +29,7 @@ mod walsender;
 pub use conninfo::{ConnSpec, DEFAULT_PORT, DEFAULT_SOCKET_DIRS};
 use error::describe;
 pub use error::{Result, SessionError};
-pub use walsender::{ReceiverServerStatus, SlotStatus, WalSenderStatus};
+pub use walsender::{ReceiverServerStatus, ReplicationClient, SlotStatus, WalSenderStatus};
 
 /// Oldest server release a backup can use: 13 (`server_version_num` 130000).
 pub const MIN_SERVER_VERSION_NUM: u32 = 130_000;

@@ -150,4 +150,60 @@ impl Session {
             synchronous_standby_names,
         })
     }
+
+    /// Every client `pg_stat_replication` lists (standbys, receivers, base backups), with how far
+    /// behind the server it is, newest connection last.
+    pub async fn replication_clients(&self) -> Result<Vec<ReplicationClient>> {
+        let what = "reading pg_stat_replication";
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "select coalesce(application_name, ''), coalesce(state, ''), \
+                            coalesce(sync_state, ''), \
+                            greatest({CURRENT_LSN} - flush_lsn, 0)::text, \
+                            greatest({CURRENT_LSN} - replay_lsn, 0)::text, \
+                            extract(epoch from replay_lag)::text \
+                     from pg_stat_replication order by backend_start"
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| self.query_error(what, &e))?;
+        let mut clients = Vec::with_capacity(rows.len());
+        for row in rows {
+            let text = |i: usize| -> Result<Option<String>> {
+                row.try_get::<_, Option<String>>(i)
+                    .map_err(|e| self.query_error(what, &e))
+            };
+            let number = |i: usize| -> Result<Option<f64>> {
+                Ok(text(i)?.and_then(|t| t.parse::<f64>().ok()))
+            };
+            clients.push(ReplicationClient {
+                application_name: text(0)?.unwrap_or_default(),
+                state: text(1)?.unwrap_or_default(),
+                sync_state: text(2)?.unwrap_or_default(),
+                flush_lag_bytes: number(3)?.map(|b| b.max(0.0) as u64),
+                replay_lag_bytes: number(4)?.map(|b| b.max(0.0) as u64),
+                replay_lag_seconds: number(5)?,
+            });
+        }
+        Ok(clients)
+    }
+}
+
+/// One client of `pg_stat_replication`: a standby's lag as the primary sees it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ReplicationClient {
+    pub application_name: String,
+    /// `startup`, `catchup`, `streaming`, `backup` or `stopping`.
+    pub state: String,
+    /// `async`, `potential`, `sync` or `quorum`.
+    pub sync_state: String,
+    /// The server's position minus what the client flushed (None: not reported).
+    pub flush_lag_bytes: Option<u64>,
+    /// The server's position minus what the client replayed (a WAL receiver never replays).
+    pub replay_lag_bytes: Option<u64>,
+    /// `replay_lag`: how long ago the newest replayed WAL was written on the server.
+    pub replay_lag_seconds: Option<f64>,
 }
