@@ -231,37 +231,7 @@ async fn stream_session(
             .await
             .map_err(|e| pg_error("cannot read the server's WAL segment size", e))?,
     };
-    let invalidated = match conn.read_replication_slot(&options.slot).await {
-        // A slot that reserved WAL and shows no position any more was invalidated
-        // (max_slot_wal_keep_size): it holds nothing, so it protects nothing.
-        Ok(Some(slot)) if slot.restart_lsn.is_none() => {
-            tracing::warn!(
-                "the replication slot {} was invalidated while the receiver was away (the server \
-                 passed max_slot_wal_keep_size and dropped its WAL); it is made anew so that it \
-                 holds WAL again. Anything archive_command did not store in the meantime is a \
-                 gap that `lifeboat info` shows",
-                options.slot
-            );
-            true
-        }
-        _ => false,
-    };
-    if (start.jump || invalidated) && options.create_slot {
-        // An invalidated slot cannot be used again (PostgreSQL 16 and later refuse it): made
-        // anew, it holds WAL from now on.
-        conn.drop_slot(&options.slot)
-            .await
-            .map_err(|e| pg_error("cannot drop the invalidated replication slot", e))?;
-    }
-    if options.create_slot {
-        match conn.create_physical_slot(&options.slot).await {
-            Ok(SlotCreated::Created { .. }) => {
-                tracing::info!("created the replication slot {}", options.slot);
-            }
-            Ok(SlotCreated::AlreadyExists) => {}
-            Err(e) => return Err(pg_error("cannot create the replication slot", e).into()),
-        }
-    }
+    prepare_slot(&mut conn, options, start.jump).await?;
     let (timeline, from) = match (start.resume, start.jump) {
         (_, true) => (system.timeline, system.xlogpos),
         (Some(position), false) => position,
@@ -335,6 +305,60 @@ async fn stream_session(
                 next: Some((next_tli, next_lsn)),
             })
         }
+    }
+}
+
+/// Make sure the slot exists and holds WAL: created when missing (asked first where the server
+/// can say, so its log shows no "already exists" error on every start), made anew when the
+/// server invalidated it or `renew` (its WAL is gone). Without `create_slot`, a missing slot is
+/// an error that says so.
+async fn prepare_slot(
+    conn: &mut ReplicationConnection,
+    options: &StreamOptions,
+    renew: bool,
+) -> std::result::Result<(), SessionError> {
+    let slot = &options.slot;
+    let (exists, invalidated) = match conn.read_replication_slot(slot).await {
+        // A slot that reserved WAL and shows no position any more was invalidated
+        // (max_slot_wal_keep_size): it holds nothing, so it protects nothing.
+        Ok(Some(position)) => (Some(true), position.restart_lsn.is_none()),
+        Ok(None) => (Some(false), false),
+        // PostgreSQL 13 and 14 cannot say: create, and take "already exists" as the answer.
+        Err(_) => (None, false),
+    };
+    if invalidated {
+        tracing::warn!(
+            "the replication slot {slot} was invalidated while the receiver was away (the server \
+             passed max_slot_wal_keep_size and dropped its WAL); it is made anew so that it \
+             holds WAL again. Anything archive_command did not store in the meantime is a gap \
+             that `lifeboat info` shows"
+        );
+    }
+    if !options.create_slot {
+        if exists == Some(false) {
+            return Err(EngineError::invalid(
+                format!("the replication slot {slot} does not exist on the server"),
+                format!("create it (SELECT pg_create_physical_replication_slot('{slot}', true)), or let the receiver create it (stream.create_slot = true)"),
+            )
+            .into());
+        }
+        return Ok(());
+    }
+    if (renew || invalidated) && exists != Some(false) {
+        // An invalidated slot cannot be used again (PostgreSQL 16 and later refuse it).
+        conn.drop_slot(slot)
+            .await
+            .map_err(|e| pg_error("cannot drop the invalidated replication slot", e))?;
+    } else if exists == Some(true) {
+        return Ok(());
+    }
+    match conn.create_physical_slot(slot).await {
+        Ok(SlotCreated::Created { .. }) => {
+            tracing::info!("created the replication slot {slot}");
+            Ok(())
+        }
+        Ok(SlotCreated::AlreadyExists) => Ok(()),
+        Err(e) => Err(pg_error("cannot create the replication slot", e).into()),
     }
 }
 
