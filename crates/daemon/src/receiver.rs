@@ -168,9 +168,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Pass the child's stderr on to the daemon's log line by line, keep its last line as the
-/// running receiver's `last_error` (it prints only warnings and errors: it reconnects on its own,
-/// saying why), and return its last lines.
+/// Pass the child's stderr on to the daemon's log line by line, keep its last warning or error
+/// as the running receiver's `last_error` (it reconnects on its own, saying why), and return its
+/// last lines.
 async fn forward_stderr(
     err: tokio::process::ChildStderr,
     state: SharedReceiver,
@@ -191,10 +191,14 @@ async fn forward_stderr(
             continue;
         }
         tracing::info!(pid, "wal-stream: {line}");
-        state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .last_error = Some(line.to_string());
+        // What it says it is doing (INFO) is no error: only warnings and errors are kept.
+        let level = line.split_whitespace().nth(1).unwrap_or("");
+        if !matches!(level, "INFO" | "DEBUG" | "TRACE") {
+            state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .last_error = Some(line.to_string());
+        }
         kept.push_back(line.to_string());
         if kept.len() > LINES_KEPT {
             kept.pop_front();
