@@ -87,6 +87,8 @@ pub struct StreamStatus {
     pub lag_bytes: Option<u64>,
     pub reply_age_seconds: Option<f64>,
     pub sync_state: Option<String>,
+    /// `flush_lag`: what a crash of the server now would lose, in time (0 when caught up).
+    pub exposure_seconds: Option<f64>,
     /// From `pg_replication_slots`: whether the slot exists and is in use, its `restart_lsn`,
     /// the WAL it keeps on the server (position minus `restart_lsn`), `wal_status`
     /// (reserved, extended, unreserved, lost) and `safe_wal_size`.

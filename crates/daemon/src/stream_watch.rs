@@ -42,6 +42,7 @@ pub fn update(
     status.flush_lsn = sender.as_ref().and_then(|s| s.flush_lsn.clone());
     status.lag_bytes = sender.as_ref().and_then(|s| s.lag_bytes);
     status.reply_age_seconds = sender.as_ref().and_then(|s| s.reply_age_seconds);
+    status.exposure_seconds = sender.as_ref().and_then(|s| s.exposure_seconds);
     status.sync_state = sender.as_ref().and_then(|s| s.sync_state.clone());
     status.slot_exists = server.as_ref().map(|s| s.slot.is_some());
     status.slot_active = slot.as_ref().map(|s| s.active);

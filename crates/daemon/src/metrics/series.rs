@@ -251,6 +251,12 @@ pub(super) fn stream(b: &mut Builder, s: &Snapshot) {
         st.lag_bytes.map(|v| v as f64),
     );
     b.gauge(
+        "stream_exposure",
+        "What a crash of the server now would lose, in time: flush_lag of the receiver (pg_stat_replication), 0 when caught up",
+        Some(Unit::Seconds),
+        st.exposure_seconds,
+    );
+    b.gauge(
         "slot_retained",
         "WAL the receiver's replication slot keeps on the server (position minus restart_lsn)",
         Some(Unit::Bytes),

@@ -139,6 +139,7 @@ url = "{hook_url}"
         "lifeboat_stream_lag_bytes ",
         "lifeboat_slot_retained_bytes ",
         "lifeboat_slot_lost 0",
+        "lifeboat_stream_exposure_seconds ",
     ] {
         assert!(metrics.contains(series), "{series} missing:\n{metrics}");
     }

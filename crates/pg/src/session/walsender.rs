@@ -17,6 +17,9 @@ pub struct WalSenderStatus {
     pub reply_age_seconds: Option<f64>,
     /// `async`, `potential`, `sync` or `quorum`.
     pub sync_state: Option<String>,
+    /// `flush_lag`: how long ago the newest WAL the receiver has stored was written on the
+    /// server; what a crash of the server now would lose, in time (0 when caught up).
+    pub exposure_seconds: Option<f64>,
 }
 
 /// A physical replication slot, from `pg_replication_slots`.
@@ -105,7 +108,8 @@ impl Session {
                 &format!(
                     "select state, sent_lsn::text, flush_lsn::text, \
                             greatest({CURRENT_LSN} - flush_lsn, 0)::text, \
-                            extract(epoch from clock_timestamp() - reply_time)::text, sync_state \
+                            extract(epoch from clock_timestamp() - reply_time)::text, sync_state, \
+                            extract(epoch from flush_lag)::text \
                      from pg_stat_replication \
                      where pid = (select active_pid from pg_replication_slots where slot_name = $1) \
                         or application_name = $2 \
@@ -125,6 +129,11 @@ impl Session {
                 lag_bytes: bytes(number(&row, 3)?),
                 reply_age_seconds: number(&row, 4)?,
                 sync_state: text(&row, 5)?,
+                // Null once the receiver has caught up and nothing new was written: nothing is
+                // exposed then.
+                exposure_seconds: number(&row, 6)?
+                    .or(Some(0.0))
+                    .filter(|_| number(&row, 3).ok().flatten().is_some()),
             }),
             None => None,
         };
