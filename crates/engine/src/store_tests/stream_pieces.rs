@@ -117,3 +117,34 @@ async fn a_damaged_piece_shortens_the_prefix_to_what_other_pieces_cover() {
     assert_eq!(prefix.unusable.len(), 1, "{:?}", prefix.unusable);
     assert!(prefix.unusable[0].0.ends_with("00000064-000000C8"));
 }
+
+#[tokio::test]
+async fn many_small_flushes_merge_into_few_pieces() {
+    let repo = repo().await;
+    let segment = seg(1, 9);
+    let wal = wal_bytes(&segment);
+    let start = segment.start_lsn(SEG).unwrap();
+    let mut buffer = SegmentBuffer::new(tli(1), start, SEG).unwrap();
+    let mut written = 0u64;
+    for i in 0..20 {
+        let from = i * 1000;
+        buffer
+            .receive(&repo, Lsn(start.0 + from as u64), &wal[from..from + 1000])
+            .await
+            .unwrap_or_else(|e| panic!("receive {i}: {e}"));
+        let stored = buffer.flush(&repo).await.unwrap();
+        written += stored.piece_bytes;
+    }
+    let end = (buffer.received().0 - start.0) as usize;
+    let pieces = repo.list_stream_pieces_of(&segment).await.unwrap();
+    // 20 flushes: two merged pieces of 8, then 4 single ones.
+    assert_eq!(pieces.len(), 6, "{pieces:?}");
+    let prefix = repo.read_streamed_prefix(&segment, &pieces).await.unwrap();
+    assert!(prefix.unusable.is_empty());
+    assert_eq!(prefix.bytes, wal[..end]);
+    // Each byte written once as a piece and at most once more in a merge.
+    assert!(
+        written <= 2 * end as u64,
+        "{written} bytes written for {end}"
+    );
+}

@@ -12,9 +12,11 @@ use lifeboat_repo::{ClusterIdentity, Repository};
 use crate::error::join_error;
 use crate::{EngineError, Result};
 
-/// Pieces of one segment stored before they are replaced by one piece from offset 0: keeps a
-/// slowly filling segment from leaving hundreds of small objects, and its read at restore short.
-const PIECES_BEFORE_CONSOLIDATION: usize = 32;
+/// Consecutive pieces of one rank merged into one piece of the next rank. Pieces stay few (at most
+/// this many per rank: a segment's read at restore stays short) and each byte is rewritten once
+/// per rank, a few times in all, where rewriting the whole prefix every so often would write
+/// gigabytes per segment under many small synchronous commits.
+const MERGE_FAN_IN: usize = 8;
 
 /// Bytes of a segment's long page header (XLogLongPageHeaderData).
 const LONG_HEADER_LEN: usize = 40;
@@ -36,8 +38,9 @@ pub struct SegmentBuffer {
     bytes: Vec<u8>,
     /// Bytes `0..durable` are in the repository (as pieces).
     durable: usize,
-    /// Pieces of this segment this receiver stored (older runs' pieces are found by listing).
-    pieces: Vec<StreamPiece>,
+    /// Pieces of this segment this receiver stored, in order, with their rank (older runs' pieces
+    /// are found by listing).
+    pieces: Vec<(StreamPiece, u8)>,
     /// The identity of the cluster, checked against the repository once per run.
     identity_bound: bool,
 }
@@ -114,8 +117,9 @@ impl SegmentBuffer {
         Ok(stored)
     }
 
-    /// Store what is not yet durable as a piece (or, after many pieces, the whole prefix as one)
-    /// and delete the pieces it supersedes. Returns the pieces stored (0 or 1) and their bytes.
+    /// Store what is not yet durable as a piece, then merge the newest pieces while
+    /// [`MERGE_FAN_IN`] of one rank are in a row (the merged piece is stored before the pieces it
+    /// covers are deleted). Returns the pieces stored and their bytes.
     pub async fn flush(&mut self, repo: &Repository) -> Result<Stored> {
         // The segment's long page header comes first and names the cluster: nothing is stored
         // before it has arrived and been checked.
@@ -123,25 +127,49 @@ impl SegmentBuffer {
             return Ok(Stored::default());
         }
         self.bind_identity(repo).await?;
-        let consolidate = self.pieces.len() >= PIECES_BEFORE_CONSOLIDATION;
-        let from = if consolidate { 0 } else { self.durable };
+        let mut stored = Stored::default();
+        let piece = self.store_range(repo, self.durable, &mut stored).await?;
+        self.durable = self.bytes.len();
+        self.pieces.push((piece, 0));
+        loop {
+            let n = self.pieces.len();
+            if n < MERGE_FAN_IN {
+                break;
+            }
+            let rank = self.pieces[n - 1].1;
+            if self.pieces[n - MERGE_FAN_IN..]
+                .iter()
+                .any(|(_, r)| *r != rank)
+            {
+                break;
+            }
+            let from = self.pieces[n - MERGE_FAN_IN].0.start as usize;
+            let merged = self.store_range(repo, from, &mut stored).await?;
+            let covered: Vec<StreamPiece> = self
+                .pieces
+                .drain(n - MERGE_FAN_IN..)
+                .map(|(piece, _)| piece)
+                .collect();
+            repo.delete_stream_pieces(&covered).await?;
+            self.pieces.push((merged, rank.saturating_add(1)));
+        }
+        Ok(stored)
+    }
+
+    /// Store bytes `from..` of what was received as one piece.
+    async fn store_range(
+        &self,
+        repo: &Repository,
+        from: usize,
+        stored: &mut Stored,
+    ) -> Result<StreamPiece> {
         let plain = Bytes::copy_from_slice(&self.bytes[from..]);
-        let len = plain.len() as u64;
         let offset = u32::try_from(from).map_err(|_| {
             EngineError::Internal(format!("segment offset {from} does not fit 32 bits"))
         })?;
-        let piece = repo.put_stream_piece(&self.segment, offset, plain).await?;
-        self.durable = self.bytes.len();
-        if consolidate {
-            let superseded = std::mem::take(&mut self.pieces);
-            repo.delete_stream_pieces(&superseded).await?;
-        }
-        self.pieces.push(piece);
-        Ok(Stored {
-            segments: vec![],
-            pieces: 1,
-            piece_bytes: len,
-        })
+        stored.pieces += 1;
+        stored.piece_bytes += plain.len() as u64;
+        Ok(repo.put_stream_piece(&self.segment, offset, plain).await?)
     }
 
     /// Check (once) that the segment's header names the repository's cluster, binding the
@@ -185,7 +213,7 @@ impl SegmentBuffer {
             PutOutcome::Stored | PutOutcome::AlreadyStored => {}
         }
         let mut superseded = repo.list_stream_pieces_of(&self.segment).await?;
-        superseded.append(&mut self.pieces);
+        superseded.extend(self.pieces.drain(..).map(|(piece, _)| piece));
         repo.delete_stream_pieces(&superseded).await?;
         Ok(())
     }
