@@ -259,6 +259,28 @@ install_moto() {
     log "moto_server: installed at $(command -v moto_server)"
 }
 
+# --- etcd, HAProxy, protoc (availability: leader election, routing) -----------
+
+# etcd-server and etcd-client: real members for the failover tests (testkit's EtcdCluster, on
+# free ports; Debian's package also ships a service, which a machine without systemd never
+# starts and the tests never use). protobuf-compiler and libprotobuf-dev: the etcd-client crate
+# compiles etcd's protocol at build time. HAProxy: the routing tests and the S3 benchmark stack.
+install_ha() {
+    local missing=()
+    command -v etcd >/dev/null || missing+=(etcd-server)
+    command -v etcdctl >/dev/null || missing+=(etcd-client)
+    command -v protoc >/dev/null || missing+=(protobuf-compiler)
+    [ -e /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
+    command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+    if [ ${#missing[@]} -eq 0 ]; then
+        log "etcd, etcdctl, protoc, haproxy: present, skipping"
+        return
+    fi
+    apt_install "${missing[@]}"
+    command -v etcd >/dev/null || die "etcd-server installed but etcd is not on PATH"
+    log "etcd: $(etcd --version 2>/dev/null | head -n1)"
+}
+
 # --- Chromium (headless browser for the dashboard test) ---------------------
 
 install_chromium() {
@@ -292,6 +314,7 @@ main() {
     install_pg_majors
     install_pgbackrest
     install_moto
+    install_ha
     install_chromium
     install_nextest
     log "done in $((SECONDS - start)) s"
