@@ -51,6 +51,19 @@ pub(crate) fn tablespace_map(items: &[String]) -> Result<HashMap<String, PathBuf
     Ok(map)
 }
 
+/// Threads of a restore: the flag, else `restore.parallel`, else one per core.
+pub(crate) fn restore_parallel(resolved: &Resolved, flag: Option<usize>) -> usize {
+    flag.or(resolved.file.restore.parallel)
+        .unwrap_or_else(cores)
+        .max(1)
+}
+
+/// Whether restores write with O_DIRECT: off only to compare with the page cache, or for a
+/// filesystem that takes O_DIRECT but handles it badly (README, "Configuration").
+pub(crate) fn direct_io() -> bool {
+    std::env::var_os("LIFEBOAT_RESTORE_DIRECT_IO").is_none_or(|v| v != "off")
+}
+
 /// A progress bar on a terminal, and the restore's events drawn on it.
 pub(crate) fn progress_events() -> (ProgressBar, EventSink) {
     let progress = bar(0);
@@ -99,16 +112,10 @@ pub async fn restore(resolved: &Resolved, args: &RestoreArgs) -> Result<Exit, Fa
         primary_slot_name: None,
         tablespace_map,
         dry_run: args.dry_run,
-        parallel: args
-            .parallel
-            .or(resolved.file.restore.parallel)
-            .unwrap_or_else(cores)
-            .max(1),
+        parallel: restore_parallel(resolved, args.parallel),
         restore_command: restore_command(resolved)?,
         archive_off: args.archive_mode == "off",
-        // Off only to compare with the page cache, or for a filesystem that takes O_DIRECT but
-        // handles it badly (README, "Configuration").
-        direct_io: std::env::var_os("LIFEBOAT_RESTORE_DIRECT_IO").is_none_or(|v| v != "off"),
+        direct_io: direct_io(),
     };
     let (progress, events) = progress_events();
     let result = lifeboat_engine::restore::restore(&repo, &opts, events).await;

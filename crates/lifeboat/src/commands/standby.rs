@@ -4,8 +4,8 @@ use lifeboat_engine::restore::RestoreOptions;
 use lifeboat_engine::standby::{self, StandbyOptions};
 use lifeboat_pg::recovery::{RecoveryTarget, TargetAction, TargetTimeline};
 
-use super::context::{absolute, cores, human_bytes, open_repo, print_json, restore_command};
-use super::restore::{progress_events, tablespace_map};
+use super::context::{absolute, human_bytes, open_repo, print_json, restore_command};
+use super::restore::{direct_io, progress_events, restore_parallel, tablespace_map};
 use crate::cli::StandbyCreateArgs;
 use crate::config::Resolved;
 use crate::exit::{Exit, Failure};
@@ -45,14 +45,10 @@ pub async fn create(resolved: &Resolved, args: &StandbyCreateArgs) -> Result<Exi
             primary_slot_name: None,
             tablespace_map: tablespace_map(&args.tablespace_map)?,
             dry_run: false,
-            parallel: args
-                .parallel
-                .or(resolved.file.restore.parallel)
-                .unwrap_or_else(cores)
-                .max(1),
+            parallel: restore_parallel(resolved, args.parallel),
             restore_command: restore_command(resolved)?,
             archive_off: false,
-            direct_io: std::env::var_os("LIFEBOAT_RESTORE_DIRECT_IO").is_none_or(|v| v != "off"),
+            direct_io: direct_io(),
         },
         primary_conninfo: args.primary.clone(),
         name,

@@ -129,16 +129,48 @@ fn restored_count(setup: &Setup, source: &LocalCluster) -> String {
     restored.psql("select count(*) from t").expect("count rows")
 }
 
-#[test]
-fn streamed_wal_reaches_a_restore_after_the_primary_dies() {
-    let setup = Setup::new(Backend::Local, true);
-    let cluster = TestCluster::start_new(&setup.archive_conf()).expect("cluster");
+/// A cluster archiving into `setup`'s repository (plus `extra_conf`), with table `t`, a backup,
+/// and the receiver streaming from it (a piece every 100 ms).
+fn backed_up_and_streaming(setup: &Setup, extra_conf: &str) -> (TestCluster, Receiver) {
+    let conf = format!("{}{extra_conf}", setup.archive_conf());
+    let cluster = TestCluster::start_new(&conf).expect("cluster");
     cluster
         .psql("create table t (id int primary key, note text)")
         .expect("create table");
     setup.backup(&cluster);
-    let mut receiver = Receiver::start(&setup, &cluster, &["--flush-interval-ms", "100"]);
+    let mut receiver = Receiver::start(setup, &cluster, &["--flush-interval-ms", "100"]);
     receiver.wait_streaming(&cluster);
+    (cluster, receiver)
+}
+
+/// With the receiver down, write six segments' worth of rows (ids 1000 to 1599) and switch WAL
+/// after each, `then`, and checkpoint: past `max_slot_wal_keep_size = 32MB` the server drops the
+/// slot's WAL (`wal_status = lost`).
+fn write_past_the_slot_limit(cluster: &TestCluster, then: impl FnOnce()) {
+    for round in 0..6 {
+        cluster
+            .psql(&format!(
+                "insert into t select g, 'while down' from generate_series({}, {}) g",
+                1000 + round * 100,
+                1099 + round * 100
+            ))
+            .expect("insert");
+        cluster.switch_wal().expect("switch WAL");
+    }
+    then();
+    cluster.psql("checkpoint").expect("checkpoint");
+    wait_for(
+        cluster,
+        "select wal_status from pg_replication_slots where slot_name = 'lifeboat'",
+        "lost",
+        "the slot invalidated",
+    );
+}
+
+#[test]
+fn streamed_wal_reaches_a_restore_after_the_primary_dies() {
+    let setup = Setup::new(Backend::Local, true);
+    let (cluster, receiver) = backed_up_and_streaming(&setup, "");
     cluster
         .psql("insert into t select g, 'streamed' from generate_series(1, 1000) g")
         .expect("insert");
@@ -447,14 +479,8 @@ fn the_receiver_follows_a_promotion_and_a_restore_reaches_a_time_after_it() {
 #[test]
 fn a_slot_invalidated_while_the_receiver_was_down_is_reported_and_made_anew() {
     let setup = Setup::new(Backend::Local, true);
-    let conf = format!("{}max_slot_wal_keep_size = 32MB\n", setup.archive_conf());
-    let cluster = TestCluster::start_new(&conf).expect("cluster");
-    cluster
-        .psql("create table t (id int primary key, note text)")
-        .expect("create table");
-    setup.backup(&cluster);
-    let mut receiver = Receiver::start(&setup, &cluster, &["--flush-interval-ms", "100"]);
-    receiver.wait_streaming(&cluster);
+    let (cluster, receiver) =
+        backed_up_and_streaming(&setup, "max_slot_wal_keep_size = 32MB\n");
     cluster
         .psql("insert into t select g, 'streamed' from generate_series(1, 100) g")
         .expect("insert");
@@ -463,24 +489,7 @@ fn a_slot_invalidated_while_the_receiver_was_down_is_reported_and_made_anew() {
 
     // While the receiver is down the server writes past max_slot_wal_keep_size: it drops the
     // slot's WAL (archive_command still stores every segment).
-    for round in 0..6 {
-        cluster
-            .psql(&format!(
-                "insert into t select g, 'while down' from generate_series({}, {}) g",
-                1000 + round * 100,
-                1099 + round * 100
-            ))
-            .expect("insert");
-        cluster.switch_wal().expect("switch WAL");
-    }
-    archive_everything(&cluster);
-    cluster.psql("checkpoint").expect("checkpoint");
-    wait_for(
-        &cluster,
-        "select wal_status from pg_replication_slots where slot_name = 'lifeboat'",
-        "lost",
-        "the slot invalidated",
-    );
+    write_past_the_slot_limit(&cluster, || archive_everything(&cluster));
 
     let mut receiver = Receiver::start(&setup, &cluster, &["--flush-interval-ms", "100"]);
     receiver.wait_streaming(&cluster);
@@ -519,23 +528,7 @@ fn wal_the_server_removed_before_it_was_streamed_is_a_reported_gap() {
     cluster.switch_wal().expect("switch WAL");
     wait_flushed(&cluster, &receiver);
     assert!(receiver.terminate().success(), "wal-stream exit");
-    for round in 0..6 {
-        cluster
-            .psql(&format!(
-                "insert into t select g, 'while down' from generate_series({}, {}) g",
-                round * 100,
-                round * 100 + 99
-            ))
-            .expect("insert");
-        cluster.switch_wal().expect("switch WAL");
-    }
-    cluster.psql("checkpoint").expect("checkpoint");
-    wait_for(
-        &cluster,
-        "select wal_status from pg_replication_slots where slot_name = 'lifeboat'",
-        "lost",
-        "the slot invalidated",
-    );
+    write_past_the_slot_limit(&cluster, || {});
 
     let mut receiver = Receiver::start(&setup, &cluster, &["--flush-interval-ms", "100"]);
     receiver.wait_streaming(&cluster);
