@@ -24,6 +24,7 @@ mod old_format;
 mod packs;
 mod pusher;
 mod stream;
+mod stream_faults;
 mod stream_trials;
 mod upgrade;
 mod verify;
