@@ -71,7 +71,10 @@ fn writer(cluster: &LocalCluster) -> thread::JoinHandle<Written> {
                 match client.execute(&insert, &[&id]).await {
                     Ok(_) => written.acked.push((id, Instant::now())),
                     Err(e) => {
-                        written.error = Some(e.to_string());
+                        written.error = Some(match e.as_db_error() {
+                            Some(db) => format!("{e}: {}", db.message()),
+                            None => e.to_string(),
+                        });
                         return written;
                     }
                 }
