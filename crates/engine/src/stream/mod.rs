@@ -407,7 +407,7 @@ async fn receive(
             m = stream.next() => match m {
                 Ok(message) => message,
                 Err(e) if e.is_wal_removed() => return Ok(Received::WalRemoved),
-                Err(e) => return Err(pg_error("the replication stream failed", e)),
+                Err(e) => return Err(stream_failed(repo, buffer, report, e).await),
             },
             _ = flush_tick.tick() => {
                 flush(repo, stream, buffer, report, &mut reported, false).await?;
@@ -449,13 +449,33 @@ async fn receive(
                 None => {}
                 Some(Ok(more)) => next = Some(more),
                 Some(Err(e)) if e.is_wal_removed() => return Ok(Received::WalRemoved),
-                Some(Err(e)) => return Err(pg_error("the replication stream failed", e)),
+                Some(Err(e)) => return Err(stream_failed(repo, buffer, report, e).await),
             }
         }
         if options.synchronous {
             flush(repo, stream, buffer, report, &mut reported, false).await?;
         }
     }
+}
+
+/// The stream broke (the server crashed, the network failed). What arrived before is WAL the
+/// server had already flushed: store it before reconnecting, as a clean end of the stream does,
+/// or a primary that crashes takes with it up to a flush interval of WAL the receiver held.
+async fn stream_failed(
+    repo: &Repository,
+    buffer: &mut SegmentBuffer,
+    report: &mut StreamReport,
+    error: ReplicationError,
+) -> EngineError {
+    match buffer.flush(repo).await {
+        Ok(stored) => {
+            report.pieces_stored += stored.pieces as u64;
+            report.piece_bytes += stored.piece_bytes;
+            report.durable_lsn = Some(buffer.durable().to_string());
+        }
+        Err(e) => tracing::warn!("cannot store the WAL received before the stream failed: {e}"),
+    }
+    pg_error("the replication stream failed", error)
 }
 
 /// Store what arrived as a piece and tell the server it is durable.
