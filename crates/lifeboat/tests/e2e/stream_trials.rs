@@ -9,6 +9,7 @@
 //! docs/BENCHMARKS.md). Each trial prints one line (run with `--no-capture` to see them).
 
 use std::fs;
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -41,8 +42,10 @@ struct Written {
 }
 
 /// Commit `insert into t values (id)` every [`PACE`] with ids 1, 2, ... on one connection until
-/// a commit fails (the primary died).
-fn writer(cluster: &LocalCluster) -> thread::JoinHandle<Written> {
+/// a commit fails (the primary died). How long the first commit took goes to `first`: the pace
+/// starts once it returned (in synchronous mode it waits for the receiver to catch up with the
+/// backup's WAL switch).
+fn writer(cluster: &LocalCluster, first: mpsc::Sender<Duration>) -> thread::JoinHandle<Written> {
     let conninfo = cluster.conninfo();
     thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -58,7 +61,7 @@ fn writer(cluster: &LocalCluster) -> thread::JoinHandle<Written> {
                 .prepare("insert into t (id) values ($1)")
                 .await
                 .expect("prepare the insert");
-            let start = tokio::time::Instant::now();
+            let mut start = tokio::time::Instant::now();
             let mut written = Written {
                 acked: Vec::new(),
                 sent: 0,
@@ -69,7 +72,13 @@ fn writer(cluster: &LocalCluster) -> thread::JoinHandle<Written> {
                 tokio::time::sleep_until(start + PACE * id as u32).await;
                 written.sent = id;
                 match client.execute(&insert, &[&id]).await {
-                    Ok(_) => written.acked.push((id, Instant::now())),
+                    Ok(_) => {
+                        written.acked.push((id, Instant::now()));
+                        if id == 1 {
+                            let _ = first.send(start.elapsed());
+                            start = tokio::time::Instant::now() - PACE;
+                        }
+                    }
                     Err(e) => {
                         written.error = Some(match e.as_db_error() {
                             Some(db) => format!("{e}: {}", db.message()),
@@ -90,6 +99,8 @@ struct Outcome {
     /// Acknowledged ids missing from the restore, with how long before the crash each was
     /// acknowledged.
     missing: Vec<(i64, Duration)>,
+    /// The receiver's log and the server's, for a failed trial's message.
+    logs: String,
 }
 
 fn trial(mode: Mode, n: usize) -> Outcome {
@@ -99,8 +110,16 @@ fn trial(mode: Mode, n: usize) -> Outcome {
         Mode::Sync => &["--synchronous"],
     };
     let (cluster, receiver) = streamed_cluster(&setup, args);
+    let receiver_log = receiver.log.clone();
 
-    let writing = writer(&cluster);
+    let (first, first_commit) = mpsc::channel();
+    let writing = writer(&cluster, first);
+    let first_commit = first_commit.recv_timeout(WAIT).unwrap_or_else(|e| {
+        panic!(
+            "trial {mode:?} {n}: the first commit did not return ({e}):\n{}",
+            fs::read_to_string(&receiver_log).unwrap_or_default()
+        )
+    });
     thread::sleep(WRITING);
     let crash = Instant::now();
     cluster.kill9().expect("kill -9 the primary");
@@ -140,13 +159,19 @@ fn trial(mode: Mode, n: usize) -> Outcome {
         acked: written.acked.len(),
         restored: restored.len(),
         missing,
+        logs: format!(
+            "wal-stream:\n{}\nserver:\n{}",
+            fs::read_to_string(&receiver_log).unwrap_or_default(),
+            cluster.log_tail(30)
+        ),
     };
     println!(
-        "stream trial {mode:?} {n}: acknowledged {}, restored {}, missing {}{}; streamed WAL to {}; writer stopped by: {}",
+        "stream trial {mode:?} {n}: acknowledged {}, restored {}, missing {}{}; first commit {} ms; streamed WAL to {}; writer stopped by: {}",
         outcome.acked,
         outcome.restored,
         outcome.missing.len(),
         span(&outcome.missing),
+        first_commit.as_millis(),
         report["plan"]["streamed_wal_to"],
         written.error.as_deref().unwrap_or("-"),
     );
@@ -178,13 +203,18 @@ fn trials(var: &str, default: usize) -> usize {
 fn stream_trials_async_lose_at_most_the_last_two_seconds() {
     for n in 1..=trials("LIFEBOAT_STREAM_TRIALS_ASYNC", 2) {
         let outcome = trial(Mode::Async, n);
-        assert!(outcome.acked > 100, "trial {n}: the writer barely ran");
+        assert!(
+            outcome.acked > 100,
+            "trial {n}: the writer barely ran\n{}",
+            outcome.logs
+        );
         if let Some((id, before)) = outcome.missing.first() {
             assert!(
                 *before <= ASYNC_BOUND,
-                "trial {n}: id {id}, acknowledged {} ms before the crash, is missing{}",
+                "trial {n}: id {id}, acknowledged {} ms before the crash, is missing{}\n{}",
                 before.as_millis(),
-                span(&outcome.missing)
+                span(&outcome.missing),
+                outcome.logs
             );
         }
     }
@@ -194,12 +224,17 @@ fn stream_trials_async_lose_at_most_the_last_two_seconds() {
 fn stream_trials_sync_lose_no_acknowledged_row() {
     for n in 1..=trials("LIFEBOAT_STREAM_TRIALS_SYNC", 3) {
         let outcome = trial(Mode::Sync, n);
-        assert!(outcome.acked > 100, "trial {n}: the writer barely ran");
+        assert!(
+            outcome.acked > 100,
+            "trial {n}: the writer barely ran\n{}",
+            outcome.logs
+        );
         assert!(
             outcome.missing.is_empty(),
-            "trial {n}: {} acknowledged rows missing{}",
+            "trial {n}: {} acknowledged rows missing{}\n{}",
             outcome.missing.len(),
-            span(&outcome.missing)
+            span(&outcome.missing),
+            outcome.logs
         );
     }
 }
