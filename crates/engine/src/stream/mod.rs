@@ -135,6 +135,11 @@ pub async fn run(
                 // What the lost session had not made durable is streamed again from the newest
                 // complete segment in the repository.
                 resume = None;
+                if streamed {
+                    // It had worked: a fault days later waits 1 s, not what earlier ones grew to
+                    // (a synchronous primary's commits wait meanwhile).
+                    backoff = Duration::from_secs(1);
+                }
                 tracing::warn!(
                     "streaming stopped: {error}; reconnecting in {} s",
                     backoff.as_secs()
@@ -187,11 +192,18 @@ impl From<EngineError> for SessionError {
 }
 
 fn pg_error(what: &str, e: ReplicationError) -> EngineError {
+    let hint = if e.is_slot_in_use() {
+        "another receiver streams over this slot: stop it (its pid is in pg_stat_replication), or \
+         give this one its own slot (--slot or stream.slot)"
+    } else if e.server_error().is_some() {
+        "the server's message above says what to change; then start the receiver again"
+    } else {
+        "check that the server is up and that `db` in the config reaches it with a role that \
+         has the REPLICATION attribute"
+    };
     EngineError::Postgres {
         message: format!("{what}: {e}"),
-        hint: "check that the server is up and that `db` in the config reaches it with a role \
-               that has the REPLICATION attribute"
-            .into(),
+        hint: hint.into(),
     }
 }
 
@@ -248,11 +260,6 @@ async fn stream_session(
         }
     };
     let start = Lsn(from.0 - from.segment_offset(seg_size));
-    tracing::info!(
-        "streaming from {start} on timeline {} (slot {})",
-        timeline.get(),
-        options.slot
-    );
     let mut stream = match conn
         .start_physical(Some(&options.slot), start, timeline)
         .await
@@ -261,6 +268,11 @@ async fn stream_session(
         Err(e) if e.is_wal_removed() => return Ok(SessionEnd::WalRemoved { from: start }),
         Err(e) => return Err(pg_error("START_REPLICATION failed", e).into()),
     };
+    tracing::info!(
+        "streaming from {start} on timeline {} (slot {})",
+        timeline.get(),
+        options.slot
+    );
     let mut buffer = SegmentBuffer::new(timeline, start, seg_size)?;
     report.timeline = Some(timeline.get());
     let streamed = |error: EngineError| SessionError {
@@ -431,7 +443,7 @@ async fn receive(
             m = stream.next() => match m {
                 Ok(message) => message,
                 Err(e) if e.is_wal_removed() => return Ok(Received::WalRemoved),
-                Err(e) => return Err(pg_error("the replication stream failed", e)),
+                Err(e) => return Err(stream_failed(repo, buffer, report, e).await),
             },
             _ = flush_tick.tick() => {
                 flush(repo, stream, buffer, report, &mut reported, false).await?;
@@ -473,13 +485,33 @@ async fn receive(
                 None => {}
                 Some(Ok(more)) => next = Some(more),
                 Some(Err(e)) if e.is_wal_removed() => return Ok(Received::WalRemoved),
-                Some(Err(e)) => return Err(pg_error("the replication stream failed", e)),
+                Some(Err(e)) => return Err(stream_failed(repo, buffer, report, e).await),
             }
         }
         if options.synchronous {
             flush(repo, stream, buffer, report, &mut reported, false).await?;
         }
     }
+}
+
+/// The stream broke (the server crashed, the network failed). What arrived before is WAL the
+/// server had already flushed: store it before reconnecting, as a clean end of the stream does,
+/// or a primary that crashes takes with it up to a flush interval of WAL the receiver held.
+async fn stream_failed(
+    repo: &Repository,
+    buffer: &mut SegmentBuffer,
+    report: &mut StreamReport,
+    error: ReplicationError,
+) -> EngineError {
+    match buffer.flush(repo).await {
+        Ok(stored) => {
+            report.pieces_stored += stored.pieces as u64;
+            report.piece_bytes += stored.piece_bytes;
+            report.durable_lsn = Some(buffer.durable().to_string());
+        }
+        Err(e) => tracing::warn!("cannot store the WAL received before the stream failed: {e}"),
+    }
+    pg_error("the replication stream failed", error)
 }
 
 /// Store what arrived as a piece and tell the server it is durable.

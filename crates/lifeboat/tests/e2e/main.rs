@@ -25,6 +25,8 @@ mod packs;
 mod pusher;
 mod stream;
 mod stream_daemon;
+mod stream_faults;
+mod stream_trials;
 mod upgrade;
 mod verify;
 mod versions;

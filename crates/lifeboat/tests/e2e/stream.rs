@@ -4,117 +4,17 @@
 //! the receiver is killed with the primary.
 
 use std::fs;
-use std::process::{Child, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::backup_restore::{archive_everything, restore_json, start_restored, target};
 use crate::support::daemon::{Daemon, daemon_config};
 use crate::support::fixture::{findings, flip_byte, keys_under, verify_json};
+use crate::support::stream::{Receiver, streamed_cluster, streamed_cluster_with, wait_flushed};
 use crate::support::*;
 use lifeboat_pg::cluster::{LocalCluster, StopMode};
 use lifeboat_testkit::cluster::{TestCluster, TestDir};
 use lifeboat_testkit::free_port;
-
-/// A running `lifeboat wal-stream`, killed on drop if still running.
-struct Receiver {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Receiver {
-    fn start(setup: &Setup, cluster: &LocalCluster, extra: &[&str]) -> Receiver {
-        let log = setup.dir.path().join("wal-stream.log");
-        let file = fs::File::create(&log).expect("receiver log");
-        let child = setup
-            .cmd()
-            .arg("wal-stream")
-            .arg("--db")
-            .arg(cluster.conninfo())
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start lifeboat wal-stream");
-        Receiver { child, log }
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Wait until the server lists the receiver as streaming.
-    fn wait_streaming(&mut self, cluster: &LocalCluster) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let state = cluster
-                .psql("select state from pg_stat_replication where application_name = 'lifeboat'")
-                .unwrap_or_default();
-            if state == "streaming" {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("wal-stream exited ({status}):\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "wal-stream did not start streaming (state {state:?}):\n{}",
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// SIGTERM, then its exit status (0 expected: a clean stop flushes what it holds).
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "wal-stream did not stop on SIGTERM:\n{}",
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Wait until the receiver reports as flushed everything the server has written.
-fn wait_flushed(cluster: &LocalCluster, receiver: &Receiver) {
-    let lsn = cluster.psql("select pg_current_wal_lsn()").expect("lsn");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let done = cluster
-            .psql(&format!(
-                "select flush_lsn >= '{lsn}' from pg_stat_replication where application_name = 'lifeboat'"
-            ))
-            .unwrap_or_default();
-        if done == "t" {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the receiver never reported {lsn} flushed:\n{}",
-            receiver.log_text()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Restore to the end of the archive, which must use the streamed WAL, start the copy and count
 /// the rows of `t`.
@@ -127,20 +27,6 @@ fn restored_count(setup: &Setup, source: &LocalCluster) -> String {
     );
     let restored = start_restored(t, source.owner.clone());
     restored.psql("select count(*) from t").expect("count rows")
-}
-
-/// A cluster archiving into `setup`'s repository (plus `extra_conf`), with table `t`, a backup,
-/// and the receiver streaming from it (a piece every 100 ms).
-fn backed_up_and_streaming(setup: &Setup, extra_conf: &str) -> (TestCluster, Receiver) {
-    let conf = format!("{}{extra_conf}", setup.archive_conf());
-    let cluster = TestCluster::start_new(&conf).expect("cluster");
-    cluster
-        .psql("create table t (id int primary key, note text)")
-        .expect("create table");
-    setup.backup(&cluster);
-    let mut receiver = Receiver::start(setup, &cluster, &["--flush-interval-ms", "100"]);
-    receiver.wait_streaming(&cluster);
-    (cluster, receiver)
 }
 
 /// With the receiver down, write six segments' worth of rows (ids 1000 to 1599) and switch WAL
@@ -170,7 +56,7 @@ fn write_past_the_slot_limit(cluster: &TestCluster, then: impl FnOnce()) {
 #[test]
 fn streamed_wal_reaches_a_restore_after_the_primary_dies() {
     let setup = Setup::new(Backend::Local, true);
-    let (cluster, receiver) = backed_up_and_streaming(&setup, "");
+    let (cluster, receiver) = streamed_cluster(&setup, &["--flush-interval-ms", "100"]);
     cluster
         .psql("insert into t select g, 'streamed' from generate_series(1, 1000) g")
         .expect("insert");
@@ -223,18 +109,7 @@ fn streamed_wal_reaches_a_restore_after_the_primary_dies() {
 #[test]
 fn synchronous_streaming_loses_no_acknowledged_commit() {
     let setup = Setup::new(Backend::Local, true);
-    let conf = format!(
-        "{}synchronous_standby_names = 'lifeboat'\nsynchronous_commit = on\n",
-        setup.archive_conf()
-    );
-    let cluster = TestCluster::start_new(&conf).expect("cluster");
-    // The receiver must be up before the first commit that waits for it.
-    let mut receiver = Receiver::start(&setup, &cluster, &["--synchronous"]);
-    receiver.wait_streaming(&cluster);
-    cluster
-        .psql("create table t (id int primary key, note text)")
-        .expect("create table");
-    setup.backup(&cluster);
+    let (cluster, receiver) = streamed_cluster(&setup, &["--synchronous"]);
 
     // check explains what synchronous_standby_names = 'lifeboat' means, and refuses
     // remote_apply, which would make every commit wait forever for a receiver.
@@ -479,8 +354,11 @@ fn the_receiver_follows_a_promotion_and_a_restore_reaches_a_time_after_it() {
 #[test]
 fn a_slot_invalidated_while_the_receiver_was_down_is_reported_and_made_anew() {
     let setup = Setup::new(Backend::Local, true);
-    let (cluster, receiver) =
-        backed_up_and_streaming(&setup, "max_slot_wal_keep_size = 32MB\n");
+    let (cluster, receiver) = streamed_cluster_with(
+        &setup,
+        &["--flush-interval-ms", "100"],
+        "max_slot_wal_keep_size = 32MB\n",
+    );
     cluster
         .psql("insert into t select g, 'streamed' from generate_series(1, 100) g")
         .expect("insert");

@@ -6,6 +6,7 @@ pub mod chunks;
 pub mod daemon;
 pub mod fixture;
 pub mod receivers;
+pub mod stream;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
