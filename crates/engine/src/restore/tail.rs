@@ -85,9 +85,10 @@ pub(super) async fn find(
         entry_segno
     };
     let segment = WalSegmentName::from_segno(end_timeline, next, seg_size);
+    // A piece that claims bytes past the segment's end is not WAL of this cluster: never read.
     let of_segment: Vec<_> = pieces
         .into_iter()
-        .filter(|p| p.segment == segment)
+        .filter(|p| p.segment == segment && u64::from(p.end) <= seg_size)
         .collect();
     if of_segment.is_empty() {
         return Ok(None);

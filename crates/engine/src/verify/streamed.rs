@@ -24,11 +24,31 @@ pub(super) async fn check(
             .push(piece);
     }
     let mut findings = Vec::new();
-    for pieces in by_segment.values() {
+    for pieces in by_segment.values_mut() {
         let segment = pieces[0].segment;
+        let action = "a restore to the end stops before this WAL: if the primary still has it, nothing is lost (the receiver stores the segment whole once it is complete); otherwise take a new backup now".to_string();
+        // Bytes past the segment's end are no WAL of this cluster: reported, never read.
+        for piece in pieces.iter().filter(|p| u64::from(p.end) > seg_size) {
+            counters.streamed_pieces_damaged += 1;
+            findings.push(Finding {
+                kind: FindingKind::DamagedStreamedWal,
+                object: piece.key(),
+                what: format!(
+                    "streamed WAL {} claims bytes up to {} of {segment}, past its size of {seg_size}",
+                    piece.key(),
+                    piece.end
+                ),
+                backups: Vec::new(),
+                action: action.clone(),
+                gap: None,
+            });
+        }
+        pieces.retain(|p| u64::from(p.end) <= seg_size);
+        if pieces.is_empty() {
+            continue;
+        }
         let prefix = repo.read_streamed_prefix(&segment, pieces).await?;
         counters.streamed_pieces_read += pieces.len() as u64;
-        let action = "a restore to the end stops before this WAL: if the primary still has it, nothing is lost (the receiver stores the segment whole once it is complete); otherwise take a new backup now".to_string();
         for (key, why) in &prefix.unusable {
             counters.streamed_pieces_damaged += 1;
             findings.push(Finding {
