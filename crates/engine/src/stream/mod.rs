@@ -437,7 +437,6 @@ async fn receive(
     flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status_tick = tokio::time::interval(options.status_interval);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reported = Lsn::INVALID;
     loop {
         let message = tokio::select! {
             m = stream.next() => match m {
@@ -446,15 +445,15 @@ async fn receive(
                 Err(e) => return Err(stream_failed(repo, buffer, report, e).await),
             },
             _ = flush_tick.tick() => {
-                flush(repo, stream, buffer, report, &mut reported, false).await?;
+                flush(repo, stream, buffer, report, false).await?;
                 continue;
             }
             _ = status_tick.tick() => {
-                send_status(stream, buffer, &mut reported, false).await?;
+                send_status(stream, buffer, false).await?;
                 continue;
             }
             () = shutdown.clone() => {
-                flush(repo, stream, buffer, report, &mut reported, true).await?;
+                flush(repo, stream, buffer, report, true).await?;
                 return Ok(Received::Shutdown);
             }
         };
@@ -466,18 +465,18 @@ async fn receive(
                     let stored = buffer.receive(repo, start, &data).await?;
                     if !stored.segments.is_empty() {
                         report.segments_completed += stored.segments.len() as u64;
-                        send_status(stream, buffer, &mut reported, false).await?;
+                        send_status(stream, buffer, false).await?;
                     }
                 }
                 StreamMessage::Keepalive {
                     reply_requested, ..
                 } => {
                     if reply_requested {
-                        send_status(stream, buffer, &mut reported, true).await?;
+                        send_status(stream, buffer, true).await?;
                     }
                 }
                 StreamMessage::End { next_timeline } => {
-                    flush(repo, stream, buffer, report, &mut reported, true).await?;
+                    flush(repo, stream, buffer, report, true).await?;
                     return Ok(Received::End(next_timeline));
                 }
             }
@@ -489,7 +488,7 @@ async fn receive(
             }
         }
         if options.synchronous {
-            flush(repo, stream, buffer, report, &mut reported, false).await?;
+            flush(repo, stream, buffer, report, false).await?;
         }
     }
 }
@@ -520,7 +519,6 @@ async fn flush(
     stream: &mut WalStream,
     buffer: &mut SegmentBuffer,
     report: &mut StreamReport,
-    reported: &mut Lsn,
     final_flush: bool,
 ) -> Result<()> {
     let stored = buffer.flush(repo).await?;
@@ -529,7 +527,7 @@ async fn flush(
     report.durable_lsn = Some(buffer.durable().to_string());
     if stored.pieces > 0 || final_flush {
         // The stream may already be closed by the server when this is the final flush.
-        let sent = send_status(stream, buffer, reported, false).await;
+        let sent = send_status(stream, buffer, false).await;
         if !final_flush {
             sent?;
         }
@@ -542,14 +540,16 @@ async fn flush(
 async fn send_status(
     stream: &mut WalStream,
     buffer: &SegmentBuffer,
-    reported: &mut Lsn,
     reply_requested: bool,
 ) -> Result<()> {
-    let durable = buffer.durable();
     stream
-        .send_status(buffer.received(), durable, Lsn::INVALID, reply_requested)
+        .send_status(
+            buffer.received(),
+            buffer.durable(),
+            Lsn::INVALID,
+            reply_requested,
+        )
         .await
         .map_err(|e| pg_error("cannot send the standby status", e))?;
-    *reported = durable;
     Ok(())
 }

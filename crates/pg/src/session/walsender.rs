@@ -122,18 +122,22 @@ impl Session {
             .await
             .map_err(|e| self.query_error(what, &e))?;
         let sender = match sender_row {
-            Some(row) => Some(WalSenderStatus {
-                state: text(&row, 0)?.unwrap_or_default(),
-                sent_lsn: text(&row, 1)?,
-                flush_lsn: text(&row, 2)?,
-                lag_bytes: bytes(number(&row, 3)?),
-                reply_age_seconds: number(&row, 4)?,
-                sync_state: text(&row, 5)?,
-                // Null once the receiver has caught up and nothing new was written: nothing is
-                // exposed then.
-                exposure_seconds: number(&row, 6)?
-                    .or(Some(0.0))
-                    .filter(|_| number(&row, 3).ok().flatten().is_some()),
+            Some(row) => Some({
+                let lag = number(&row, 3)?;
+                WalSenderStatus {
+                    state: text(&row, 0)?.unwrap_or_default(),
+                    sent_lsn: text(&row, 1)?,
+                    flush_lsn: text(&row, 2)?,
+                    lag_bytes: bytes(lag),
+                    reply_age_seconds: number(&row, 4)?,
+                    sync_state: text(&row, 5)?,
+                    // Null once the receiver has caught up and nothing new was written: nothing is
+                    // exposed then.
+                    exposure_seconds: match (lag, number(&row, 6)?) {
+                        (None, _) => None,
+                        (Some(_), flush_lag) => Some(flush_lag.unwrap_or(0.0)),
+                    },
+                }
             }),
             None => None,
         };
