@@ -15,6 +15,7 @@
 pub mod alert;
 pub mod config;
 pub mod dashboard;
+pub mod ha;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -36,6 +36,8 @@ pub struct ServeOptions {
     pub db: Option<String>,
     pub pgdata: Option<PathBuf>,
     pub launcher: Launcher,
+    /// `[ha]`: the failover agent runs beside the jobs.
+    pub ha: Option<crate::ha::HaOptions>,
 }
 
 /// Why the daemon could not start or run; the CLI maps it to an exit code.
@@ -156,6 +158,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             daemon.receiver_changed.clone(),
         ))
     });
+    // The failover agent answers to its own loop, not the job executor: it must never wait
+    // behind a backup.
+    let (roles_tx, _roles_rx) = watch::channel(None);
+    let agent = daemon.options.ha.clone().map(|ha| {
+        tokio::spawn(crate::ha::run(ha, roles_tx, daemon.stop.clone()))
+    });
     let (due_tx, due_rx) = mpsc::unbounded_channel::<Due>();
     catch_up(&daemon, &due_tx).await;
     for job in daemon.jobs.clone() {
@@ -172,6 +180,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     }
     if let Some(Err(e)) = futures::future::OptionFuture::from(supervisor).await {
         tracing::error!("the WAL receiver's supervisor failed: {e}");
+    }
+    if let Some(Err(e)) = futures::future::OptionFuture::from(agent).await {
+        tracing::error!("the failover agent failed: {e}");
     }
     daemon.refresh.notify_one();
     if let Err(e) = health.await {

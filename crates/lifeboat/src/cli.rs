@@ -122,6 +122,17 @@ pub enum Command {
     /// Internal: push the files PostgreSQL marked ready, in the background (started by wal-push).
     #[command(hide = true)]
     WalPushAhead(WalPushAheadArgs),
+    /// Internal: the fence keeper of `serve` with [ha] (stops PostgreSQL at once when the
+    /// leader's deadline passes, even if the agent died).
+    #[command(hide = true)]
+    HaFence(HaFenceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HaFenceArgs {
+    /// The data directory whose postmaster is stopped when the deadline passes.
+    #[arg(long, value_name = "DIR")]
+    pub pgdata: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -97,6 +97,12 @@ async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
         };
         return tokio::task::block_in_place(|| demo::run(&options));
     }
+    if let Command::HaFence(args) = &cli.command {
+        // No configuration: the keeper must start whatever the file says, and fast.
+        let pgdata = args.pgdata.clone();
+        let code = tokio::task::block_in_place(|| lifeboat_daemon::ha::fence::keeper_main(&pgdata));
+        return Ok(if code == 0 { Exit::Success } else { Exit::Internal });
+    }
     let resolved = config::resolve(cli.config.as_deref(), cli.repo.as_deref(), cli.concurrency)?;
     match &cli.command {
         Command::Init(args) => init::init(&resolved, args).await,
@@ -122,7 +128,7 @@ async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
             PassphraseCommand::Change(change) => passphrase::change(&resolved, change).await,
         },
         Command::Upgrade => upgrade::upgrade(&resolved).await,
-        Command::Demo(_) => Ok(Exit::Success),
+        Command::Demo(_) | Command::HaFence(_) => Ok(Exit::Success),
     }
 }
 

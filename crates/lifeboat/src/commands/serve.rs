@@ -66,6 +66,7 @@ pub async fn serve(cli: &Cli, resolved: &Resolved, args: &ServeArgs) -> Result<E
             .clone()
             .or_else(|| std::env::var_os("PGDATA").map(Into::into)),
         launcher,
+        ha: None,
     };
     match lifeboat_daemon::serve::serve(options).await {
         Ok(()) => Ok(Exit::Success),

@@ -20,6 +20,7 @@ mod dashboard;
 mod drill;
 mod expire;
 mod expire_packs;
+mod failover;
 mod old_format;
 mod packs;
 mod pusher;

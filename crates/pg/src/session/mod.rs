@@ -21,6 +21,7 @@ use crate::walname::WalSegmentName;
 
 mod conninfo;
 mod error;
+pub mod ha;
 mod pgpass;
 #[cfg(test)]
 mod tests;

@@ -158,7 +158,7 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
     request(port, path).unwrap_or_else(|e| panic!("GET {path} from port {port}: {e}"))
 }
 
-fn request(port: u16, path: &str) -> Result<(u16, String), String> {
+pub fn request(port: u16, path: &str) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .map_err(|e| format!("connect to the daemon: {e}"))?;
     stream

@@ -5,6 +5,7 @@
 pub mod chunks;
 pub mod daemon;
 pub mod fixture;
+pub mod ha;
 pub mod receivers;
 pub mod stream;
 

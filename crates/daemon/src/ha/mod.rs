@@ -1,0 +1,391 @@
+//! The failover agent inside `lifeboat serve` (with `[ha]`): every `loop_wait` it observes its
+//! PostgreSQL ([`observe`]) and the cluster's keys in etcd, asks the policy
+//! ([`lifeboat_ha::decide`]) what to do, carries it out ([`act`]), publishes its member key and
+//! the role the HTTP endpoints answer from. Fencing ([`fence`]) runs in a separate keeper
+//! process so that it holds even when the agent dies or hangs.
+
+pub mod act;
+pub mod fence;
+pub mod observe;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use lifeboat_ha::config::HaConfig;
+use lifeboat_ha::dcs::Dcs;
+use lifeboat_ha::decide::{Action, Decision, decide};
+use lifeboat_ha::state::{ClusterView, LocalState, MemberRecord, Observation, Role, RoleView};
+use lifeboat_pg::cluster::{LocalCluster, StopMode, cluster_owner};
+use lifeboat_pg::session::ConnSpec;
+use tokio::sync::watch;
+
+use self::act::Local;
+use self::fence::FenceKeeper;
+use crate::runner::Launcher;
+
+/// Everything the agent needs, resolved by the CLI.
+#[derive(Debug, Clone)]
+pub struct HaOptions {
+    pub config: HaConfig,
+    pub pgdata: PathBuf,
+    /// How the agent reaches its own PostgreSQL (`db`): a socket directory and port.
+    pub local_conninfo: String,
+    /// `restore_command` for members (wal-fetch from the repository).
+    pub restore_command: String,
+    pub launcher: Launcher,
+}
+
+/// This member's local process control, from the options: the port and socket directory of
+/// `db`, the owner of the data directory's processes.
+pub fn local_member(options: &HaOptions) -> Result<Local, String> {
+    let spec = ConnSpec::new(Some(&options.local_conninfo)).map_err(|e| {
+        format!("[ha] needs `db` to reach the local server: {e}")
+    })?;
+    let port = spec.ports().first().copied().unwrap_or(5432);
+    let socket_dir = spec
+        .hosts()
+        .into_iter()
+        .find(|h| h.starts_with('/'))
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            "with [ha], `db` must name the local server's socket directory (host=/run/postgresql \
+             port=5432 ...): the agent starts and stops that server"
+                .to_string()
+        })?;
+    let owner = cluster_owner().map_err(|e| e.to_string())?;
+    let cluster = LocalCluster::existing(&options.pgdata, port, &socket_dir, owner)
+        .map_err(|e| e.to_string())?;
+    Ok(Local {
+        cluster,
+        spec,
+        pgdata: options.pgdata.clone(),
+        name: options.config.name.clone(),
+        restore_command: options.restore_command.clone(),
+        timeout: options.config.retry_timeout,
+        launcher: options.launcher.clone(),
+    })
+}
+
+/// What the loop carries from one pass to the next.
+struct Agent {
+    options: HaOptions,
+    local: Local,
+    dcs: Option<Dcs>,
+    keeper: Option<FenceKeeper>,
+    /// While leading: last renewal sent + ttl − retry_timeout.
+    deadline: Option<Instant>,
+    /// The member this standby's primary_conninfo points at, as last written.
+    following: Option<String>,
+    rejoining: bool,
+    last_summary: String,
+    roles: watch::Sender<Option<RoleView>>,
+}
+
+/// Run the agent until `stop` turns true. On stop, a leader stops its PostgreSQL (fast) and
+/// then gives up the key, so that a standby takes over without waiting for the lease.
+pub async fn run(
+    options: HaOptions,
+    roles: watch::Sender<Option<RoleView>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let local = match local_member(&options) {
+        Ok(local) => local,
+        Err(e) => {
+            tracing::error!("the failover agent cannot run: {e}");
+            return;
+        }
+    };
+    let keeper = match FenceKeeper::spawn(&options.launcher, &options.pgdata) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            tracing::error!(
+                "cannot start the fence keeper ({e}): fencing depends on this agent alone"
+            );
+            None
+        }
+    };
+    let mut agent = Agent {
+        options,
+        local,
+        dcs: None,
+        keeper,
+        deadline: None,
+        following: None,
+        rejoining: false,
+        last_summary: String::new(),
+        roles,
+    };
+    loop {
+        agent.pass().await;
+        if *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(agent.options.config.loop_wait) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+    agent.shutdown().await;
+}
+
+impl Agent {
+    async fn pass(&mut self) {
+        let config = &self.options.config;
+        let local = observe::observe(
+            &self.local.spec,
+            &self.local.pgdata,
+            config.retry_timeout,
+            self.following.clone(),
+        )
+        .await;
+        let cluster = self.read_cluster().await;
+        let observation = Observation {
+            local: local.clone(),
+            cluster: cluster.clone(),
+            now: Instant::now(),
+            leader_deadline: self.deadline,
+        };
+        let decision = decide(&observation, config);
+        if decision.summary != self.last_summary {
+            tracing::info!(actions = ?decision.actions, "ha: {}", decision.summary);
+            self.last_summary = decision.summary.clone();
+        }
+        self.carry_out(&decision, &local).await;
+        self.publish(cluster.as_ref()).await;
+    }
+
+    async fn read_cluster(&mut self) -> Option<ClusterView> {
+        if self.dcs.is_none() {
+            match Dcs::connect(&self.options.config).await {
+                Ok(dcs) => self.dcs = Some(dcs),
+                Err(e) => {
+                    tracing::warn!("ha: cannot reach etcd: {e}");
+                    return None;
+                }
+            }
+        }
+        let dcs = self.dcs.as_mut()?;
+        match dcs.read().await {
+            Ok(view) => Some(view),
+            Err(e) => {
+                tracing::warn!("ha: cannot read the cluster's keys from etcd: {e}");
+                None
+            }
+        }
+    }
+
+    async fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+        if let Some(keeper) = self.keeper.as_mut()
+            && let Err(e) = keeper.set_deadline(deadline).await
+        {
+            tracing::error!("ha: cannot reach the fence keeper ({e}); starting it again");
+            self.keeper = FenceKeeper::spawn(&self.options.launcher, &self.options.pgdata).ok();
+            if let Some(keeper) = self.keeper.as_mut() {
+                let _ = keeper.set_deadline(deadline).await;
+            }
+        }
+    }
+
+    fn fencing_deadline(&self, sent: Instant) -> Instant {
+        let c = &self.options.config;
+        sent + c.ttl.saturating_sub(c.retry_timeout)
+    }
+
+    /// Carry out the actions in order; an action that fails skips the rest (the next pass
+    /// observes again). A refused AcquireLeader or a lost RenewLeader ends the pass, the
+    /// latter after stopping PostgreSQL at once.
+    async fn carry_out(&mut self, decision: &Decision, local: &LocalState) {
+        for action in &decision.actions {
+            let result = self.act(action, local).await;
+            match result {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::error!(?action, "ha: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One action; Ok(false): stop here without an error.
+    async fn act(&mut self, action: &Action, local: &LocalState) -> Result<bool, String> {
+        let dcs_needed = || "etcd is not reachable".to_string();
+        match action {
+            Action::Initialize { system_identifier } => {
+                let dcs = self.dcs.as_mut().ok_or_else(dcs_needed)?;
+                let stored = dcs
+                    .initialize(*system_identifier)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if stored != *system_identifier {
+                    return Err(format!(
+                        "etcd says this cluster's system identifier is {stored}, this member's \
+                         is {system_identifier}: it belongs to another cluster; it will not join"
+                    ));
+                }
+            }
+            Action::AcquireLeader => {
+                let sent = Instant::now();
+                let dcs = self.dcs.as_mut().ok_or_else(dcs_needed)?;
+                let taken = dcs.acquire_leader().await.map_err(|e| e.to_string())?;
+                if !taken {
+                    tracing::info!("ha: another member took the leader key first");
+                    return Ok(false);
+                }
+                let deadline = self.fencing_deadline(sent);
+                self.set_deadline(Some(deadline)).await;
+                tracing::info!("ha: took the leader key");
+            }
+            Action::RenewLeader => {
+                let sent = Instant::now();
+                let dcs = self.dcs.as_mut().ok_or_else(dcs_needed)?;
+                let held = dcs.renew_leader().await.map_err(|e| e.to_string())?;
+                if !held {
+                    tracing::error!(
+                        "ha: the leader key is no longer this member's: stopping PostgreSQL at once"
+                    );
+                    self.set_deadline(None).await;
+                    self.local.stop(StopMode::Immediate).await?;
+                    return Ok(false);
+                }
+                let deadline = self.fencing_deadline(sent);
+                self.set_deadline(Some(deadline)).await;
+            }
+            Action::ReleaseLeader => {
+                let dcs = self.dcs.as_mut().ok_or_else(dcs_needed)?;
+                dcs.release_leader().await.map_err(|e| e.to_string())?;
+                self.set_deadline(None).await;
+            }
+            Action::Promote => {
+                self.local.promote().await?;
+                self.following = None;
+                tracing::info!("ha: promoted");
+            }
+            Action::StopImmediately => {
+                self.local.stop(StopMode::Immediate).await?;
+                if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                    self.set_deadline(None).await;
+                }
+            }
+            Action::Start => self.local.start().await?,
+            Action::Follow { leader, conninfo } => {
+                self.local.follow(conninfo).await?;
+                if self.following.as_deref() != Some(leader) {
+                    tracing::info!(leader, "ha: following the leader");
+                }
+                self.following = Some(leader.clone());
+            }
+            Action::Rejoin { leader, conninfo } => {
+                self.rejoining = true;
+                let result = self.local.rejoin(conninfo).await;
+                self.rejoining = false;
+                result?;
+                tracing::info!(leader, "ha: rejoined as a standby");
+                self.following = Some(leader.clone());
+            }
+            Action::PublishLeaderPosition => {
+                if let Some(lsn) = local.wal_position {
+                    let dcs = self.dcs.as_mut().ok_or_else(dcs_needed)?;
+                    dcs.set_leader_position(lsn)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            Action::SetSynchronous { standbys } => {
+                self.local.set_synchronous(standbys).await?;
+                let dcs = self.dcs.as_mut().ok_or_else(dcs_needed)?;
+                let sync = lifeboat_ha::state::SyncState {
+                    leader: self.options.config.name.clone(),
+                    standbys: standbys.clone(),
+                };
+                dcs.set_sync(&sync).await.map_err(|e| e.to_string())?;
+            }
+            Action::KeepSlots { members } => self.local.keep_slots(members).await?,
+            Action::ClearSwitchover => {
+                let dcs = self.dcs.as_mut().ok_or_else(dcs_needed)?;
+                dcs.set_switchover(None).await.map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Publish this member's key and the role the endpoints answer from.
+    async fn publish(&mut self, cluster: Option<&ClusterView>) {
+        let config = &self.options.config;
+        // Observe again: the actions may have changed the role.
+        let local = observe::observe(
+            &self.local.spec,
+            &self.local.pgdata,
+            config.retry_timeout,
+            self.following.clone(),
+        )
+        .await;
+        let role = if self.rejoining {
+            Role::Rejoining
+        } else if !local.running {
+            Role::Stopped
+        } else if local.in_recovery {
+            Role::Replica
+        } else {
+            Role::Primary
+        };
+        if let (Some(dcs), Some(sysid)) = (self.dcs.as_mut(), local.system_identifier) {
+            let record = MemberRecord {
+                name: config.name.clone(),
+                role,
+                timeline: local.timeline,
+                wal_position: local.wal_position,
+                replayed: local.replayed,
+                conninfo: config.conninfo.clone(),
+                api_url: config.api_url.clone(),
+                system_identifier: sysid,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            if let Err(e) = dcs.publish_member(&record).await {
+                tracing::warn!("ha: cannot publish this member's key: {e}");
+            }
+        }
+        let holds_leader = cluster
+            .and_then(|c| c.leader.as_ref())
+            .is_some_and(|l| l.name == config.name)
+            && self.deadline.is_some();
+        let leader_position = cluster.and_then(|c| c.last_leader_position);
+        let lag_bytes = match (role, leader_position, local.replayed) {
+            (Role::Replica, Some(leader), Some(replayed)) => Some(leader.0.saturating_sub(replayed.0)),
+            _ => None,
+        };
+        let view = RoleView {
+            role,
+            holds_leader: Some(holds_leader || (role == Role::Primary && self.deadline.is_some())),
+            leader_deadline: self.deadline,
+            timeline: local.timeline,
+            lag_bytes,
+            streaming: local.streaming,
+            paused: cluster.is_some_and(|c| c.paused),
+            observed_at: Instant::now(),
+        };
+        let _ = self.roles.send(Some(view));
+    }
+
+    async fn shutdown(&mut self) {
+        let leading = self.deadline.is_some_and(|d| Instant::now() < d);
+        if leading {
+            tracing::info!("ha: stopping: PostgreSQL is stopped and the leader key released");
+            if let Err(e) = self.local.stop(StopMode::Fast).await {
+                tracing::error!("ha: cannot stop PostgreSQL: {e}; the key is kept until it expires");
+                return;
+            }
+            if let Some(dcs) = self.dcs.as_mut()
+                && let Err(e) = dcs.release_leader().await
+            {
+                tracing::warn!("ha: cannot release the leader key ({e}); it expires with its lease");
+            }
+        }
+        self.set_deadline(None).await;
+    }
+}
