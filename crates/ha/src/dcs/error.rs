@@ -44,6 +44,9 @@ pub enum DcsError {
         value: String,
         expected: &'static str,
     },
+    /// The caller asked for something this client must not write (a bug in the caller).
+    #[error("cannot {what}: {message}")]
+    Invalid { what: &'static str, message: String },
     /// `[ha]` names no endpoint or one etcd-client cannot use.
     #[error("invalid etcd endpoint {endpoint:?} in [ha] etcd: {message}. Use http://HOST:PORT")]
     Endpoint { endpoint: String, message: String },

@@ -60,9 +60,9 @@ impl Dcs {
                 return Ok(());
             }
             entries.push(entry.clone());
-            let value = serde_json::to_string(&entries).map_err(|e| DcsError::Refused {
+            let value = serde_json::to_string(&entries).map_err(|e| DcsError::Invalid {
                 what: "append to the history",
-                message: format!("cannot encode the history: {e}"),
+                message: format!("the history does not encode as JSON: {e}"),
             })?;
             // mod_revision 0 is an absent key: the first entry creates it.
             let txn = Txn::new()

@@ -185,13 +185,23 @@ impl Dcs {
     /// [`keep_alive`](Self::keep_alive) (or renews the leader key) each time round.
     pub async fn publish_member(&self, record: &MemberRecord) -> Result<(), DcsError> {
         let deadline = self.endpoints.deadline();
-        let value = serde_json::to_string(record).map_err(|e| DcsError::Refused {
-            what: "publish the member key",
-            message: format!("cannot encode the member record: {e}"),
+        let what = "publish the member key";
+        if record.name != self.name {
+            // Readers skip a record whose name is not its key's: it would vanish unnoticed.
+            return Err(DcsError::Invalid {
+                what,
+                message: format!(
+                    "the record names member {:?}, this member is {:?}",
+                    record.name, self.name
+                ),
+            });
+        }
+        let value = serde_json::to_string(record).map_err(|e| DcsError::Invalid {
+            what,
+            message: format!("the member record does not encode as JSON: {e}"),
         })?;
         let key = self.key(&format!("{}{}", view::MEMBERS, self.name));
-        self.put_with_lease("publish the member key", deadline, &key, &value)
-            .await
+        self.put_with_lease(what, deadline, &key, &value).await
     }
 
     /// Writes `initialize` = `system_identifier` if absent and returns the identifier stored
@@ -266,9 +276,9 @@ impl Dcs {
         name: &str,
         value: &T,
     ) -> Result<(), DcsError> {
-        let text = serde_json::to_string(value).map_err(|e| DcsError::Refused {
+        let text = serde_json::to_string(value).map_err(|e| DcsError::Invalid {
             what,
-            message: format!("cannot encode the value: {e}"),
+            message: format!("the value does not encode as JSON: {e}"),
         })?;
         self.put(what, name, text).await
     }

@@ -175,6 +175,9 @@ async fn read_returns_what_was_published() {
     assert_eq!(view.sync, Some(sync));
     assert_eq!(view.switchover, Some(switchover));
 
+    // A record under another name would be skipped by every reader: refused.
+    let error = a.publish_member(&record("b", 1)).await.unwrap_err();
+    assert!(matches!(error, DcsError::Invalid { .. }), "{error}");
     // Publishing again replaces the record.
     a.publish_member(&record("a", 0x400_0000)).await.unwrap();
     a.set_pause(false).await.unwrap();
@@ -264,9 +267,11 @@ async fn with_nothing_listening_a_call_fails_within_its_deadline() {
         "{message}"
     );
 
-    let error = Dcs::connect(&config(&[], "a", Duration::from_secs(10), retry))
-        .await
-        .err()
-        .unwrap();
-    assert!(matches!(error, DcsError::Endpoint { .. }), "{error}");
+    for bad in [&[][..], &["http://[::1".to_string()][..]] {
+        let error = Dcs::connect(&config(bad, "a", Duration::from_secs(10), retry))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(error, DcsError::Endpoint { .. }), "{error}");
+    }
 }

@@ -1,16 +1,19 @@
-//! The client against three etcd members while they fail: the etcd leader killed mid-use (calls
-//! still succeed within `retry_timeout` on the survivors), two of three killed (every call fails
-//! within `retry_timeout`, none hangs), and quorum back (calls succeed again).
+//! The client against three etcd members while they fail: the etcd leader killed mid-use and the
+//! member in use frozen (calls still succeed within `retry_timeout` on the survivors), two of
+//! three killed (every call fails within `retry_timeout`, none hangs), and quorum back (calls
+//! succeed again).
 
 #![allow(clippy::unwrap_used)]
 
 use std::future::Future;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lifeboat_pg::lsn::Lsn;
 use lifeboat_pg::timeline::TimelineId;
 use lifeboat_testkit::etcd::EtcdCluster;
+use tokio::task::JoinHandle;
 
 use super::tests::{config, endpoints, record};
 use super::*;
@@ -48,14 +51,76 @@ where
     (started.elapsed(), result)
 }
 
+/// The loop's calls back to back for `run`, each timed: renew the leader key, read, publish.
+fn calls_for(
+    dcs: Arc<Dcs>,
+    retry: Duration,
+    run: Duration,
+) -> JoinHandle<Vec<(&'static str, Timed<bool>)>> {
+    tokio::spawn(async move {
+        let mut calls = Vec::new();
+        let until = Instant::now() + run;
+        let mut n = 0u64;
+        while Instant::now() < until {
+            n += 1;
+            calls.push(("renew", timed(retry, dcs.renew_leader()).await));
+            let read = timed(retry, dcs.read()).await;
+            calls.push(("read", (read.0, read.1.map(|v| v.leader.is_some()))));
+            let publish = timed(retry, dcs.publish_member(&record("a", n))).await;
+            calls.push(("publish", (publish.0, publish.1.map(|()| true))));
+        }
+        calls
+    })
+}
+
+/// Every call succeeded (and found the leader key) within `retry`.
+fn check(fault: &str, calls: &[(&str, Timed<bool>)], retry: Duration) {
+    let slowest = calls.iter().map(|(_, (took, _))| *took).max().unwrap();
+    eprintln!("{fault}: {} calls, slowest {slowest:?}", calls.len());
+    for (what, (took, result)) in calls {
+        assert_eq!(result, &Ok(true), "{fault}: {what} after {took:?}");
+        assert!(*took <= retry + SLACK, "{fault}: {what} took {took:?}");
+    }
+}
+
+/// The pid of the process listening on `port` (`ss -ltnp`).
+fn listener_pid(port: u16) -> u32 {
+    let out = Command::new("ss")
+        .args(["-Hltnp", &format!("sport = :{port}")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pid = text
+        .split("pid=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no pid in {text:?}"));
+    pid.split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([name, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {name} {pid}");
+}
+
+/// Kills (-9) the etcd leader while the client talks to it, then freezes (SIGSTOP) the member
+/// it moved to: a dead member refuses connections at once, a frozen one swallows requests until
+/// the attempt's share of the deadline runs out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_succeed_on_the_survivors_when_the_etcd_leader_is_killed() {
+async fn calls_succeed_on_the_survivors_when_the_member_in_use_dies_or_freezes() {
     let mut etcd = EtcdCluster::start(3).unwrap();
     let leader = etcd_leader(&etcd).await;
     // The client asks the etcd leader first, so the kill hits the member it talks to.
     let mut urls = endpoints(&etcd);
     urls.rotate_left(leader);
     let retry = Duration::from_secs(4);
+    let run = Duration::from_secs(6);
     let dcs = Arc::new(
         Dcs::connect(&config(&urls, "a", Duration::from_secs(10), retry))
             .await
@@ -64,44 +129,32 @@ async fn calls_succeed_on_the_survivors_when_the_etcd_leader_is_killed() {
     assert!(dcs.acquire_leader().await.unwrap());
     assert_eq!(dcs.current_endpoint(), urls[0]);
 
-    // The loop's calls back to back, each timed, across the kill.
-    let worker = {
-        let dcs = dcs.clone();
-        tokio::spawn(async move {
-            let mut calls = Vec::new();
-            let until = Instant::now() + Duration::from_secs(7);
-            let mut n = 0u64;
-            while Instant::now() < until {
-                n += 1;
-                calls.push(("renew", timed(retry, dcs.renew_leader()).await));
-                let read = timed(retry, dcs.read()).await;
-                calls.push(("read", (read.0, read.1.map(|v| v.leader.is_some()))));
-                let publish = timed(retry, dcs.publish_member(&record("a", n))).await;
-                calls.push(("publish", (publish.0, publish.1.map(|()| true))));
-            }
-            calls
-        })
-    };
+    let calls = calls_for(dcs.clone(), retry, run);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let killed_at = Instant::now();
     etcd.kill_member(leader).unwrap();
-    let calls = worker.await.unwrap();
-
-    let slowest = calls.iter().map(|(_, (took, _))| *took).max().unwrap();
-    eprintln!(
-        "{} calls, slowest {slowest:?}, killed {:?} into the run",
-        calls.len(),
-        killed_at.elapsed()
-    );
-    for (what, (took, result)) in &calls {
-        assert_eq!(result, &Ok(true), "{what} after {took:?}");
-        assert!(*took <= retry + SLACK, "{what} took {took:?}");
-    }
+    check("etcd leader killed", &calls.await.unwrap(), retry);
     assert_ne!(
         dcs.current_endpoint(),
         urls[0],
         "still asking the dead member"
     );
+
+    etcd.start_member(leader).unwrap();
+    etcd.wait_healthy(leader, Duration::from_secs(30)).unwrap();
+    let in_use = etcd
+        .members
+        .iter()
+        .position(|m| m.endpoint() == dcs.current_endpoint())
+        .unwrap();
+    let pid = listener_pid(etcd.members[in_use].client_port);
+    let calls = calls_for(dcs.clone(), retry, run);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    signal(pid, "-STOP");
+    let calls = calls.await;
+    signal(pid, "-CONT");
+    check("member in use frozen", &calls.unwrap(), retry);
+    assert_ne!(dcs.current_endpoint(), etcd.members[in_use].endpoint());
+
     let view = dcs.read().await.unwrap();
     assert_eq!(view.leader.unwrap().name, "a");
     assert_eq!(view.members.len(), 1);
