@@ -7,5 +7,6 @@
 //! which depends on this crate, never the other way round.
 
 pub mod config;
+pub mod dcs;
 pub mod decide;
 pub mod state;
