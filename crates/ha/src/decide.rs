@@ -127,11 +127,14 @@ pub fn decide(observation: &Observation, config: &HaConfig) -> Decision {
                  directory is missing",
             );
         }
-        (None, Some(mine)) if local == Local::Primary => {
+        // Only a primary that may lead writes it: one that sees another leader stops instead.
+        (None, Some(mine)) if local == Local::Primary && !led_by_another(cluster, config) => {
             first.push(Action::Initialize {
                 system_identifier: mine,
             });
         }
+        // Nothing to check against: the leader writes it; the other rules still hold.
+        (None, _) if led_by_another(cluster, config) => {}
         (None, _) => {
             return Decision::wait(
                 "the cluster is not initialized in etcd: waiting for a member running as a \
@@ -155,6 +158,14 @@ pub fn decide(observation: &Observation, config: &HaConfig) -> Decision {
         decision.summary = format!("initializing the cluster in etcd; {}", decision.summary);
     }
     decision
+}
+
+/// Another member holds the leader key.
+fn led_by_another(cluster: &ClusterView, config: &HaConfig) -> bool {
+    cluster
+        .leader
+        .as_ref()
+        .is_some_and(|key| key.name != config.name)
 }
 
 /// etcd did not answer: fencing decides. Only a leader whose deadline has not passed keeps

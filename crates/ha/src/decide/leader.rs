@@ -79,6 +79,13 @@ fn primary(ctx: &Ctx) -> Decision {
 /// The leader's PostgreSQL is down: restarting it in place loses nothing, so that is tried
 /// first; past `primary_start_timeout` the key goes to a standby.
 fn stopped(ctx: &Ctx) -> Decision {
+    // Stopped for a switchover whose release failed: finish it rather than start again.
+    if let Some(to) = handing_over(ctx) {
+        return Decision::new(
+            vec![Action::ReleaseLeader],
+            format!("switchover to {to}: PostgreSQL is stopped, releasing the leader key"),
+        );
+    }
     let down_for = ctx
         .obs
         .local
@@ -105,6 +112,15 @@ fn stopped(ctx: &Ctx) -> Decision {
             human_duration(limit)
         ),
     )
+}
+
+/// The candidate of a switchover this leader is carrying out ("any standby" when the request
+/// names none).
+fn handing_over(ctx: &Ctx) -> Option<String> {
+    let request = ctx.switchover()?;
+    let from_me = request.from.as_deref().is_none_or(|from| from == ctx.me);
+    let to = request.to.as_deref().unwrap_or("any standby");
+    (from_me && to != ctx.me).then(|| to.to_string())
 }
 
 /// What a switchover request asks of the leader this loop.

@@ -23,6 +23,39 @@ fn system_identifier_is_written_once_and_checked_by_everyone() {
             &["initializing the cluster", "takes the leader key"],
         ),
         (
+            "not initialized, another leader: a primary stops rather than initialize",
+            world("b", primary(1, 0x300_0000))
+                .initialize(None)
+                .leader("a")
+                .member(record("a", Role::Primary, 2, 0x300_0000)),
+            vec![Action::StopImmediately, rejoin("a")],
+            &["fencing"],
+        ),
+        (
+            "not initialized, another leader: a standby follows (the leader initializes)",
+            world("b", standby(1, 0x300_0000, None))
+                .initialize(None)
+                .leader("a")
+                .member(record("a", Role::Primary, 1, 0x300_0000)),
+            vec![follow("a")],
+            &["pointing it at a"],
+        ),
+        (
+            "not initialized, this member leads: initializes and goes on leading",
+            world("a", primary(1, 0x300_0000))
+                .initialize(None)
+                .leader("a"),
+            vec![
+                Action::Initialize {
+                    system_identifier: SYSID,
+                },
+                Action::RenewLeader,
+                Action::PublishLeaderPosition,
+                keep_slots(&[]),
+            ],
+            &["initializing the cluster", "leader"],
+        ),
+        (
             "a standby never initializes",
             world("b", standby(1, 0x300_0000, None)).initialize(None),
             vec![],

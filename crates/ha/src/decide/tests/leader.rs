@@ -83,6 +83,15 @@ fn a_crashed_leader_restarts_in_place_then_gives_the_key_up() {
             ],
         ),
     ]);
+    check(vec![(
+        "stopped for a switchover whose release failed: releases, does not restart",
+        world("a", stopped(true))
+            .leader("a")
+            .switchover(Some("a"), Some("b"))
+            .down_for(20),
+        vec![Action::ReleaseLeader],
+        &["switchover to b", "releasing the leader key"],
+    )]);
     let mut at_once = world("a", stopped(true)).leader("a");
     at_once.config.primary_start_timeout = Duration::ZERO;
     check(vec![(

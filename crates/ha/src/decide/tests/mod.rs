@@ -8,6 +8,7 @@ mod election;
 mod etcd_down;
 mod follow;
 mod identity;
+mod invariants;
 mod leader;
 mod switchover;
 mod sync;
