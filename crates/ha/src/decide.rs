@@ -1,7 +1,7 @@
 //! This module owns the failover policy: [`decide`] turns one [`Observation`] into the actions
 //! the loop carries out, in order. Pure: no I/O, no clock of its own; tested over tables of
-//! states. Its parts: this member holds the leader key ([`leader`]), another member does
-//! ([`follow`]), nobody does ([`election`]).
+//! states. Its parts: this member holds the leader key (`leader`), another member does
+//! (`follow`), nobody does (`election`).
 //!
 //! The rules, in the order they are tried (docs/design/failover.md, "The loop"; Patroni's
 //! behaviour is the reference for corner cases):

@@ -3,7 +3,9 @@
 //! comes back to take part.
 
 use super::{Action, Ctx, Decision, Local, human_bytes, lag};
-use crate::state::Role;
+use lifeboat_pg::timeline::TimelineId;
+
+use crate::state::{MemberRecord, Role, Switchover};
 
 pub(super) fn decide(ctx: &Ctx) -> Decision {
     match ctx.local {
@@ -69,7 +71,7 @@ fn primary(ctx: &Ctx) -> Decision {
 fn not_eligible(ctx: &Ctx) -> Option<String> {
     let request = ctx.switchover();
     let named = request.is_some_and(|r| r.to.as_deref() == Some(ctx.me));
-    let forced = named && request.is_some_and(|r| r.from.is_none());
+    let forced = named && forced_to(request);
     if let Some(primary) = ctx.others().find(|m| m.role == Role::Primary) {
         return Some(format!(
             "{} still runs as a primary (without the key): it takes the key or stops first",
@@ -118,19 +120,19 @@ fn not_eligible(ctx: &Ctx) -> Option<String> {
     if named {
         return None;
     }
+    // The named candidate goes first, as long as it could take the key itself: a named member
+    // that cannot must not hold everyone back (with no leader, nobody clears the request).
     if let Some(to) = request.and_then(|r| r.to.as_deref())
-        && ctx
-            .member(to)
-            .is_some_and(|m| m.role == Role::Replica && m.name != ctx.me)
+        && let Some(candidate) = ctx.member(to).filter(|m| m.name != ctx.me)
+        && could_promote(ctx, candidate, timeline, sync, !forced_to(request))
     {
         return Some(format!("the switchover names {to}: leaving the key to it"));
     }
-    // Competitors: running standbys that could themselves be promoted (same timeline,
-    // synchronous when that counts); comparing with one that cannot would block everyone.
+    // Competitors: running standbys that could themselves be promoted; comparing with one that
+    // cannot would block everyone.
     let better = ctx
         .others()
-        .filter(|m| m.role == Role::Replica && m.timeline == Some(timeline))
-        .filter(|m| sync.is_none_or(|set| set.contains(&m.name)))
+        .filter(|m| could_promote(ctx, m, timeline, sync, true))
         .filter_map(|m| m.wal_position.map(|p| (m, p)))
         .find(|(m, p)| *p > mine || (*p == mine && m.name.as_str() < ctx.me));
     better.map(|(m, p)| {
@@ -144,4 +146,31 @@ fn not_eligible(ctx: &Ctx) -> Option<String> {
             format!("{} is as far ({p}) and its name sorts first", m.name)
         }
     })
+}
+
+/// A manual failover: `to` without `from` (no leader to hand over); the lag test is waived.
+fn forced_to(request: Option<&Switchover>) -> bool {
+    request.is_some_and(|r| r.from.is_none() && r.to.is_some())
+}
+
+/// Whether another member, as it published itself, passes the promotion rule's own tests: a
+/// running standby on `timeline` (the newest), synchronous when that counts, within
+/// `maximum_lag_on_failover` of the last leader when `lag_applies`.
+fn could_promote(
+    ctx: &Ctx,
+    member: &MemberRecord,
+    timeline: TimelineId,
+    sync: Option<&[String]>,
+    lag_applies: bool,
+) -> bool {
+    let within_lag = match (ctx.cluster.last_leader_position, member.wal_position) {
+        _ if !lag_applies => true,
+        (Some(last), Some(position)) => lag(last, position) <= ctx.config.maximum_lag_on_failover,
+        (None, position) => position.is_some(),
+        (Some(_), None) => false,
+    };
+    member.role == Role::Replica
+        && member.timeline == Some(timeline)
+        && sync.is_none_or(|set| set.contains(&member.name))
+        && within_lag
 }

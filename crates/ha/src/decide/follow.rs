@@ -14,14 +14,18 @@ pub(super) fn decide(ctx: &Ctx, leader: &str) -> Decision {
     if ctx.local == Local::Primary {
         // Two primaries: this one's writes after the leader's promotion are on a diverged
         // history; stopping comes first whatever else is known.
+        let then = if conninfo.is_some() {
+            "then rejoining as its standby (rewind, else re-clone from the repository)"
+        } else {
+            "it rejoins as its standby once the leader publishes its member key"
+        };
         let mut actions = vec![Action::StopImmediately];
         actions.extend(conninfo.map(rejoin));
         return Decision::new(
             actions,
             format!(
                 "{leader} holds the leader key but this member runs as a primary: stopping \
-                 PostgreSQL at once (fencing), then rejoining as its standby (rewind, else \
-                 re-clone from the repository)"
+                 PostgreSQL at once (fencing); {then}"
             ),
         );
     }

@@ -73,7 +73,10 @@ fn a_primary_that_sees_another_leader_stops_then_rejoins() {
             "old primary, leader's member key not there yet: stops anyway",
             world("b", primary(1, 0x580_0000)).leader("a"),
             vec![Action::StopImmediately],
-            &["stopping PostgreSQL at once"],
+            &[
+                "stopping PostgreSQL at once",
+                "once the leader publishes its member key",
+            ],
         ),
         (
             "old primary with a deadline still ahead: the key says otherwise, stops",

@@ -139,6 +139,27 @@ fn the_named_candidate_takes_the_free_key() {
             &["promoting"],
         ),
         (
+            "b is not named, c is but lags too far to take it: b does not wait for c",
+            after_release("b", 0x600_0000).member(record("c", Role::Replica, 2, 0x100_0000)),
+            vec![Action::AcquireLeader, Action::Promote],
+            &["promoting"],
+        ),
+        (
+            "b is not named, c is but stopped: b does not wait for c",
+            after_release("b", 0x600_0000).member(record("c", Role::Stopped, 2, 0x600_0000)),
+            vec![Action::AcquireLeader, Action::Promote],
+            &["promoting"],
+        ),
+        (
+            "manual failover to a lagging c: b leaves the key to c all the same",
+            world("b", standby(2, 0x600_0000, None))
+                .last_leader(0x600_0000)
+                .member(record("c", Role::Replica, 2, 0x100_0000))
+                .switchover(None, Some("c")),
+            vec![],
+            &["the switchover names c"],
+        ),
+        (
             "c is named but far behind: the lag rule still holds for a switchover",
             after_release("c", 0x100_0000),
             vec![],
