@@ -64,7 +64,9 @@ pub const DEFAULT_PRIMARY_START_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest member or cluster name: `lifeboat_<name>` must fit a slot name (63 bytes) with room.
 pub const MAX_NAME_LEN: usize = 50;
 
-/// `[ha]` as written in the file; every key but the required ones has a default.
+/// `[ha]` as written in the file. Required: `etcd`, `cluster`, `name`, `conninfo`, `api_url`
+/// (missing ones are refused by [`RawHaConfig::into_config`] with an example); the others have
+/// defaults. Each key means what the field of the same name in [`HaConfig`] says.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawHaConfig {
@@ -74,14 +76,17 @@ pub struct RawHaConfig {
     pub name: String,
     pub conninfo: String,
     pub api_url: String,
+    /// Durations: "30s", "1m", "500ms".
     #[serde(deserialize_with = "optional_duration")]
     pub ttl: Option<Duration>,
     #[serde(deserialize_with = "optional_duration")]
     pub loop_wait: Option<Duration>,
     #[serde(deserialize_with = "optional_duration")]
     pub retry_timeout: Option<Duration>,
+    /// Bytes (4096) or with a unit, 1024-based: "1MB", "16MiB".
     #[serde(deserialize_with = "optional_byte_size")]
     pub maximum_lag_on_failover: Option<u64>,
+    /// "off" (default), "on" or "strict".
     pub synchronous: SyncMode,
     #[serde(deserialize_with = "optional_duration")]
     pub primary_start_timeout: Option<Duration>,

@@ -251,9 +251,16 @@ impl Ctx<'_> {
         self.cluster.members.iter().find(|m| m.name == name)
     }
 
-    /// The other members whose keys are alive (their agents renew their leases).
+    /// The other members whose keys are alive (their agents renew their leases), leaving out
+    /// any that holds another database: it can neither be followed, nor compete, nor block.
     fn others(&self) -> impl Iterator<Item = &MemberRecord> {
-        self.cluster.members.iter().filter(|m| m.name != self.me)
+        self.cluster.members.iter().filter(|m| {
+            m.name != self.me
+                && self
+                    .cluster
+                    .initialize
+                    .is_none_or(|id| id == m.system_identifier)
+        })
     }
 
     /// This member holds (or held) the leader key and its fencing deadline has passed.

@@ -89,6 +89,20 @@ fn the_promotion_rule() {
             &["a still runs as a primary"],
         ),
         (
+            "a member of another database further ahead neither competes nor blocks",
+            leaderless("b", 0x600_0000)
+                .member(MemberRecord {
+                    system_identifier: SYSID + 1,
+                    ..record("a", Role::Replica, 2, 0x900_0000)
+                })
+                .member(MemberRecord {
+                    system_identifier: SYSID + 1,
+                    ..record("x", Role::Primary, 5, 0x900_0000)
+                }),
+            take_and_promote(),
+            &["promoting"],
+        ),
+        (
             "position unknown",
             world(
                 "b",
