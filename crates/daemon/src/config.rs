@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use lifeboat_pg::conf::deserialize_byte_size;
 use serde::{Deserialize, Deserializer};
 
 /// Default listen address: loopback only; anything else needs a token.
@@ -103,10 +104,10 @@ pub struct HealthConfig {
     pub max_drill_age: Option<Duration>,
     /// WAL the receiver has not stored yet (the server's position minus its flush position), in
     /// bytes or with a unit ("16MiB"). Default 16MiB.
-    #[serde(deserialize_with = "byte_size")]
+    #[serde(deserialize_with = "deserialize_byte_size")]
     pub max_stream_lag: u64,
     /// WAL the receiver's slot keeps on the server. Default 1GiB.
-    #[serde(deserialize_with = "byte_size")]
+    #[serde(deserialize_with = "deserialize_byte_size")]
     pub max_slot_retained: u64,
 }
 
@@ -262,43 +263,6 @@ fn min_free_percent<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(value)
 }
 
-/// Bytes: an integer, or a number with a unit, 1024-based as in postgresql.conf: "512kB",
-/// "16MB", "16MiB", "1GB", "1TB".
-fn parse_byte_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => u32::MAX,
-    };
-    number
-        .parse::<u64>()
-        .ok()
-        .filter(|_| shift != u32::MAX)
-        .and_then(|n| n.checked_mul(1u64 << shift.min(40)))
-        .ok_or_else(|| {
-            format!("{text:?} is not a size like \"16MiB\", \"1GiB\" or a number of bytes")
-        })
-}
-
-fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Bytes(u64),
-        Text(String),
-    }
-    match Size::deserialize(d)? {
-        Size::Bytes(n) => Ok(n),
-        Size::Text(t) => parse_byte_size(&t).map_err(serde::de::Error::custom),
-    }
-}
-
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
@@ -377,10 +341,6 @@ mod tests {
             (f.health.max_stream_lag, f.health.max_slot_retained),
             (512 << 10, 4096)
         );
-        assert_eq!(parse_byte_size("2 GiB"), Ok(2 << 30));
-        for bad in ["", "MiB", "1.5GB", "3 parsecs", "99999999999TB"] {
-            assert!(parse_byte_size(bad).is_err(), "{bad}");
-        }
         assert!(toml::from_str::<File>("[health]\nmax_wal_lag = \"soon\"\n").is_err());
         for (bad, key) in [
             ("[serve]\ncheck_interval = \"0s\"", "serve.check_interval"),

@@ -103,6 +103,13 @@ pub struct LocalState {
     pub following: Option<String>,
     /// Primary: `application_name`s of the standbys connected and streaming.
     pub connected_standbys: Vec<String>,
+    /// pg_control says the server last ran as a primary (state "in production", or "shut down"
+    /// rather than "shut down in recovery"); known even when stopped. A stopped former primary
+    /// must rejoin (it may have diverged), a stopped standby may just follow.
+    pub was_primary: bool,
+    /// When the loop first saw PostgreSQL not running (None while it runs): how long a leader's
+    /// PostgreSQL has been down, against `primary_start_timeout`.
+    pub down_since: Option<Instant>,
 }
 
 /// One loop's observation: everything [`crate::decide::decide`] looks at.

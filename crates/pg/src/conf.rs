@@ -1,5 +1,8 @@
 //! Values written into `postgresql.conf` and `postgresql.auto.conf`: one quoting, used by every
-//! place that writes a setting (restore, drills, the demo, test clusters).
+//! place that writes a setting (restore, drills, the demo, test clusters); and sizes spelled as
+//! in those files ("16MB"), for Lifeboat's own settings that measure WAL.
+
+use serde::{Deserialize, Deserializer};
 
 /// `value` as a single-quoted string for PostgreSQL's configuration files, read back by the
 /// server as exactly `value`: a quote doubled, a backslash doubled (the parser reads C-like
@@ -24,10 +27,60 @@ pub fn quote_value(value: &str) -> String {
     out
 }
 
+/// Bytes: an integer, or a number with a unit, 1024-based as in postgresql.conf: "512kB",
+/// "16MB", "16MiB", "1GB", "1TB".
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => u32::MAX,
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .filter(|_| shift != u32::MAX)
+        .and_then(|n| n.checked_mul(1u64 << shift.min(40)))
+        .ok_or_else(|| {
+            format!("{text:?} is not a size like \"16MiB\", \"1GiB\" or a number of bytes")
+        })
+}
+
+/// A size in a configuration file (serde's `deserialize_with`): a number of bytes (`4096`) or
+/// text [`parse_byte_size`] reads (`"16MiB"`).
+pub fn deserialize_byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(n),
+        Size::Text(t) => parse_byte_size(&t).map_err(serde::de::Error::custom),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_with_units() {
+        assert_eq!(parse_byte_size("2 GiB"), Ok(2 << 30));
+        assert_eq!(parse_byte_size("512kB"), Ok(512 << 10));
+        assert_eq!(parse_byte_size("16MB"), Ok(16 << 20));
+        assert_eq!(parse_byte_size("4096"), Ok(4096));
+        for bad in ["", "MiB", "1.5GB", "3 parsecs", "99999999999TB"] {
+            assert!(parse_byte_size(bad).is_err(), "{bad}");
+        }
+    }
 
     /// PostgreSQL's reading of a quoted value (guc-file.l: the STRING token
     /// `'([^'\\\n]|\\.|'')*'`, then DeescapeQuotedString): `None` where the server's lexer would
