@@ -249,7 +249,7 @@ impl HaConfig {
 /// The physical slot the leader keeps for member `name`.
 #[must_use]
 pub fn slot_name(name: &str) -> String {
-    format!("lifeboat_{name}")
+    lifeboat_pg::session::ha::member_slot(name)
 }
 
 /// Member and cluster names end up in slot names and etcd keys: lowercase letters, digits and

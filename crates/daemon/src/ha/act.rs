@@ -94,6 +94,17 @@ impl Local {
         .await
     }
 
+    /// Start in recovery with no upstream yet: `standby.signal` and `restore_command` (the
+    /// repository), so the member replays what is archived and takes part in the election as
+    /// a standby.
+    pub async fn start_standby(&self) -> ActResult {
+        if self.is_running() {
+            return Ok(());
+        }
+        self.write_standby_files(&[("restore_command", self.restore_command.clone())])?;
+        self.start().await
+    }
+
     /// The settings of a standby of the member reachable at `leader_conninfo`.
     fn standby_settings(&self, leader_conninfo: &str) -> [(&'static str, String); 3] {
         [

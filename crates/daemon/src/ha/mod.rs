@@ -77,6 +77,8 @@ struct Agent {
     /// The member this standby's primary_conninfo points at, as last written.
     following: Option<String>,
     rejoining: bool,
+    /// When the loop first saw PostgreSQL down (None while it runs).
+    down_since: Option<Instant>,
     last_summary: String,
     roles: watch::Sender<Option<RoleView>>,
 }
@@ -112,6 +114,7 @@ pub async fn run(
         deadline: None,
         following: None,
         rejoining: false,
+        down_since: None,
         last_summary: String::new(),
         roles,
     };
@@ -134,13 +137,19 @@ pub async fn run(
 impl Agent {
     async fn pass(&mut self) {
         let config = &self.options.config;
-        let local = observe::observe(
+        let mut local = observe::observe(
             &self.local.spec,
             &self.local.pgdata,
             config.retry_timeout,
             self.following.clone(),
         )
         .await;
+        if local.running {
+            self.down_since = None;
+        } else {
+            self.down_since.get_or_insert_with(Instant::now);
+        }
+        local.down_since = self.down_since;
         let cluster = self.read_cluster().await;
         let observation = Observation {
             local: local.clone(),
@@ -167,7 +176,7 @@ impl Agent {
                 }
             }
         }
-        let dcs = self.dcs.as_mut()?;
+        let dcs = self.dcs.as_ref()?;
         match dcs.read().await {
             Ok(view) => Some(view),
             Err(e) => {
@@ -191,8 +200,7 @@ impl Agent {
     }
 
     fn fencing_deadline(&self, sent: Instant) -> Instant {
-        let c = &self.options.config;
-        sent + c.ttl.saturating_sub(c.retry_timeout)
+        self.options.config.fencing_deadline(sent)
     }
 
     /// Carry out the actions in order; an action that fails skips the rest (the next pass
@@ -201,14 +209,23 @@ impl Agent {
     async fn carry_out(&mut self, decision: &Decision, local: &LocalState) {
         for action in &decision.actions {
             let result = self.act(action, local).await;
-            match result {
-                Ok(true) => {}
-                Ok(false) => break,
+            let failed = match result {
+                Ok(true) => continue,
+                Ok(false) => true,
                 Err(e) => {
                     tracing::error!(?action, "ha: {e}");
-                    break;
+                    true
+                }
+            };
+            if failed && *action == Action::AcquireLeader {
+                for fallback in &decision.if_acquire_fails {
+                    if let Err(e) = self.act(fallback, local).await {
+                        tracing::error!(action = ?fallback, "ha: {e}");
+                        break;
+                    }
                 }
             }
+            break;
         }
     }
 
@@ -217,7 +234,7 @@ impl Agent {
         let dcs_needed = || "etcd is not reachable".to_string();
         match action {
             Action::Initialize { system_identifier } => {
-                let dcs = self.dcs.as_mut().ok_or_else(dcs_needed)?;
+                let dcs = self.dcs.as_ref().ok_or_else(dcs_needed)?;
                 let stored = dcs
                     .initialize(*system_identifier)
                     .await
@@ -231,7 +248,7 @@ impl Agent {
             }
             Action::AcquireLeader => {
                 let sent = Instant::now();
-                let dcs = self.dcs.as_mut().ok_or_else(dcs_needed)?;
+                let dcs = self.dcs.as_ref().ok_or_else(dcs_needed)?;
                 let taken = dcs.acquire_leader().await.map_err(|e| e.to_string())?;
                 if !taken {
                     tracing::info!("ha: another member took the leader key first");
@@ -243,7 +260,7 @@ impl Agent {
             }
             Action::RenewLeader => {
                 let sent = Instant::now();
-                let dcs = self.dcs.as_mut().ok_or_else(dcs_needed)?;
+                let dcs = self.dcs.as_ref().ok_or_else(dcs_needed)?;
                 let held = dcs.renew_leader().await.map_err(|e| e.to_string())?;
                 if !held {
                     tracing::error!(
@@ -257,7 +274,7 @@ impl Agent {
                 self.set_deadline(Some(deadline)).await;
             }
             Action::ReleaseLeader => {
-                let dcs = self.dcs.as_mut().ok_or_else(dcs_needed)?;
+                let dcs = self.dcs.as_ref().ok_or_else(dcs_needed)?;
                 dcs.release_leader().await.map_err(|e| e.to_string())?;
                 self.set_deadline(None).await;
             }
@@ -273,6 +290,8 @@ impl Agent {
                 }
             }
             Action::Start => self.local.start().await?,
+            Action::StartStandby => self.local.start_standby().await?,
+            Action::StopFast => self.local.stop(StopMode::Fast).await?,
             Action::Follow { leader, conninfo } => {
                 self.local.follow(conninfo).await?;
                 if self.following.as_deref() != Some(leader) {
@@ -290,7 +309,7 @@ impl Agent {
             }
             Action::PublishLeaderPosition => {
                 if let Some(lsn) = local.wal_position {
-                    let dcs = self.dcs.as_mut().ok_or_else(dcs_needed)?;
+                    let dcs = self.dcs.as_ref().ok_or_else(dcs_needed)?;
                     dcs.set_leader_position(lsn)
                         .await
                         .map_err(|e| e.to_string())?;
@@ -298,7 +317,7 @@ impl Agent {
             }
             Action::SetSynchronous { standbys } => {
                 self.local.set_synchronous(standbys).await?;
-                let dcs = self.dcs.as_mut().ok_or_else(dcs_needed)?;
+                let dcs = self.dcs.as_ref().ok_or_else(dcs_needed)?;
                 let sync = lifeboat_ha::state::SyncState {
                     leader: self.options.config.name.clone(),
                     standbys: standbys.clone(),
@@ -307,7 +326,7 @@ impl Agent {
             }
             Action::KeepSlots { members } => self.local.keep_slots(members).await?,
             Action::ClearSwitchover => {
-                let dcs = self.dcs.as_mut().ok_or_else(dcs_needed)?;
+                let dcs = self.dcs.as_ref().ok_or_else(dcs_needed)?;
                 dcs.set_switchover(None).await.map_err(|e| e.to_string())?;
             }
         }
@@ -334,7 +353,7 @@ impl Agent {
         } else {
             Role::Primary
         };
-        if let (Some(dcs), Some(sysid)) = (self.dcs.as_mut(), local.system_identifier) {
+        if let (Some(dcs), Some(sysid)) = (self.dcs.as_ref(), local.system_identifier) {
             let record = MemberRecord {
                 name: config.name.clone(),
                 role,
@@ -380,7 +399,7 @@ impl Agent {
                 tracing::error!("ha: cannot stop PostgreSQL: {e}; the key is kept until it expires");
                 return;
             }
-            if let Some(dcs) = self.dcs.as_mut()
+            if let Some(dcs) = self.dcs.as_ref()
                 && let Err(e) = dcs.release_leader().await
             {
                 tracing::warn!("ha: cannot release the leader key ({e}); it expires with its lease");

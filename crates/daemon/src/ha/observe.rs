@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use lifeboat_ha::state::LocalState;
+use lifeboat_pg::control::{ControlFile, DbState};
 use lifeboat_pg::session::{ConnSpec, Session};
 
 /// Observe the local server. A server that does not answer within `timeout` counts as not
@@ -15,9 +16,12 @@ pub async fn observe(
     timeout: Duration,
     following: Option<String>,
 ) -> LocalState {
-    let system_identifier = read_system_identifier(pgdata);
+    let control = read_control(pgdata);
     let mut state = LocalState {
-        system_identifier,
+        system_identifier: control.as_ref().map(|c| c.system_identifier),
+        was_primary: control.is_some_and(|c| ran_as_primary(c.db_state()))
+            && !pgdata.join("standby.signal").exists()
+            && !pgdata.join("recovery.signal").exists(),
         following,
         ..LocalState::default()
     };
@@ -29,6 +33,7 @@ pub async fn observe(
     match answered {
         Ok(Ok(seen)) => {
             state.running = true;
+            state.was_primary = !seen.in_recovery;
             state.in_recovery = seen.in_recovery;
             state.timeline = seen.timeline;
             state.wal_position = seen.wal_position;
@@ -42,10 +47,18 @@ pub async fn observe(
     state
 }
 
-/// pg_control's database system identifier, None when it cannot be read.
-pub fn read_system_identifier(pgdata: &Path) -> Option<u64> {
+/// pg_control, None when it cannot be read.
+fn read_control(pgdata: &Path) -> Option<ControlFile> {
     let bytes = std::fs::read(pgdata.join("global").join("pg_control")).ok()?;
-    lifeboat_pg::control::parse_control_file(&bytes)
-        .ok()
-        .map(|c| c.system_identifier)
+    lifeboat_pg::control::parse_control_file(&bytes).ok()
+}
+
+/// Whether pg_control's state is one a primary leaves: running or crashed as one, or shut down
+/// out of recovery. (A restored standby also says "in production", from its backup: its
+/// `standby.signal` tells it apart.)
+fn ran_as_primary(state: DbState) -> bool {
+    matches!(
+        state,
+        DbState::InProduction | DbState::ShutDown | DbState::ShuttingDown | DbState::InCrashRecovery
+    )
 }
