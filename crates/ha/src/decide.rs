@@ -26,7 +26,8 @@ use crate::state::{ClusterView, LocalState, MemberRecord, Observation, Switchove
 /// One step the loop carries out. The loop publishes this member's key after the actions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Write `initialize` with this system identifier (create-if-absent).
+    /// Write `initialize` with this system identifier (create-if-absent). Fails (the rest is
+    /// skipped) when the identifier stored is another: a member initialized the cluster first.
     Initialize { system_identifier: u64 },
     /// Create the leader key under this member's lease, only if absent. See
     /// [`Decision::if_key_lost`] for what follows a refusal.
