@@ -4,7 +4,7 @@
 //! [`RawHaConfig::into_config`] fills the defaults and refuses what cannot work.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
@@ -228,15 +228,6 @@ impl HaConfig {
             );
         }
         Ok(())
-    }
-
-    /// From this instant a leader must not take writes: the last successful renewal (the instant
-    /// the renewal was sent) + ttl - retry_timeout. With `loop_wait + 2 * retry_timeout <= ttl`
-    /// it passes before etcd can expire the lease, so no other member holds the key while this
-    /// one still writes.
-    #[must_use]
-    pub fn fencing_deadline(&self, renewal_sent: Instant) -> Instant {
-        renewal_sent + self.ttl.saturating_sub(self.retry_timeout)
     }
 
     /// This member's replication slot on the leader (and the name it streams under).

@@ -26,12 +26,13 @@ use crate::state::{ClusterView, LocalState, MemberRecord, Observation, Switchove
 /// One step the loop carries out. The loop publishes this member's key after the actions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Write `initialize` with this system identifier (create-if-absent).
+    /// Write `initialize` with this system identifier (create-if-absent). Fails (the rest is
+    /// skipped) when the identifier stored is another: a member initialized the cluster first.
     Initialize { system_identifier: u64 },
-    /// Create the leader key under this member's lease, only if absent. When it fails, the loop
-    /// skips the rest of [`Decision::actions`] and carries out [`Decision::if_acquire_fails`].
+    /// Create the leader key under this member's lease, only if absent. See
+    /// [`Decision::if_key_lost`] for what follows a refusal.
     AcquireLeader,
-    /// Renew the lease and confirm the leader key is still this member's.
+    /// Renew the lease and confirm the leader key is still this member's (under this lease).
     RenewLeader,
     /// Delete the leader key if this member holds it.
     ReleaseLeader,
@@ -75,9 +76,12 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub actions: Vec<Action>,
-    /// What the loop does instead of the rest when an `AcquireLeader` in `actions` fails (the key
-    /// exists, or etcd did not answer): for a running primary, `StopImmediately`.
-    pub if_acquire_fails: Vec<Action>,
+    /// When etcd answers that an `AcquireLeader` or `RenewLeader` of `actions` did not get or
+    /// keep the key (another member holds it, or this member's lease had expired), the loop
+    /// carries these out instead of the rest: for a running primary, `StopImmediately`. When
+    /// etcd does not answer, the loop only stops going through `actions`: the fencing deadline
+    /// covers that case.
+    pub if_key_lost: Vec<Action>,
     /// One line for the log and `lifeboat ha status`, e.g. "leader, renewed the lease".
     pub summary: String,
 }
@@ -86,7 +90,7 @@ impl Decision {
     fn new(actions: Vec<Action>, summary: impl Into<String>) -> Self {
         Decision {
             actions,
-            if_acquire_fails: Vec::new(),
+            if_key_lost: Vec::new(),
             summary: summary.into(),
         }
     }
@@ -172,14 +176,15 @@ fn led_by_another(cluster: &ClusterView, config: &HaConfig) -> bool {
 /// writing (and tries to renew); nobody promotes.
 fn without_etcd(obs: &Observation, local: Local) -> Decision {
     match (local, obs.leader_deadline) {
-        (Local::Primary, Some(deadline)) if obs.now < deadline => Decision::new(
-            vec![Action::RenewLeader],
-            format!(
+        (Local::Primary, Some(deadline)) if obs.now < deadline => Decision {
+            actions: vec![Action::RenewLeader],
+            if_key_lost: vec![Action::StopImmediately],
+            summary: format!(
                 "etcd did not answer: still the leader for {} (the fencing deadline), trying to \
                  renew the lease",
                 human_duration(deadline.saturating_duration_since(obs.now))
             ),
-        ),
+        },
         (Local::Primary, Some(_)) => Decision::new(
             vec![Action::StopImmediately],
             "etcd did not answer and the leader lease was not renewed before the fencing \

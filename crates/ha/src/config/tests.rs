@@ -209,10 +209,3 @@ fn error_key_names_the_offending_key() {
     };
     assert_eq!(raw.into_config().unwrap_err().key, "ttl");
 }
-
-#[test]
-fn the_fencing_deadline_leaves_retry_timeout_of_margin() {
-    let c = parse(MINIMAL).unwrap();
-    let sent = std::time::Instant::now();
-    assert_eq!(c.fencing_deadline(sent), sent + Duration::from_secs(20));
-}

@@ -56,7 +56,7 @@ fn primary(ctx: &Ctx) -> Decision {
     }
     Decision {
         actions: vec![Action::AcquireLeader],
-        if_acquire_fails: vec![Action::StopImmediately],
+        if_key_lost: vec![Action::StopImmediately],
         summary: "no leader: this running primary takes the leader key (and stops at once if \
                   another member got it first)"
             .to_string(),

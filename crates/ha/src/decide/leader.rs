@@ -73,7 +73,19 @@ fn primary(ctx: &Ctx) -> Decision {
         actions.push(Action::ClearSwitchover);
         summary.push_str(&format!("; switchover request cleared: {why}"));
     }
-    Decision::new(actions, summary)
+    Decision {
+        actions,
+        // A renewal refused after one that succeeded: the key is gone (deleted, or the lease
+        // lapsed), another member may take it now. Without a renewal in this agent's life (it
+        // just restarted) the key may still be under the previous run's lease: it expires, then
+        // this primary takes it again (standbys wait for a live primary's record).
+        if_key_lost: if ctx.obs.leader_deadline.is_some() {
+            vec![Action::StopImmediately]
+        } else {
+            Vec::new()
+        },
+        summary,
+    }
 }
 
 /// The leader's PostgreSQL is down: restarting it in place loses nothing, so that is tried

@@ -121,7 +121,7 @@ fn the_promotion_rule() {
 fn a_primary_without_the_key() {
     let d = world("a", primary(2, 0x600_0000)).decide();
     assert_eq!(d.actions, vec![Action::AcquireLeader]);
-    assert_eq!(d.if_acquire_fails, vec![Action::StopImmediately], "{d:?}");
+    assert_eq!(d.if_key_lost, vec![Action::StopImmediately], "{d:?}");
     assert!(
         d.summary
             .contains("stops at once if another member got it first"),
@@ -149,7 +149,7 @@ fn a_primary_without_the_key() {
         ),
     ]);
     let standby_decision = world("b", standby(2, 0x600_0000, None)).decide();
-    assert!(standby_decision.if_acquire_fails.is_empty());
+    assert!(standby_decision.if_key_lost.is_empty());
 }
 
 #[test]

@@ -158,5 +158,5 @@ fn paused_cluster_only_keeps_the_key() {
 #[test]
 fn a_paused_primary_is_not_stopped_when_the_key_is_taken() {
     let d = world("a", primary(1, 0x300_0000)).paused().decide();
-    assert!(d.if_acquire_fails.is_empty(), "{d:?}");
+    assert!(d.if_key_lost.is_empty(), "{d:?}");
 }

@@ -93,8 +93,11 @@ fn safety_holds_in_every_situation() {
                 "{name}: {d:?}"
             );
         }
-        if !d.if_acquire_fails.is_empty() {
-            assert!(has(&Action::AcquireLeader), "{name}: {d:?}");
+        if !d.if_key_lost.is_empty() {
+            assert!(
+                has(&Action::AcquireLeader) || has(&Action::RenewLeader),
+                "{name}: {d:?}"
+            );
         }
         if cluster.is_none() {
             assert!(
@@ -125,8 +128,18 @@ fn safety_holds_in_every_situation() {
                 "{name}: a primary past its deadline or facing another leader stops first: {d:?}"
             );
         }
-        if is_primary && has(&Action::AcquireLeader) {
-            assert_eq!(d.if_acquire_fails, vec![Action::StopImmediately], "{name}");
+        // A primary that finds the key not (or no longer) its own stops at once, unless it has
+        // not renewed it in this agent's life (the previous run's lease expires first).
+        let asks_for_key = has(&Action::AcquireLeader) || has(&Action::RenewLeader);
+        if is_primary
+            && asks_for_key
+            && (has(&Action::AcquireLeader) || w.obs.leader_deadline.is_some())
+        {
+            assert_eq!(
+                d.if_key_lost,
+                vec![Action::StopImmediately],
+                "{name}: {d:?}"
+            );
         }
     }
 }

@@ -101,3 +101,20 @@ fn a_crashed_leader_restarts_in_place_then_gives_the_key_up() {
         &["releasing"],
     )]);
 }
+
+#[test]
+fn a_refused_renewal_stops_a_primary_that_renewed_before() {
+    let renewed = world("a", primary(1, 0x500_0000))
+        .leader("a")
+        .deadline_in(15)
+        .decide();
+    assert_eq!(renewed.if_key_lost, vec![Action::StopImmediately]);
+    // Agent restarted: the key may be under the previous run's lease; it expires first.
+    let restarted = world("a", primary(1, 0x500_0000)).leader("a").decide();
+    assert!(restarted.if_key_lost.is_empty(), "{restarted:?}");
+    let etcd_down = world("a", primary(1, 0x500_0000))
+        .etcd_down()
+        .deadline_in(15)
+        .decide();
+    assert_eq!(etcd_down.if_key_lost, vec![Action::StopImmediately]);
+}
