@@ -136,7 +136,7 @@ pub async fn run(
 
 impl Agent {
     async fn pass(&mut self) {
-        let config = &self.options.config;
+        let config = self.options.config.clone();
         let mut local = observe::observe(
             &self.local.spec,
             &self.local.pgdata,
@@ -157,7 +157,7 @@ impl Agent {
             now: Instant::now(),
             leader_deadline: self.deadline,
         };
-        let decision = decide(&observation, config);
+        let decision = decide(&observation, &config);
         if decision.summary != self.last_summary {
             tracing::info!(actions = ?decision.actions, "ha: {}", decision.summary);
             self.last_summary = decision.summary.clone();
@@ -199,31 +199,30 @@ impl Agent {
         }
     }
 
+    /// Last renewal sent + ttl − retry_timeout (see `lifeboat_ha::dcs`, "Fencing contract").
     fn fencing_deadline(&self, sent: Instant) -> Instant {
-        self.options.config.fencing_deadline(sent)
+        self.dcs
+            .as_ref()
+            .map_or(sent, |dcs| dcs.fencing_deadline(sent))
     }
 
     /// Carry out the actions in order; an action that fails skips the rest (the next pass
-    /// observes again). A refused AcquireLeader or a lost RenewLeader ends the pass, the
-    /// latter after stopping PostgreSQL at once.
+    /// observes again). When etcd answers that AcquireLeader or RenewLeader did not get or keep
+    /// the key, the decision's `if_key_lost` runs instead of the rest.
     async fn carry_out(&mut self, decision: &Decision, local: &LocalState) {
         for action in &decision.actions {
-            let result = self.act(action, local).await;
-            let failed = match result {
+            match self.act(action, local).await {
                 Ok(true) => continue,
-                Ok(false) => true,
-                Err(e) => {
-                    tracing::error!(?action, "ha: {e}");
-                    true
-                }
-            };
-            if failed && *action == Action::AcquireLeader {
-                for fallback in &decision.if_acquire_fails {
-                    if let Err(e) = self.act(fallback, local).await {
-                        tracing::error!(action = ?fallback, "ha: {e}");
-                        break;
+                // etcd answered: the key was not taken, or is no longer this member's.
+                Ok(false) => {
+                    for fallback in &decision.if_key_lost {
+                        if let Err(e) = self.act(fallback, local).await {
+                            tracing::error!(action = ?fallback, "ha: {e}");
+                            break;
+                        }
                     }
                 }
+                Err(e) => tracing::error!(?action, "ha: {e}"),
             }
             break;
         }
@@ -263,11 +262,8 @@ impl Agent {
                 let dcs = self.dcs.as_ref().ok_or_else(dcs_needed)?;
                 let held = dcs.renew_leader().await.map_err(|e| e.to_string())?;
                 if !held {
-                    tracing::error!(
-                        "ha: the leader key is no longer this member's: stopping PostgreSQL at once"
-                    );
+                    tracing::error!("ha: the leader key is no longer this member's");
                     self.set_deadline(None).await;
-                    self.local.stop(StopMode::Immediate).await?;
                     return Ok(false);
                 }
                 let deadline = self.fencing_deadline(sent);
