@@ -3,7 +3,7 @@
 //! Tasks: one timer per scheduled job that queues it when due; one executor that runs queued jobs
 //! one at a time (so a backup, an expire and a drill never contend for the repository lock or the
 //! disks); the health loop that refreshes the snapshot, judges it and sends alerts; the WAL
-//! receiver's supervisor (with `[stream]`, beside the jobs); and the HTTP server. SIGTERM or SIGINT stops the timers, lets a running job finish within the grace period
+//! receiver's supervisor (with `[stream]`, beside the jobs); the role observer (`role`); and the HTTP server. SIGTERM or SIGINT stops the timers, lets a running job finish within the grace period
 //! (then stops it: every job is safe to abandon), records its run, saves the alert state and
 //! closes the listener.
 
@@ -115,7 +115,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             })
             .collect();
     }
-    let router = crate::http::router(snapshot.clone(), options.token.clone());
+    let roles = crate::role::RoleCell::default();
+    let router = crate::http::router(snapshot.clone(), options.token.clone(), roles.clone());
     let http: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
@@ -156,6 +157,13 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             daemon.receiver_changed.clone(),
         ))
     });
+    // Without [ha], the role endpoints answer from the local server's role; with [ha], the
+    // failover loop publishes into `roles` instead (it knows the leader key and the deadline).
+    tokio::spawn(crate::role::observe_local(
+        roles,
+        daemon.options.db.clone(),
+        daemon.stop.clone(),
+    ));
     let (due_tx, due_rx) = mpsc::unbounded_channel::<Due>();
     catch_up(&daemon, &due_tx).await;
     for job in daemon.jobs.clone() {

@@ -22,6 +22,7 @@ use crate::walname::WalSegmentName;
 mod conninfo;
 mod error;
 mod pgpass;
+mod role;
 #[cfg(test)]
 mod tests;
 mod walsender;
@@ -29,6 +30,7 @@ mod walsender;
 pub use conninfo::{ConnSpec, DEFAULT_PORT, DEFAULT_SOCKET_DIRS};
 use error::describe;
 pub use error::{Result, SessionError};
+pub use role::RoleStatus;
 pub use walsender::{ReceiverServerStatus, ReplicationClient, SlotStatus, WalSenderStatus};
 
 /// Oldest server release a backup can use: 13 (`server_version_num` 130000).
