@@ -23,6 +23,7 @@ mod expire_packs;
 mod old_format;
 mod packs;
 mod pusher;
+mod routing;
 mod stream;
 mod stream_daemon;
 mod stream_faults;
