@@ -1,4 +1,5 @@
-//! The daemon's HTTP side: the dashboard, `/metrics`, the JSON API and `/healthz`.
+//! The daemon's HTTP side: the dashboard, `/metrics`, the JSON API, `/healthz` and the role
+//! endpoints HAProxy checks (`/primary`, `/replica`, ...: `lifeboat_ha::routes`).
 //!
 //! Handlers only read the latest snapshot (a read lock held while rendering), so a slow
 //! repository or a stuck PostgreSQL never makes a page hang. docs/DAEMON_API.md describes every
@@ -14,9 +15,10 @@ use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodFilter, get, on};
 use serde_json::json;
 
+use crate::role::RoleCell;
 use crate::status::SharedSnapshot;
 use crate::{dashboard, metrics};
 
@@ -33,8 +35,9 @@ const NO_STORE: (header::HeaderName, &str) = (header::CACHE_CONTROL, "no-store")
 const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; \
                    img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// All routes. With `token`, every route but `/healthz` needs it (header or `?token=`).
-pub fn router(snapshot: SharedSnapshot, token: Option<String>) -> Router {
+/// All routes. With `token`, every route but `/healthz` and the role endpoints needs it (header
+/// or `?token=`): the role endpoints reveal only the role, and HAProxy's checks send no token.
+pub fn router(snapshot: SharedSnapshot, token: Option<String>, roles: RoleCell) -> Router {
     let protected = Router::new()
         .route("/", get(dashboard_page))
         .route("/metrics", get(metrics_page))
@@ -47,7 +50,22 @@ pub fn router(snapshot: SharedSnapshot, token: Option<String>) -> Router {
         Some(token) => protected.route_layer(middleware::from_fn_with_state(token, require_token)),
         None => protected,
     };
-    protected
+    // GET, HEAD and OPTIONS, as Patroni answers them. `GET /` stays the dashboard (behind the
+    // token); `HEAD /` and `OPTIONS /` (HAProxy's default check) are Patroni's `/`, the primary.
+    let role_methods = MethodFilter::GET
+        .or(MethodFilter::HEAD)
+        .or(MethodFilter::OPTIONS);
+    let mut router = protected.route(
+        "/",
+        on(MethodFilter::HEAD.or(MethodFilter::OPTIONS), role_endpoint).with_state(roles.clone()),
+    );
+    for path in lifeboat_ha::routes::PATHS.iter().filter(|p| **p != "/") {
+        router = router.route(
+            path,
+            on(role_methods, role_endpoint).with_state(roles.clone()),
+        );
+    }
+    router
         .route("/healthz", get(|| async { ([NO_STORE], "ok\n") }))
         .fallback(|| async { (StatusCode::NOT_FOUND, [NO_STORE], "404 Not Found\n") })
 }
@@ -110,6 +128,32 @@ fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
         diff |= e ^ given.get(i).copied().unwrap_or(!e);
     }
     std::hint::black_box(diff) == 0
+}
+
+/// A role endpoint's answer from the last published role view: 200, 503 (or 400 for a malformed
+/// `?lag=`) with a small JSON body saying why.
+async fn role_endpoint(State(roles): State<RoleCell>, uri: axum::http::Uri) -> Response {
+    let view = roles.latest();
+    let now = std::time::Instant::now();
+    let Some(answer) = lifeboat_ha::routes::respond(uri.path(), uri.query(), view.as_ref(), now)
+    else {
+        return (StatusCode::NOT_FOUND, [NO_STORE], "404 Not Found\n").into_response();
+    };
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    match serde_json::to_string(&answer.body) {
+        Ok(body) => (
+            status,
+            [(header::CONTENT_TYPE, "application/json"), NO_STORE],
+            body,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [NO_STORE],
+            format!("cannot serialise the role: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn dashboard_page(State(snapshot): State<SharedSnapshot>) -> Response {
@@ -238,12 +282,19 @@ mod tests {
 
     /// The router on a real socket; the server stops when the returned sender is dropped.
     async fn start(token: Option<&str>) -> (String, tokio::sync::oneshot::Sender<()>) {
+        start_with_roles(token, RoleCell::default()).await
+    }
+
+    async fn start_with_roles(
+        token: Option<&str>,
+        roles: RoleCell,
+    ) -> (String, tokio::sync::oneshot::Sender<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let app = router(snapshot(), token.map(String::from));
+        let app = router(snapshot(), token.map(String::from), roles);
         tokio::spawn(async move {
             serve(listener, app, async {
                 let _ = rx.await;
@@ -396,15 +447,97 @@ mod tests {
         assert_eq!(bearer_token("Bearertok"), None);
     }
 
+    /// The role endpoints need no token, answer GET, HEAD and OPTIONS from the cell, and leave
+    /// `GET /` to the (protected) dashboard.
+    #[tokio::test]
+    async fn role_endpoints_answer_without_a_token() {
+        use lifeboat_ha::state::{Role, RoleView};
+        let roles = RoleCell::default();
+        let (base, _stop) = start_with_roles(Some("s3cret"), roles.clone()).await;
+        let client = reqwest::Client::new();
+        let ask = |method: &'static str, path: &'static str| {
+            let req = client.request(
+                reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+                format!("{base}{path}"),
+            );
+            async move {
+                let r = req.send().await.expect("request");
+                (r.status().as_u16(), r.text().await.expect("body"))
+            }
+        };
+        // Nothing observed yet: every check but /liveness fails.
+        assert_eq!(ask("GET", "/primary").await.0, 503);
+        assert_eq!(ask("GET", "/liveness").await.0, 200);
+
+        let now = std::time::Instant::now;
+        roles.publish(RoleView {
+            role: Role::Primary,
+            ..crate::role::stopped_view(now())
+        });
+        for method in ["GET", "HEAD", "OPTIONS"] {
+            for (path, want) in [
+                ("/primary", 200),
+                ("/master", 200),
+                ("/read-write", 200),
+                ("/read-only", 200),
+                ("/health", 200),
+                ("/liveness", 200),
+                ("/replica", 503),
+                ("/replica?lag=16MB", 503),
+                ("/replica?lag=bad", 400),
+            ] {
+                let (status, body) = ask(method, path).await;
+                assert_eq!(status, want, "{method} {path}");
+                if method == "HEAD" {
+                    assert_eq!(body, "", "{path}");
+                } else {
+                    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+                    assert_eq!(v["role"], "primary", "{path}");
+                }
+            }
+        }
+        let (status, body) = ask("GET", "/primary").await;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(
+            (status, &v["state"], &v["reason"]),
+            (200, &json!("running"), &json!(null))
+        );
+        // `/`: HEAD and OPTIONS are Patroni's primary check; GET is the dashboard.
+        assert_eq!(ask("OPTIONS", "/").await.0, 200);
+        assert_eq!(ask("HEAD", "/").await.0, 200);
+        assert_eq!(ask("GET", "/").await.0, 401);
+        assert_eq!(status_with_token(&format!("{base}/"), "s3cret").await, 200);
+        // Everything else still needs the token; other methods are refused.
+        assert_eq!(ask("GET", "/api/status").await.0, 401);
+        assert_eq!(ask("POST", "/primary").await.0, 405);
+
+        roles.publish(RoleView {
+            role: Role::Replica,
+            lag_bytes: Some(1 << 20),
+            streaming: true,
+            ..crate::role::stopped_view(now())
+        });
+        assert_eq!(ask("OPTIONS", "/").await.0, 503);
+        assert_eq!(ask("GET", "/replica").await.0, 200);
+        assert_eq!(ask("GET", "/replica?lag=1MB").await.0, 200);
+        assert_eq!(ask("GET", "/replica?lag=1kB").await.0, 503);
+        let (_, body) = ask("GET", "/primary").await;
+        assert!(body.contains("not the primary"), "{body}");
+    }
+
     #[tokio::test]
     async fn graceful_shutdown_ends_serve() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, router(Snapshot::shared(), None), async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(serve(
+            listener,
+            router(Snapshot::shared(), None, RoleCell::default()),
+            async {
+                let _ = rx.await;
+            },
+        ));
         let _ = tx.send(());
         let done = tokio::time::timeout(std::time::Duration::from_secs(5), task)
             .await

@@ -3,7 +3,7 @@
 //! Tasks: one timer per scheduled job that queues it when due; one executor that runs queued jobs
 //! one at a time (so a backup, an expire and a drill never contend for the repository lock or the
 //! disks); the health loop that refreshes the snapshot, judges it and sends alerts; the WAL
-//! receiver's supervisor (with `[stream]`, beside the jobs); and the HTTP server. SIGTERM or SIGINT stops the timers, lets a running job finish within the grace period
+//! receiver's supervisor (with `[stream]`, beside the jobs); the role observer (`role`); and the HTTP server. SIGTERM or SIGINT stops the timers, lets a running job finish within the grace period
 //! (then stops it: every job is safe to abandon), records its run, saves the alert state and
 //! closes the listener.
 
@@ -117,7 +117,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             })
             .collect();
     }
-    let router = crate::http::router(snapshot.clone(), options.token.clone());
+    let roles = crate::role::RoleCell::default();
+    let router = crate::http::router(snapshot.clone(), options.token.clone(), roles.clone());
     let http: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
@@ -159,11 +160,23 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         ))
     });
     // The failover agent answers to its own loop, not the job executor: it must never wait
-    // behind a backup.
-    let (roles_tx, _roles_rx) = watch::channel(None);
-    let agent = daemon.options.ha.clone().map(|ha| {
-        tokio::spawn(crate::ha::run(ha, roles_tx, daemon.stop.clone()))
-    });
+    // behind a backup. With [ha] it publishes the role (it knows the leader key and the fencing
+    // deadline); without, the role endpoints answer from the local server's role.
+    let agent = match daemon.options.ha.clone() {
+        Some(ha) => Some(tokio::spawn(crate::ha::run(
+            ha,
+            roles,
+            daemon.stop.clone(),
+        ))),
+        None => {
+            tokio::spawn(crate::role::observe_local(
+                roles,
+                daemon.options.db.clone(),
+                daemon.stop.clone(),
+            ));
+            None
+        }
+    };
     let (due_tx, due_rx) = mpsc::unbounded_channel::<Due>();
     catch_up(&daemon, &due_tx).await;
     for job in daemon.jobs.clone() {

@@ -31,6 +31,8 @@ pub struct FileConfig {
     pub archive: ArchiveConfig,
     /// Present: `serve` runs and watches a WAL receiver (`wal-stream`) with these settings.
     pub stream: Option<StreamConfig>,
+    /// Present: `serve` runs the failover agent (automatic failover on etcd).
+    pub ha: Option<lifeboat_ha::config::RawHaConfig>,
     pub backup: BackupConfig,
     pub restore: RestoreConfig,
     pub retention: RetentionConfig,

@@ -1,11 +1,12 @@
-//! Test harness: real PostgreSQL clusters, a real S3-compatible server and real etcd members on
-//! 127.0.0.1.
+//! Test harness: real PostgreSQL clusters, a real S3-compatible server, real etcd members and
+//! HAProxy from the shipped configuration, on 127.0.0.1.
 //!
 //! Every helper here either gives a working server or returns an error: a test that needs a server
 //! it cannot start fails, it never skips. Servers are stopped on drop, also when a test panics.
 
 pub mod cluster;
 pub mod etcd;
+pub mod haproxy;
 pub mod s3;
 
 pub use cluster::{TestCluster, TestDir, chown_to_owner, copy_tree, run_as_owner};

@@ -80,14 +80,14 @@ struct Agent {
     /// When the loop first saw PostgreSQL down (None while it runs).
     down_since: Option<Instant>,
     last_summary: String,
-    roles: watch::Sender<Option<RoleView>>,
+    roles: crate::role::RoleCell,
 }
 
 /// Run the agent until `stop` turns true. On stop, a leader stops its PostgreSQL (fast) and
 /// then gives up the key, so that a standby takes over without waiting for the lease.
 pub async fn run(
     options: HaOptions,
-    roles: watch::Sender<Option<RoleView>>,
+    roles: crate::role::RoleCell,
     mut stop: watch::Receiver<bool>,
 ) {
     let local = match local_member(&options) {
@@ -365,10 +365,6 @@ impl Agent {
                 tracing::warn!("ha: cannot publish this member's key: {e}");
             }
         }
-        let holds_leader = cluster
-            .and_then(|c| c.leader.as_ref())
-            .is_some_and(|l| l.name == config.name)
-            && self.deadline.is_some();
         let leader_position = cluster.and_then(|c| c.last_leader_position);
         let lag_bytes = match (role, leader_position, local.replayed) {
             (Role::Replica, Some(leader), Some(replayed)) => Some(leader.0.saturating_sub(replayed.0)),
@@ -376,7 +372,8 @@ impl Agent {
         };
         let view = RoleView {
             role,
-            holds_leader: Some(holds_leader || (role == Role::Primary && self.deadline.is_some())),
+            // Set only after a successful take or renewal, cleared when the key is lost.
+            holds_leader: Some(self.deadline.is_some()),
             leader_deadline: self.deadline,
             timeline: local.timeline,
             lag_bytes,
@@ -384,7 +381,7 @@ impl Agent {
             paused: cluster.is_some_and(|c| c.paused),
             observed_at: Instant::now(),
         };
-        let _ = self.roles.send(Some(view));
+        self.roles.publish(view);
     }
 
     async fn shutdown(&mut self) {

@@ -27,6 +27,7 @@ pub(super) fn config(endpoints: &[String], name: &str, ttl: Duration, retry: Dur
         retry_timeout: retry,
         maximum_lag_on_failover: 1 << 20,
         synchronous: SyncMode::Off,
+        primary_start_timeout: Duration::from_secs(300),
     }
 }
 

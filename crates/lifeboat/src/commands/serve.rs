@@ -55,6 +55,10 @@ pub async fn serve(cli: &Cli, resolved: &Resolved, args: &ServeArgs) -> Result<E
         repo: cli.repo.clone(),
         host: lifeboat_repo::lock::this_host(),
     };
+    let ha = match &file.ha {
+        Some(raw) => Some(ha_options(resolved, raw, &launcher)?),
+        None => None,
+    };
     let options = ServeOptions {
         config,
         listen,
@@ -65,8 +69,8 @@ pub async fn serve(cli: &Cli, resolved: &Resolved, args: &ServeArgs) -> Result<E
             .pgdata
             .clone()
             .or_else(|| std::env::var_os("PGDATA").map(Into::into)),
-        launcher,
-        ha: None,
+        launcher: launcher.clone(),
+        ha,
     };
     match lifeboat_daemon::serve::serve(options).await {
         Ok(()) => Ok(Exit::Success),
@@ -100,4 +104,46 @@ fn read_token(path: &Path) -> Result<String, Failure> {
         ));
     }
     Ok(token)
+}
+
+/// `[ha]` checked and completed: the agent needs the local server (`db`, `pgdata`) and the
+/// `restore_command` its standbys use.
+fn ha_options(
+    resolved: &Resolved,
+    raw: &lifeboat_ha::config::RawHaConfig,
+    launcher: &Launcher,
+) -> Result<lifeboat_daemon::ha::HaOptions, Failure> {
+    let config = raw
+        .clone()
+        .into_config()
+        .map_err(|e| {
+            Failure::config(
+                e.to_string(),
+                "fix [ha] in the configuration file; README, \"Automatic failover\", lists its keys",
+            )
+        })?;
+    let file = &resolved.file;
+    let local_conninfo = file.db.clone().ok_or_else(|| {
+        Failure::config(
+            "[ha] needs `db`, the local server's connection (its socket directory and port)",
+            "add db = \"host=/run/postgresql port=5432 user=postgres\" at the top of the file",
+        )
+    })?;
+    let pgdata = file
+        .pgdata
+        .clone()
+        .or_else(|| std::env::var_os("PGDATA").map(Into::into))
+        .ok_or_else(|| {
+            Failure::config(
+                "[ha] needs `pgdata`, the local server's data directory",
+                "add pgdata = \"/var/lib/postgresql/data\" at the top of the file",
+            )
+        })?;
+    Ok(lifeboat_daemon::ha::HaOptions {
+        config,
+        pgdata: super::context::absolute(&pgdata),
+        local_conninfo,
+        restore_command: super::context::restore_command(resolved)?,
+        launcher: launcher.clone(),
+    })
 }

@@ -24,6 +24,7 @@ mod failover;
 mod old_format;
 mod packs;
 mod pusher;
+mod routing;
 mod stream;
 mod stream_daemon;
 mod stream_faults;

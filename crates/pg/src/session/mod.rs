@@ -23,6 +23,7 @@ mod conninfo;
 mod error;
 pub mod ha;
 mod pgpass;
+mod role;
 #[cfg(test)]
 mod tests;
 mod walsender;
@@ -30,6 +31,7 @@ mod walsender;
 pub use conninfo::{ConnSpec, DEFAULT_PORT, DEFAULT_SOCKET_DIRS};
 use error::describe;
 pub use error::{Result, SessionError};
+pub use role::RoleStatus;
 pub use walsender::{ReceiverServerStatus, ReplicationClient, SlotStatus, WalSenderStatus};
 
 /// Oldest server release a backup can use: 13 (`server_version_num` 130000).

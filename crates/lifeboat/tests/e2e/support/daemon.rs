@@ -3,7 +3,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,28 +25,34 @@ impl Daemon {
     /// Start `lifeboat serve` with the setup's config (which must listen on `port`), logging to
     /// `log_name` in the test directory, and wait until it answers `/api/status`.
     pub fn start(setup: &Setup, port: u16, log_name: &str) -> Daemon {
-        let log = setup.dir.path().join(log_name);
-        let out = fs::File::create(&log).expect("daemon log");
-        let err = out.try_clone().expect("daemon log");
-        let child = setup
-            .cmd()
-            .args(["--log-level", "info", "serve"])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("start lifeboat serve");
-        let daemon = Daemon {
-            child: Some(child),
-            port,
-            log,
-        };
+        let daemon = Daemon::spawn(setup, &setup.config, port, log_name);
         daemon.wait_status(
             "the daemon answers /api/status",
             Duration::from_secs(60),
             |s| s["generated_at"].is_string(),
         );
         daemon
+    }
+
+    /// Start `lifeboat serve` with `config` (which must listen on `port`), logging to `log_name`
+    /// in the test directory, without waiting for it.
+    pub fn spawn(setup: &Setup, config: &Path, port: u16, log_name: &str) -> Daemon {
+        let log = setup.dir.path().join(log_name);
+        let out = fs::File::create(&log).expect("daemon log");
+        let err = out.try_clone().expect("daemon log");
+        let child = setup
+            .cmd_with(config)
+            .args(["--log-level", "info", "serve"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start lifeboat serve");
+        Daemon {
+            child: Some(child),
+            port,
+            log,
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -159,6 +165,17 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
 }
 
 pub fn request(port: u16, path: &str) -> Result<(u16, String), String> {
+    http_request(port, "GET", path, "")
+}
+
+/// `method path` to 127.0.0.1:`port` with `headers` (each ending in `\r\n`): the status code
+/// and the body.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .map_err(|e| format!("connect to the daemon: {e}"))?;
     stream
@@ -166,7 +183,7 @@ pub fn request(port: u16, path: &str) -> Result<(u16, String), String> {
         .map_err(|e| format!("timeout: {e}"))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n"
     )
     .map_err(|e| format!("send request: {e}"))?;
     let mut raw = Vec::new();

@@ -92,9 +92,14 @@ impl Setup {
 
     /// `lifeboat --config <this setup's config>` run as the cluster owner.
     pub fn cmd(&self) -> Command {
+        self.cmd_with(&self.config)
+    }
+
+    /// `lifeboat --config <config>` run as the cluster owner (a second node's config).
+    pub fn cmd_with(&self, config: &Path) -> Command {
         let mut cmd = Command::new(BIN);
         run_as_owner(&mut cmd);
-        cmd.arg("--config").arg(&self.config);
+        cmd.arg("--config").arg(config);
         cmd.env_remove("LIFEBOAT_PASSPHRASE")
             .env_remove("LIFEBOAT_PASSPHRASE_FILE")
             .env_remove("LIFEBOAT_REPO");
