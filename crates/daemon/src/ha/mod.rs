@@ -349,6 +349,14 @@ impl Agent {
         } else {
             Role::Primary
         };
+        // A leader's lease is renewed with the key (RenewLeader); anyone else's here, so that
+        // its member key lives ttl past the last pass that ran.
+        if self.deadline.is_none()
+            && let Some(dcs) = self.dcs.as_ref()
+            && let Err(e) = dcs.keep_alive().await
+        {
+            tracing::warn!("ha: cannot renew this member's etcd lease: {e}");
+        }
         if let (Some(dcs), Some(sysid)) = (self.dcs.as_ref(), local.system_identifier) {
             let record = MemberRecord {
                 name: config.name.clone(),
@@ -399,5 +407,11 @@ impl Agent {
             }
         }
         self.set_deadline(None).await;
+        // The member key goes at once rather than after ttl.
+        if let Some(dcs) = self.dcs.as_ref()
+            && let Err(e) = dcs.revoke_lease().await
+        {
+            tracing::warn!("ha: cannot revoke this member's etcd lease ({e}); it expires by itself");
+        }
     }
 }
