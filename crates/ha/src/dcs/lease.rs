@@ -29,6 +29,10 @@ impl Dcs {
     /// Renews this member's lease once (granting one if there is none or it expired). The loop
     /// calls this each time round when it does not hold the leader key, so that its member key
     /// lives `ttl` past the last loop that ran.
+    ///
+    /// etcd renews leases on its leader without consensus: a leader cut off from the other
+    /// members still renews until it notices, within an election timeout. So a renewal alone
+    /// proves nothing about quorum; [`Dcs::renew_leader`] confirms with a linearizable read.
     pub async fn keep_alive(&self) -> Result<Lease, DcsError> {
         self.keep_alive_until(self.endpoints.deadline()).await
     }
