@@ -121,7 +121,12 @@ impl Dcs {
         }
     }
 
+    /// Grants a lease, unless a concurrent call just did (then that one is this member's).
     async fn grant_lease(&self, deadline: Instant) -> Result<i64, DcsError> {
+        let _one_at_a_time = self.granting.lock().await;
+        if let Some(id) = self.held_lease() {
+            return Ok(id);
+        }
         let ttl = ttl_seconds(self.ttl);
         // A grant whose answer is lost leaves an unused lease that expires after `ttl`.
         let response = self
@@ -136,7 +141,7 @@ impl Dcs {
         Ok(id)
     }
 
-    fn held_lease(&self) -> Option<i64> {
+    pub(super) fn held_lease(&self) -> Option<i64> {
         *self.lease.lock().unwrap_or_else(|e| e.into_inner())
     }
 

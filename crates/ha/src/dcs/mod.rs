@@ -50,6 +50,19 @@ pub struct Dcs {
     ttl: Duration,
     /// This member's lease, once granted.
     lease: std::sync::Mutex<Option<i64>>,
+    /// Held while granting, so that concurrent calls share one new lease.
+    granting: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Dcs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dcs")
+            .field("prefix", &self.prefix)
+            .field("name", &self.name)
+            .field("endpoint", &self.endpoints.current())
+            .field("lease", &self.held_lease())
+            .finish()
+    }
 }
 
 impl Dcs {
@@ -62,6 +75,7 @@ impl Dcs {
             name: config.name.clone(),
             ttl: config.ttl,
             lease: std::sync::Mutex::new(None),
+            granting: tokio::sync::Mutex::new(()),
         })
     }
 
