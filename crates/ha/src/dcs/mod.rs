@@ -4,7 +4,7 @@
 //!
 //! Every public call has one deadline, `retry_timeout`, for all the requests it makes; each
 //! request moves to the next etcd member when the one asked fails or does not answer (see
-//! [`call`]). A call past its deadline returns [`DcsError::Unavailable`]; none hangs.
+//! the `call` module). A call past its deadline returns [`DcsError::Unavailable`]; none hangs.
 //!
 //! Nothing runs in the background: the lease is renewed only when the caller (the loop) calls
 //! [`Dcs::keep_alive`], [`Dcs::acquire_leader`] or [`Dcs::renew_leader`], so a stopped or frozen
@@ -17,6 +17,11 @@
 //! leader key cannot expire before `sent + ttl`. [`Dcs::fencing_deadline`]`(sent)` is that instant
 //! minus `retry_timeout`: the instant from which the leader must stop taking writes unless a
 //! later renewal succeeded.
+//!
+//! An etcd leader that just lost quorum may still answer the keep-alive (see
+//! [`Dcs::keep_alive`]); the other members do not see that renewal, but their new leader extends
+//! every lease by an election timeout when elected, which covers the window in which the old one
+//! can answer. The confirming read of [`Dcs::renew_leader`] needs a quorum.
 
 mod call;
 mod error;
