@@ -29,8 +29,9 @@ pub(super) struct Endpoints {
     current: AtomicUsize,
     /// Each call's whole budget (`retry_timeout`).
     pub(super) retry_timeout: Duration,
-    /// One attempt's budget: a third of `retry_timeout`, so that a member that swallows a
-    /// request (the etcd leader just died) leaves time for two more.
+    /// One attempt's budget: a quarter of `retry_timeout`. When the etcd leader dies or freezes,
+    /// an attempt on it and one on a follower that still forwards to it can both be swallowed;
+    /// this leaves time for two more once the others elect a new leader.
     attempt: Duration,
 }
 
@@ -46,7 +47,7 @@ impl Endpoints {
                 message: "no endpoint given".to_string(),
             });
         }
-        let attempt = (retry_timeout / 3).max(MIN_ATTEMPT).min(retry_timeout);
+        let attempt = (retry_timeout / 4).max(MIN_ATTEMPT).min(retry_timeout);
         let options = ConnectOptions::new()
             .with_connect_timeout(attempt)
             .with_timeout(attempt)

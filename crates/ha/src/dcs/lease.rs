@@ -29,6 +29,10 @@ impl Dcs {
     /// Renews this member's lease once (granting one if there is none or it expired). The loop
     /// calls this each time round when it does not hold the leader key, so that its member key
     /// lives `ttl` past the last loop that ran.
+    ///
+    /// etcd renews leases on its leader without consensus: a leader cut off from the other
+    /// members still renews until it notices, within an election timeout. So a renewal alone
+    /// proves nothing about quorum; [`Dcs::renew_leader`] confirms with a linearizable read.
     pub async fn keep_alive(&self) -> Result<Lease, DcsError> {
         self.keep_alive_until(self.endpoints.deadline()).await
     }
@@ -117,7 +121,12 @@ impl Dcs {
         }
     }
 
+    /// Grants a lease, unless a concurrent call just did (then that one is this member's).
     async fn grant_lease(&self, deadline: Instant) -> Result<i64, DcsError> {
+        let _one_at_a_time = self.granting.lock().await;
+        if let Some(id) = self.held_lease() {
+            return Ok(id);
+        }
         let ttl = ttl_seconds(self.ttl);
         // A grant whose answer is lost leaves an unused lease that expires after `ttl`.
         let response = self
@@ -132,7 +141,7 @@ impl Dcs {
         Ok(id)
     }
 
-    fn held_lease(&self) -> Option<i64> {
+    pub(super) fn held_lease(&self) -> Option<i64> {
         *self.lease.lock().unwrap_or_else(|e| e.into_inner())
     }
 

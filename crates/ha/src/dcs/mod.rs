@@ -4,7 +4,7 @@
 //!
 //! Every public call has one deadline, `retry_timeout`, for all the requests it makes; each
 //! request moves to the next etcd member when the one asked fails or does not answer (see
-//! [`call`]). A call past its deadline returns [`DcsError::Unavailable`]; none hangs.
+//! the `call` module). A call past its deadline returns [`DcsError::Unavailable`]; none hangs.
 //!
 //! Nothing runs in the background: the lease is renewed only when the caller (the loop) calls
 //! [`Dcs::keep_alive`], [`Dcs::acquire_leader`] or [`Dcs::renew_leader`], so a stopped or frozen
@@ -17,6 +17,11 @@
 //! leader key cannot expire before `sent + ttl`. [`Dcs::fencing_deadline`]`(sent)` is that instant
 //! minus `retry_timeout`: the instant from which the leader must stop taking writes unless a
 //! later renewal succeeded.
+//!
+//! An etcd leader that just lost quorum may still answer the keep-alive (see
+//! [`Dcs::keep_alive`]); the other members do not see that renewal, but their new leader extends
+//! every lease by an election timeout when elected, which covers the window in which the old one
+//! can answer. The confirming read of [`Dcs::renew_leader`] needs a quorum.
 
 mod call;
 mod error;
@@ -50,6 +55,19 @@ pub struct Dcs {
     ttl: Duration,
     /// This member's lease, once granted.
     lease: std::sync::Mutex<Option<i64>>,
+    /// Held while granting, so that concurrent calls share one new lease.
+    granting: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Dcs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dcs")
+            .field("prefix", &self.prefix)
+            .field("name", &self.name)
+            .field("endpoint", &self.endpoints.current())
+            .field("lease", &self.held_lease())
+            .finish()
+    }
 }
 
 impl Dcs {
@@ -62,6 +80,7 @@ impl Dcs {
             name: config.name.clone(),
             ttl: config.ttl,
             lease: std::sync::Mutex::new(None),
+            granting: tokio::sync::Mutex::new(()),
         })
     }
 

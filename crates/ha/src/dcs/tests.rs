@@ -88,6 +88,24 @@ async fn the_leader_key_is_exclusive_and_released_only_by_its_holder() {
     assert!(b.acquire_leader().await.unwrap());
     assert!(!a.renew_leader().await.unwrap(), "a renewed b's key");
     assert!(b.renew_leader().await.unwrap());
+
+    // Concurrent first calls share one lease.
+    let c = member(&etcd, "c", 10).await;
+    let c_record = record("c", 1);
+    let (first, second) = tokio::join!(c.keep_alive(), c.publish_member(&c_record));
+    second.unwrap();
+    let lease = first.unwrap();
+    assert!(lease.fresh);
+    assert_eq!(
+        c.keep_alive().await.unwrap(),
+        Lease {
+            id: lease.id,
+            fresh: false
+        }
+    );
+    let members = c.read().await.unwrap().members;
+    assert_eq!(members.last().map(|m| m.name.as_str()), Some("c"));
+    assert!(format!("{c:?}").contains(&format!("{:?}", Some(lease.id))));
 }
 
 #[tokio::test]
