@@ -208,6 +208,30 @@ fn haproxy_routes_writes_to_the_primary_and_reads_to_the_standby_and_follows_a_p
     through(&primary, proxy.write_port, "insert into t values (1)")
         .expect("a write through HAProxy");
 
+    // Replay paused while the primary writes: the standby's lag shows, and `?lag=` turns it away.
+    standby
+        .psql("select pg_wal_replay_pause()")
+        .expect("pause replay");
+    through(
+        &primary,
+        proxy.write_port,
+        "insert into t select g from generate_series(10, 30000) g",
+    )
+    .expect("writes while replay is paused");
+    wait_answer(&standby_daemon, standby_agent, "/replica?lag=1kB", 503);
+    let (code, body) = ask(standby_agent, "GET", "/replica?lag=1kB");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert!(
+        code == 503 && v["lag_bytes"].as_u64().is_some_and(|l| l > 1024),
+        "{body}"
+    );
+    assert_eq!(ask(standby_agent, "GET", "/replica").0, 200);
+    assert_eq!(ask(standby_agent, "GET", "/replica?lag=1GB").0, 200);
+    standby
+        .psql("select pg_wal_replay_resume()")
+        .expect("resume replay");
+    wait_answer(&standby_daemon, standby_agent, "/replica?lag=1kB", 200);
+
     // A promotion by hand, then the old primary stops: the write port follows.
     let t0 = Instant::now();
     standby
