@@ -261,7 +261,10 @@ async fn a_primary_reads_as_one() {
     let status = session.role_status().await.unwrap();
     assert!(!status.in_recovery);
     assert_eq!(status.timeline, Some(crate::timeline::TimelineId::ONE));
-    assert!(status.flushed.is_some_and(|l| l > Lsn::INVALID), "{status:?}");
+    assert!(
+        status.flushed.is_some_and(|l| l > Lsn::INVALID),
+        "{status:?}"
+    );
     assert_eq!((status.received, status.replayed), (None, None));
     assert!(!status.streaming);
     assert_eq!(status.replay_lag_bytes(), None);
