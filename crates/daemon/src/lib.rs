@@ -10,8 +10,8 @@
 //! Map: `config` (the TOML sections), `schedule` (cron, catch-up), `runner` (child processes),
 //! `health` (findings), `receiver` (the WAL receiver child `wal-stream`), `stream_watch` (the
 //! receiver as the server sees it, and its findings), `alert` (de-duplication, webhook, SMTP), `status` (the snapshot every
-//! page is rendered from), `metrics`, `dashboard`, `http`, `role` (the
-//! role view the endpoints HAProxy checks answer from), `serve` (the main loop).
+//! page is rendered from), `metrics`, `dashboard`, `http`, `role` (the role view the endpoints
+//! HAProxy checks answer from), `serve` (the main loop).
 
 pub mod alert;
 pub mod config;

@@ -3,9 +3,10 @@
 //! Tasks: one timer per scheduled job that queues it when due; one executor that runs queued jobs
 //! one at a time (so a backup, an expire and a drill never contend for the repository lock or the
 //! disks); the health loop that refreshes the snapshot, judges it and sends alerts; the WAL
-//! receiver's supervisor (with `[stream]`, beside the jobs); the role observer (`role`); and the HTTP server. SIGTERM or SIGINT stops the timers, lets a running job finish within the grace period
-//! (then stops it: every job is safe to abandon), records its run, saves the alert state and
-//! closes the listener.
+//! receiver's supervisor (with `[stream]`, beside the jobs); the role observer (`role`); and the
+//! HTTP server. SIGTERM or SIGINT stops the timers, lets a running job finish within the grace
+//! period (then stops it: every job is safe to abandon), records its run, saves the alert state
+//! and closes the listener.
 
 use std::collections::HashSet;
 use std::path::PathBuf;

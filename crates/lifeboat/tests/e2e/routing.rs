@@ -208,6 +208,30 @@ fn haproxy_routes_writes_to_the_primary_and_reads_to_the_standby_and_follows_a_p
     through(&primary, proxy.write_port, "insert into t values (1)")
         .expect("a write through HAProxy");
 
+    // Replay paused while the primary writes: the standby's lag shows, and `?lag=` turns it away.
+    standby
+        .psql("select pg_wal_replay_pause()")
+        .expect("pause replay");
+    through(
+        &primary,
+        proxy.write_port,
+        "insert into t select g from generate_series(10, 30000) g",
+    )
+    .expect("writes while replay is paused");
+    wait_answer(&standby_daemon, standby_agent, "/replica?lag=1kB", 503);
+    let (code, body) = ask(standby_agent, "GET", "/replica?lag=1kB");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert!(
+        code == 503 && v["lag_bytes"].as_u64().is_some_and(|l| l > 1024),
+        "{body}"
+    );
+    assert_eq!(ask(standby_agent, "GET", "/replica").0, 200);
+    assert_eq!(ask(standby_agent, "GET", "/replica?lag=1GB").0, 200);
+    standby
+        .psql("select pg_wal_replay_resume()")
+        .expect("resume replay");
+    wait_answer(&standby_daemon, standby_agent, "/replica?lag=1kB", 200);
+
     // A promotion by hand, then the old primary stops: the write port follows.
     let t0 = Instant::now();
     standby
@@ -243,4 +267,88 @@ fn haproxy_routes_writes_to_the_primary_and_reads_to_the_standby_and_follows_a_p
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("\"stopped\""), "{body}");
     assert_eq!(ask(primary_agent, "GET", "/liveness").0, 200);
+}
+
+/// `on-marked-down shutdown-sessions`: when a node's agent stops answering (as a fenced or dead
+/// node's would), HAProxy takes it out of the pool and cuts the sessions open through it, even
+/// though its PostgreSQL still runs.
+#[test]
+fn haproxy_cuts_open_sessions_when_the_agent_stops_answering() {
+    let setup = Setup::new(Backend::Local, false);
+    let base = fs::read_to_string(&setup.config).expect("config");
+    let primary = TestCluster::start_new("").expect("cluster");
+    let agent = free_port();
+    let config = node_config(&setup, &base, "primary", &primary, agent);
+    let daemon = Daemon::spawn(&setup, &config, agent, "primary-serve.log");
+    wait_answer(&daemon, agent, "/primary", 200);
+    let proxy = Haproxy::start(&[Node {
+        name: "primary".into(),
+        pg_port: primary.port,
+        agent_port: agent,
+    }])
+    .expect("HAProxy from the shipped config");
+    let on_primary = format!("f {}", primary.port);
+    wait_landing(
+        &primary,
+        &proxy,
+        proxy.write_port,
+        &on_primary,
+        Duration::from_secs(20),
+    );
+
+    let mut session = primary
+        .command("psql")
+        .args(["-X", "-h", "127.0.0.1", "-p", &proxy.write_port.to_string()])
+        .args([
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            "select pg_sleep(60)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start a long session through HAProxy");
+    // The session reached the server.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while primary
+        .psql("select count(*) from pg_stat_activity where query = 'select pg_sleep(60)'")
+        .expect("pg_stat_activity")
+        != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the session never reached the server"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    let t0 = Instant::now();
+    drop(daemon);
+    let status = loop {
+        if let Some(status) = session.try_wait().expect("wait for psql") {
+            break status;
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            let _ = session.kill();
+            panic!(
+                "the session through HAProxy was not cut within 15 s of the agent's death; \
+                 HAProxy log:\n{}",
+                tail(&proxy.log(), 30)
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "psql should have lost its connection");
+    eprintln!(
+        "the open session was cut {:.1} s after the agent died",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(primary.is_running(), "PostgreSQL itself kept running");
+    assert!(
+        through(&primary, proxy.write_port, "select 1").is_err(),
+        "no new connection reaches a node whose agent is gone"
+    );
 }

@@ -72,9 +72,9 @@ impl Session {
         };
         let in_recovery = text(0)?.as_deref() == Some("true");
         let timeline = match (text(2)?, text(7)?) {
-            (Some(hex), _) => Some(
-                TimelineId::from_str(&hex).map_err(|e| self.unexpected(what, e.to_string()))?,
-            ),
+            (Some(hex), _) => {
+                Some(TimelineId::from_str(&hex).map_err(|e| self.unexpected(what, e.to_string()))?)
+            }
             // 0 before the receiver first connected.
             (None, Some(decimal)) => TimelineId::parse_decimal(&decimal).ok(),
             (None, None) => None,

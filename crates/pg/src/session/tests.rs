@@ -252,3 +252,20 @@ async fn wrong_database_is_named() {
     assert!(err.contains("database \"nope\" does not exist"), "{err}");
     assert!(err.contains("connect to an existing database"), "{err}");
 }
+
+#[tokio::test]
+async fn a_primary_reads_as_one() {
+    let scratch = Scratch::start();
+    let spec = ConnSpec::with_env(Some(&scratch.cluster.conninfo()), &|_| None).unwrap();
+    let session = Session::connect(&spec, TIMEOUT).await.unwrap();
+    let status = session.role_status().await.unwrap();
+    assert!(!status.in_recovery);
+    assert_eq!(status.timeline, Some(crate::timeline::TimelineId::ONE));
+    assert!(
+        status.flushed.is_some_and(|l| l > Lsn::INVALID),
+        "{status:?}"
+    );
+    assert_eq!((status.received, status.replayed), (None, None));
+    assert!(!status.streaming);
+    assert_eq!(status.replay_lag_bytes(), None);
+}
