@@ -164,11 +164,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     // behind a backup. With [ha] it publishes the role (it knows the leader key and the fencing
     // deadline); without, the role endpoints answer from the local server's role.
     let agent = match daemon.options.ha.clone() {
-        Some(ha) => Some(tokio::spawn(crate::ha::run(
-            ha,
-            roles,
-            daemon.stop.clone(),
-        ))),
+        Some(ha) => Some(tokio::spawn(crate::ha::run(ha, roles, daemon.stop.clone()))),
         None => {
             tokio::spawn(crate::role::observe_local(
                 roles,

@@ -101,7 +101,11 @@ async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
         // No configuration: the keeper must start whatever the file says, and fast.
         let pgdata = args.pgdata.clone();
         let code = tokio::task::block_in_place(|| lifeboat_daemon::ha::fence::keeper_main(&pgdata));
-        return Ok(if code == 0 { Exit::Success } else { Exit::Internal });
+        return Ok(if code == 0 {
+            Exit::Success
+        } else {
+            Exit::Internal
+        });
     }
     let resolved = config::resolve(cli.config.as_deref(), cli.repo.as_deref(), cli.concurrency)?;
     match &cli.command {

@@ -178,6 +178,10 @@ impl Local {
         // pg_rewind needs restore_command in the target's configuration.
         self.write_standby_files(&settings[2..])?;
         let _ = std::fs::remove_file(self.pgdata.join("standby.signal"));
+        // pg_rewind reads the leader's timeline from its pg_control, which a promoted server
+        // updates only at its first checkpoint: without one it finds "no rewind required" and
+        // the old primary then refuses to follow ("not a child of this server's history").
+        self.checkpoint_leader(leader_conninfo).await?;
         let conninfo = leader_conninfo.to_string();
         let rewound = self
             .blocking("pg_rewind", move |c| {
@@ -206,6 +210,20 @@ impl Local {
         }
         self.write_standby_files(&settings)?;
         self.start().await
+    }
+
+    /// `CHECKPOINT` on the leader (a superuser, or a role with pg_checkpoint on 15+).
+    async fn checkpoint_leader(&self, leader_conninfo: &str) -> ActResult {
+        let spec = ConnSpec::new(Some(leader_conninfo)).map_err(|e| e.to_string())?;
+        let session = Session::connect(&spec, self.timeout)
+            .await
+            .map_err(|e| format!("cannot reach the leader to rewind from it: {e}"))?;
+        session.checkpoint().await.map_err(|e| {
+            format!(
+                "CHECKPOINT on the leader failed ({e}); pg_rewind needs it after a promotion: \
+                 connect as a superuser or grant pg_checkpoint"
+            )
+        })
     }
 
     /// `lifeboat standby create --delta` into this member's data directory.

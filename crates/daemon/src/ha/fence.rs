@@ -104,14 +104,18 @@ pub fn keeper_main(pgdata: &Path) -> i32 {
             };
             let (lock, wake) = &*reader;
             if let Some(deadline) = update {
-                lock.lock().unwrap_or_else(PoisonError::into_inner).deadline_ms = deadline;
+                lock.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .deadline_ms = deadline;
                 wake.notify_all();
             } else {
                 eprintln!("lifeboat ha-fence: ignoring an unknown line from the agent: {line:?}");
             }
         }
         let (lock, wake) = &*reader;
-        lock.lock().unwrap_or_else(PoisonError::into_inner).agent_gone = true;
+        lock.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .agent_gone = true;
         wake.notify_all();
     });
 

@@ -14,7 +14,7 @@ use std::time::Instant;
 use lifeboat_ha::config::HaConfig;
 use lifeboat_ha::dcs::Dcs;
 use lifeboat_ha::decide::{Action, Decision, decide};
-use lifeboat_ha::state::{ClusterView, LocalState, MemberRecord, Observation, Role, RoleView};
+use lifeboat_ha::state::{ClusterView, LocalState, MemberRecord, Observation, Role};
 use lifeboat_pg::cluster::{LocalCluster, StopMode, cluster_owner};
 use lifeboat_pg::session::ConnSpec;
 use tokio::sync::watch;
@@ -38,9 +38,8 @@ pub struct HaOptions {
 /// This member's local process control, from the options: the port and socket directory of
 /// `db`, the owner of the data directory's processes.
 pub fn local_member(options: &HaOptions) -> Result<Local, String> {
-    let spec = ConnSpec::new(Some(&options.local_conninfo)).map_err(|e| {
-        format!("[ha] needs `db` to reach the local server: {e}")
-    })?;
+    let spec = ConnSpec::new(Some(&options.local_conninfo))
+        .map_err(|e| format!("[ha] needs `db` to reach the local server: {e}"))?;
     let port = spec.ports().first().copied().unwrap_or(5432);
     let socket_dir = spec
         .hosts()
@@ -289,7 +288,21 @@ impl Agent {
             Action::StartStandby => self.local.start_standby().await?,
             Action::StopFast => self.local.stop(StopMode::Fast).await?,
             Action::Follow { leader, conninfo } => {
-                self.local.follow(conninfo).await?;
+                if let Err(e) = self.local.follow(conninfo).await {
+                    // A former primary that was started as a standby before it could rejoin
+                    // (pg_control no longer says primary) diverged: rewind it.
+                    if !e.contains("is not a child of this server's history") {
+                        return Err(e);
+                    }
+                    tracing::warn!(
+                        leader,
+                        "ha: this member's history diverged from the leader's: rejoining"
+                    );
+                    self.rejoining = true;
+                    let result = self.local.rejoin(conninfo).await;
+                    self.rejoining = false;
+                    result?;
+                }
                 if self.following.as_deref() != Some(leader) {
                     tracing::info!(leader, "ha: following the leader");
                 }
@@ -373,22 +386,14 @@ impl Agent {
                 tracing::warn!("ha: cannot publish this member's key: {e}");
             }
         }
-        let leader_position = cluster.and_then(|c| c.last_leader_position);
-        let lag_bytes = match (role, leader_position, local.replayed) {
-            (Role::Replica, Some(leader), Some(replayed)) => Some(leader.0.saturating_sub(replayed.0)),
-            _ => None,
-        };
-        let view = RoleView {
-            role,
-            // Set only after a successful take or renewal, cleared when the key is lost.
-            holds_leader: Some(self.deadline.is_some()),
+        let observation = Observation {
+            local,
+            cluster: cluster.cloned(),
+            now: Instant::now(),
             leader_deadline: self.deadline,
-            timeline: local.timeline,
-            lag_bytes,
-            streaming: local.streaming,
-            paused: cluster.is_some_and(|c| c.paused),
-            observed_at: Instant::now(),
         };
+        let mut view = lifeboat_ha::routes::ha_view(&observation, &config.name);
+        view.role = role;
         self.roles.publish(view);
     }
 
@@ -397,13 +402,17 @@ impl Agent {
         if leading {
             tracing::info!("ha: stopping: PostgreSQL is stopped and the leader key released");
             if let Err(e) = self.local.stop(StopMode::Fast).await {
-                tracing::error!("ha: cannot stop PostgreSQL: {e}; the key is kept until it expires");
+                tracing::error!(
+                    "ha: cannot stop PostgreSQL: {e}; the key is kept until it expires"
+                );
                 return;
             }
             if let Some(dcs) = self.dcs.as_ref()
                 && let Err(e) = dcs.release_leader().await
             {
-                tracing::warn!("ha: cannot release the leader key ({e}); it expires with its lease");
+                tracing::warn!(
+                    "ha: cannot release the leader key ({e}); it expires with its lease"
+                );
             }
         }
         self.set_deadline(None).await;
@@ -411,7 +420,9 @@ impl Agent {
         if let Some(dcs) = self.dcs.as_ref()
             && let Err(e) = dcs.revoke_lease().await
         {
-            tracing::warn!("ha: cannot revoke this member's etcd lease ({e}); it expires by itself");
+            tracing::warn!(
+                "ha: cannot revoke this member's etcd lease ({e}); it expires by itself"
+            );
         }
     }
 }

@@ -59,6 +59,9 @@ fn read_control(pgdata: &Path) -> Option<ControlFile> {
 fn ran_as_primary(state: DbState) -> bool {
     matches!(
         state,
-        DbState::InProduction | DbState::ShutDown | DbState::ShuttingDown | DbState::InCrashRecovery
+        DbState::InProduction
+            | DbState::ShutDown
+            | DbState::ShuttingDown
+            | DbState::InCrashRecovery
     )
 }

@@ -113,15 +113,12 @@ fn ha_options(
     raw: &lifeboat_ha::config::RawHaConfig,
     launcher: &Launcher,
 ) -> Result<lifeboat_daemon::ha::HaOptions, Failure> {
-    let config = raw
-        .clone()
-        .into_config()
-        .map_err(|e| {
-            Failure::config(
-                e.to_string(),
-                "fix [ha] in the configuration file; README, \"Automatic failover\", lists its keys",
-            )
-        })?;
+    let config = raw.clone().into_config().map_err(|e| {
+        Failure::config(
+            e.to_string(),
+            "fix [ha] in the configuration file; README, \"Automatic failover\", lists its keys",
+        )
+    })?;
     let file = &resolved.file;
     let local_conninfo = file.db.clone().ok_or_else(|| {
         Failure::config(

@@ -8,12 +8,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::ha::HaRig;
+use crate::support::assert_success;
+use crate::support::ha::{HaNode, HaRig};
 
 /// The bound on a failover: a new primary takes writes within 25 s.
 const FAILOVER_BOUND: Duration = Duration::from_secs(25);
 
-fn count(node: &crate::support::ha::HaNode) -> Option<i64> {
+/// The status a member's agent answers on `path` (0: no answer).
+fn status(node: &HaNode, path: &str) -> u16 {
+    node.api(path).map_or(0, |(code, _)| code)
+}
+
+fn count(node: &HaNode) -> Option<i64> {
     node.cluster
         .psql("select count(*) from t")
         .ok()
@@ -21,10 +27,7 @@ fn count(node: &crate::support::ha::HaNode) -> Option<i64> {
 }
 
 /// Every 100 ms, which members accept writes; returns the samples where more than one did.
-fn sample_writable(
-    rig: &HaRig,
-    stop: &AtomicBool,
-) -> Vec<(Duration, Vec<String>)> {
+fn sample_writable(rig: &HaRig, stop: &AtomicBool) -> Vec<(Duration, Vec<String>)> {
     let start = Instant::now();
     let mut split = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -55,14 +58,23 @@ fn kill9_of_the_postmaster_restarts_the_primary_in_place_without_losing_a_row() 
     let killed = Instant::now();
     // The leader's agent starts its server again (crash recovery) and keeps the key: the
     // quickest way back for writes, and nothing acknowledged is lost.
-    rig.wait("a primary takes writes again", Duration::from_secs(60), |rig| {
-        rig.nodes
-            .iter()
-            .any(|n| n.cluster.psql("insert into t values (1000, 'after')").is_ok())
-    });
+    rig.wait(
+        "a primary takes writes again",
+        Duration::from_secs(60),
+        |rig| {
+            rig.nodes.iter().any(|n| {
+                n.cluster
+                    .psql("insert into t values (1000, 'after')")
+                    .is_ok()
+            })
+        },
+    );
     let outage = killed.elapsed();
     eprintln!("kill -9 of the primary's postmaster: writes again after {outage:?}");
-    assert!(outage <= FAILOVER_BOUND, "writes came back after {outage:?}");
+    assert!(
+        outage <= FAILOVER_BOUND,
+        "writes came back after {outage:?}"
+    );
     assert_eq!(rig.leader().as_deref(), Some("n1"));
     assert_eq!(count(n1), Some(101), "no acknowledged row lost");
     rig.wait("n2 streams again", Duration::from_secs(60), |_| {
@@ -82,6 +94,11 @@ fn kill9_of_the_primary_and_its_agent_promotes_the_standby_and_the_old_primary_r
         count(&rig.nodes[1]) == Some(100)
     });
 
+    // The role endpoints HAProxy checks: the leader is the primary, the other a replica.
+    assert_eq!(status(&rig.nodes[0], "/primary"), 200);
+    assert_eq!(status(&rig.nodes[1], "/primary"), 503);
+    assert_eq!(status(&rig.nodes[1], "/replica"), 200);
+
     rig.nodes[0].kill_agent();
     rig.nodes[0]
         .cluster
@@ -99,6 +116,9 @@ fn kill9_of_the_primary_and_its_agent_promotes_the_standby_and_the_old_primary_r
     assert!(outage <= FAILOVER_BOUND, "failover took {outage:?}");
     assert_eq!(rig.leader().as_deref(), Some("n2"));
     assert_eq!(count(&rig.nodes[1]), Some(101), "no acknowledged row lost");
+    rig.wait("n2 answers /primary", Duration::from_secs(10), |rig| {
+        status(&rig.nodes[1], "/primary") == 200
+    });
 
     // The old primary's agent back: it rewinds its server and follows n2, within 120 s.
     rig.nodes[0].start_agent();
@@ -113,7 +133,10 @@ fn kill9_of_the_primary_and_its_agent_promotes_the_standby_and_the_old_primary_r
                 )
                 .is_ok_and(|c| c == "1")
     });
-    eprintln!("n1 rejoined as a standby {:?} after its agent came back", back.elapsed());
+    eprintln!(
+        "n1 rejoined as a standby {:?} after its agent came back",
+        back.elapsed()
+    );
     rig.nodes[1]
         .cluster
         .psql("insert into t values (1001, 'rejoined')")
@@ -121,6 +144,13 @@ fn kill9_of_the_primary_and_its_agent_promotes_the_standby_and_the_old_primary_r
     rig.wait("n1 replays n2's writes", Duration::from_secs(30), |rig| {
         count(&rig.nodes[0]) == Some(102)
     });
+    rig.wait("n1 answers /replica", Duration::from_secs(10), |rig| {
+        status(&rig.nodes[0], "/replica") == 200
+    });
+    assert_eq!(status(&rig.nodes[0], "/primary"), 503);
+    // The repository holds both timelines: verify finds nothing wrong.
+    let out = rig.setup.run(&["verify"]);
+    assert_success(&out, "lifeboat verify after the failover");
 }
 
 #[test]
@@ -141,7 +171,10 @@ fn a_frozen_leader_agent_is_fenced_before_a_standby_is_promoted() {
         rig.wait("n2 takes writes", Duration::from_secs(60), |rig| {
             rig.nodes[1].accepts_writes()
         });
-        eprintln!("frozen leader agent: n2 took writes after {:?}", frozen.elapsed());
+        eprintln!(
+            "frozen leader agent: n2 took writes after {:?}",
+            frozen.elapsed()
+        );
         thread::sleep(Duration::from_secs(20).saturating_sub(frozen.elapsed()));
         rig.nodes[0].freeze_agent(false);
         thread::sleep(Duration::from_secs(4));

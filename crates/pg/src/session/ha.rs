@@ -126,6 +126,15 @@ impl Session {
             .map_err(|e| self.query_error(&what, &e))
     }
 
+    /// `CHECKPOINT` (after a promotion, it writes the new timeline into pg_control, which
+    /// pg_rewind reads).
+    pub async fn checkpoint(&self) -> Result<()> {
+        self.client
+            .batch_execute("checkpoint")
+            .await
+            .map_err(|e| self.query_error("running CHECKPOINT", &e))
+    }
+
     /// `pg_reload_conf()`.
     pub async fn reload(&self) -> Result<()> {
         self.query_text(

@@ -238,13 +238,17 @@ impl HaRig {
     pub fn wait_settled(&self, leader: usize) {
         let n = self.nodes.len();
         let name = self.nodes[leader].name.clone();
-        self.wait("the first leader and its streaming standbys", Duration::from_secs(90), |rig| {
-            rig.leader().as_deref() == Some(name.as_str())
-                && rig.nodes[leader].accepts_writes()
-                && rig.nodes[leader]
-                    .cluster
-                    .psql("select count(*) from pg_stat_replication where state = 'streaming'")
-                    .is_ok_and(|c| c == (n - 1).to_string())
-        });
+        self.wait(
+            "the first leader and its streaming standbys",
+            Duration::from_secs(90),
+            |rig| {
+                rig.leader().as_deref() == Some(name.as_str())
+                    && rig.nodes[leader].accepts_writes()
+                    && rig.nodes[leader]
+                        .cluster
+                        .psql("select count(*) from pg_stat_replication where state = 'streaming'")
+                        .is_ok_and(|c| c == (n - 1).to_string())
+            },
+        );
     }
 }
