@@ -18,6 +18,10 @@ use lifeboat_pg::session::{ConnSpec, Session};
 
 use crate::runner::Launcher;
 
+/// `synchronous_standby_names` of a strict leader without a synchronous standby: a name no
+/// member or receiver uses (member names are lower-case), so commits wait.
+const NO_STANDBY: &str = "\"Lifeboat: no synchronous standby\"";
+
 /// How long a start or a promotion may take before the loop tries again.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -267,9 +271,13 @@ impl Local {
         Ok(())
     }
 
-    /// `synchronous_standby_names` = ANY 1 of the standbys (empty: none), reloaded.
-    pub async fn set_synchronous(&self, standbys: &[String]) -> ActResult {
-        let value = if standbys.is_empty() {
+    /// `synchronous_standby_names` = ANY 1 of the standbys, reloaded. An empty set turns
+    /// synchronous commit off, except in `strict`: there it names no one who can connect
+    /// ([`NO_STANDBY`]), so commits wait until a standby is listed again.
+    pub async fn set_synchronous(&self, standbys: &[String], strict: bool) -> ActResult {
+        let value = if standbys.is_empty() && strict {
+            NO_STANDBY.to_string()
+        } else if standbys.is_empty() {
             String::new()
         } else {
             let quoted: Vec<String> = standbys

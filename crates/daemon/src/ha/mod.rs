@@ -11,7 +11,7 @@ pub mod observe;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use lifeboat_ha::config::HaConfig;
+use lifeboat_ha::config::{HaConfig, SyncMode};
 use lifeboat_ha::dcs::Dcs;
 use lifeboat_ha::decide::{Action, Decision, decide};
 use lifeboat_ha::state::{ClusterView, LocalState, MemberRecord, Observation, Role};
@@ -76,6 +76,8 @@ struct Agent {
     /// The member this standby's primary_conninfo points at, as last written.
     following: Option<String>,
     rejoining: bool,
+    /// The synchronous set in etcd as last read or written.
+    published_sync: Option<Vec<String>>,
     /// When the loop first saw PostgreSQL down (None while it runs).
     down_since: Option<Instant>,
     last_summary: String,
@@ -113,6 +115,7 @@ pub async fn run(
         deadline: None,
         following: None,
         rejoining: false,
+        published_sync: None,
         down_since: None,
         last_summary: String::new(),
         roles,
@@ -150,6 +153,9 @@ impl Agent {
         }
         local.down_since = self.down_since;
         let cluster = self.read_cluster().await;
+        if let Some(view) = &cluster {
+            self.published_sync = view.sync.as_ref().map(|s| s.standbys.clone());
+        }
         let observation = Observation {
             local: local.clone(),
             cluster: cluster.clone(),
@@ -325,13 +331,25 @@ impl Agent {
                 }
             }
             Action::SetSynchronous { standbys } => {
-                self.local.set_synchronous(standbys).await?;
+                // A member may be promoted in a synchronous mode only if `sync` lists it, so
+                // `sync` never names fewer members than could hold the latest commits: it is
+                // published before the server's list widens and after it narrows.
                 let dcs = self.dcs.as_ref().ok_or_else(dcs_needed)?;
+                let published = self.published_sync.clone().unwrap_or_default();
+                let widening = standbys.iter().any(|s| !published.contains(s));
                 let sync = lifeboat_ha::state::SyncState {
                     leader: self.options.config.name.clone(),
                     standbys: standbys.clone(),
                 };
-                dcs.set_sync(&sync).await.map_err(|e| e.to_string())?;
+                if widening {
+                    dcs.set_sync(&sync).await.map_err(|e| e.to_string())?;
+                }
+                let strict = self.options.config.synchronous == SyncMode::Strict;
+                self.local.set_synchronous(standbys, strict).await?;
+                if !widening {
+                    dcs.set_sync(&sync).await.map_err(|e| e.to_string())?;
+                }
+                self.published_sync = Some(standbys.clone());
             }
             Action::KeepSlots { members } => self.local.keep_slots(members).await?,
             Action::ClearSwitchover => {

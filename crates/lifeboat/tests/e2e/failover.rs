@@ -189,3 +189,65 @@ fn a_frozen_leader_agent_is_fenced_before_a_standby_is_promoted() {
     });
     let _ = &mut rig;
 }
+
+/// The ids in `t` of a restored copy, in order.
+fn restored_ids(copy: &lifeboat_pg::cluster::LocalCluster) -> Vec<i64> {
+    crate::support::ids(copy)
+}
+
+#[test]
+fn pitr_before_and_after_a_failover_is_exact_and_a_backup_of_the_new_primary_verifies() {
+    use crate::backup_restore::{archive_everything, restore_json, start_restored, target};
+
+    let mut rig = HaRig::start(2, "");
+    rig.wait_settled(0);
+    let insert = |node: &HaNode, from: i64, to: i64| {
+        node.cluster
+            .psql(&format!(
+                "insert into t select g, 'row' from generate_series({from}, {to}) g"
+            ))
+            .expect("insert");
+    };
+    let now = |node: &HaNode| {
+        node.cluster
+            .psql("select clock_timestamp()")
+            .expect("clock_timestamp")
+    };
+    insert(&rig.nodes[0], 1, 10);
+    let before_failover = now(&rig.nodes[0]);
+    thread::sleep(Duration::from_millis(50));
+    insert(&rig.nodes[0], 11, 20);
+    archive_everything(&rig.nodes[0].cluster);
+    rig.wait("n2 replayed rows 1-20", Duration::from_secs(30), |rig| {
+        count(&rig.nodes[1]) == Some(20)
+    });
+
+    rig.nodes[0].kill_agent();
+    rig.nodes[0].cluster.kill9().expect("kill -9 of n1");
+    rig.wait("n2 leads and takes writes", Duration::from_secs(60), |rig| {
+        rig.leader().as_deref() == Some("n2") && rig.nodes[1].accepts_writes()
+    });
+    insert(&rig.nodes[1], 21, 30);
+    let after_failover = now(&rig.nodes[1]);
+    thread::sleep(Duration::from_millis(50));
+    insert(&rig.nodes[1], 31, 40);
+    archive_everything(&rig.nodes[1].cluster);
+
+    // A backup of the new primary, on its new timeline, into the same repository.
+    let report = rig.setup.backup(&rig.nodes[1].cluster);
+    assert_eq!(report["timeline"], 2, "{report}");
+    let owner = rig.nodes[0].cluster.owner.clone();
+    for (target_time, want) in [(&before_failover, 10), (&after_failover, 30)] {
+        let t = target();
+        restore_json(&rig.setup, &t.data, &["--target-time", target_time]);
+        let copy = start_restored(t, owner.clone());
+        assert_eq!(
+            restored_ids(&copy),
+            crate::support::first_n(want),
+            "restore to {target_time}"
+        );
+    }
+    let out = rig.setup.run(&["verify"]);
+    assert_success(&out, "lifeboat verify after the failover and the new backup");
+    let _ = &mut rig;
+}
