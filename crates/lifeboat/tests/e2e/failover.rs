@@ -251,3 +251,69 @@ fn pitr_before_and_after_a_failover_is_exact_and_a_backup_of_the_new_primary_ver
     assert_success(&out, "lifeboat verify after the failover and the new backup");
     let _ = &mut rig;
 }
+
+#[test]
+fn synchronous_strict_loses_no_acknowledged_row_when_the_primary_dies() {
+    let rig = HaRig::start(3, "synchronous = \"strict\"\n");
+    rig.wait_settled(0);
+    rig.wait(
+        "n1 commits synchronously to a standby",
+        Duration::from_secs(30),
+        |rig| {
+            rig.nodes[0]
+                .cluster
+                .psql("select count(*) from pg_stat_replication where sync_state in ('sync', 'quorum')")
+                .is_ok_and(|c| c != "0")
+        },
+    );
+    // A writer on n1: every insert psql reports committed is acknowledged.
+    let acknowledged = thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut acked = Vec::new();
+            for id in 1..=100_000_i64 {
+                match rig.nodes[0]
+                    .cluster
+                    .psql(&format!("insert into t values ({id}, 'sync')"))
+                {
+                    Ok(_) => acked.push(id),
+                    Err(_) => break,
+                }
+            }
+            acked
+        });
+        thread::sleep(Duration::from_secs(3));
+        // The agent first, so that nothing restarts the server in place.
+        let n1 = &rig.nodes[0];
+        let agent_pid = n1.agent_pid();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &agent_pid.to_string()])
+            .status();
+        n1.cluster.kill9().expect("kill -9 of n1's postmaster");
+        writer.join().expect("writer")
+    });
+    assert!(acknowledged.len() > 10, "the writer made too little progress");
+    let leader = rig.wait("a standby leads", Duration::from_secs(60), |rig| {
+        matches!(rig.leader().as_deref(), Some("n2" | "n3"))
+    });
+    eprintln!(
+        "strict: {} rows acknowledged before the kill; a new leader after {leader:?}",
+        acknowledged.len()
+    );
+    let new_leader = rig.nodes.iter().find(|n| Some(n.name.clone()) == rig.leader()).expect("leader");
+    rig.wait("the new leader is out of recovery", Duration::from_secs(30), |_| {
+        new_leader.accepts_writes()
+    });
+    let present: Vec<i64> = new_leader
+        .cluster
+        .psql("select id from t order by id")
+        .expect("read the rows")
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    let lost: Vec<&i64> = acknowledged.iter().filter(|id| !present.contains(id)).collect();
+    assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
+    // Writes come back once the third member follows the new leader as its synchronous standby.
+    rig.wait("the new leader takes writes", Duration::from_secs(60), |_| {
+        new_leader.cluster.psql("insert into t values (0, 'after')").is_ok()
+    });
+}

@@ -62,6 +62,11 @@ impl HaNode {
         }
     }
 
+    /// The agent's pid (it must be running).
+    pub fn agent_pid(&self) -> u32 {
+        self.agent.as_ref().expect("agent running").id()
+    }
+
     /// SIGSTOP (true) or SIGCONT (false) the agent.
     pub fn freeze_agent(&self, freeze: bool) {
         let child = self.agent.as_ref().expect("agent running");
