@@ -178,6 +178,10 @@ impl Local {
     /// (`standby create --delta`). Then started as a standby.
     pub async fn rejoin(&self, leader_conninfo: &str) -> ActResult {
         self.stop(StopMode::Immediate).await?;
+        // What this server finished writing but never archived goes to the repository, on its
+        // own timeline, before pg_rewind or a re-clone replaces its pg_wal: nothing it
+        // acknowledged is destroyed without a copy (PITR on the old timeline can reach it).
+        self.archive_ready_wal().await?;
         let settings = self.standby_settings(leader_conninfo);
         // pg_rewind needs restore_command in the target's configuration.
         self.write_standby_files(&settings[2..])?;
@@ -214,6 +218,50 @@ impl Local {
         }
         self.write_standby_files(&settings)?;
         self.start().await
+    }
+
+    /// `wal-push` of every file `pg_wal/archive_status` marks `.ready` (complete segments and
+    /// history files the archiver had not stored yet), each then marked `.done`. A file that
+    /// cannot be stored stops the rejoin: nothing is discarded before it is safe.
+    async fn archive_ready_wal(&self) -> ActResult {
+        let status_dir = self.pgdata.join("pg_wal").join("archive_status");
+        let entries = match std::fs::read_dir(&status_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("cannot list {}: {e}", status_dir.display())),
+        };
+        let mut ready: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter_map(|name| name.strip_suffix(".ready").map(str::to_owned))
+            // Only PostgreSQL's own names: nothing else is handed to a command.
+            .filter(|name| {
+                lifeboat_pg::walname::WalFileName::parse(name).is_ok()
+            })
+            .collect();
+        ready.sort();
+        for name in ready {
+            let path = self.pgdata.join("pg_wal").join(&name);
+            let path_text = path.to_string_lossy().into_owned();
+            let out = self
+                .launcher
+                .command_with(&["wal-push", &path_text])
+                .output()
+                .await
+                .map_err(|e| format!("cannot run wal-push: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "cannot archive {name} before rejoining (nothing was discarded): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            let from = status_dir.join(format!("{name}.ready"));
+            let to = status_dir.join(format!("{name}.done"));
+            std::fs::rename(&from, &to)
+                .map_err(|e| format!("cannot mark {name} archived: {e}"))?;
+            tracing::info!(file = %name, "ha: archived before rejoining");
+        }
+        Ok(())
     }
 
     /// `CHECKPOINT` on the leader (a superuser, or a role with pg_checkpoint on 15+).
