@@ -235,9 +235,7 @@ impl Local {
             .filter_map(|e| e.file_name().to_str().map(str::to_owned))
             .filter_map(|name| name.strip_suffix(".ready").map(str::to_owned))
             // Only PostgreSQL's own names: nothing else is handed to a command.
-            .filter(|name| {
-                lifeboat_pg::walname::WalFileName::parse(name).is_ok()
-            })
+            .filter(|name| lifeboat_pg::walname::WalFileName::parse(name).is_ok())
             .collect();
         ready.sort();
         for name in ready {
@@ -257,8 +255,7 @@ impl Local {
             }
             let from = status_dir.join(format!("{name}.ready"));
             let to = status_dir.join(format!("{name}.done"));
-            std::fs::rename(&from, &to)
-                .map_err(|e| format!("cannot mark {name} archived: {e}"))?;
+            std::fs::rename(&from, &to).map_err(|e| format!("cannot mark {name} archived: {e}"))?;
             tracing::info!(file = %name, "ha: archived before rejoining");
         }
         Ok(())

@@ -76,6 +76,8 @@ struct Agent {
     /// The member this standby's primary_conninfo points at, as last written.
     following: Option<String>,
     rejoining: bool,
+    /// The last other member seen holding the leader key (the `from` of a failover).
+    last_leader: Option<String>,
     /// The synchronous set in etcd as last read or written.
     published_sync: Option<Vec<String>>,
     /// When the loop first saw PostgreSQL down (None while it runs).
@@ -116,6 +118,7 @@ pub async fn run(
         following: None,
         rejoining: false,
         published_sync: None,
+        last_leader: None,
         down_since: None,
         last_summary: String::new(),
         roles,
@@ -155,6 +158,9 @@ impl Agent {
         let cluster = self.read_cluster().await;
         if let Some(view) = &cluster {
             self.published_sync = view.sync.as_ref().map(|s| s.standbys.clone());
+            if let Some(leader) = view.leader.as_ref().filter(|l| l.name != config.name) {
+                self.last_leader = Some(leader.name.clone());
+            }
         }
         let observation = Observation {
             local: local.clone(),
@@ -283,6 +289,7 @@ impl Agent {
                 self.local.promote().await?;
                 self.following = None;
                 tracing::info!("ha: promoted");
+                self.record_promotion().await;
             }
             Action::StopImmediately => {
                 self.local.stop(StopMode::Immediate).await?;
@@ -358,6 +365,31 @@ impl Agent {
             }
         }
         Ok(true)
+    }
+
+    /// Append this promotion to the cluster's failover history (best effort: the history is
+    /// for people, the promotion stands without it).
+    async fn record_promotion(&self) {
+        let config = &self.options.config;
+        let now = observe::observe(
+            &self.local.spec,
+            &self.local.pgdata,
+            config.retry_timeout,
+            None,
+        )
+        .await;
+        let (Some(dcs), Some(timeline)) = (self.dcs.as_ref(), now.timeline) else {
+            return;
+        };
+        let entry = lifeboat_ha::dcs::HistoryEntry::now(
+            self.last_leader.clone(),
+            config.name.clone(),
+            timeline,
+            now.wal_position.unwrap_or_default(),
+        );
+        if let Err(e) = dcs.append_history(&entry).await {
+            tracing::warn!("ha: cannot record the promotion in the failover history: {e}");
+        }
     }
 
     /// Publish this member's key and the role the endpoints answer from.

@@ -224,9 +224,11 @@ fn pitr_before_and_after_a_failover_is_exact_and_a_backup_of_the_new_primary_ver
 
     rig.nodes[0].kill_agent();
     rig.nodes[0].cluster.kill9().expect("kill -9 of n1");
-    rig.wait("n2 leads and takes writes", Duration::from_secs(60), |rig| {
-        rig.leader().as_deref() == Some("n2") && rig.nodes[1].accepts_writes()
-    });
+    rig.wait(
+        "n2 leads and takes writes",
+        Duration::from_secs(60),
+        |rig| rig.leader().as_deref() == Some("n2") && rig.nodes[1].accepts_writes(),
+    );
     insert(&rig.nodes[1], 21, 30);
     let after_failover = now(&rig.nodes[1]);
     thread::sleep(Duration::from_millis(50));
@@ -248,7 +250,10 @@ fn pitr_before_and_after_a_failover_is_exact_and_a_backup_of_the_new_primary_ver
         );
     }
     let out = rig.setup.run(&["verify"]);
-    assert_success(&out, "lifeboat verify after the failover and the new backup");
+    assert_success(
+        &out,
+        "lifeboat verify after the failover and the new backup",
+    );
     let _ = &mut rig;
 }
 
@@ -291,7 +296,10 @@ fn synchronous_strict_loses_no_acknowledged_row_when_the_primary_dies() {
         n1.cluster.kill9().expect("kill -9 of n1's postmaster");
         writer.join().expect("writer")
     });
-    assert!(acknowledged.len() > 10, "the writer made too little progress");
+    assert!(
+        acknowledged.len() > 10,
+        "the writer made too little progress"
+    );
     let leader = rig.wait("a standby leads", Duration::from_secs(60), |rig| {
         matches!(rig.leader().as_deref(), Some("n2" | "n3"))
     });
@@ -299,10 +307,16 @@ fn synchronous_strict_loses_no_acknowledged_row_when_the_primary_dies() {
         "strict: {} rows acknowledged before the kill; a new leader after {leader:?}",
         acknowledged.len()
     );
-    let new_leader = rig.nodes.iter().find(|n| Some(n.name.clone()) == rig.leader()).expect("leader");
-    rig.wait("the new leader is out of recovery", Duration::from_secs(30), |_| {
-        new_leader.accepts_writes()
-    });
+    let new_leader = rig
+        .nodes
+        .iter()
+        .find(|n| Some(n.name.clone()) == rig.leader())
+        .expect("leader");
+    rig.wait(
+        "the new leader is out of recovery",
+        Duration::from_secs(30),
+        |_| new_leader.accepts_writes(),
+    );
     let present: Vec<i64> = new_leader
         .cluster
         .psql("select id from t order by id")
@@ -310,10 +324,20 @@ fn synchronous_strict_loses_no_acknowledged_row_when_the_primary_dies() {
         .lines()
         .filter_map(|l| l.parse().ok())
         .collect();
-    let lost: Vec<&i64> = acknowledged.iter().filter(|id| !present.contains(id)).collect();
+    let lost: Vec<&i64> = acknowledged
+        .iter()
+        .filter(|id| !present.contains(id))
+        .collect();
     assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
     // Writes come back once the third member follows the new leader as its synchronous standby.
-    rig.wait("the new leader takes writes", Duration::from_secs(60), |_| {
-        new_leader.cluster.psql("insert into t values (0, 'after')").is_ok()
-    });
+    rig.wait(
+        "the new leader takes writes",
+        Duration::from_secs(60),
+        |_| {
+            new_leader
+                .cluster
+                .psql("insert into t values (0, 'after')")
+                .is_ok()
+        },
+    );
 }
