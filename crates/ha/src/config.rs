@@ -31,7 +31,7 @@ pub struct HaConfig {
     pub namespace: String,
     /// The cluster's name, the same on every member.
     pub cluster: String,
-    /// This member's name, unique in the cluster (used for its slot: `lifeboat_<name>`).
+    /// This member's name, unique in the cluster (used for its slot: `lifeboat_ha_<name>`).
     pub name: String,
     /// How the other members and the tools reach this member's PostgreSQL (a libpq conninfo,
     /// e.g. `host=10.0.0.2 port=5432 user=replicator`), used in their `primary_conninfo`.
@@ -61,7 +61,7 @@ pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAXIMUM_LAG_ON_FAILOVER: u64 = 1 << 20;
 pub const DEFAULT_PRIMARY_START_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Longest member or cluster name: `lifeboat_<name>` must fit a slot name (63 bytes) with room.
+/// Longest member or cluster name: `lifeboat_ha_<name>` must fit a slot name (63 bytes) with room.
 pub const MAX_NAME_LEN: usize = 50;
 
 /// `[ha]` as written in the file. Required: `etcd`, `cluster`, `name`, `conninfo`, `api_url`
@@ -265,7 +265,7 @@ fn check_name(key: &'static str, value: &str) -> Result<(), HaConfigError> {
             key,
             message: format!(
                 "{key} = {value:?} {problem}: it becomes part of replication slot names \
-                 (lifeboat_<name>) and etcd keys, so use 1 to {MAX_NAME_LEN} lowercase letters, \
+                 (lifeboat_ha_<name>) and etcd keys, so use 1 to {MAX_NAME_LEN} lowercase letters, \
                  digits or underscores, e.g. {key} = \"{}\"",
                 if key == "cluster" { "main" } else { "node1" }
             ),

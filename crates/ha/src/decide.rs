@@ -54,7 +54,7 @@ pub enum Action {
     /// With `synchronous = "strict"` an empty set means writes wait: the loop writes a name no
     /// standby has.
     SetSynchronous { standbys: Vec<String> },
-    /// On the leader: keep a physical slot for each of these members, drop other `lifeboat_`
+    /// On the leader: keep a physical slot for each of these members, drop other `lifeboat_ha_`
     /// member slots (the loop waits a while before dropping the slot of a member whose key
     /// vanished: an agent restart must not cost its standby the WAL it still needs).
     KeepSlots { members: Vec<String> },

@@ -49,7 +49,7 @@ fn defaults() {
     assert_eq!(c.namespace, "/lifeboat");
     assert_eq!(c.cluster, "main");
     assert_eq!(c.name, "node1");
-    assert_eq!(c.slot_name(), "lifeboat_node1");
+    assert_eq!(c.slot_name(), "lifeboat_ha_node1");
     assert_eq!(c.ttl, Duration::from_secs(30));
     assert_eq!(c.loop_wait, Duration::from_secs(10));
     assert_eq!(c.retry_timeout, Duration::from_secs(10));
@@ -128,7 +128,7 @@ fn refusals() {
         ),
         (
             replacing("name", "name = \"Node-1\""),
-            &["name = \"Node-1\" contains 'N'", "lifeboat_<name>"],
+            &["name = \"Node-1\" contains 'N'", "lifeboat_ha_<name>"],
         ),
         (
             replacing("name", &format!("name = \"{}\"", "n".repeat(51))),
