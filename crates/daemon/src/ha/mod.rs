@@ -23,6 +23,9 @@ use self::act::Local;
 use self::fence::FenceKeeper;
 use crate::runner::Launcher;
 
+/// How long the leader keeps the slot of a member whose key vanished.
+const SLOT_GRACE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 /// Everything the agent needs, resolved by the CLI.
 #[derive(Debug, Clone)]
 pub struct HaOptions {
@@ -76,6 +79,8 @@ struct Agent {
     /// The member this standby's primary_conninfo points at, as last written.
     following: Option<String>,
     rejoining: bool,
+    /// When each member was last listed for a slot (see [`SLOT_GRACE`]).
+    members_seen: std::collections::HashMap<String, Instant>,
     /// The last other member seen holding the leader key (the `from` of a failover).
     last_leader: Option<String>,
     /// The synchronous set in etcd as last read or written.
@@ -119,6 +124,7 @@ pub async fn run(
         rejoining: false,
         published_sync: None,
         last_leader: None,
+        members_seen: std::collections::HashMap::new(),
         down_since: None,
         last_summary: String::new(),
         roles,
@@ -358,7 +364,20 @@ impl Agent {
                 }
                 self.published_sync = Some(standbys.clone());
             }
-            Action::KeepSlots { members } => self.local.keep_slots(members).await?,
+            Action::KeepSlots { members } => {
+                // A member whose key vanished (its agent restarting, its host rebooting) keeps
+                // its slot for a while, so that it can stream again instead of replaying the
+                // repository.
+                let now = Instant::now();
+                for member in members {
+                    self.members_seen.insert(member.clone(), now);
+                }
+                self.members_seen
+                    .retain(|_, seen| now.duration_since(*seen) < SLOT_GRACE);
+                let mut keep: Vec<String> = self.members_seen.keys().cloned().collect();
+                keep.sort();
+                self.local.keep_slots(&keep).await?
+            }
             Action::ClearSwitchover => {
                 let dcs = self.dcs.as_ref().ok_or_else(dcs_needed)?;
                 dcs.set_switchover(None).await.map_err(|e| e.to_string())?;
