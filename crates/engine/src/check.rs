@@ -293,3 +293,50 @@ mod tests {
         assert_eq!(synchronous_names("2 (a,b)"), (2, names(&["a", "b"])));
     }
 }
+
+/// What automatic failover (`[ha]`) needs of the server, each problem with its fix: pg_rewind
+/// (data checksums or `wal_log_hints`, else every rejoin is a re-clone), `hot_standby`, and a WAL
+/// sender and a slot per other member (`members` in all), plus one for the receiver.
+pub async fn failover_problems(conn: &ConnSpec, members: usize) -> Result<Vec<Problem>> {
+    let session = Session::connect(conn, Duration::from_secs(30))
+        .await
+        .map_err(postgres)?;
+    let setting = |name: &'static str| {
+        let session = &session;
+        async move { session.setting(name).await.map_err(postgres) }
+    };
+    let mut problems = Vec::new();
+    if setting("data_checksums").await? != "on" && setting("wal_log_hints").await? != "on" {
+        problems.push(Problem {
+            what: "neither data checksums nor wal_log_hints are on: pg_rewind cannot rewind an \
+                   old primary, so every rejoin after a failover re-clones it from the repository"
+                .into(),
+            fix: "set wal_log_hints = on in postgresql.conf and restart the server".into(),
+        });
+    }
+    if setting("hot_standby").await? != "on" {
+        problems.push(Problem {
+            what: "hot_standby is off: a standby answers no query, and the agent cannot observe it"
+                .into(),
+            fix: "set hot_standby = on in postgresql.conf".into(),
+        });
+    }
+    let needed = members.max(2);
+    for name in ["max_wal_senders", "max_replication_slots"] {
+        let value: usize = setting(name).await?.parse().unwrap_or(0);
+        if value < needed {
+            problems.push(Problem {
+                what: format!(
+                    "{name} = {value}: the leader needs one per other member ({}) and one for \
+                     the WAL receiver",
+                    members.saturating_sub(1)
+                ),
+                fix: format!(
+                    "set {name} = {} or more in postgresql.conf and restart the server",
+                    needed + 2
+                ),
+            });
+        }
+    }
+    Ok(problems)
+}

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lifeboat_engine::check::StreamSetup;
+use lifeboat_engine::check::{Problem, StreamSetup};
 
 use super::context::{conn_spec, open_repo, print_json};
 use crate::cli::CheckArgs;
@@ -29,6 +29,11 @@ pub async fn check(resolved: &Resolved, args: &CheckArgs) -> Result<Exit, Failur
         &stream,
     )
     .await?;
+    let mut report = report;
+    // Failover's needs are checked too, so one command says what a node lacks.
+    if let Some(raw) = &resolved.file.ha {
+        report.problems.extend(failover_problems(raw, &conn).await?);
+    }
     if args.json {
         print_json(&report)?;
     } else {
@@ -57,4 +62,62 @@ pub async fn check(resolved: &Resolved, args: &CheckArgs) -> Result<Exit, Failur
             Some("apply each FIX above, then run lifeboat check again".into()),
         ))
     }
+}
+
+/// With `[ha]`: the section itself, etcd (reachable, this cluster's system identifier) and the
+/// server's settings failover needs.
+async fn failover_problems(
+    raw: &lifeboat_ha::config::RawHaConfig,
+    conn: &lifeboat_pg::session::ConnSpec,
+) -> Result<Vec<Problem>, Failure> {
+    let config = match raw.clone().into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            return Ok(vec![Problem {
+                what: e.to_string(),
+                fix: "fix [ha] in the configuration file (README, \"Automatic failover\")".into(),
+            }]);
+        }
+    };
+    let mut problems = Vec::new();
+    let mut members = 3;
+    let view = match lifeboat_ha::dcs::Dcs::connect(&config).await {
+        Ok(dcs) => dcs.read().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match view {
+        Ok(view) => {
+            members = members.max(view.members.len());
+            let session = lifeboat_pg::session::Session::connect(conn, Duration::from_secs(30))
+                .await
+                .map_err(|e| Failure::new(Exit::Postgres, e.to_string(), None))?;
+            let ours = session
+                .system_identifier()
+                .await
+                .map_err(|e| Failure::new(Exit::Postgres, e.to_string(), None))?;
+            if let Some(theirs) = view.initialize.filter(|&id| id != ours) {
+                problems.push(Problem {
+                    what: format!(
+                        "etcd says cluster {:?} is database system {theirs}, this server is {ours}",
+                        config.cluster
+                    ),
+                    fix: "give this node the cluster's data (lifeboat standby create), or use \
+                          another [ha] cluster name"
+                        .into(),
+                });
+            }
+        }
+        Err(e) => problems.push(Problem {
+            what: format!("etcd ({}) cannot be read: {e}", config.etcd.join(", ")),
+            fix: "check that the etcd members run, that [ha] etcd lists their client URLs, and \
+                  that this host reaches them"
+                .into(),
+        }),
+    }
+    problems.extend(
+        lifeboat_engine::check::failover_problems(conn, members)
+            .await
+            .map_err(|e| Failure::new(Exit::Postgres, e.to_string(), None))?,
+    );
+    Ok(problems)
 }

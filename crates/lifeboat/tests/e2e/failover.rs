@@ -14,6 +14,14 @@ use crate::support::ha::{HaNode, HaRig};
 /// The bound on a failover: a new primary takes writes within 25 s.
 const FAILOVER_BOUND: Duration = Duration::from_secs(25);
 
+/// `lifeboat --config <the member's config>`, as the cluster owner.
+fn node_cmd(node: &HaNode) -> std::process::Command {
+    let mut cmd = std::process::Command::new(crate::support::BIN);
+    lifeboat_testkit::cluster::run_as_owner(&mut cmd);
+    cmd.arg("--config").arg(&node.config);
+    cmd
+}
+
 /// The status a member's agent answers on `path` (0: no answer).
 fn status(node: &HaNode, path: &str) -> u16 {
     node.api(path).map_or(0, |(code, _)| code)
@@ -53,6 +61,13 @@ fn kill9_of_the_postmaster_restarts_the_primary_in_place_without_losing_a_row() 
     n1.cluster
         .psql("insert into t select g, 'before' from generate_series(1, 100) g")
         .expect("insert");
+
+    // `check` with [ha]: the archive path, etcd, this cluster's identity, failover's settings.
+    let out = node_cmd(n1)
+        .arg("check")
+        .output()
+        .expect("run lifeboat check");
+    assert_success(&out, "lifeboat check on a failover member");
 
     n1.cluster.kill9().expect("kill -9 of n1's postmaster");
     let killed = Instant::now();
