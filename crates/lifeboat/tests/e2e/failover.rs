@@ -356,3 +356,72 @@ fn synchronous_strict_loses_no_acknowledged_row_when_the_primary_dies() {
         },
     );
 }
+
+#[test]
+fn a_rewind_that_cannot_work_falls_back_to_a_reclone_from_the_repository() {
+    let mut rig = HaRig::start(2, "");
+    rig.wait_settled(0);
+    rig.nodes[0]
+        .cluster
+        .psql("insert into t select g, 'before' from generate_series(1, 50) g")
+        .expect("insert");
+    rig.wait("n2 replayed the rows", Duration::from_secs(30), |rig| {
+        count(&rig.nodes[1]) == Some(50)
+    });
+    rig.nodes[0].kill_agent();
+    rig.nodes[0].cluster.kill9().expect("kill -9 of n1");
+    rig.wait(
+        "n2 leads and takes writes",
+        Duration::from_secs(60),
+        |rig| rig.leader().as_deref() == Some("n2") && rig.nodes[1].accepts_writes(),
+    );
+    rig.nodes[1]
+        .cluster
+        .psql("insert into t select g, 'after' from generate_series(51, 60) g")
+        .expect("insert on n2");
+    // A backup of the new primary: what a re-clone restores.
+    rig.setup.backup(&rig.nodes[1].cluster);
+
+    // The old primary lost its pg_wal (a damaged disk): pg_rewind cannot read the WAL since the
+    // last common checkpoint, neither there nor in the repository (the unfinished segment was
+    // never archived).
+    let pg_wal = rig.nodes[0].cluster.datadir.join("pg_wal");
+    for entry in std::fs::read_dir(&pg_wal).expect("pg_wal") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            std::fs::remove_file(&path).expect("remove a WAL file");
+        }
+    }
+    for entry in std::fs::read_dir(pg_wal.join("archive_status")).expect("archive_status") {
+        std::fs::remove_file(entry.expect("entry").path()).expect("remove a status file");
+    }
+
+    rig.nodes[0].start_agent();
+    let back = Instant::now();
+    rig.wait(
+        "n1 streams from n2 again",
+        Duration::from_secs(120),
+        |rig| {
+            rig.nodes[0].in_recovery()
+                && rig.nodes[1]
+                    .cluster
+                    .psql(
+                        "select count(*) from pg_stat_replication \
+                     where application_name = 'n1' and state = 'streaming'",
+                    )
+                    .is_ok_and(|c| c == "1")
+        },
+    );
+    eprintln!(
+        "n1 re-cloned and streaming {:?} after its agent came back",
+        back.elapsed()
+    );
+    let log = rig.nodes[0].log_text();
+    assert!(
+        log.contains("pg_rewind failed"),
+        "the rejoin did not go through a failed rewind:\n{log}"
+    );
+    rig.wait("n1 has every row", Duration::from_secs(30), |rig| {
+        count(&rig.nodes[0]) == Some(60)
+    });
+}
