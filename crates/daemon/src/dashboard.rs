@@ -29,6 +29,7 @@ macro_rules! w {
 }
 
 mod charts;
+mod failover;
 mod format;
 mod stream;
 mod summary;
@@ -74,6 +75,7 @@ pub fn render(s: &Snapshot) -> String {
     backups(&mut out, s, now);
     wal(&mut out, s, now);
     stream::stream(&mut out, s, now);
+    failover::failover(&mut out, s, now);
     jobs(&mut out, s, now);
     drills(&mut out, s, now);
     alerts(&mut out, s, now);

@@ -16,7 +16,7 @@ use crate::status::{Severity, Snapshot};
 
 mod series;
 
-use series::{Builder, backups, drills, flag, jobs, labels, replicas, stream, wal};
+use series::{Builder, backups, drills, flag, ha, jobs, labels, replicas, stream, wal};
 
 /// Content type of [`render`]: the classic Prometheus text format every scraper understands.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -141,6 +141,7 @@ fn build(s: &Snapshot) -> Registry {
     backups(&mut b, s);
     wal(&mut b, s);
     stream(&mut b, s);
+    ha(&mut b, s);
     replicas(&mut b, s);
     b.family(
         "volume_free",

@@ -66,6 +66,8 @@ struct Daemon {
     /// the health loop when it starts or exits.
     receiver: Option<SharedReceiver>,
     receiver_changed: Arc<Notify>,
+    /// The failover agent's last pass, when `[ha]` is configured.
+    ha_status: crate::ha::SharedHaStatus,
     stop: watch::Receiver<bool>,
 }
 
@@ -149,6 +151,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         refresh: Notify::new(),
         receiver,
         receiver_changed: Arc::new(Notify::new()),
+        ha_status: crate::ha::SharedHaStatus::default(),
         stop: stop_rx,
     });
     // Beside the jobs, not through their executor: the receiver runs for good.
@@ -164,7 +167,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     // behind a backup. With [ha] it publishes the role (it knows the leader key and the fencing
     // deadline); without, the role endpoints answer from the local server's role.
     let agent = match daemon.options.ha.clone() {
-        Some(ha) => Some(tokio::spawn(crate::ha::run(ha, roles, daemon.stop.clone()))),
+        Some(ha) => Some(tokio::spawn(crate::ha::run(
+            ha,
+            roles,
+            daemon.ha_status.clone(),
+            daemon.stop.clone(),
+        ))),
         None => {
             tokio::spawn(crate::role::observe_local(
                 roles,
@@ -540,6 +548,11 @@ async fn publish(daemon: &Daemon, fresh: Snapshot) {
     let mut s = daemon.snapshot.write().await;
     let live_jobs = std::mem::take(&mut s.jobs);
     *s = fresh;
+    s.ha = daemon
+        .ha_status
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     if let (Some(stream), Some(live)) = (s.stream.as_mut(), &daemon.receiver) {
         stream.receiver = live.lock().unwrap_or_else(PoisonError::into_inner).clone();
     }

@@ -151,6 +151,8 @@ pub struct Snapshot {
     pub wal: WalStatus,
     /// None: no `[stream]` in the config, the daemon runs no receiver.
     pub stream: Option<StreamStatus>,
+    /// None: no `[ha]` in the config. The failover agent's last pass.
+    pub ha: Option<HaStatus>,
     /// Every standby and receiver connected to the server (`pg_stat_replication`), with its lag.
     pub replicas: Vec<lifeboat_pg::session::ReplicationClient>,
     pub volumes: Vec<Volume>,
@@ -171,4 +173,31 @@ impl Snapshot {
     pub fn shared() -> SharedSnapshot {
         Arc::new(RwLock::new(Snapshot::default()))
     }
+}
+
+/// What the failover agent saw and concluded on its last pass (`[ha]`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HaStatus {
+    /// This member's name.
+    pub name: String,
+    /// primary, replica, stopped or rejoining.
+    pub role: String,
+    /// The member holding the leader key, as etcd said on the last pass.
+    pub leader: Option<String>,
+    /// This member holds the key and is before its fencing deadline.
+    pub holds_leader: bool,
+    /// Milliseconds left before the fencing deadline (leader only).
+    pub fencing_in_ms: Option<u64>,
+    /// etcd answered on the last pass.
+    pub etcd_reachable: bool,
+    pub paused: bool,
+    pub timeline: Option<u32>,
+    /// Standby: bytes behind the leader's published position.
+    pub lag_bytes: Option<u64>,
+    /// The decision of the last pass, in words.
+    pub summary: String,
+    /// Every member's published record (name, role, timeline, position, api_url).
+    pub members: Vec<lifeboat_ha::state::MemberRecord>,
+    /// When the last pass ended (RFC 3339).
+    pub observed_at: String,
 }

@@ -23,6 +23,9 @@ use self::act::Local;
 use self::fence::FenceKeeper;
 use crate::runner::Launcher;
 
+/// The agent's last pass, for `/api/status`, the dashboard and `/metrics`.
+pub type SharedHaStatus = std::sync::Arc<std::sync::Mutex<Option<crate::status::HaStatus>>>;
+
 /// How long the leader keeps the slot of a member whose key vanished.
 const SLOT_GRACE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
@@ -89,6 +92,7 @@ struct Agent {
     down_since: Option<Instant>,
     last_summary: String,
     roles: crate::role::RoleCell,
+    status: SharedHaStatus,
 }
 
 /// Run the agent until `stop` turns true. On stop, a leader stops its PostgreSQL (fast) and
@@ -96,6 +100,7 @@ struct Agent {
 pub async fn run(
     options: HaOptions,
     roles: crate::role::RoleCell,
+    status: SharedHaStatus,
     mut stop: watch::Receiver<bool>,
 ) {
     let local = match local_member(&options) {
@@ -128,6 +133,7 @@ pub async fn run(
         down_since: None,
         last_summary: String::new(),
         roles,
+        status,
     };
     loop {
         agent.pass().await;
@@ -463,6 +469,29 @@ impl Agent {
         };
         let mut view = lifeboat_ha::routes::ha_view(&observation, &config.name);
         view.role = role;
+        let status = crate::status::HaStatus {
+            name: config.name.clone(),
+            role: format!("{role:?}").to_lowercase(),
+            leader: cluster
+                .and_then(|c| c.leader.as_ref())
+                .map(|l| l.name.clone()),
+            holds_leader: view.holds_leader == Some(true),
+            fencing_in_ms: view.leader_deadline.map(|d| {
+                u64::try_from(d.saturating_duration_since(Instant::now()).as_millis())
+                    .unwrap_or(u64::MAX)
+            }),
+            etcd_reachable: cluster.is_some(),
+            paused: view.paused,
+            timeline: view.timeline.map(|t| t.get()),
+            lag_bytes: view.lag_bytes,
+            summary: self.last_summary.clone(),
+            members: cluster.map(|c| c.members.clone()).unwrap_or_default(),
+            observed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        *self
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status);
         self.roles.publish(view);
     }
 

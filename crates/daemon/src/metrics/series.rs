@@ -423,3 +423,40 @@ pub(super) fn drills(b: &mut Builder, s: &Snapshot) {
         Some(d.bytes_restored as f64),
     );
 }
+
+/// The failover agent (`[ha]`): whether this member leads, whether etcd answered, its lag.
+pub(super) fn ha(b: &mut Builder, s: &Snapshot) {
+    let Some(ha) = &s.ha else {
+        return;
+    };
+    b.gauge(
+        "ha_leader",
+        "1 when this member holds the leader key and is before its fencing deadline",
+        None,
+        Some(flag(ha.holds_leader)),
+    );
+    b.gauge(
+        "ha_etcd_up",
+        "1 when etcd answered the failover agent's last pass",
+        None,
+        Some(flag(ha.etcd_reachable)),
+    );
+    b.gauge(
+        "ha_paused",
+        "1 while the cluster is paused (lifeboat ha pause): no automatic failover",
+        None,
+        Some(flag(ha.paused)),
+    );
+    b.gauge(
+        "ha_members",
+        "Members whose agent published its key in etcd (as seen on the last pass)",
+        None,
+        ha.etcd_reachable.then_some(ha.members.len() as f64),
+    );
+    b.gauge(
+        "ha_replica_lag",
+        "This standby's distance behind the leader's published WAL position",
+        Some(Unit::Bytes),
+        ha.lag_bytes.map(|v| v as f64),
+    );
+}

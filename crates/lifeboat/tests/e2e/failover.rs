@@ -68,6 +68,39 @@ fn kill9_of_the_postmaster_restarts_the_primary_in_place_without_losing_a_row() 
         .output()
         .expect("run lifeboat check");
     assert_success(&out, "lifeboat check on a failover member");
+    // The status, metrics and dashboard show the failover agent's view.
+    rig.wait(
+        "the status shows the agents",
+        Duration::from_secs(20),
+        |_| {
+            let status = |node: &HaNode| {
+                node.api("/api/status")
+                    .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                    .unwrap_or_default()
+            };
+            let (s1, s2) = (status(n1), status(n2));
+            s1["ha"]["leader"] == "n1"
+                && s1["ha"]["holds_leader"] == true
+                && s2["ha"]["role"] == "replica"
+                && s2["ha"]["members"].as_array().is_some_and(|m| m.len() == 2)
+        },
+    );
+    let metrics = |node: &HaNode| node.api("/metrics").map(|(_, b)| b).unwrap_or_default();
+    assert!(
+        metrics(n1).contains("lifeboat_ha_leader 1"),
+        "{}",
+        metrics(n1)
+    );
+    assert!(
+        metrics(n2).contains("lifeboat_ha_leader 0"),
+        "{}",
+        metrics(n2)
+    );
+    let page = n1.api("/").map(|(_, b)| b).unwrap_or_default();
+    assert!(
+        page.contains("<h2>Failover</h2>"),
+        "no failover section on the dashboard"
+    );
 
     n1.cluster.kill9().expect("kill -9 of n1's postmaster");
     let killed = Instant::now();
