@@ -111,10 +111,10 @@ pub async fn failover(resolved: &Resolved, args: &FailoverArgs) -> Result<Exit, 
     if let (Some(last), Some(mine)) = (view.last_leader_position, candidate.wal_position) {
         let behind = last.0.saturating_sub(mine.0);
         if behind > 0 {
-            outln!(
-                "warning: {} is {} behind the last leader's published position {last}: what it \
-                 lacks is lost unless the old leader comes back and is rewound (its surplus is \
-                 archived first)",
+            tracing::warn!(
+                "{} is {} behind the last leader's published position {last}: what it lacks \
+                 will not be on the new timeline (when the old leader rejoins, its surplus WAL \
+                 is archived on its own timeline before it is rewound)",
                 args.to,
                 human_bytes(behind)
             );

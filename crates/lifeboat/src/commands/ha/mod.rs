@@ -50,11 +50,9 @@ fn dcs_failure(e: DcsError, config: &HaConfig) -> Failure {
     let (exit, hint) = match &e {
         DcsError::Unavailable { .. } => (
             Exit::Storage,
-            format!(
-                "the endpoints come from [ha] etcd ({endpoints}); once a majority of the etcd \
-                 members answers (etcdctl --endpoints {endpoints} endpoint health), run the \
-                 command again"
-            ),
+            "the endpoints are [ha] etcd in the config file; run the command again once a \
+             majority of the etcd members answers"
+                .to_string(),
         ),
         DcsError::Refused { .. } | DcsError::Endpoint { .. } => (
             Exit::Config,

@@ -217,3 +217,56 @@ fn time_text(seconds: u64) -> String {
         .and_then(|t| t.format(&format).ok())
         .unwrap_or_else(|| seconds.to_string())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use lifeboat_ha::state::LeaderKey;
+
+    fn record(name: &str, role: Role, position: Option<u64>) -> MemberRecord {
+        MemberRecord {
+            name: name.to_string(),
+            role,
+            timeline: None,
+            wal_position: position.map(Lsn),
+            replayed: None,
+            conninfo: String::new(),
+            api_url: format!("http://{name}:7433"),
+            system_identifier: 7,
+            version: "0.1.0".to_string(),
+        }
+    }
+
+    #[test]
+    fn lag_is_measured_from_the_leaders_record_else_from_the_last_published_position() {
+        let mut view = ClusterView {
+            leader: Some(LeaderKey {
+                name: "a".to_string(),
+                lease: 1,
+                mod_revision: 1,
+            }),
+            last_leader_position: Some(Lsn(100)),
+            members: vec![
+                record("a", Role::Primary, Some(5000)),
+                record("b", Role::Replica, Some(4000)),
+                record("c", Role::Stopped, None),
+            ],
+            ..ClusterView::default()
+        };
+        let status = Status::of(&view, Vec::new(), "/lifeboat", "main");
+        let lags: Vec<Option<u64>> = status.members.iter().map(|m| m.lag_bytes).collect();
+        assert_eq!(lags, vec![Some(0), Some(1000), None]);
+        assert_eq!(status.leader_position, Some(Lsn(5000)));
+
+        // No leader: from `optime`, which outlives it; a member ahead of it is 0 behind.
+        view.leader = None;
+        view.members.remove(0);
+        view.members[0].wal_position = Some(Lsn(60));
+        view.members.push(record("d", Role::Replica, Some(200)));
+        let status = Status::of(&view, Vec::new(), "/lifeboat", "main");
+        let lags: Vec<Option<u64>> = status.members.iter().map(|m| m.lag_bytes).collect();
+        assert_eq!(lags, vec![Some(40), None, Some(0)]);
+        assert!(status.members.iter().all(|m| !m.leader));
+    }
+}
