@@ -11,7 +11,7 @@ use lifeboat_ha::config::HaConfig;
 use lifeboat_ha::dcs::Dcs;
 use lifeboat_ha::state::{ClusterView, MemberRecord, Role, Switchover};
 
-use super::{connect, dcs_failure};
+use super::{connect, dcs_failure, dcs_write_failure};
 use crate::cli::{FailoverArgs, SwitchoverArgs};
 use crate::commands::context::human_bytes;
 use crate::config::Resolved;
@@ -200,7 +200,7 @@ async fn write_request(
     }
     dcs.set_switchover(Some(request))
         .await
-        .map_err(|e| dcs_failure(e, config))
+        .map_err(|e| dcs_write_failure(e, config))
 }
 
 /// Waits until `to` holds the leader key and publishes itself primary. `old`: the leader handing

@@ -70,12 +70,24 @@ fn dcs_failure(e: DcsError, config: &HaConfig) -> Failure {
     Failure::new(exit, e.to_string(), Some(hint))
 }
 
+/// As [`dcs_failure`], for a write: when etcd did not answer, the write may have landed.
+fn dcs_write_failure(e: DcsError, config: &HaConfig) -> Failure {
+    let unknown = matches!(e, DcsError::Unavailable { .. });
+    let mut failure = dcs_failure(e, config);
+    if unknown && let Some(hint) = failure.hint.as_mut() {
+        hint.push_str(
+            "; the change may or may not have been stored: `lifeboat ha status` shows which",
+        );
+    }
+    failure
+}
+
 /// `lifeboat ha pause` (true) and `ha resume` (false).
 pub async fn set_pause(resolved: &Resolved, paused: bool) -> Result<Exit, Failure> {
     let (dcs, config) = connect(resolved).await?;
     dcs.set_pause(paused)
         .await
-        .map_err(|e| dcs_failure(e, &config))?;
+        .map_err(|e| dcs_write_failure(e, &config))?;
     if paused {
         outln!(
             "cluster {} paused: the agents take no automatic action (no failover, restart or \
