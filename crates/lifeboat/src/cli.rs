@@ -116,6 +116,18 @@ pub enum Command {
     /// and its copy, under the repository lock; Lifeboat binaries too old for version 2 refuse the
     /// repository afterwards. Does nothing when the repository already is at that version.
     Upgrade,
+    /// Automatic failover ([ha]): `ha status` shows the cluster as etcd holds it (leader,
+    /// members, lag, history); `ha pause` / `ha resume` stop and restart the agents' automatic
+    /// actions (maintenance). Run with a member's config file.
+    Ha(HaArgs),
+    /// Planned switchover: the leader stops (fast shutdown: its standbys receive all its WAL),
+    /// hands the leader key to NODE, a running standby, which promotes; the old leader rejoins
+    /// as its standby. Waits until NODE leads; exits 9 (and withdraws the request) if it did not.
+    Switchover(SwitchoverArgs),
+    /// Manual failover, only when no member leads: NODE, a running standby, takes the leader key
+    /// and promotes even if it is further behind than maximum_lag_on_failover (rows the last
+    /// leader had and NODE lacks are lost). Refused while a leader exists: use switchover.
+    Failover(FailoverArgs),
     /// Internal: fetch segments ahead into the spool (started by wal-fetch in the background).
     #[command(hide = true)]
     WalPrefetch(WalPrefetchArgs),
@@ -126,6 +138,56 @@ pub enum Command {
     /// leader's deadline passes, even if the agent died).
     #[command(hide = true)]
     HaFence(HaFenceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HaArgs {
+    #[command(subcommand)]
+    pub command: HaCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HaCommand {
+    /// The cluster as etcd holds it: leader, pause, each member's role, timeline, WAL position
+    /// and lag, the synchronous set, a pending switchover and the failover history.
+    Status(HaStatusArgs),
+    /// Maintenance: the agents take no automatic action (no failover, no restart, no rejoin)
+    /// until `ha resume`; the leader keeps its key.
+    Pause,
+    /// End maintenance: the agents act again.
+    Resume,
+}
+
+#[derive(Debug, Args)]
+pub struct HaStatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SwitchoverArgs {
+    /// The member to hand over to: a running standby on the leader's timeline.
+    #[arg(long, value_name = "NODE")]
+    pub to: String,
+    /// The current leader, as a check: refused if another member leads.
+    #[arg(long, value_name = "LEADER")]
+    pub from: Option<String>,
+    /// Seconds to wait for NODE to lead (1 to 3600).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub wait: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    /// The member to promote: a running standby.
+    #[arg(long, value_name = "NODE")]
+    pub to: String,
+    /// Seconds to wait for NODE to lead (1 to 3600).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub wait: u64,
 }
 
 #[derive(Debug, Args)]

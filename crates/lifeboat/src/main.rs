@@ -85,10 +85,10 @@ fn main() -> ExitCode {
 
 /// Run one command: the one place that maps a subcommand to the module holding its code.
 async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
-    use cli::{Command, PassphraseCommand, StandbyCommand};
+    use cli::{Command, HaCommand, PassphraseCommand, StandbyCommand};
     use commands::{
-        alert, backup, check, drill, expire, info, init, list, passphrase, restore, serve, standby,
-        stream, upgrade, verify, wal,
+        alert, backup, check, drill, expire, ha, info, init, list, passphrase, restore, serve,
+        standby, stream, upgrade, verify, wal,
     };
     if let Command::Demo(args) = &cli.command {
         let options = demo::DemoOptions {
@@ -132,6 +132,13 @@ async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
             PassphraseCommand::Change(change) => passphrase::change(&resolved, change).await,
         },
         Command::Upgrade => upgrade::upgrade(&resolved).await,
+        Command::Ha(args) => match &args.command {
+            HaCommand::Status(status) => ha::status(&resolved, status).await,
+            HaCommand::Pause => ha::set_pause(&resolved, true).await,
+            HaCommand::Resume => ha::set_pause(&resolved, false).await,
+        },
+        Command::Switchover(args) => ha::switchover(&resolved, args).await,
+        Command::Failover(args) => ha::failover(&resolved, args).await,
         Command::Demo(_) | Command::HaFence(_) => Ok(Exit::Success),
     }
 }

@@ -11,6 +11,7 @@ pub(crate) mod check;
 pub(crate) mod context;
 pub(crate) mod drill;
 pub(crate) mod expire;
+pub(crate) mod ha;
 pub(crate) mod info;
 pub(crate) mod init;
 pub(crate) mod list;
