@@ -249,6 +249,15 @@ fn switchover_under_a_writer_loses_no_acknowledged_row_and_the_old_leader_rejoin
     rig.wait("the request is cleared", Duration::from_secs(10), |rig| {
         ha_status(rig)["switchover"].is_null()
     });
+    // The promotion is in the cluster's history: from n1 to n2, on timeline 2.
+    let history = ha_status(&rig)["history"].clone();
+    let last = history
+        .as_array()
+        .and_then(|h| h.last())
+        .unwrap_or_else(|| panic!("no history entry: {history}"));
+    assert_eq!(last["to"], "n2", "{history}");
+    assert_eq!(last["from"], "n1", "{history}");
+    assert_eq!(last["timeline"], 2, "{history}");
     rig.wait("n1 replays every row", Duration::from_secs(30), |rig| {
         ids(&rig.nodes[0].cluster) == ids(&rig.nodes[1].cluster)
     });
