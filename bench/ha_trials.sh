@@ -48,20 +48,22 @@ function pct(list, n, p,    i, j, t, a, k) {
         if (kv[1] == "lost") lost[fault] += kv[2]
         if (kv[1] == "acked") acked[fault] += kv[2]
         if (kv[1] == "split") split_[fault] += kv[2]
-        if (kv[1] == "lag_bytes" && kv[2] + 0 > maxlag[fault]) maxlag[fault] = kv[2] + 0
+        if (kv[1] == "lag_bytes" && (!(fault in maxlag) || kv[2] + 0 > maxlag[fault])) maxlag[fault] = kv[2] + 0
+        if (kv[1] == "resumed_ms") resumed[fault] = resumed[fault] " " kv[2]
         if (kv[1] == "leader") { n2 = split(kv[2], ab, "->"); if (ab[1] != ab[2]) promoted[fault]++ }
     }
 }
 END {
-    print "| fault | trials | outage p50 / p95 / max (s) | longest gap p50 / p95 / max (s) | acked | lost | split-brain samples | promotions | max lag of the promoted (bytes) | rejoin p50 / max (s) | fenced after, max (s) |"
-    print "|---|---|---|---|---|---|---|---|---|---|---|"
+    print "| fault | trials | outage p50 / p95 / max (s) | longest gap p50 / p95 / max (s) | acked | lost | split-brain samples | promotions | max lag of the promoted (bytes) | rejoin p50 / max (s) | etcd: writes until, max (s) | etcd: back to writes p50 / max (s) |"
+    print "|---|---|---|---|---|---|---|---|---|---|---|---|"
     for (i = 1; i <= nf; i++) {
         f = order[i]
-        printf "| %s | %d | %s / %s / %s | %s / %s / %s | %d | %d | %d | %d | %s | %s / %s | %s |\n", f, trials[f],
+        printf "| %s | %d | %s / %s / %s | %s / %s / %s | %d | %d | %d | %d | %s | %s / %s | %s | %s / %s |\n", f, trials[f],
             pct(outage[f], 0, 50), pct(outage[f], 0, 95), pct(outage[f], 0, 100),
             pct(gap[f], 0, 50), pct(gap[f], 0, 95), pct(gap[f], 0, 100),
             acked[f], lost[f], split_[f], promoted[f], (promoted[f] ? maxlag[f] : "-"),
-            pct(rejoin[f], 0, 50), pct(rejoin[f], 0, 100), pct(fenced[f], 0, 100)
+            pct(rejoin[f], 0, 50), pct(rejoin[f], 0, 100), pct(fenced[f], 0, 100),
+            pct(resumed[f], 0, 50), pct(resumed[f], 0, 100)
         total_lost += lost[f]; total_split += split_[f]
     }
     printf "\ntotal: %d acknowledged rows lost, %d split-brain samples\n", total_lost, total_split
@@ -76,7 +78,9 @@ END {
     echo "from contrib/haproxy/haproxy.cfg; a writer inserting one id every 10 ms through HAProxy."
     echo "Outage: from the fault to the first acknowledged write after writes failed; gap: the longest"
     echo "time without an acknowledged write; rejoin: from the old primary's heal (agent started"
-    echo "again or continued) until it streams from the new leader."
+    echo "again or continued) until it streams from the new leader. etcd fault: how long after the"
+    echo "kill of two members a member still accepted writes (sampler), and from their restart to the"
+    echo "first acknowledged write."
     echo
     echo "$table"
     echo

@@ -73,6 +73,7 @@ fn inflict(
 ) -> (Ended, Report) {
     let name = fault.name();
     let mut fenced_after = None;
+    let mut resumed_after = None;
     let healed = match fault {
         Fault::Postmaster => {
             t.rig.nodes[old]
@@ -141,11 +142,7 @@ fn inflict(
                     .wait_healthy(i, Duration::from_secs(30))
                     .expect("etcd member healthy again");
             }
-            t.wait_for_ack_after(back, Duration::from_secs(90));
-            eprintln!(
-                "{name} {n}: writes resumed {:?} after the quorum came back",
-                back.elapsed()
-            );
+            resumed_after = Some(t.wait_for_ack_after(back, Duration::from_secs(90)));
             None
         }
     };
@@ -164,6 +161,7 @@ fn inflict(
     };
     let mut report = t.check(since, at, old, new);
     report.fenced_after = fenced_after;
+    report.resumed_after = resumed_after;
     (Ended { new, rejoin }, report)
 }
 

@@ -82,14 +82,17 @@ impl TrialRig {
             .map_or_else(|| format!("port {port}"), |n| n.name.clone())
     }
 
-    /// Wait until a write is acknowledged after `t`.
-    pub fn wait_for_ack_after(&self, t: Instant, timeout: Duration) {
+    /// Wait until a write is acknowledged after `t`; returns how long after `t` it was.
+    pub fn wait_for_ack_after(&self, t: Instant, timeout: Duration) -> Duration {
+        let mut first = None;
         self.rig.wait("a write through HAProxy", timeout, |_| {
-            lock(&self.writer.ops)
+            first = lock(&self.writer.ops)
                 .iter()
-                .rev()
-                .any(|op| op.done > t && matches!(op.outcome, Outcome::Acked(_)))
+                .find(|op| op.done > t && matches!(op.outcome, Outcome::Acked(_)))
+                .map(|op| op.done.saturating_duration_since(t));
+            first.is_some()
         });
+        first.unwrap_or(timeout)
     }
 
     /// Wait until writes through HAProxy failed after `fault` and then one was acknowledged
@@ -313,6 +316,9 @@ pub struct Report {
     /// From the fault to the last sample where the old primary still accepted writes (set by
     /// the trials that expect it to stop by itself).
     pub fenced_after: Option<Duration>,
+    /// From the restart of what was killed to the first acknowledged write (set by the trials
+    /// where writes wait for it: etcd quorum lost).
+    pub resumed_after: Option<Duration>,
     /// Bytes the promoted member was behind the old primary (see `promoted_lag`).
     pub promoted_lag: Option<u64>,
 }
@@ -323,7 +329,7 @@ impl Report {
         let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| d.as_millis().to_string());
         println!(
             "ha trial {fault} {n}: outage_ms={} gap_ms={} fenced_ms={} acked={} failed={} \
-             unknown={} lost={} split={} leader={from}->{to} lag_bytes={} rejoin_ms={}",
+             unknown={} lost={} split={} leader={from}->{to} lag_bytes={} rejoin_ms={} resumed_ms={}",
             ms(self.outage),
             self.gap.as_millis(),
             ms(self.fenced_after),
@@ -334,6 +340,7 @@ impl Report {
             self.split.len(),
             self.promoted_lag.map_or("-".to_string(), |b| b.to_string()),
             ms(rejoin),
+            ms(self.resumed_after),
         );
     }
 }
