@@ -5,8 +5,8 @@
 # two writable members and the rejoin times, as a table on stdout and a Markdown report in
 # bench/out/. Run by hand, as root, on a quiet machine; figures go to docs/BENCHMARKS.md.
 #
-#   bash bench/ha_trials.sh                  # 10 trials per fault (~25 min)
-#   TRIALS=2 bash bench/ha_trials.sh         # smoke
+#   bash bench/ha_trials.sh                  # 10 trials per fault (~20 min)
+#   TRIALS=1 bash bench/ha_trials.sh         # smoke (~2 min)
 #   TRIALS=5 FAULTS=kill9_of_the_leaders_agent bash bench/ha_trials.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
