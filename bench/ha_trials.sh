@@ -8,6 +8,7 @@
 #   bash bench/ha_trials.sh                  # 10 trials per fault (~20 min)
 #   TRIALS=1 bash bench/ha_trials.sh         # smoke (~2 min)
 #   TRIALS=5 FAULTS=kill9_of_the_leaders_agent bash bench/ha_trials.sh
+#   LOG=bench/out/ha_trials-DATE.log bash bench/ha_trials.sh   # tabulate an earlier run again
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,8 +21,13 @@ log=bench/out/ha_trials-$stamp.log
 report=bench/out/ha_trials-$stamp.md
 
 status=0
-bash scripts/test.sh -E "binary(e2e) and test(/^failover_faults::($FAULTS)\$/)" --no-capture \
-    >"$log" 2>&1 || status=$?
+if [ -n "${LOG:-}" ]; then
+    # Tabulate an earlier run's output again.
+    cp "$LOG" "$log"
+else
+    bash scripts/test.sh -E "binary(e2e) and test(/^failover_faults::($FAULTS)\$/)" --no-capture \
+        >"$log" 2>&1 || status=$?
+fi
 grep -E '^ha trial |PASS|FAIL|Summary' "$log" || true
 
 # One `ha trial FAULT N: key=value ...` line per trial (support/ha_trials.rs, Report::line).
@@ -50,20 +56,22 @@ function pct(list, n, p,    i, j, t, a, k) {
         if (kv[1] == "split") split_[fault] += kv[2]
         if (kv[1] == "lag_bytes" && (!(fault in maxlag) || kv[2] + 0 > maxlag[fault])) maxlag[fault] = kv[2] + 0
         if (kv[1] == "resumed_ms") resumed[fault] = resumed[fault] " " kv[2]
+        if (kv[1] == "handover_ms" && (!(fault in hand) || kv[2] + 0 < hand[fault])) hand[fault] = kv[2] + 0
         if (kv[1] == "leader") { n2 = split(kv[2], ab, "->"); if (ab[1] != ab[2]) promoted[fault]++ }
     }
 }
 END {
-    print "| fault | trials | outage p50 / p95 / max (s) | longest gap p50 / p95 / max (s) | acked | lost | split-brain samples | promotions | max lag of the promoted (bytes) | rejoin p50 / max (s) | etcd: writes until, max (s) | etcd: back to writes p50 / max (s) |"
-    print "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    print "| fault | trials | outage p50 / p95 / max (s) | longest gap p50 / p95 / max (s) | acked | lost | split-brain samples | promotions | max lag of the promoted (bytes) | rejoin p50 / max (s) | etcd: writes until, max (s) | etcd: back to writes p50 / max (s) | old primary last write → new /primary 200, min (s) |"
+    print "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     for (i = 1; i <= nf; i++) {
         f = order[i]
-        printf "| %s | %d | %s / %s / %s | %s / %s / %s | %d | %d | %d | %d | %s | %s / %s | %s | %s / %s |\n", f, trials[f],
+        printf "| %s | %d | %s / %s / %s | %s / %s / %s | %d | %d | %d | %d | %s | %s / %s | %s | %s / %s | %s |\n", f, trials[f],
             pct(outage[f], 0, 50), pct(outage[f], 0, 95), pct(outage[f], 0, 100),
             pct(gap[f], 0, 50), pct(gap[f], 0, 95), pct(gap[f], 0, 100),
             acked[f], lost[f], split_[f], promoted[f], (promoted[f] ? maxlag[f] : "-"),
             pct(rejoin[f], 0, 50), pct(rejoin[f], 0, 100), pct(fenced[f], 0, 100),
-            pct(resumed[f], 0, 50), pct(resumed[f], 0, 100)
+            pct(resumed[f], 0, 50), pct(resumed[f], 0, 100),
+            ((f in hand) ? sprintf("%.1f", hand[f] / 1000) : "-")
         total_lost += lost[f]; total_split += split_[f]
     }
     printf "\ntotal: %d acknowledged rows lost, %d split-brain samples\n", total_lost, total_split
@@ -80,7 +88,8 @@ END {
     echo "time without an acknowledged write; rejoin: from the old primary's heal (agent started"
     echo "again or continued) until it streams from the new leader. etcd fault: how long after the"
     echo "kill of two members a member still accepted writes (sampler), and from their restart to the"
-    echo "first acknowledged write."
+    echo "first acknowledged write. Handover: from the last sample where the old primary accepted"
+    echo "writes to the first where the new one answered 200 on /primary (must be positive)."
     echo
     echo "$table"
     echo

@@ -17,7 +17,7 @@ const PACE: Duration = Duration::from_millis(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The sampler's period and how long one member may take to answer a sample.
-const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 const SAMPLE_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// The log behind a mutex, poisoned or not (a panicking test must still report).
@@ -165,42 +165,56 @@ pub struct Seen {
 /// Sample `k` (taken at start + k × 100 ms): per member, None when it did not answer in time.
 pub type Samples = BTreeMap<u64, Vec<Option<Seen>>>;
 
+/// Sample `k`: per member, whether its agent answered 200 on `/primary` (None: no answer).
+pub type PrimaryAnswers = BTreeMap<u64, Vec<Option<bool>>>;
+
 /// Asks every member directly (not through HAProxy), every [`SAMPLE_EVERY`], whether it accepts
-/// writes; one persistent connection per member, made again when it breaks.
+/// writes (one persistent connection per member, made again when it breaks), and its agent
+/// whether it answers 200 on `/primary` (what HAProxy routes writes by).
 pub struct Sampler {
     pub start: Instant,
     samples: Arc<Mutex<Samples>>,
+    primary: Arc<Mutex<PrimaryAnswers>>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Sampler {
-    pub fn start(ports: Vec<u16>) -> Sampler {
+    /// `members`: each member's PostgreSQL port and agent port.
+    pub fn start(members: Vec<(u16, u16)>) -> Sampler {
         let samples = Arc::new(Mutex::new(BTreeMap::new()));
+        let primary = Arc::new(Mutex::new(BTreeMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let start = Instant::now();
-        let (shared, halt) = (Arc::clone(&samples), Arc::clone(&stop));
+        let (shared, answers, halt) = (
+            Arc::clone(&samples),
+            Arc::clone(&primary),
+            Arc::clone(&stop),
+        );
         let thread = thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("sampler runtime");
             runtime.block_on(async move {
-                let n = ports.len();
-                let tasks: Vec<_> = ports
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, port)| {
-                        tokio::spawn(sample_member(
-                            i,
-                            n,
-                            port,
-                            start,
-                            Arc::clone(&shared),
-                            Arc::clone(&halt),
-                        ))
-                    })
-                    .collect();
+                let n = members.len();
+                let mut tasks = Vec::new();
+                for (i, (pg_port, api_port)) in members.into_iter().enumerate() {
+                    tasks.push(tokio::spawn(sample_member(
+                        (i, n),
+                        pg_port,
+                        start,
+                        Arc::clone(&shared),
+                        Arc::clone(&halt),
+                    )));
+                    tasks.push(tokio::spawn(sample_primary_answer(
+                        (i, n),
+                        api_port,
+                        start,
+                        Arc::clone(&answers),
+                        Arc::clone(&halt),
+                    )));
+                }
                 for t in tasks {
                     let _ = t.await;
                 }
@@ -209,6 +223,7 @@ impl Sampler {
         Sampler {
             start,
             samples,
+            primary,
             stop,
             thread: Some(thread),
         }
@@ -216,6 +231,10 @@ impl Sampler {
 
     pub fn samples(&self) -> Samples {
         lock(&self.samples).clone()
+    }
+
+    pub fn primary_answers(&self) -> PrimaryAnswers {
+        lock(&self.primary).clone()
     }
 
     /// When sample `k` was taken.
@@ -244,8 +263,7 @@ const SAMPLE_SQL: &str = "select not pg_is_in_recovery(), (case when pg_is_in_re
      - '0/0'::pg_lsn)::bigint";
 
 async fn sample_member(
-    i: usize,
-    n: usize,
+    (i, n): (usize, usize),
     port: u16,
     start: Instant,
     samples: Arc<Mutex<Samples>>,
@@ -280,5 +298,40 @@ async fn sample_member(
             client = None;
         }
         lock(&samples).entry(k).or_insert_with(|| vec![None; n])[i] = seen;
+    }
+}
+
+/// `GET /primary` on the agent at `port` every [`SAMPLE_EVERY`]: Some(true) on 200.
+async fn sample_primary_answer(
+    (i, n): (usize, usize),
+    port: u16,
+    start: Instant,
+    answers: Arc<Mutex<PrimaryAnswers>>,
+    stop: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::from_std(start), SAMPLE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while !stop.load(Ordering::Relaxed) {
+        let tick = ticks.tick().await.into_std();
+        let k =
+            (tick.saturating_duration_since(start).as_millis() / SAMPLE_EVERY.as_millis()) as u64;
+        let answer = tokio::time::timeout(SAMPLE_TIMEOUT, async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
+            stream
+                .write_all(b"GET /primary HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                .await
+                .ok()?;
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).await.ok()?;
+            // "HTTP/1.1 200"
+            Some(&head[9..12] == b"200")
+        })
+        .await
+        .ok()
+        .flatten();
+        lock(&answers).entry(k).or_insert_with(|| vec![None; n])[i] = answer;
     }
 }

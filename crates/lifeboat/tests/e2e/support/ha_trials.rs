@@ -1,8 +1,10 @@
 //! Fault trials of automatic failover (issue 16, "Test rig"): HAProxy from the shipped
 //! `contrib/haproxy/haproxy.cfg` in front of an [`HaRig`], the writer and the sampler of
 //! `support::ha_load` running, and the checker ([`TrialRig::check`]): lost = acknowledged −
-//! present on the final leader, split brain = a sample with two writable members, outage = from
-//! the fault to the first acknowledged write after the writes failed.
+//! present on the final leader, split brain = a sample with two writable members (or two agents
+//! answering 200 on `/primary`), outage = from the fault to the first acknowledged write after the
+//! writes failed, handover = from the old primary's last accepted write to the new one's first
+//! 200 on `/primary`.
 
 use std::collections::HashSet;
 use std::thread;
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use lifeboat_testkit::haproxy::{Haproxy, Node};
 
 use super::ha::HaRig;
-use super::ha_load::{Op, Outcome, Sampler, Samples, Writer, lock};
+use super::ha_load::{Op, Outcome, SAMPLE_EVERY, Sampler, Samples, Writer, lock};
 
 /// How many trials per fault: `LIFEBOAT_HA_TRIALS` (bench/ha_trials.sh), else 2 (CI).
 pub fn trials() -> usize {
@@ -52,7 +54,12 @@ impl TrialRig {
             })
             .collect();
         let proxy = Haproxy::start(&nodes).expect("HAProxy must start (scripts/setup.sh)");
-        let sampler = Sampler::start(rig.nodes.iter().map(|n| n.cluster.port).collect());
+        let sampler = Sampler::start(
+            rig.nodes
+                .iter()
+                .map(|n| (n.cluster.port, n.api_port))
+                .collect(),
+        );
         let writer = Writer::start(proxy.write_port);
         let trial_rig = TrialRig {
             rig,
@@ -205,6 +212,35 @@ impl TrialRig {
                 ));
             }
         }
+        let answers = self.sampler.primary_answers();
+        for (k, said) in answers.range(from..) {
+            let primaries: Vec<&str> = (0..said.len())
+                .filter(|&i| said[i] == Some(true))
+                .map(|i| self.rig.nodes[i].name.as_str())
+                .collect();
+            if primaries.len() > 1 {
+                report.split.push(format!(
+                    "{:?} after the fault: /primary 200 on {}",
+                    self.sampler.at(*k).saturating_duration_since(fault),
+                    primaries.join(", ")
+                ));
+            }
+        }
+        if old != leader {
+            // The old primary must stop taking writes before the new one answers /primary.
+            let last_old_writable = samples
+                .range(from..)
+                .rev()
+                .find(|(_, seen)| seen[old].is_some_and(|s| s.writable))
+                .map(|(k, _)| *k);
+            let first_new_primary = answers
+                .range(from..)
+                .find(|(_, said)| said[leader] == Some(true))
+                .map(|(k, _)| *k);
+            if let (Some(a), Some(b)) = (last_old_writable, first_new_primary) {
+                report.handover_ms = Some((b as i64 - a as i64) * SAMPLE_EVERY.as_millis() as i64);
+            }
+        }
         report.promoted_lag = promoted_lag(&samples, from, old, leader);
         report
     }
@@ -319,6 +355,10 @@ pub struct Report {
     /// From the restart of what was killed to the first acknowledged write (set by the trials
     /// where writes wait for it: etcd quorum lost).
     pub resumed_after: Option<Duration>,
+    /// From the last sample where the old primary accepted writes to the first where the new
+    /// one answered 200 on `/primary` (ms; negative: they overlapped). None without a promotion
+    /// or when the old primary took no write after the fault.
+    pub handover_ms: Option<i64>,
     /// Bytes the promoted member was behind the old primary (see `promoted_lag`).
     pub promoted_lag: Option<u64>,
 }
@@ -329,7 +369,7 @@ impl Report {
         let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| d.as_millis().to_string());
         println!(
             "ha trial {fault} {n}: outage_ms={} gap_ms={} fenced_ms={} acked={} failed={} \
-             unknown={} lost={} split={} leader={from}->{to} lag_bytes={} rejoin_ms={} resumed_ms={}",
+             unknown={} lost={} split={} leader={from}->{to} lag_bytes={} rejoin_ms={} resumed_ms={} handover_ms={}",
             ms(self.outage),
             self.gap.as_millis(),
             ms(self.fenced_after),
@@ -341,6 +381,7 @@ impl Report {
             self.promoted_lag.map_or("-".to_string(), |b| b.to_string()),
             ms(rejoin),
             ms(self.resumed_after),
+            self.handover_ms.map_or("-".to_string(), |m| m.to_string()),
         );
     }
 }
