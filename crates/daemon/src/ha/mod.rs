@@ -185,6 +185,19 @@ impl Agent {
             tracing::info!(actions = ?decision.actions, "ha: {}", decision.summary);
             self.last_summary = decision.summary.clone();
         }
+        // A member about to start streaming needs its slot on the leader, which the leader
+        // creates only for members whose key it sees: without the key published first, a
+        // rejoin's start waits out its whole timeout for WAL it cannot stream.
+        let starts_streaming = decision
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Rejoin { .. } | Action::Follow { .. }));
+        let unpublished = cluster
+            .as_ref()
+            .is_some_and(|c| !c.members.iter().any(|m| m.name == config.name));
+        if starts_streaming && unpublished {
+            self.publish(cluster.as_ref()).await;
+        }
         self.carry_out(&decision, &local).await;
         self.publish(cluster.as_ref()).await;
     }

@@ -21,6 +21,7 @@ mod drill;
 mod expire;
 mod expire_packs;
 mod failover;
+mod failover_faults;
 mod ha_cli;
 mod old_format;
 mod packs;

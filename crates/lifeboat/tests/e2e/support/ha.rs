@@ -209,7 +209,12 @@ impl HaRig {
 
     /// Wait until `what` holds, polling every 200 ms; panics after `timeout` with the agents'
     /// logs. Returns how long it took.
-    pub fn wait(&self, what: &str, timeout: Duration, done: impl Fn(&HaRig) -> bool) -> Duration {
+    pub fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&HaRig) -> bool,
+    ) -> Duration {
         let start = Instant::now();
         loop {
             if done(self) {

@@ -6,6 +6,8 @@ pub mod chunks;
 pub mod daemon;
 pub mod fixture;
 pub mod ha;
+pub mod ha_load;
+pub mod ha_trials;
 pub mod receivers;
 pub mod stream;
 
