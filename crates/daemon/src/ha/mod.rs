@@ -26,6 +26,10 @@ use crate::runner::Launcher;
 /// The agent's last pass, for `/api/status`, the dashboard and `/metrics`.
 pub type SharedHaStatus = std::sync::Arc<std::sync::Mutex<Option<crate::status::HaStatus>>>;
 
+/// How long a standby may follow a leader on a newer timeline without streaming before it is
+/// taken to have diverged and rejoins.
+const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How long the leader keeps the slot of a member whose key vanished.
 const SLOT_GRACE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
@@ -88,6 +92,8 @@ struct Agent {
     last_leader: Option<String>,
     /// The synchronous set in etcd as last read or written.
     published_sync: Option<Vec<String>>,
+    /// Since when this standby follows the leader without streaming, on an older timeline.
+    stuck_since: Option<Instant>,
     /// When the loop first saw PostgreSQL down (None while it runs).
     down_since: Option<Instant>,
     last_summary: String,
@@ -130,6 +136,7 @@ pub async fn run(
         published_sync: None,
         last_leader: None,
         members_seen: std::collections::HashMap::new(),
+        stuck_since: None,
         down_since: None,
         last_summary: String::new(),
         roles,
@@ -198,8 +205,54 @@ impl Agent {
         if starts_streaming && unpublished {
             self.publish(cluster.as_ref()).await;
         }
+        let mut decision = decision;
+        if let Some(rejoin) = self.stuck_standby(&decision, &local, cluster.as_ref()) {
+            decision.actions = vec![rejoin];
+        }
         self.carry_out(&decision, &local).await;
         self.publish(cluster.as_ref()).await;
+    }
+
+    /// A standby that follows the leader but has not streamed for [`STUCK_AFTER`] while the
+    /// leader runs on a newer timeline most likely received WAL of the old timeline past the
+    /// point where the leader's branched off (asynchronous replication: it was ahead of the
+    /// member that was promoted), and PostgreSQL will never follow that timeline. It rejoins:
+    /// pg_rewind, else a re-clone.
+    fn stuck_standby(
+        &mut self,
+        decision: &Decision,
+        local: &LocalState,
+        cluster: Option<&ClusterView>,
+    ) -> Option<Action> {
+        let leader = cluster
+            .and_then(|c| c.leader.as_ref())
+            .filter(|l| l.name != self.options.config.name)
+            .and_then(|l| cluster?.members.iter().find(|m| m.name == l.name))?;
+        let behind = matches!((leader.timeline, local.timeline), (Some(l), Some(ours)) if l > ours);
+        let stuck = decision.actions.is_empty()
+            && local.running
+            && local.in_recovery
+            && !local.streaming
+            && behind;
+        if !stuck {
+            self.stuck_since = None;
+            return None;
+        }
+        let since = *self.stuck_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < STUCK_AFTER {
+            return None;
+        }
+        self.stuck_since = None;
+        tracing::warn!(
+            leader = %leader.name,
+            "ha: this standby has not streamed for {}s and stays on an older timeline than the \
+             leader's: rejoining (its history likely diverged)",
+            STUCK_AFTER.as_secs()
+        );
+        Some(Action::Rejoin {
+            leader: leader.name.clone(),
+            conninfo: leader.conninfo.clone(),
+        })
     }
 
     async fn read_cluster(&mut self) -> Option<ClusterView> {
@@ -224,6 +277,11 @@ impl Agent {
 
     async fn set_deadline(&mut self, deadline: Option<Instant>) {
         self.deadline = deadline;
+        // The keeper exits once it has fenced: a new one holds the next deadline.
+        if self.keeper.as_mut().is_some_and(|k| !k.is_running()) {
+            tracing::info!("ha: the fence keeper has exited (it fenced); starting a new one");
+            self.keeper = FenceKeeper::spawn(&self.options.launcher, &self.options.pgdata).ok();
+        }
         if let Some(keeper) = self.keeper.as_mut()
             && let Err(e) = keeper.set_deadline(deadline).await
         {

@@ -427,7 +427,10 @@ fn keep_last_2_of_5_deletes_old_backups_wal_and_chunks_and_the_rest_restores() {
         })
         .collect();
     for pack in &dead {
-        assert!(!packs_after.contains_key(*pack), "dead pack {pack} stayed: {report}");
+        assert!(
+            !packs_after.contains_key(*pack),
+            "dead pack {pack} stayed: {report}"
+        );
     }
     assert!(n("count") >= dead.len() as u64, "{report}");
     if !packs_before.is_empty() {
