@@ -8,6 +8,7 @@
 //! sentence for the log and `ha status`: the loop retries at its next pass.
 
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -153,17 +154,28 @@ impl Local {
         for (name, value) in settings {
             text.push_str(&format!("{name} = {}\n", quote_value(value)));
         }
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&auto)
-            .map_err(|e| format!("cannot open {}: {e}", auto.display()))?;
+        // Never through a symbolic link: these are the data directory's own files.
+        let open = |path: &std::path::Path, append: bool| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .append(append)
+                .create(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(|e| {
+                    format!(
+                        "cannot open {} ({e}); check that it is a plain file the agent's user may \
+                         write",
+                        path.display()
+                    )
+                })
+        };
+        let mut file = open(&auto, true)?;
         file.write_all(text.as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(|e| format!("cannot write {}: {e}", auto.display()))?;
         let signal = self.pgdata.join("standby.signal");
-        std::fs::write(&signal, b"")
-            .map_err(|e| format!("cannot create {}: {e}", signal.display()))?;
+        open(&signal, false)?;
         if let Some(owner) = &self.cluster.owner {
             for path in [&auto, &signal] {
                 chown_recursive(path, owner).map_err(|e| e.to_string())?;

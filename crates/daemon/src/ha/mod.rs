@@ -203,14 +203,16 @@ impl Agent {
             .as_ref()
             .is_some_and(|c| !c.members.iter().any(|m| m.name == config.name));
         if starts_streaming && unpublished {
-            self.publish(cluster.as_ref()).await;
+            self.publish(cluster.as_ref(), Some(local.clone())).await;
         }
         let mut decision = decision;
         if let Some(rejoin) = self.stuck_standby(&decision, &local, cluster.as_ref()) {
             decision.actions = vec![rejoin];
         }
         self.carry_out(&decision, &local).await;
-        self.publish(cluster.as_ref()).await;
+        // What the pass observed still holds unless it acted.
+        let unchanged = decision.actions.is_empty().then_some(local);
+        self.publish(cluster.as_ref(), unchanged).await;
     }
 
     /// A standby that follows the leader but has not streamed for [`STUCK_AFTER`] while the
@@ -489,16 +491,14 @@ impl Agent {
     }
 
     /// Publish this member's key and the role the endpoints answer from.
-    async fn publish(&mut self, cluster: Option<&ClusterView>) {
+    /// `local`: the pass's observation when no action changed it; else the server is asked again.
+    async fn publish(&mut self, cluster: Option<&ClusterView>, local: Option<LocalState>) {
         let config = &self.options.config;
-        // Observe again: the actions may have changed the role.
-        let local = observe::observe(
-            &self.local.spec,
-            &self.local.pgdata,
-            config.retry_timeout,
-            self.following.clone(),
-        )
-        .await;
+        let (spec, pgdata, following) = (&self.local.spec, &self.local.pgdata, &self.following);
+        let local = match local {
+            Some(local) => local,
+            None => observe::observe(spec, pgdata, config.retry_timeout, following.clone()).await,
+        };
         let role = if self.rejoining {
             Role::Rejoining
         } else if !local.running {
