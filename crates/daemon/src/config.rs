@@ -81,6 +81,12 @@ pub struct ScheduleConfig {
     pub verify: Option<String>,
     /// `lifeboat drill`, e.g. "0 6 * * *".
     pub drill: Option<String>,
+    /// `lifeboat copy` to the second repository of `[copy] to`, e.g. "15 * * * *".
+    pub copy: Option<String>,
+    /// `lifeboat dump` (logical dumps), e.g. "0 2 * * *".
+    pub dump: Option<String>,
+    /// `lifeboat dump expire`, e.g. "30 2 * * *".
+    pub dump_expire: Option<String>,
 }
 
 /// Limits the daemon watches; crossing one raises an alert.

@@ -21,15 +21,24 @@ pub enum JobKind {
     Expire,
     Verify,
     Drill,
+    /// `lifeboat copy`: bring the second repository (`[copy] to`) up to date.
+    Copy,
+    /// `lifeboat dump`: logical dumps of the databases into the repository.
+    Dump,
+    /// `lifeboat dump expire`: the dumps' retention.
+    DumpExpire,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 5] = [
+    pub const ALL: [JobKind; 8] = [
         JobKind::Backup,
         JobKind::BackupFull,
         JobKind::Expire,
         JobKind::Verify,
         JobKind::Drill,
+        JobKind::Copy,
+        JobKind::Dump,
+        JobKind::DumpExpire,
     ];
 
     /// The job's name: in the config (`[schedule]` key, with `_`), the records and the metrics.
@@ -40,6 +49,9 @@ impl JobKind {
             JobKind::Expire => "expire",
             JobKind::Verify => "verify",
             JobKind::Drill => "drill",
+            JobKind::Copy => "copy",
+            JobKind::Dump => "dump",
+            JobKind::DumpExpire => "dump-expire",
         }
     }
 
@@ -51,6 +63,9 @@ impl JobKind {
             JobKind::Expire => vec!["expire", "--json"],
             JobKind::Verify => vec!["verify", "--json"],
             JobKind::Drill => vec!["drill", "--trigger", "schedule", "--json"],
+            JobKind::Copy => vec!["copy", "--json"],
+            JobKind::Dump => vec!["dump", "--json"],
+            JobKind::DumpExpire => vec!["dump", "expire", "--json"],
         }
     }
 
@@ -61,12 +76,16 @@ impl JobKind {
             JobKind::Expire => config.expire.as_deref(),
             JobKind::Verify => config.verify.as_deref(),
             JobKind::Drill => config.drill.as_deref(),
+            JobKind::Copy => config.copy.as_deref(),
+            JobKind::Dump => config.dump.as_deref(),
+            JobKind::DumpExpire => config.dump_expire.as_deref(),
         }
     }
 
     fn config_key(self) -> &'static str {
         match self {
             JobKind::BackupFull => "backup_full",
+            JobKind::DumpExpire => "dump_expire",
             other => other.name(),
         }
     }

@@ -73,6 +73,16 @@ impl BackupOptions {
     }
 }
 
+/// Threads reading and encoding per `--parallel` thread. A reader also waits (page cache misses,
+/// the open pack while it is handed to an upload): with one per core, 2 cores at scale 200 were
+/// idle about a quarter of the copy (2.2 s, against 1.85 s with two per core, on local disk and
+/// on S3 alike); more than two gained nothing.
+const READERS_PER_THREAD: usize = 2;
+
+fn encoders(parallel: usize) -> usize {
+    parallel.max(1) * READERS_PER_THREAD
+}
+
 /// What a running backup tells its caller (the CLI draws a progress bar from it).
 #[derive(Debug, Clone)]
 pub enum BackupEvent {
@@ -250,15 +260,15 @@ async fn backup_locked(
         bytes_read: Default::default(),
         bytes_stored: Default::default(),
         bad_pages: Default::default(),
-        cpu: Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1))),
+        cpu: Arc::new(tokio::sync::Semaphore::new(encoders(opts.parallel))),
         requests: Arc::new(tokio::sync::Semaphore::new(concurrency)),
         storage_packs: storage_packs.clone(),
     });
     let mut results = Results::new(&files);
     let items = chunks::plan_items(&files, block_size);
-    // `parallel` items being encoded while `concurrency` uploads wait on the store: each holds at
-    // most one encoded block, so this bounds the memory in flight too.
-    let in_flight = opts.parallel.max(1) + concurrency;
+    // The items being read and encoded while `concurrency` uploads wait on the store: each holds
+    // at most one encoded block, so this bounds the memory in flight too.
+    let in_flight = encoders(opts.parallel) + concurrency;
     copier
         .run(items, in_flight, |done, _| {
             events(BackupEvent::Copied {

@@ -30,6 +30,10 @@ const MAX_READ: u64 = 4 << 20;
 /// Fetched bytes held at once (being fetched, or waiting to be decoded and written): this, not
 /// the size of the backup, bounds the restore's memory for fetched data.
 const FETCHED_BUDGET: usize = 64 << 20;
+/// Chunks decoded and written by one writer at a time, out of one fetch's: a few, so that a
+/// fetch's hundred are spread over every writer and the last fetches of a restore do not leave
+/// all but one writer idle (at scale 200, 32 fetches on 8 writers, no difference measured).
+const WRITE_GROUP: usize = 8;
 
 /// Every chunk the restore will fetch must be in the repository, or nothing is written: a
 /// missing chunk is corruption, named with the backups that need it. Returns where each lies.
@@ -103,6 +107,13 @@ impl Fetch {
                 read.pack.key(),
                 read.chunks.iter().map(|(c, _)| *c).collect(),
             ),
+        }
+    }
+
+    fn key(&self) -> FetchKey {
+        match self {
+            Fetch::Loose(..) => FetchKey::Loose,
+            Fetch::Range(read) => FetchKey::Pack(read.pack.key()),
         }
     }
 
@@ -249,25 +260,29 @@ async fn run_fetches(
                         None => return Ok(fetch.gone()),
                     }
                 };
-                let worker = writers.acquire_owned().await.map_err(pool_closed)?;
-                tokio::task::spawn_blocking(move || {
-                    let mut written = 0;
-                    for (chunk, raw) in chunks {
-                        let places = placements.get(&chunk).ok_or_else(|| {
-                            EngineError::Internal(format!("chunk {chunk} was fetched unasked"))
-                        })?;
-                        written += PLAIN_BUFFER.with_borrow_mut(|buf| {
-                            let plain = repo
-                                .decode_chunk_aligned(&chunk, &raw, buf, direct::ALIGN)
-                                .map_err(|e| in_pack(e, &fetch, &chunk))?;
-                            write_chunk(plain, places, &sink.targets, &sink.progress, &sink.writer)
-                        })?;
-                    }
-                    drop(worker);
-                    Ok::<Fetched, EngineError>(Fetched::Written(written))
-                })
-                .await
-                .map_err(join_error)?
+                // One ranged read brings about a hundred chunks (4 MiB of 40 KiB objects that
+                // decode to 1 MiB each): decoding and writing them in groups on several writers,
+                // not all on one, keeps every writer busy to the end of the restore.
+                let mut groups = Vec::new();
+                let mut chunks = chunks.into_iter().peekable();
+                while chunks.peek().is_some() {
+                    let group: Vec<(ChunkId, Bytes)> = chunks.by_ref().take(WRITE_GROUP).collect();
+                    let worker = writers.clone().acquire_owned().await.map_err(pool_closed)?;
+                    let repo = repo.clone();
+                    let placements = placements.clone();
+                    let sink = sink.clone();
+                    let key = fetch.key();
+                    groups.push(tokio::task::spawn_blocking(move || {
+                        let written = write_group(&repo, group, &placements, &sink, &key);
+                        drop(worker);
+                        written
+                    }));
+                }
+                let mut written = 0;
+                for group in groups {
+                    written += group.await.map_err(join_error)??;
+                }
+                Ok::<Fetched, EngineError>(Fetched::Written(written))
             }
         })
         .buffer_unordered(in_flight);
@@ -279,6 +294,29 @@ async fn run_fetches(
         }
     }
     Ok(gone)
+}
+
+/// Decode and write a group of fetched chunks on this (blocking) thread.
+fn write_group(
+    repo: &Repository,
+    group: Vec<(ChunkId, Bytes)>,
+    placements: &HashMap<ChunkId, Vec<Placement>>,
+    sink: &Sink,
+    key: &FetchKey,
+) -> Result<u64> {
+    let mut written = 0;
+    for (chunk, raw) in group {
+        let places = placements
+            .get(&chunk)
+            .ok_or_else(|| EngineError::Internal(format!("chunk {chunk} was fetched unasked")))?;
+        written += PLAIN_BUFFER.with_borrow_mut(|buf| {
+            let plain = repo
+                .decode_chunk_aligned(&chunk, &raw, buf, direct::ALIGN)
+                .map_err(|e| key.damaged(e, &chunk))?;
+            write_chunk(plain, places, &sink.targets, &sink.progress, &sink.writer)
+        })?;
+    }
+    Ok(written)
 }
 
 /// The chunks one fetch brings, each as its stored (encoded) bytes; `None` when the object is
@@ -313,15 +351,23 @@ async fn fetch_chunks(repo: &Repository, fetch: &Fetch) -> Result<Option<Vec<(Ch
     }
 }
 
-/// A chunk in a pack that fails its check: name the pack, which is what a person can look at.
-fn in_pack(e: RepoError, fetch: &Fetch, chunk: &ChunkId) -> EngineError {
-    match (e, fetch) {
-        (RepoError::Corrupt { reason, .. }, Fetch::Range(read)) => RepoError::Corrupt {
-            key: read.pack.key(),
-            reason: format!("chunk {chunk} in it: {reason}"),
+/// What a fetch read, to name in an error: a pack (a person can look at it), or a loose chunk.
+enum FetchKey {
+    Pack(String),
+    Loose,
+}
+
+impl FetchKey {
+    /// A chunk that fails its check: in a pack, name the pack.
+    fn damaged(&self, e: RepoError, chunk: &ChunkId) -> EngineError {
+        match (e, self) {
+            (RepoError::Corrupt { reason, .. }, FetchKey::Pack(key)) => RepoError::Corrupt {
+                key: key.clone(),
+                reason: format!("chunk {chunk} in it: {reason}"),
+            }
+            .into(),
+            (e, _) => e.into(),
         }
-        .into(),
-        (e, _) => e.into(),
     }
 }
 
