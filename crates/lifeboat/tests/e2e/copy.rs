@@ -430,3 +430,108 @@ fn a_damaged_pack_is_reported_and_not_copied() {
     );
     c.verify_copy_clean("after a copy that met damage");
 }
+
+/// The copy's own `expire` (which deletes the older backup and repacks or drops its packs) causes
+/// no re-copying: the next run copies nothing, and after a new backup only its new packs travel.
+#[test]
+fn a_copy_expired_on_its_own_receives_only_new_data() {
+    let c = Copies::new(false);
+    let copy_dir = c.setup.dir.path().join("copy");
+    let source = TestCluster::start_new(&c.setup.archive_conf()).expect("cluster");
+    source
+        .psql("create table big as select g, md5(g::text) as pad from generate_series(1, 100000) g")
+        .expect("big table");
+    c.setup.backup(&source);
+    source.psql("drop table big").expect("drop");
+    create_table(&source);
+    insert_rows(&source, 3);
+    let second = c.setup.backup(&source);
+    archive_everything(&source);
+    c.copy();
+    let packs = |dir: &Path| -> Vec<String> {
+        objects(dir)
+            .into_keys()
+            .filter(|k| k.starts_with("packs/"))
+            .collect()
+    };
+    let before = packs(&copy_dir);
+    let out = c.on_copy(&["expire", "--keep-last", "1"]);
+    assert_success(&out, "expire on the copy");
+    let after = packs(&copy_dir);
+    assert_ne!(before, after, "the copy's expire changed its packs");
+    assert_eq!(
+        c.copy_labels(),
+        vec![second["label"].as_str().expect("label")]
+    );
+
+    let r = c.copy();
+    assert_eq!(
+        n(&r, &["copied", "objects"]),
+        0,
+        "nothing copied again: {r}"
+    );
+    assert_eq!(
+        r["backups_older_than_copy"].as_array().map(Vec::len),
+        Some(1),
+        "{r}"
+    );
+
+    let source_before = objects(c.source_dir());
+    insert_rows(&source, 3);
+    let third = c.setup.backup(&source);
+    archive_everything(&source);
+    let new_packs = objects(c.source_dir())
+        .into_keys()
+        .filter(|k| k.starts_with("packs/") && !source_before.contains_key(k))
+        .count() as u64;
+    let r = c.copy();
+    assert_eq!(n(&r, &["copied", "packs"]), new_packs, "{r}");
+    assert_eq!(n(&r, &["copied", "manifests"]), 1, "{r}");
+    assert_eq!(
+        c.copy_labels(),
+        vec![
+            second["label"].as_str().expect("label"),
+            third["label"].as_str().expect("label")
+        ]
+    );
+    c.verify_copy_clean("after its own expire and another copy");
+}
+
+/// A target holding another repository, or anything that is not a repository, or the
+/// repository itself, is refused (exit 4) and left exactly as it was.
+#[test]
+fn a_target_that_is_not_this_repositorys_copy_is_refused_untouched() {
+    let c = Copies::new(false);
+    let other = c.setup.scratch("other");
+    let out = c
+        .setup
+        .cmd()
+        .arg("--repo")
+        .arg(&other)
+        .arg("init")
+        .output()
+        .expect("init another repository");
+    assert_success(&out, "init another repository");
+    let stray = c.setup.scratch("stray");
+    fs::write(stray.join("notes.txt"), "not a repository").expect("stray file");
+    chown_to_owner(&stray).expect("chown");
+    let source = c.source_dir().to_path_buf();
+    for (dir, says) in [
+        (&other, "another repository"),
+        (&stray, "no Lifeboat repository"),
+        (&source, "the repository itself"),
+    ] {
+        let before = objects(dir);
+        let out = c
+            .setup
+            .cmd()
+            .arg("copy")
+            .arg("--to")
+            .arg(dir)
+            .output()
+            .expect("copy");
+        assert_code(&out, 4, &format!("copy to {}", dir.display()));
+        assert!(text(&out).contains(says), "{}", text(&out));
+        assert_eq!(objects(dir), before, "{} was written", dir.display());
+    }
+}
