@@ -81,6 +81,15 @@ pub async fn copy(
     Ok(report)
 }
 
+/// Why a backup cannot be copied yet.
+struct Missing {
+    what: String,
+    /// Damage in the source (as opposed to something that vanished during the run).
+    damaged: bool,
+    /// An object the source lacks (rather than one found damaged), to report as damaged.
+    absent: Option<String>,
+}
+
 struct Run<'a> {
     source: &'a Repository,
     target: &'a Repository,
@@ -133,6 +142,13 @@ impl Run<'_> {
         }
         let source_backups = self.manifests(self.source, &source_listing, true).await?;
         let target_backups = self.manifests(self.target, &target_listing, false).await?;
+        // A manifest damaged in the source that the copy already holds stays reported as
+        // damage, but that backup is not missing from the copy.
+        self.report.backups_not_copied.retain(|b| {
+            !target_listing
+                .iter()
+                .any(|m| m.key == keys::manifest(&b.label))
+        });
         let mut input = PlanInput {
             source_listing,
             target_listing,
@@ -346,8 +362,12 @@ impl Run<'_> {
     /// otherwise say why not.
     async fn copy_backup(&mut self, manifest: &Manifest, seg_size: u64) -> Result<()> {
         let label = manifest.label.clone();
-        if let Some(reason) = self.missing_for(manifest, seg_size) {
-            let (what, damaged) = reason;
+        if let Some(Missing {
+            what,
+            damaged,
+            absent,
+        }) = self.missing_for(manifest, seg_size)
+        {
             if damaged {
                 tracing::error!("backup {label} not copied: {what}");
             } else {
@@ -355,6 +375,15 @@ impl Run<'_> {
                 self.report
                     .warnings
                     .push(format!("backup {label} not copied this run: {what}"));
+            }
+            // An object the source should hold and does not is damage too (exit 6).
+            if let Some(key) = absent
+                && !self.report.damaged.iter().any(|d| d.key == key)
+            {
+                self.report.damaged.push(Damaged {
+                    key,
+                    reason: format!("missing from the source, needed by backup {label}"),
+                });
             }
             self.report.backups_not_copied.push(NotCopied {
                 label,
@@ -380,9 +409,8 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Why `manifest` cannot be written to the target yet, and whether that is damage (as
-    /// opposed to something that vanished from the source during the run).
-    fn missing_for(&self, manifest: &Manifest, seg_size: u64) -> Option<(String, bool)> {
+    /// Why `manifest` cannot be written to the target yet, if it cannot.
+    fn missing_for(&self, manifest: &Manifest, seg_size: u64) -> Option<Missing> {
         let mut missing: Vec<ChunkId> = manifest
             .chunks()
             .filter(|c| !self.target_chunks.contains(c))
@@ -393,42 +421,58 @@ impl Run<'_> {
             let count = missing.len();
             let damaged = missing.iter().find_map(|c| self.damaged_chunks.get(c));
             return Some(match damaged {
-                Some(key) => (
-                    format!("{count} chunk(s) it needs are in damaged source object {key}"),
-                    true,
-                ),
-                None if missing.iter().all(|c| self.vanished_chunks.contains(c)) => (
-                    format!(
+                Some(key) => Missing {
+                    what: format!("{count} chunk(s) it needs are in damaged source object {key}"),
+                    damaged: true,
+                    absent: None,
+                },
+                None if missing.iter().all(|c| self.vanished_chunks.contains(c)) => Missing {
+                    what: format!(
                         "{count} chunk(s) it needs vanished from the source during the copy (a source expire repacked them?); the next copy takes them"
                     ),
-                    false,
-                ),
-                None => (
-                    format!("{count} chunk(s) it needs (e.g. {first}) are nowhere in the source"),
-                    true,
-                ),
+                    damaged: false,
+                    absent: None,
+                },
+                None => Missing {
+                    what: format!(
+                        "{count} chunk(s) it needs (e.g. {first}) are nowhere in the source"
+                    ),
+                    damaged: true,
+                    absent: Some(first.key()),
+                },
             });
         }
         if seg_size == 0 {
-            return Some(("the source holds no cluster.json".into(), true));
+            return Some(Missing {
+                what: "the source holds no cluster.json".into(),
+                damaged: true,
+                absent: Some(keys::IDENTITY.into()),
+            });
         }
         let mut segment = manifest.start_wal;
         loop {
             if !self.target_segments.contains(&segment) {
-                return Some((
-                    format!("WAL segment {segment} it needs did not reach the copy"),
-                    self.report
-                        .vanished
-                        .iter()
-                        .all(|k| !k.ends_with(&segment.to_string())),
-                ));
+                let key = keys::wal(&WalFileName::Segment(segment));
+                let vanished = self.report.vanished.contains(&key);
+                let damaged = self.report.damaged.iter().any(|d| d.key == key);
+                return Some(Missing {
+                    what: format!("WAL segment {segment} it needs did not reach the copy"),
+                    damaged: !vanished,
+                    absent: (!vanished && !damaged).then_some(key),
+                });
             }
             if segment >= manifest.stop_wal {
                 return None;
             }
             match segment.next(seg_size) {
                 Ok(next) => segment = next,
-                Err(e) => return Some((e.to_string(), true)),
+                Err(e) => {
+                    return Some(Missing {
+                        what: e.to_string(),
+                        damaged: true,
+                        absent: None,
+                    });
+                }
             }
         }
     }
@@ -463,8 +507,18 @@ impl Run<'_> {
             (self.events)(CopyEvent::Done { bytes: m.size });
         }
         drop(results);
+        // A dump manifest's chunk references are not read here: while any chunk failed to
+        // arrive this run, none is written (the next run writes them).
+        let chunks_short = !self.damaged_chunks.is_empty() || !self.vanished_chunks.is_empty();
         for m in manifests {
             let dir = m.key.rsplit_once('/').map_or("", |(d, _)| d);
+            if chunks_short {
+                self.report.warnings.push(format!(
+                    "{} not copied: some chunks did not reach the copy this run",
+                    m.key
+                ));
+                continue;
+            }
             if failed_dirs.contains(dir) {
                 self.report.warnings.push(format!(
                     "{} not copied: an object beside it was not copied",
