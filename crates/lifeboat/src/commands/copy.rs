@@ -62,7 +62,7 @@ pub async fn copy(resolved: &Resolved, args: &CopyArgs) -> Result<Exit, Failure>
             keys.join(", ")
         ),
         Some(
-            "run `lifeboat verify` on the source to see what is affected; take a new backup (it stores the damaged chunks again) and run `lifeboat copy` again: everything sound was copied".to_string(),
+            "everything sound was copied. Run `lifeboat verify` on the source: it names the backups affected and how to repair each object (a damaged loose chunk or WAL file is stored again by a new backup or wal-push once removed; a chunk inside a damaged pack is reused by new backups, so those wait for the pack's repair); `lifeboat copy` then copies what it can".to_string(),
         ),
     ))
 }
