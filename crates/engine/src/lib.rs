@@ -10,6 +10,7 @@ pub mod archive;
 pub mod backup;
 pub mod backup_report;
 pub mod check;
+pub mod copy;
 pub mod drill;
 pub mod error;
 pub mod expire;

@@ -95,6 +95,11 @@ pub enum Command {
     /// check the WAL has no gap from each backup's start on; exits 6 on any problem. Reads only
     /// what earlier runs have not verified (--full: everything).
     Verify(VerifyArgs),
+    /// Bring a second repository up to date with this one (another bucket, region or provider),
+    /// so that backups survive the loss of their store: objects travel as stored, each verified
+    /// on the way, only what the copy lacks, in an order that keeps the copy restorable at every
+    /// moment. The copy is a complete repository (same passphrase); its retention is its own.
+    Copy(CopyArgs),
     /// Run the whole loop on a scratch cluster and a local repository in a temporary directory:
     /// archive, back up, write rows, restore to a moment in the middle, check that exactly the rows
     /// committed before it came back, report recovery time and data loss, and clean up.
@@ -547,6 +552,18 @@ pub struct ExpireArgs {
     /// Print what would be deleted and the restore window before and after; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Where the copy lives: a path, file:///path, s3://, gs:// or az:// URL, reached with the
+    /// same storage settings and credentials as the repository [config: copy.to]. An empty
+    /// location becomes the copy; one holding another repository is refused.
+    #[arg(long, value_name = "URL")]
+    pub to: Option<String>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,

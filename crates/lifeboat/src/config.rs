@@ -37,6 +37,8 @@ pub struct FileConfig {
     pub restore: RestoreConfig,
     pub retention: RetentionConfig,
     pub verify: VerifyConfig,
+    /// `lifeboat copy`: where the copy of the repository lives.
+    pub copy: CopyConfig,
     pub storage: StorageConfig,
     /// `lifeboat drill` and the daemon's drills.
     pub drill: lifeboat_engine::drill::DrillConfig,
@@ -126,6 +128,15 @@ pub struct VerifyConfig {
     /// Share (0-100 %) of the objects verified by earlier runs that each `verify` reads again, in
     /// a rotation that reads every one again within ceil(100 / reread_percent) runs. Default 5.
     pub reread_percent: Option<u32>,
+}
+
+/// `[copy]`: the second repository `lifeboat copy` brings up to date (the daemon's schedule
+/// will use it too).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CopyConfig {
+    /// The copy's location (a path or URL, same storage settings as `repo`).
+    pub to: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

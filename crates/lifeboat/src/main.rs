@@ -87,8 +87,8 @@ fn main() -> ExitCode {
 async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
     use cli::{Command, HaCommand, PassphraseCommand, StandbyCommand};
     use commands::{
-        alert, backup, check, drill, expire, ha, info, init, list, passphrase, restore, serve,
-        standby, stream, upgrade, verify, wal,
+        alert, backup, check, copy, drill, expire, ha, info, init, list, passphrase, restore,
+        serve, standby, stream, upgrade, verify, wal,
     };
     if let Command::Demo(args) = &cli.command {
         let options = demo::DemoOptions {
@@ -124,6 +124,7 @@ async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
         Command::Check(args) => check::check(&resolved, args).await,
         Command::Restore(args) => restore::restore(&resolved, args).await,
         Command::Verify(args) => verify::verify(&resolved, args).await,
+        Command::Copy(args) => copy::copy(&resolved, args).await,
         Command::Expire(args) => expire::expire(&resolved, args).await,
         Command::Drill(args) => drill::drill(&resolved, args).await,
         Command::Serve(args) => serve::serve(&cli, &resolved, args).await,

@@ -34,6 +34,9 @@ pub enum LockKind {
     Expire,
     /// `passphrase change`: two at once could leave the config's copies with different keys.
     Passphrase,
+    /// `copy` holds it on the repository it copies into, so that no `expire` runs there
+    /// meanwhile (older binaries respect a kind they do not know).
+    Copy,
 }
 
 impl LockKind {
@@ -42,6 +45,7 @@ impl LockKind {
             LockKind::Backup => "backup",
             LockKind::Expire => "expire",
             LockKind::Passphrase => "passphrase",
+            LockKind::Copy => "copy",
         }
     }
 }

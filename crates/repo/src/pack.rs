@@ -339,6 +339,26 @@ pub fn plan_range_reads(
     reads
 }
 
+/// Where the trailer of a pack of `size` bytes starts, from its `footer` (the last
+/// [`FOOTER_LEN`] bytes).
+fn trailer_start(key: &str, size: u64, footer: &[u8]) -> Result<u64> {
+    let corrupt = |reason: String| RepoError::Corrupt {
+        key: key.to_string(),
+        reason,
+    };
+    if footer.len() != FOOTER_LEN || &footer[4..] != FOOTER_MAGIC {
+        return Err(corrupt("it does not end with a pack footer".into()));
+    }
+    let trailer_len = u64::from(u32::from_le_bytes(le4(&footer[..4])));
+    (size - FOOTER_LEN as u64)
+        .checked_sub(trailer_len)
+        .ok_or_else(|| {
+            corrupt(format!(
+                "its footer names a {trailer_len}-byte trailer, longer than the pack"
+            ))
+        })
+}
+
 impl Repository {
     /// Store a sealed pack, create-only, under its random name.
     pub async fn put_pack(&self, pack: &SealedPack) -> Result<u64> {
@@ -424,34 +444,59 @@ impl Repository {
     /// its size.
     pub async fn read_pack_trailer(&self, pack: PackId) -> Result<Vec<IndexEntry>> {
         let key = pack.key();
-        let corrupt = |reason: String| RepoError::Corrupt {
-            key: key.clone(),
-            reason,
-        };
         let size = self.store().head(&key).await?.size;
         if size < FOOTER_LEN as u64 {
-            return Err(corrupt(format!("{size} bytes is too short for a pack")));
+            return Err(RepoError::Corrupt {
+                key,
+                reason: format!("{size} bytes is too short for a pack"),
+            });
         }
         let footer = self
             .store()
             .get_range(&key, size - FOOTER_LEN as u64, size)
             .await?;
-        if footer.len() != FOOTER_LEN || &footer[4..] != FOOTER_MAGIC {
-            return Err(corrupt("it does not end with a pack footer".into()));
-        }
-        let trailer_len = u64::from(u32::from_le_bytes(le4(&footer[..4])));
-        let trailer_start = (size - FOOTER_LEN as u64)
-            .checked_sub(trailer_len)
-            .ok_or_else(|| {
-                corrupt(format!(
-                    "its footer names a {trailer_len}-byte trailer, longer than the pack"
-                ))
-            })?;
+        let trailer_start = trailer_start(&key, size, &footer)?;
         let raw = self
             .store()
             .get_range(&key, trailer_start, size - FOOTER_LEN as u64)
             .await?;
-        let (_, plain) = self.decode(&key, &raw)?;
+        self.trailer_entries(pack, &raw, trailer_start)
+    }
+
+    /// The chunks of a whole pack held in memory (`copy` reads packs whole): its footer and
+    /// trailer checked and decoded, as [`read_pack_trailer`](Self::read_pack_trailer) does. The
+    /// chunks themselves are not decoded here.
+    pub fn pack_entries(&self, pack: PackId, bytes: &[u8]) -> Result<Vec<IndexEntry>> {
+        let key = pack.key();
+        let size = bytes.len() as u64;
+        if size < FOOTER_LEN as u64 {
+            return Err(RepoError::Corrupt {
+                key,
+                reason: format!("{size} bytes is too short for a pack"),
+            });
+        }
+        let footer_at = bytes.len() - FOOTER_LEN;
+        let start = trailer_start(&key, size, &bytes[footer_at..])?;
+        let from = usize::try_from(start).map_err(|_| RepoError::Corrupt {
+            key: key.clone(),
+            reason: "its trailer offset does not fit in memory".into(),
+        })?;
+        self.trailer_entries(pack, &bytes[from..footer_at], start)
+    }
+
+    /// The records of a pack's encoded trailer `raw`, which starts at `trailer_start`.
+    fn trailer_entries(
+        &self,
+        pack: PackId,
+        raw: &[u8],
+        trailer_start: u64,
+    ) -> Result<Vec<IndexEntry>> {
+        let key = pack.key();
+        let corrupt = |reason: String| RepoError::Corrupt {
+            key: key.clone(),
+            reason,
+        };
+        let (_, plain) = self.decode(&key, raw)?;
         records(&plain, TRAILER_MAGIC, TRAILER_RECORD)
             .map_err(|r| corrupt(format!("not a readable pack trailer: {r}")))?
             .map(|r| {

@@ -9,6 +9,7 @@ pub(crate) mod alert;
 pub(crate) mod backup;
 pub(crate) mod check;
 pub(crate) mod context;
+pub(crate) mod copy;
 pub(crate) mod drill;
 pub(crate) mod expire;
 pub(crate) mod ha;

@@ -14,6 +14,7 @@ mod alerts;
 mod archive;
 mod backup_restore;
 mod concurrency;
+mod copy;
 mod crash;
 mod daemon;
 mod dashboard;

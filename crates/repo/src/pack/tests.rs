@@ -37,9 +37,18 @@ async fn chunks_written_in_a_pack_read_back_through_index_and_trailer() {
         let chunks = chunks(&repo, 20);
         let pack = sealed_pack(&repo, &chunks).await;
 
-        // The trailer alone says what the index says.
+        // The trailer alone says what the index says, read from the store or from the whole
+        // pack in memory (as `copy` reads it); a pack whose footer is cut is refused by both.
         let trailer = repo.read_pack_trailer(pack.id).await.unwrap();
         assert_eq!(trailer, pack.entries);
+        assert_eq!(
+            repo.pack_entries(pack.id, &pack.bytes).unwrap(),
+            pack.entries
+        );
+        let cut = &pack.bytes[..pack.bytes.len() - 1];
+        let err = repo.pack_entries(pack.id, cut).unwrap_err();
+        assert!(matches!(err, RepoError::Corrupt { .. }), "{err}");
+        assert!(repo.pack_entries(pack.id, &pack.bytes[..4]).is_err());
 
         repo.put_index(&pack.entries).await.unwrap();
         let index = repo.load_chunk_index().await.unwrap();
