@@ -11,6 +11,7 @@ pub mod backup;
 pub mod backup_report;
 pub mod check;
 pub mod drill;
+pub mod dump;
 pub mod error;
 pub mod expire;
 pub mod info;
