@@ -87,8 +87,8 @@ fn main() -> ExitCode {
 async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
     use cli::{Command, HaCommand, PassphraseCommand, StandbyCommand};
     use commands::{
-        alert, backup, check, drill, expire, ha, info, init, list, passphrase, restore, serve,
-        standby, stream, upgrade, verify, wal,
+        alert, backup, check, drill, dump, expire, ha, info, init, list, passphrase, restore,
+        serve, standby, stream, upgrade, verify, wal,
     };
     if let Command::Demo(args) = &cli.command {
         let options = demo::DemoOptions {
@@ -125,6 +125,7 @@ async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
         Command::Restore(args) => restore::restore(&resolved, args).await,
         Command::Verify(args) => verify::verify(&resolved, args).await,
         Command::Expire(args) => expire::expire(&resolved, args).await,
+        Command::Dump(args) => dump::dump(&resolved, args).await,
         Command::Drill(args) => drill::drill(&resolved, args).await,
         Command::Serve(args) => serve::serve(&cli, &resolved, args).await,
         Command::Alert(args) => alert::alert(&resolved, args).await,
