@@ -129,10 +129,25 @@ fn small_change_stores_little_and_a_table_restores_into_17() {
 }
 
 #[test]
-fn a_damaged_chunk_stops_the_restore_and_verify_reports_it() {
+fn a_failed_pg_dump_or_a_damaged_chunk_is_reported() {
     let setup = Setup::new(Backend::Local, false);
     let source = TestCluster::start_new("").expect("PostgreSQL 15 starts");
     source.pgbench_init(1).expect("pgbench -i -s 1");
+
+    // pg_dump fails (a role that may not read the tables): its stderr, exit 8, no dump.
+    source
+        .psql("create role weak login")
+        .expect("create a role without privileges");
+    let weak = source.conninfo().replace("user=postgres", "user=weak");
+    let out = setup.run(&["dump", "--db", "postgres", "--from", &weak]);
+    assert_code(&out, 8, "dump as a role that cannot read the tables");
+    let err = stderr(&out);
+    assert!(err.contains("permission denied"), "pg_dump's stderr: {err}");
+    let out = setup.run(&["dump", "list", "--json"]);
+    assert_eq!(json_of(&out, "dump list"), serde_json::json!([]));
+    let out = setup.run(&["dump", "--db", "nosuchdb", "--from", &source.conninfo()]);
+    assert_code(&out, 4, "dump of a database the server lacks");
+
     dump(&setup, &source);
     let victim = corrupt_largest_chunk(&setup, 0x40);
 
