@@ -273,27 +273,6 @@ pub async fn check(
     Ok(report)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::synchronous_names;
-
-    #[test]
-    fn synchronous_standby_names_as_postgresql_reads_them() {
-        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(synchronous_names(""), (0, vec![]));
-        assert_eq!(synchronous_names("lifeboat"), (1, names(&["lifeboat"])));
-        assert_eq!(
-            synchronous_names("ANY 1 (replica1, Lifeboat)"),
-            (1, names(&["replica1", "lifeboat"]))
-        );
-        assert_eq!(
-            synchronous_names("FIRST 2 (a, \"B\")"),
-            (2, names(&["a", "B"]))
-        );
-        assert_eq!(synchronous_names("2 (a,b)"), (2, names(&["a", "b"])));
-    }
-}
-
 /// What automatic failover (`[ha]`) needs of the server, each problem with its fix: pg_rewind
 /// (data checksums or `wal_log_hints`, else every rejoin is a re-clone), `hot_standby`, and a WAL
 /// sender and a slot per other member (`members` in all), plus one for the receiver.
@@ -339,4 +318,25 @@ pub async fn failover_problems(conn: &ConnSpec, members: usize) -> Result<Vec<Pr
         }
     }
     Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::synchronous_names;
+
+    #[test]
+    fn synchronous_standby_names_as_postgresql_reads_them() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(synchronous_names(""), (0, vec![]));
+        assert_eq!(synchronous_names("lifeboat"), (1, names(&["lifeboat"])));
+        assert_eq!(
+            synchronous_names("ANY 1 (replica1, Lifeboat)"),
+            (1, names(&["replica1", "lifeboat"]))
+        );
+        assert_eq!(
+            synchronous_names("FIRST 2 (a, \"B\")"),
+            (2, names(&["a", "B"]))
+        );
+        assert_eq!(synchronous_names("2 (a,b)"), (2, names(&["a", "b"])));
+    }
 }

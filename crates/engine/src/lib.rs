@@ -12,6 +12,7 @@ pub mod backup_report;
 pub mod check;
 pub mod copy;
 pub mod drill;
+pub mod dump;
 pub mod error;
 pub mod expire;
 pub mod info;

@@ -7,6 +7,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::limits;
 
+mod dump;
+pub use dump::{DumpArgs, DumpCommand};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "lifeboat",
@@ -100,6 +103,10 @@ pub enum Command {
     /// on the way, only what the copy lacks, in an order that keeps the copy restorable at every
     /// moment. The copy is a complete repository (same passphrase); its retention is its own.
     Copy(CopyArgs),
+    /// Logical dumps: `lifeboat dump` runs pg_dump of each database (and pg_dumpall
+    /// --globals-only) into the repository, deduplicated by content-defined chunking; `dump
+    /// list`, `dump restore --db NAME [--table T] --to CONNINFO`, `dump expire --keep-last N`.
+    Dump(DumpArgs),
     /// Run the whole loop on a scratch cluster and a local repository in a temporary directory:
     /// archive, back up, write rows, restore to a moment in the middle, check that exactly the rows
     /// committed before it came back, report recovery time and data loss, and clean up.

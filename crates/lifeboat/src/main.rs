@@ -87,7 +87,7 @@ fn main() -> ExitCode {
 async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
     use cli::{Command, HaCommand, PassphraseCommand, StandbyCommand};
     use commands::{
-        alert, backup, check, copy, drill, expire, ha, info, init, list, passphrase, restore,
+        alert, backup, check, copy, drill, dump, expire, ha, info, init, list, passphrase, restore,
         serve, standby, stream, upgrade, verify, wal,
     };
     if let Command::Demo(args) = &cli.command {
@@ -126,6 +126,7 @@ async fn run(cli: cli::Cli) -> Result<Exit, Failure> {
         Command::Verify(args) => verify::verify(&resolved, args).await,
         Command::Copy(args) => copy::copy(&resolved, args).await,
         Command::Expire(args) => expire::expire(&resolved, args).await,
+        Command::Dump(args) => dump::dump(&resolved, args).await,
         Command::Drill(args) => drill::drill(&resolved, args).await,
         Command::Serve(args) => serve::serve(&cli, &resolved, args).await,
         Command::Alert(args) => alert::alert(&resolved, args).await,

@@ -55,6 +55,21 @@ pub fn parse_manifest_key(key: &str) -> Option<String> {
     (name == MANIFEST_NAME && !label.is_empty()).then(|| label.to_string())
 }
 
+/// Logical dumps (docs/FORMAT.md, "Dumps").
+pub const DUMP_PREFIX: &str = "dumps/";
+
+/// `dumps/<label>/manifest`: written last; a dump exists exactly when this object does.
+pub fn dump_manifest(label: &str) -> String {
+    format!("{DUMP_PREFIX}{label}/{MANIFEST_NAME}")
+}
+
+/// The dump label a dump manifest key names.
+pub fn parse_dump_manifest_key(key: &str) -> Option<String> {
+    let rest = key.strip_prefix(DUMP_PREFIX)?;
+    let (label, name) = rest.split_once('/')?;
+    (name == MANIFEST_NAME && !label.is_empty()).then(|| label.to_string())
+}
+
 /// `wal/<timeline+log>/<name>` for segments and the files named after one (`.partial`, `.backup`),
 /// so a directory holds at most one log file's worth of segments (256 at 16 MiB); history files
 /// go to `wal/history/`.

@@ -16,6 +16,7 @@ pub mod backup;
 pub mod codec;
 pub mod config;
 pub mod crypto;
+pub mod dump;
 pub mod error;
 pub mod identity;
 pub mod keys;

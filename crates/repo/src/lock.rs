@@ -1,4 +1,5 @@
-//! Repository locks: at most one `backup` or `expire` works on a repository at a time.
+//! Repository locks: at most one `backup`, `expire`, `dump` or `passphrase change` works on a
+//! repository at a time, except that a `backup` and a `dump` may run together.
 //!
 //! Protocol (docs/FORMAT.md, "Locks"): a process that wants the repository first writes its own
 //! lock object, `locks/<kind>-<random id>`, create-only, and only then lists `locks/`. If any other
@@ -25,8 +26,10 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::{RepoError, Repository, Result, keys};
 
-/// What a lock protects. Every lock excludes every other today: two backups at once would race on
-/// labels and double the load, and `expire` must never delete what a running backup relies on.
+/// What a lock protects. Every lock excludes every other but one pair: two backups at once would
+/// race on labels and double the load, and `expire` must never delete what a running backup or
+/// dump relies on. A `dump` and a `backup` may run together: both only add packs and their own
+/// indexes, and their manifests last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LockKind {
@@ -37,6 +40,8 @@ pub enum LockKind {
     /// `copy` holds it on the repository it copies into, so that no `expire` runs there
     /// meanwhile (older binaries respect a kind they do not know).
     Copy,
+    /// `dump`: logical dumps (docs/FORMAT.md, "Dumps").
+    Dump,
 }
 
 impl LockKind {
@@ -46,7 +51,18 @@ impl LockKind {
             LockKind::Expire => "expire",
             LockKind::Passphrase => "passphrase",
             LockKind::Copy => "copy",
+            LockKind::Dump => "dump",
         }
+    }
+
+    /// Whether a fresh lock of `other` (a kind as stored, possibly one this version does not
+    /// know) keeps a holder of this kind out. Only `backup` and `dump` tolerate each other; an
+    /// unknown kind is respected.
+    pub fn excluded_by(&self, other: &str) -> bool {
+        !matches!(
+            (self, other),
+            (LockKind::Dump, "backup") | (LockKind::Backup, "dump")
+        )
     }
 }
 
@@ -377,6 +393,9 @@ impl RepoLock {
                             lock.release().await;
                             return Err(e.into());
                         }
+                    }
+                    None if !kind.excluded_by(&rec.kind) => {
+                        tracing::debug!("{} may run beside {}", kind, rec.describe(now));
                     }
                     None => {
                         holders.push(rec.describe(now));

@@ -12,7 +12,8 @@
 //!
 //! Each step deletes only what no backup still listed needs once the steps before it are done,
 //! so stopping anywhere leaves every listed backup restorable; running `expire` again finishes
-//! the job (steps 2 to 4 always run, whether or not a backup expires this time).
+//! the job (steps 2 to 4 always run, whether or not a backup expires this time). Dump manifests
+//! reference chunks too: [`dumps`] keeps theirs, and deletes expired dumps' manifests in step 1.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
@@ -29,9 +30,11 @@ use time::OffsetDateTime;
 use crate::list::Window;
 use crate::{EngineError, Result};
 
+pub mod dumps;
 pub mod packs;
 pub(crate) mod repack;
 
+pub use dumps::{DumpFates, DumpRetention};
 pub use packs::PackRemoval;
 
 /// Deletes between two checks that the lock is still ours.
@@ -45,6 +48,9 @@ pub struct ExpireOptions {
     pub keep_days: Option<u32>,
     /// Report what would go; change nothing.
     pub dry_run: bool,
+    /// Which dumps to keep (`dump expire`); `None`: all of them. Without a backup policy, every
+    /// backup is kept and no WAL is deleted.
+    pub dumps: Option<DumpRetention>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,6 +66,8 @@ pub struct ExpireReport {
     /// Loose chunks (`data/` objects).
     pub chunks: ChunkRemoval,
     pub packs: PackRemoval,
+    /// Dumps kept and expired; their chunks count as referenced.
+    pub dumps: DumpFates,
     /// Every byte deleted (or, with `dry_run`, that would be).
     pub bytes_freed: u64,
     pub window_before: Window,
@@ -150,6 +158,13 @@ fn check_policy(opts: &ExpireOptions) -> Result<Policy> {
     let hint = "pass --keep-last N and/or --keep-days D, or set keep_last / keep_days in the \
                 [retention] section of the config file";
     if opts.keep_last.is_none() && opts.keep_days.is_none() {
+        if opts.dumps.is_some() {
+            return Ok(Policy {
+                keep_last: None,
+                keep_days: None,
+                rule: "keep every backup (a dump retention only)".into(),
+            });
+        }
         return Err(EngineError::invalid(
             "no retention policy: refusing to guess what to keep",
             hint,
@@ -241,20 +256,23 @@ struct Plan {
     /// Chunk keys no kept manifest references, with their sizes.
     chunks: Vec<(String, u64)>,
     chunks_remaining: (u64, u64),
-    /// `None` when there is no backup to keep packs for.
+    /// `None` when there is no backup or dump to keep packs for.
     packs: Option<packs::PackPlan>,
+    dumps: dumps::DumpPlan,
     window_before: Window,
     window_after: Window,
 }
 
 async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result<Plan> {
     let manifests = repo.manifests().await?;
-    let fates = choose(
-        &manifests,
-        opts.keep_last,
-        opts.keep_days,
-        OffsetDateTime::now_utc(),
-    );
+    let backup_policy = opts.keep_last.is_some() || opts.keep_days.is_some();
+    let fates = if backup_policy {
+        let now = OffsetDateTime::now_utc();
+        choose(&manifests, opts.keep_last, opts.keep_days, now)
+    } else {
+        vec![Some("no backup retention given".to_string()); manifests.len()]
+    };
+    let dump_plan = dumps::plan(repo, opts.dumps).await?;
     let mut kept = Vec::new();
     let mut kept_reasons = Vec::new();
     let mut expired = Vec::new();
@@ -282,7 +300,7 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
     let mut stream_pieces = Vec::new();
     let mut wal_kept_from = None;
     let mut latest_wal = None;
-    if let (Some(identity), false) = (identity, kept.is_empty()) {
+    if let (Some(identity), false, true) = (identity, kept.is_empty(), backup_policy) {
         let seg_size = identity.wal_segment_size;
         // The earliest start among the kept backups (normally the oldest one's): no kept backup
         // reads WAL before its own start, on any timeline.
@@ -336,8 +354,9 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
     let mut chunks = Vec::new();
     let mut chunks_remaining = (0, 0);
     let mut pack_plan = None;
-    if !kept.is_empty() {
-        let referenced: HashSet<ChunkId> = kept.iter().flat_map(Manifest::chunks).collect();
+    if !kept.is_empty() || !dump_plan.referenced.is_empty() {
+        let mut referenced: HashSet<ChunkId> = kept.iter().flat_map(Manifest::chunks).collect();
+        referenced.extend(dump_plan.referenced.iter().copied());
         // Located as a restore locates them: in stored packs only. An entry naming a pack that
         // is gone must not hide another entry of the same chunk (an index keeps a chunk's first
         // location), or the pack actually holding it would look dead.
@@ -381,6 +400,7 @@ async fn plan(repo: &Repository, opts: &ExpireOptions, policy: Policy) -> Result
         chunks,
         chunks_remaining,
         packs: pack_plan,
+        dumps: dump_plan,
     })
 }
 
@@ -429,6 +449,7 @@ impl Plan {
             remaining_bytes: self.chunks_remaining.1,
         };
         let packs = self.packs.map(|p| p.removal).unwrap_or_default();
+        let dumps = self.dumps.fates;
         warnings.extend(packs.skipped.clone());
         ExpireReport {
             dry_run,
@@ -446,6 +467,7 @@ impl Plan {
                 .collect(),
             manifest_bytes,
             bytes_freed: (manifest_bytes
+                + dumps.manifest_bytes
                 + wal.bytes
                 + chunks.bytes
                 + packs.bytes
@@ -454,6 +476,7 @@ impl Plan {
             wal,
             chunks,
             packs,
+            dumps,
             window_before: self.window_before,
             window_after: self.window_after,
             warnings,
@@ -485,6 +508,9 @@ async fn execute(
         );
     }
 
+    held().await?;
+    dumps::delete_expired(repo, &plan.dumps).await?;
+
     // 2. WAL before every kept backup's start, oldest first, so that what remains after a crash
     //    is still one unbroken run.
     let wal_keys: Vec<String> = plan.wal.iter().map(|(n, _, _)| keys::wal(n)).collect();
@@ -503,16 +529,15 @@ async fn execute(
             extra.push(repo.manifest(&label).await?);
         }
     }
+    let extra: Vec<ChunkId> = extra
+        .iter()
+        .flat_map(Manifest::chunks)
+        .chain(dumps::appeared(repo, &plan.dumps).await?)
+        .collect();
     if !extra.is_empty() {
-        let also: HashSet<String> = extra
-            .iter()
-            .flat_map(Manifest::chunks)
-            .map(|c| c.key())
-            .collect();
+        let also: HashSet<String> = extra.iter().map(|c| c.key()).collect();
         plan.chunks.retain(|(key, _)| !also.contains(key));
-        plan.packs = plan
-            .packs
-            .map(|p| p.keeping(extra.iter().flat_map(Manifest::chunks)));
+        plan.packs = plan.packs.map(|p| p.keeping(extra.iter().copied()));
     }
     let chunk_keys: Vec<String> = plan.chunks.iter().map(|(k, _)| k.clone()).collect();
     delete_all(repo, &chunk_keys, &held).await?;

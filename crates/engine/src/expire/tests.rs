@@ -71,7 +71,70 @@ fn no_policy_is_refused() {
         keep_last: Some(2),
         keep_days: Some(7),
         dry_run: false,
+        dumps: None,
     })
     .unwrap();
     assert!(p.rule.contains("either"), "{}", p.rule);
+}
+
+#[test]
+fn dump_retention_keeps_the_newest_and_what_the_rules_say() {
+    use lifeboat_repo::dump::{Chunking, DumpManifest, DumpStream};
+    let now = OffsetDateTime::now_utc();
+    let stream = || DumpStream {
+        name: String::new(),
+        format: "sql".into(),
+        program_version: String::new(),
+        server_major: 15,
+        start_time: now,
+        stop_time: now,
+        size: 0,
+        stored_size: 0,
+        chunks: Vec::new(),
+    };
+    let dump = |label: &str, days_ago: i64| DumpManifest {
+        format: lifeboat_repo::dump::DUMP_FORMAT.into(),
+        version: 1,
+        label: label.into(),
+        server_version_num: 150000,
+        start_time: now - time::Duration::days(days_ago),
+        stop_time: now - time::Duration::days(days_ago),
+        duration_seconds: 0.0,
+        chunking: Chunking {
+            algorithm: "fastcdc-v2020".into(),
+            min_size: 1,
+            avg_size: 2,
+            max_size: 3,
+        },
+        globals: stream(),
+        databases: Vec::new(),
+        size: 0,
+        stored_size: 0,
+    };
+    let ds = vec![dump("a", 10), dump("b", 5), dump("c", 1)];
+    let r = |keep_last, keep_days| DumpRetention {
+        keep_last,
+        keep_days,
+    };
+    assert_eq!(
+        kept(&dumps::choose(&ds, r(Some(1), None), now)),
+        [false, false, true]
+    );
+    assert_eq!(
+        kept(&dumps::choose(&ds, r(None, Some(7)), now)),
+        [false, true, true]
+    );
+    assert_eq!(
+        kept(&dumps::choose(&ds, r(None, Some(30)), now)),
+        [true, true, true]
+    );
+    assert!(r(None, None).check().is_err());
+    assert!(r(Some(0), None).check().is_err());
+    assert!(
+        check_policy(&ExpireOptions {
+            dumps: Some(r(Some(1), None)),
+            ..Default::default()
+        })
+        .is_ok()
+    );
 }

@@ -149,6 +149,7 @@ async fn keep_days_keeps_the_backup_that_opens_the_window() {
             keep_last: None,
             keep_days: Some(36500),
             dry_run: true,
+            dumps: None,
         },
     )
     .await

@@ -153,6 +153,7 @@ pub fn keep_last(n: u32, dry_run: bool) -> crate::expire::ExpireOptions {
         keep_last: Some(n),
         keep_days: None,
         dry_run,
+        dumps: None,
     }
 }
 

@@ -22,13 +22,17 @@
 //! Findings are data, not errors: a damaged manifest, chunk or segment is reported and the run goes
 //! on with the rest. Only a store that cannot be read at all (after retries) ends the run early.
 //!
-//! Parts: `select` (what this run reads), `packs` (the packs behind the indexes), `read` (the
+//! Dumps' chunks are read with the backups' (`dumps`: a dump with a chunk missing or damaged is a
+//! finding).
+//!
+//! Parts: `select` (what this run reads), `dumps`, `packs` (the packs behind the indexes), `read` (the
 //! read-back loops for chunks and WAL), `streamed` (`wal-stream`'s pieces, read whole every
 //! run), `continuity` (WAL continuity and gaps), `report` (the
 //! report types and the text of each finding), `state` (the stored verification state and its
 //! format).
 
 mod continuity;
+mod dumps;
 mod packs;
 mod read;
 mod report;
@@ -174,9 +178,19 @@ pub async fn verify(
         selected,
         mut backups,
         mut damaged_manifests,
-        referenced,
-        max_block,
+        mut referenced,
+        mut max_block,
     } = select::backups(repo, opts, seg_size, &mut counters, &mut findings).await?;
+    // Dumps are checked by runs that check everything.
+    let dump_selection = match opts.backup {
+        Some(_) => None,
+        None => {
+            let sel = dumps::select(repo, &mut referenced, &mut counters, &mut findings).await?;
+            max_block = max_block.max(sel.max_chunk);
+            counters.chunks_referenced = referenced.len() as u64;
+            Some(sel)
+        }
+    };
     let rotation = Rotation::new(opts.reread_percent, old_state.runs);
     let mut plan: ChunkPlan = select::chunks(
         repo,
@@ -275,6 +289,11 @@ pub async fn verify(
         &mut findings,
     )
     .await;
+    if let Some(sel) = &dump_selection {
+        let found =
+            dumps::findings(repo, sel, &missing_chunks, &damaged_chunks, &mut counters).await?;
+        findings.extend(found);
+    }
     let (windows, gaps) = continuity::check(
         repo,
         identity,

@@ -46,6 +46,9 @@ pub enum FindingKind {
     /// Streamed WAL (`wal-stream`'s pieces) that cannot be used: a restore to the end stops
     /// before it.
     DamagedStreamedWal,
+    /// A dump (docs/FORMAT.md, "Dumps") whose manifest cannot be read, or a database in it with
+    /// a missing or damaged chunk: `dump restore` of it fails.
+    DamagedDump,
 }
 
 /// One problem, with what it affects and what to do.
@@ -154,6 +157,9 @@ pub struct Counters {
     /// Streamed pieces (of segments not yet complete) read back, and those found unusable.
     pub streamed_pieces_read: u64,
     pub streamed_pieces_damaged: u64,
+    /// Dump manifests read, and dumps with a finding (unreadable, or a chunk missing or damaged).
+    pub dumps_checked: u64,
+    pub dumps_damaged: u64,
     pub duration_seconds: f64,
 }
 
@@ -232,6 +238,7 @@ pub(super) fn finding_order(kind: FindingKind) -> u8 {
         FindingKind::WalGap => 8,
         FindingKind::DamagedStreamedWal => 9,
         FindingKind::UnindexedPack => 10,
+        FindingKind::DamagedDump => 11,
     }
 }
 

@@ -25,6 +25,7 @@ pub async fn expire(resolved: &Resolved, args: &ExpireArgs) -> Result<Exit, Fail
         keep_last,
         keep_days,
         dry_run: args.dry_run,
+        dumps: None,
     };
     let report = lifeboat_engine::expire::expire(&repo, &opts).await?;
     if args.json {

@@ -11,6 +11,7 @@ pub(crate) mod check;
 pub(crate) mod context;
 pub(crate) mod copy;
 pub(crate) mod drill;
+pub(crate) mod dump;
 pub(crate) mod expire;
 pub(crate) mod ha;
 pub(crate) mod info;

@@ -103,6 +103,17 @@ fn render_text(report: &VerifyReport) -> String {
         let _ = writeln!(out, "NOTE: {note}");
     }
     let c = &report.counters;
+    if c.dumps_checked > 0 {
+        let _ = writeln!(
+            out,
+            "dumps: {} checked, {}",
+            c.dumps_checked,
+            match c.dumps_damaged {
+                0 => "every chunk of every database intact".to_string(),
+                n => format!("{n} NOT RESTORABLE (see above)"),
+            }
+        );
+    }
     let _ = writeln!(out, "{}", reread_line(report));
     let problems = report.findings.len();
     let _ = write!(

@@ -218,6 +218,52 @@ impl ConnSpec {
     }
 }
 
+impl ConnSpec {
+    /// The settings as libpq environment variables (`PGHOST`, `PGPORT`, `PGUSER`,
+    /// `PGDATABASE`, `PGPASSWORD`, `PGSSLMODE`), for the PostgreSQL programs lifeboat runs
+    /// (pg_dump, pg_restore): a password passed this way never appears on a command line.
+    /// Holds the password: never print it.
+    #[must_use]
+    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        let ports: Vec<String> = self.ports().iter().map(ToString::to_string).collect();
+        let mut env = vec![
+            ("PGHOST", self.hosts().join(",")),
+            ("PGPORT", ports.join(",")),
+            ("PGUSER", self.user().to_owned()),
+            ("PGDATABASE", self.dbname().to_owned()),
+        ];
+        if !self.config.get_hostaddrs().is_empty() {
+            let addrs: Vec<String> = self
+                .config
+                .get_hostaddrs()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            env.push(("PGHOSTADDR", addrs.join(",")));
+        }
+        if let Some(password) = self.config.get_password() {
+            env.push(("PGPASSWORD", String::from_utf8_lossy(password).into_owned()));
+        }
+        env.push((
+            "PGSSLMODE",
+            match self.config.get_ssl_mode() {
+                SslMode::Disable => "disable",
+                _ => "prefer",
+            }
+            .to_owned(),
+        ));
+        env
+    }
+
+    /// The same settings, connecting to database `dbname`.
+    #[must_use]
+    pub fn with_dbname(&self, dbname: &str) -> ConnSpec {
+        let mut config = self.config.clone();
+        config.dbname(dbname);
+        ConnSpec { config }
+    }
+}
+
 fn host_text(host: &Host) -> String {
     match host {
         Host::Tcp(name) => name.clone(),

@@ -450,6 +450,18 @@ impl Session {
         Ok(())
     }
 
+    /// The databases that accept connections, templates left out, by name (what `dump` dumps).
+    pub async fn databases(&self) -> Result<Vec<String>> {
+        let what = "listing the databases";
+        let sql = "select datname::text from pg_database \
+                   where datallowconn and not datistemplate order by 1";
+        let rows = self.client.query(sql, &[]).await;
+        let rows = rows.map_err(|e| self.query_error(what, &e))?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(|e| self.query_error(what, &e)))
+            .collect()
+    }
+
     /// One row, one non-null text column.
     /// `pg_stat_archiver`: what the archiver last stored and last failed on, and when.
     pub async fn archiver_stats(&self) -> Result<ArchiverStats> {

@@ -119,3 +119,34 @@ async fn a_holder_whose_lock_was_taken_over_knows_it() {
     );
     lock.release().await;
 }
+
+#[tokio::test]
+async fn a_dump_runs_beside_a_backup_and_excludes_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(&dir.path().join("repo")).await;
+    let mut backup = RepoLock::acquire(&repo, LockKind::Backup).await.unwrap();
+    let mut dump = RepoLock::acquire(&repo, LockKind::Dump)
+        .await
+        .expect("a dump may run beside a backup");
+    for kind in [LockKind::Dump, LockKind::Expire, LockKind::Passphrase] {
+        assert!(
+            matches!(
+                RepoLock::acquire(&repo, kind).await,
+                Err(LockError::Held { .. })
+            ),
+            "{kind} must wait for the dump"
+        );
+    }
+    backup.release().await;
+    // A backup that starts while a dump runs.
+    let mut second = RepoLock::acquire(&repo, LockKind::Backup).await.unwrap();
+    second.release().await;
+    dump.release().await;
+    let mut expire = RepoLock::acquire(&repo, LockKind::Expire).await.unwrap();
+    assert!(matches!(
+        RepoLock::acquire(&repo, LockKind::Dump).await,
+        Err(LockError::Held { .. })
+    ));
+    expire.release().await;
+    assert!(LockKind::Dump.excluded_by("something-newer"));
+}
