@@ -115,6 +115,15 @@ pub struct HealthConfig {
     /// WAL the receiver's slot keeps on the server. Default 1GiB.
     #[serde(deserialize_with = "deserialize_byte_size")]
     pub max_slot_retained: u64,
+    /// The second repository (`lifeboat copy`) may be at most this far behind: the time since the
+    /// last successful copy started (what it holds is the source as it was then). Judged once the
+    /// copy job is scheduled or has run. Default 26h.
+    #[serde(deserialize_with = "duration")]
+    pub max_copy_age: Duration,
+    /// The newest logical dump may be at most this old. Judged once the dump job is scheduled or
+    /// the repository holds a dump. Default 26h.
+    #[serde(deserialize_with = "duration")]
+    pub max_dump_age: Duration,
 }
 
 impl Default for HealthConfig {
@@ -127,6 +136,8 @@ impl Default for HealthConfig {
             max_drill_age: None,
             max_stream_lag: 16 << 20,
             max_slot_retained: 1 << 30,
+            max_copy_age: Duration::from_secs(26 * 3600),
+            max_dump_age: Duration::from_secs(26 * 3600),
         }
     }
 }

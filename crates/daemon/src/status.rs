@@ -27,7 +27,7 @@ pub enum Severity {
 pub struct Finding {
     /// e.g. `wal_archive_lag`, `backup_age`, `wal_backlog`, `disk_free:pg_wal`, `job_failed:backup`,
     /// `drill_failed`, `repository_unreachable`, `database_unreachable`, `stream_down`,
-    /// `stream_lag`, `slot_retained`, `slot_lost`, `slot_unlimited`.
+    /// `stream_lag`, `slot_retained`, `slot_lost`, `slot_unlimited`, `copy_age`, `dump_age`.
     pub key: String,
     pub severity: Severity,
     /// One line: what is wrong.
@@ -148,6 +148,14 @@ pub struct Snapshot {
     pub backups: Vec<BackupReport>,
     /// Seconds since the newest backup's stop time.
     pub newest_backup_age_seconds: Option<f64>,
+    /// Logical dumps in the repository (`lifeboat dump`).
+    pub dumps: u64,
+    /// The newest dump's label (its UTC start time) and the seconds since.
+    pub newest_dump: Option<String>,
+    pub newest_dump_age_seconds: Option<f64>,
+    /// Seconds since the last successful `copy` job started: how far behind the second
+    /// repository may be (None: no successful copy recorded).
+    pub copy_age_seconds: Option<f64>,
     pub wal: WalStatus,
     /// None: no `[stream]` in the config, the daemon runs no receiver.
     pub stream: Option<StreamStatus>,

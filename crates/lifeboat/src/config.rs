@@ -39,6 +39,8 @@ pub struct FileConfig {
     pub verify: VerifyConfig,
     /// `lifeboat copy`: where the copy of the repository lives.
     pub copy: CopyConfig,
+    /// `lifeboat dump`: which databases, and what `dump expire` keeps.
+    pub dump: DumpConfig,
     pub storage: StorageConfig,
     /// `lifeboat drill` and the daemon's drills.
     pub drill: lifeboat_engine::drill::DrillConfig,
@@ -137,6 +139,21 @@ pub struct VerifyConfig {
 pub struct CopyConfig {
     /// The copy's location (a path or URL, same storage settings as `repo`).
     pub to: Option<String>,
+}
+
+/// `lifeboat dump` and `dump expire` when no flag says otherwise (the daemon's `dump` and
+/// `dump_expire` jobs run without flags).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DumpConfig {
+    /// Databases to dump. Default: every connectable database but the templates.
+    pub databases: Vec<String>,
+    /// `dump expire`: keep the newest N dumps.
+    #[serde(deserialize_with = "limits::key::keep_last")]
+    pub keep_last: Option<u32>,
+    /// `dump expire`: keep the dumps of the last D days (and the newest before them).
+    #[serde(deserialize_with = "limits::key::keep_days")]
+    pub keep_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -178,6 +178,34 @@ pub(super) fn glance(out: &mut String, s: &Snapshot, now: Option<f64>) {
             "a restore nobody tried is a hope".into(),
         ),
     }
+    if let Some(age) = s.copy_age_seconds {
+        let stale = s.findings.iter().any(|f| f.key == "copy_age");
+        card(
+            out,
+            if stale { "bad" } else { "" },
+            "Second repository",
+            format!("{} behind", duration(age)),
+            "since the last successful `copy` started".into(),
+        );
+    }
+    if let (Some(label), Some(age)) = (&s.newest_dump, s.newest_dump_age_seconds) {
+        card(
+            out,
+            if s.findings.iter().any(|f| f.key == "dump_age") {
+                "bad"
+            } else {
+                ""
+            },
+            "Newest logical dump",
+            format!("{} ago", duration(age)),
+            format!(
+                "{} · {} dump{}",
+                esc(label),
+                s.dumps,
+                plural(s.dumps as usize)
+            ),
+        );
+    }
     card(
         out,
         "",

@@ -95,6 +95,24 @@ pub(super) fn backups(b: &mut Builder, s: &Snapshot) {
         s.newest_backup_age_seconds,
     );
     b.gauge(
+        "dumps",
+        "Logical dumps in the repository",
+        None,
+        Some(s.dumps as f64),
+    );
+    b.gauge(
+        "newest_dump_age",
+        "Time since the newest logical dump started",
+        Some(Unit::Seconds),
+        s.newest_dump_age_seconds,
+    );
+    b.gauge(
+        "copy_age",
+        "Time since the last successful copy to the second repository started: how far behind it may be",
+        Some(Unit::Seconds),
+        s.copy_age_seconds,
+    );
+    b.gauge(
         "restore_window_start_timestamp",
         "The earliest moment a restore can reach: the oldest backup's stop time",
         Some(Unit::Seconds),

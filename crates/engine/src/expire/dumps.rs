@@ -24,7 +24,7 @@ pub struct DumpRetention {
 
 impl DumpRetention {
     pub(super) fn check(&self) -> Result<String> {
-        let hint = "pass `lifeboat dump expire --keep-last N` and/or `--keep-days D`";
+        let hint = "pass `lifeboat dump expire --keep-last N` and/or `--keep-days D`, or set `keep_last`/`keep_days` in the config file's `[dump]` section";
         match (self.keep_last, self.keep_days) {
             (None, None) => Err(EngineError::invalid(
                 "no dump retention policy: refusing to guess which dumps to keep",

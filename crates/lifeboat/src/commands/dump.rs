@@ -19,7 +19,11 @@ pub async fn dump(resolved: &Resolved, args: &DumpArgs) -> Result<Exit, Failure>
             let run = &args.run;
             let opts = DumpOptions {
                 conn: conn_spec_of(resolved, run.from.as_deref())?,
-                databases: run.databases.clone(),
+                databases: if run.databases.is_empty() {
+                    resolved.file.dump.databases.clone()
+                } else {
+                    run.databases.clone()
+                },
                 sizes: ChunkSizes::default(),
                 concurrency: repo.store().capabilities().concurrency,
             };
@@ -98,9 +102,17 @@ pub async fn dump(resolved: &Resolved, args: &DumpArgs) -> Result<Exit, Failure>
                 keep_last: None,
                 keep_days: None,
                 dry_run: e.dry_run,
-                dumps: Some(DumpRetention {
-                    keep_last: e.keep_last,
-                    keep_days: e.keep_days,
+                // Flags win; without any, the `[dump]` section's policy (the daemon's job).
+                dumps: Some(if e.keep_last.is_some() || e.keep_days.is_some() {
+                    DumpRetention {
+                        keep_last: e.keep_last,
+                        keep_days: e.keep_days,
+                    }
+                } else {
+                    DumpRetention {
+                        keep_last: resolved.file.dump.keep_last,
+                        keep_days: resolved.file.dump.keep_days,
+                    }
                 }),
             };
             let report = lifeboat_engine::expire::expire(&repo, &opts).await?;

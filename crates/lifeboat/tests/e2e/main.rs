@@ -17,6 +17,7 @@ mod concurrency;
 mod copy;
 mod crash;
 mod daemon;
+mod daemon_jobs;
 mod dashboard;
 mod drill;
 mod dump;

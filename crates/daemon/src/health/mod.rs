@@ -14,12 +14,14 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use lifeboat_engine::LazyRepo;
 use lifeboat_pg::session::{ArchiverStats, ConnSpec, ReceiverServerStatus, Session};
-use lifeboat_repo::records::Outcome;
 
-use crate::config::{HealthConfig, StreamWatch};
+use crate::config::StreamWatch;
 use crate::receiver::SharedReceiver;
 use crate::schedule::{parse_rfc3339, rfc3339};
-use crate::status::{Finding, Severity, Snapshot, Volume};
+use crate::status::{Snapshot, Volume};
+
+mod findings;
+pub use findings::findings;
 
 /// Deadline of the connection to PostgreSQL for one check.
 const DB_TIMEOUT: Duration = Duration::from_secs(10);
@@ -158,8 +160,30 @@ async fn gather_repository(
             }),
         }
     }
+    snapshot.copy_age_seconds = snapshot
+        .jobs
+        .iter()
+        .find(|j| j.job == "copy")
+        .and_then(|j| j.history.last_success.as_ref())
+        .and_then(|run| parse_rfc3339(&run.started))
+        .map(|t| seconds_between(t, now));
+    let dumps = repo.dump_labels().await.map_err(|e| e.to_string())?;
+    snapshot.dumps = dumps.len() as u64;
+    snapshot.newest_dump = dumps.last().map(|(label, _)| label.clone());
+    snapshot.newest_dump_age_seconds = snapshot
+        .newest_dump
+        .as_deref()
+        .and_then(label_time)
+        .map(|t| seconds_between(t, now));
     snapshot.drills = repo.recent_drills(50).await.map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// The moment a dump label names (`YYYYMMDDTHHMMSSZ`, UTC).
+fn label_time(label: &str) -> Option<DateTime<Utc>> {
+    chrono::NaiveDateTime::parse_from_str(label, "%Y%m%dT%H%M%SZ")
+        .ok()
+        .map(|t| t.and_utc())
 }
 
 /// What the server's answer on the receiver was, when one is watched.
@@ -235,207 +259,14 @@ fn volume(name: &str, path: &Path) -> Option<Volume> {
     })
 }
 
-fn seconds_between(earlier: DateTime<Utc>, later: DateTime<Utc>) -> f64 {
+pub(crate) fn seconds_between(earlier: DateTime<Utc>, later: DateTime<Utc>) -> f64 {
     ((later - earlier).num_milliseconds() as f64 / 1000.0).max(0.0)
-}
-
-fn human(seconds: f64) -> String {
-    humantime::format_duration(Duration::from_secs(seconds.max(0.0) as u64)).to_string()
-}
-
-/// Judge a gathered snapshot against the limits.
-pub fn findings(snapshot: &Snapshot, problems: &Problems, limits: &HealthConfig) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let mut add = |key: String, severity, summary: String, detail: String| {
-        out.push(Finding {
-            key,
-            severity,
-            summary,
-            detail,
-        });
-    };
-    if let Some(e) = &problems.repository {
-        add(
-            "repository_unreachable".into(),
-            Severity::Critical,
-            "the repository cannot be read".into(),
-            format!(
-                "{e}. Backups and WAL archiving into it fail too: check the store, its credentials and the network"
-            ),
-        );
-    } else {
-        if !snapshot.recoverable {
-            add(
-                "not_recoverable".into(),
-                Severity::Critical,
-                "the database cannot be restored: no complete backup".into(),
-                snapshot.recoverable_reason.clone().unwrap_or_default(),
-            );
-        }
-        if let Some(age) = snapshot.newest_backup_age_seconds
-            && age > limits.max_backup_age.as_secs_f64()
-        {
-            add(
-                "backup_age".into(),
-                Severity::Critical,
-                format!("the newest backup is {} old", human(age)),
-                format!(
-                    "the limit is {} (health.max_backup_age): check the backup job's last failure",
-                    human(limits.max_backup_age.as_secs_f64())
-                ),
-            );
-        }
-        if let (Some(latest), Some(newest)) = (&snapshot.window.latest_wal, snapshot.backups.last())
-            && let Some(tl) = snapshot
-                .wal
-                .timelines
-                .iter()
-                .find(|t| t.timeline == newest.timeline)
-            && tl.last_segment.as_str() > latest.as_str()
-        {
-            add(
-                "wal_gap".into(),
-                Severity::Critical,
-                format!("WAL is missing after {latest}: restores cannot go past it"),
-                format!(
-                    "segments up to {} are archived but not every one after {latest}; run `lifeboat info` \
-                     for the gap and take a new backup so later moments can be restored",
-                    tl.last_segment
-                ),
-            );
-        }
-        for job in &snapshot.jobs {
-            let Some(last) = job.history.last_run() else {
-                continue;
-            };
-            // A drill that ran and failed (exit 9) is reported by `drill_failed`, with its reason.
-            if last.outcome == Outcome::Failed && !(job.job == "drill" && last.exit_code == Some(9))
-            {
-                add(
-                    format!("job_failed:{}", job.job),
-                    if job.job.starts_with("backup") {
-                        Severity::Critical
-                    } else {
-                        Severity::Warning
-                    },
-                    format!("the {} job failed", job.job),
-                    last.message.clone().unwrap_or_default(),
-                );
-            }
-        }
-        if let Some(drill) = snapshot.drills.first()
-            && !drill.passed
-        {
-            add(
-                "drill_failed".into(),
-                Severity::Critical,
-                format!(
-                    "the restore drill of backup {} failed at step {}",
-                    drill.backup.as_deref().unwrap_or("(none)"),
-                    drill.failed_step.as_deref().unwrap_or("?")
-                ),
-                drill.failure.clone().unwrap_or_default(),
-            );
-        }
-    }
-    if let Some(e) = &problems.database {
-        add(
-            "database_unreachable".into(),
-            Severity::Warning,
-            "PostgreSQL cannot be reached to read its archiver status".into(),
-            format!("{e}; check `db` in the config file and that the server runs"),
-        );
-    }
-    if let Some(e) = &problems.pg_wal {
-        add(
-            "pg_wal_unreadable".into(),
-            Severity::Warning,
-            "the WAL archive backlog cannot be read".into(),
-            e.clone(),
-        );
-    }
-    if let Some(lag) = snapshot.wal.archive_lag_seconds
-        && lag > limits.max_wal_lag.as_secs_f64()
-    {
-        let failing = snapshot
-            .wal
-            .last_failed_wal
-            .as_deref()
-            .map(|w| {
-                format!(
-                    "; the archiver last failed on {w} at {}",
-                    snapshot.wal.last_failed_time.as_deref().unwrap_or("?")
-                )
-            })
-            .unwrap_or_default();
-        add(
-            "wal_archive_lag".into(),
-            Severity::Critical,
-            format!(
-                "WAL archiving is {} behind: {} segments wait in pg_wal",
-                human(lag),
-                snapshot.wal.ready_segments.unwrap_or(0)
-            ),
-            format!(
-                "an outage now would lose that much (limit {}, health.max_wal_lag){failing}. \
-                 Check archive_command and the server log; pg_wal fills until it is fixed",
-                human(limits.max_wal_lag.as_secs_f64())
-            ),
-        );
-    }
-    if let Some(ready) = snapshot.wal.ready_segments
-        && ready > limits.max_ready_segments
-    {
-        add(
-            "wal_backlog".into(),
-            Severity::Warning,
-            format!("{ready} WAL segments wait to be archived"),
-            format!(
-                "the limit is {} (health.max_ready_segments): archiving does not keep up, or fails",
-                limits.max_ready_segments
-            ),
-        );
-    }
-    for v in &snapshot.volumes {
-        if v.total_bytes == 0 {
-            continue;
-        }
-        let free = v.free_bytes as f64 * 100.0 / v.total_bytes as f64;
-        if free < limits.min_free_percent {
-            add(
-                format!("disk_free:{}", v.name),
-                Severity::Critical,
-                format!("only {free:.1}% free on the {} volume ({})", v.name, v.path),
-                format!(
-                    "the limit is {}% (health.min_free_percent); when {} fills, PostgreSQL stops",
-                    limits.min_free_percent, v.name
-                ),
-            );
-        }
-    }
-    if let Some(max) = limits.max_drill_age {
-        let newest = snapshot.drills.first().and_then(|d| {
-            DateTime::from_timestamp(d.finished.unix_timestamp(), d.finished.nanosecond())
-        });
-        let too_old = newest.is_none_or(|t| seconds_between(t, Utc::now()) > max.as_secs_f64());
-        if too_old {
-            add(
-                "drill_age".into(),
-                Severity::Warning,
-                "no recent restore drill".into(),
-                format!(
-                    "the newest drill must be at most {} old (health.max_drill_age): schedule `drill`",
-                    human(max.as_secs_f64())
-                ),
-            );
-        }
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::HealthConfig;
 
     #[test]
     fn lag_backlog_and_disk_limits() {
