@@ -19,6 +19,7 @@ mod crash;
 mod daemon;
 mod dashboard;
 mod drill;
+mod drill_dump;
 mod dump;
 mod expire;
 mod expire_packs;
