@@ -357,4 +357,25 @@ mod tests {
         );
         assert_eq!(h.last_run().map(|r| r.outcome), Some(Outcome::Interrupted));
     }
+
+    /// Records written before dump drills (no `kind`, no `databases`) read as backup drills.
+    #[test]
+    fn an_old_drill_record_reads_as_a_backup_drill() {
+        let old = r#"{"id":"20260102T060000Z-ab","host":"db1","trigger":"manual",
+            "started":"2026-01-02T10:30:00Z","finished":"2026-01-02T10:31:00Z",
+            "backup":"20260102T100000Z","backup_choice":"latest","target":"latest","passed":true,
+            "failed_step":null,"failure":null,"restore_seconds":1.0,"replay_seconds":1.0,
+            "recovery_seconds":2.0,"newest_commit":null,"data_loss_seconds":null,
+            "bytes_restored":1,"checks":[]}"#;
+        let record: DrillRecord = serde_json::from_str(old).expect("an old record reads");
+        assert_eq!(record.kind, DrillKind::Backup);
+        assert!(record.databases.is_empty());
+        let text = serde_json::to_string(&DrillRecord {
+            kind: DrillKind::Dump,
+            databases: vec!["app".into()],
+            ..record
+        })
+        .expect("serialize");
+        assert!(text.contains(r#""kind":"dump""#) && text.contains(r#""databases":["app"]"#));
+    }
 }
