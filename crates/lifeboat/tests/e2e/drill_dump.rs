@@ -149,10 +149,14 @@ fn the_newest_dump_restores_and_checks_pass_or_fail() {
         failure.contains("failed verification") && failure.contains(&victim),
         "{record}"
     );
-    assert_eq!(recorded(&setup), 3);
+    assert_eq!(recorded(&setup), 3, "a record for each finished drill");
     assert_nothing_left(&scratch);
 
-    // Conflicting or missing choices are refused before anything runs.
+    // A dump that is not there fails at `choose`; --label without --dump is a usage error.
+    let (out, record) = drill(&setup, &scratch, &["--label", "20200101T000000Z"]);
+    assert_code(&out, 9, "drill --dump of a missing dump");
+    assert_eq!(record["failed_step"], "choose", "{record}");
+    assert_nothing_left(&scratch);
     let out = setup.run(&["drill", "--label", &label]);
     assert_code(&out, 2, "--label without --dump");
     eprintln!("dump drill test: {:.1} s", began.elapsed().as_secs_f64());
