@@ -87,6 +87,8 @@ pub struct ScheduleConfig {
     pub dump: Option<String>,
     /// `lifeboat dump expire`, e.g. "30 2 * * *".
     pub dump_expire: Option<String>,
+    /// `lifeboat drill --dump`, e.g. "0 7 * * *".
+    pub dump_drill: Option<String>,
 }
 
 /// Limits the daemon watches; crossing one raises an alert.

@@ -6,7 +6,7 @@ use lifeboat_engine::backup::BackupReport;
 use lifeboat_engine::info::{Gap, TimelineInfo};
 use lifeboat_engine::list::Window;
 use lifeboat_pg::lsn::Lsn;
-use lifeboat_repo::records::{DrillCheck, DrillRecord, JobHistory, JobRun, Outcome};
+use lifeboat_repo::records::{DrillCheck, DrillKind, DrillRecord, JobHistory, JobRun, Outcome};
 
 use crate::status::{JobStatus, Snapshot, WalStatus};
 
@@ -34,12 +34,14 @@ pub(crate) fn backup(label: &str) -> BackupReport {
 /// A manual drill of backup 20260102T100000Z with one check; a failed one failed at `check`.
 pub(crate) fn drill(passed: bool) -> DrillRecord {
     DrillRecord {
+        kind: DrillKind::Backup,
         id: "20260102T060000Z-ab".into(),
         host: "db1".into(),
         trigger: "manual".into(),
         started: time::macros::datetime!(2026-01-02 10:30:00 UTC),
         finished: time::macros::datetime!(2026-01-02 10:31:00 UTC),
         backup: Some("20260102T100000Z".into()),
+        databases: Vec::new(),
         backup_choice: "latest".into(),
         target: "latest".into(),
         passed,

@@ -27,10 +27,12 @@ pub enum JobKind {
     Dump,
     /// `lifeboat dump expire`: the dumps' retention.
     DumpExpire,
+    /// `lifeboat drill --dump`: the newest logical dump restored into a scratch cluster.
+    DumpDrill,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 8] = [
+    pub const ALL: [JobKind; 9] = [
         JobKind::Backup,
         JobKind::BackupFull,
         JobKind::Expire,
@@ -39,6 +41,7 @@ impl JobKind {
         JobKind::Copy,
         JobKind::Dump,
         JobKind::DumpExpire,
+        JobKind::DumpDrill,
     ];
 
     /// The job's name: in the config (`[schedule]` key, with `_`), the records and the metrics.
@@ -52,6 +55,7 @@ impl JobKind {
             JobKind::Copy => "copy",
             JobKind::Dump => "dump",
             JobKind::DumpExpire => "dump-expire",
+            JobKind::DumpDrill => "dump-drill",
         }
     }
 
@@ -66,6 +70,7 @@ impl JobKind {
             JobKind::Copy => vec!["copy", "--json"],
             JobKind::Dump => vec!["dump", "--json"],
             JobKind::DumpExpire => vec!["dump", "expire", "--json"],
+            JobKind::DumpDrill => vec!["drill", "--dump", "--trigger", "schedule", "--json"],
         }
     }
 
@@ -79,6 +84,7 @@ impl JobKind {
             JobKind::Copy => config.copy.as_deref(),
             JobKind::Dump => config.dump.as_deref(),
             JobKind::DumpExpire => config.dump_expire.as_deref(),
+            JobKind::DumpDrill => config.dump_drill.as_deref(),
         }
     }
 
@@ -86,6 +92,7 @@ impl JobKind {
         match self {
             JobKind::BackupFull => "backup_full",
             JobKind::DumpExpire => "dump_expire",
+            JobKind::DumpDrill => "dump_drill",
             other => other.name(),
         }
     }

@@ -311,12 +311,10 @@ pub struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub struct DrillArgs {
-    /// Which backup: `latest`, `random` (any retained backup), or a label [config: drill.backup;
-    /// default latest].
+    /// Which backup: `latest`, `random` (any retained), or a label [config: drill.backup].
     #[arg(long, value_name = "CHOICE")]
     pub backup: Option<lifeboat_engine::drill::BackupChoice>,
-    /// Recovery target: `latest` (the end of the archive) or `random` (a random point between the
-    /// backup's end and the end of the archive) [config: drill.target; default latest].
+    /// Recovery target: `latest` (end of the archive) or `random` (a point in it) [drill.target].
     #[arg(long, value_name = "TARGET")]
     pub target: Option<lifeboat_engine::drill::DrillTarget>,
     /// Directory under which the scratch cluster is made [config: drill.scratch_dir; default: TMPDIR].
@@ -325,12 +323,20 @@ pub struct DrillArgs {
     /// Leave the scratch cluster's directory in place (stopped) to look at.
     #[arg(long)]
     pub keep: bool,
-    /// What started the drill, as recorded: `manual` or `schedule`.
     #[arg(long, default_value = "manual", value_parser = ["manual", "schedule"], hide = true)]
-    pub trigger: String,
+    pub trigger: String, // What started the drill, as recorded.
     /// Print the drill record as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Drill the newest logical dump: its databases into a fresh scratch cluster, then the checks.
+    #[arg(long, conflicts_with_all = ["backup", "target"])]
+    pub dump: bool,
+    /// With --dump: this dump (`lifeboat dump list`), not the newest.
+    #[arg(long, value_name = "LABEL", requires = "dump")]
+    pub label: Option<String>,
+    /// With --dump: only this database (repeatable); default every database of the dump.
+    #[arg(long = "db", value_name = "NAME", requires = "dump")]
+    pub databases: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -89,9 +89,24 @@ pub struct DrillCheck {
     pub detail: String,
 }
 
+/// What a drill restored: a base backup (with WAL replay) or a logical dump.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillKind {
+    /// A base backup restored into a scratch directory and recovered (records before dump
+    /// drills existed have no `kind` and are these).
+    #[default]
+    Backup,
+    /// A logical dump restored with `pg_restore` into a fresh scratch cluster.
+    Dump,
+}
+
 /// The result of one restore drill (`lifeboat drill`, or the daemon's schedule).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrillRecord {
+    /// `backup` or `dump`; absent in records written before dump drills (then `backup`).
+    #[serde(default)]
+    pub kind: DrillKind,
     /// Unique, sortable: `<start as YYYYMMDDTHHMMSSZ>-<random>`.
     pub id: String,
     pub host: String,
@@ -102,18 +117,23 @@ pub struct DrillRecord {
     pub started: OffsetDateTime,
     #[serde(with = "crate::timestamp")]
     pub finished: OffsetDateTime,
-    /// The backup restored (None when none could be chosen).
+    /// The backup restored, or for a dump drill the dump's label (None when none could be chosen).
     pub backup: Option<String>,
-    /// How the backup was picked: `latest` or `random`.
+    /// Dump drills: the databases restored from the dump (empty for a backup drill).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<String>,
+    /// How the backup (or dump) was picked: `latest`, `random` or the label given.
     pub backup_choice: String,
-    /// The recovery target: `latest` (end of the archive) or the target set, e.g. `lsn 0/5A000028`.
+    /// The recovery target: `latest` (end of the archive) or the target set, e.g. `lsn 0/5A000028`;
+    /// `dump` for a dump drill (a dump has one point in time: its snapshot).
     pub target: String,
     pub passed: bool,
     /// The step that failed (`choose`, `restore`, `start`, `recover`, `amcheck`, `check`), if any.
     pub failed_step: Option<String>,
     /// Why it failed, in words an operator can act on.
     pub failure: Option<String>,
-    /// Fetching and writing the backup.
+    /// Fetching and writing the backup; for a dump drill, fetching, verifying and `pg_restore` of
+    /// every database restored.
     pub restore_seconds: Option<f64>,
     /// Starting PostgreSQL until recovery ended and it accepted connections.
     pub replay_seconds: Option<f64>,
@@ -122,7 +142,8 @@ pub struct DrillRecord {
     /// Commit time of the newest transaction the restored cluster holds (RFC 3339).
     pub newest_commit: Option<String>,
     /// How much was lost: the target (for `latest`, the moment the drill started) minus the
-    /// newest commit reached. None when it cannot be known.
+    /// newest commit reached; for a dump drill, the drill's start minus the oldest snapshot of the
+    /// databases restored. None when it cannot be known.
     pub data_loss_seconds: Option<f64>,
     pub bytes_restored: u64,
     pub checks: Vec<DrillCheck>,
@@ -335,5 +356,26 @@ mod tests {
             Some(format!("s{}", JOB_RUNS_KEPT + 5))
         );
         assert_eq!(h.last_run().map(|r| r.outcome), Some(Outcome::Interrupted));
+    }
+
+    /// Records written before dump drills (no `kind`, no `databases`) read as backup drills.
+    #[test]
+    fn an_old_drill_record_reads_as_a_backup_drill() {
+        let old = r#"{"id":"20260102T060000Z-ab","host":"db1","trigger":"manual",
+            "started":"2026-01-02T10:30:00Z","finished":"2026-01-02T10:31:00Z",
+            "backup":"20260102T100000Z","backup_choice":"latest","target":"latest","passed":true,
+            "failed_step":null,"failure":null,"restore_seconds":1.0,"replay_seconds":1.0,
+            "recovery_seconds":2.0,"newest_commit":null,"data_loss_seconds":null,
+            "bytes_restored":1,"checks":[]}"#;
+        let record: DrillRecord = serde_json::from_str(old).expect("an old record reads");
+        assert_eq!(record.kind, DrillKind::Backup);
+        assert!(record.databases.is_empty());
+        let text = serde_json::to_string(&DrillRecord {
+            kind: DrillKind::Dump,
+            databases: vec!["app".into()],
+            ..record
+        })
+        .expect("serialize");
+        assert!(text.contains(r#""kind":"dump""#) && text.contains(r#""databases":["app"]"#));
     }
 }

@@ -11,6 +11,10 @@
 //!
 //! Nothing here prints. The caller stores the record (`Repository::put_drill`) and renders it.
 //!
+//! A dump drill ([`DumpChoice`]) proves a logical dump instead: it makes a fresh cluster with
+//! `initdb` in the scratch directory, starts it the same way, restores the dump's databases into
+//! it through the dump restore (every chunk verified), and runs the same checks (`dump`).
+//!
 //! Parts: `run` (the steps, each raced against cancellation and the deadline), `choose` (which
 //! backup and target), `scratch` (the scratch directory, its owner marker, the sweep of
 //! abandoned ones, cleanup), `server` (which server programs, the copy's settings), `checks`
@@ -19,6 +23,7 @@
 mod checks;
 mod choice;
 mod choose;
+mod dump;
 mod run;
 mod scratch;
 mod server;
@@ -27,7 +32,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lifeboat_repo::Repository;
-use lifeboat_repo::records::DrillRecord;
+use lifeboat_repo::records::{DrillKind, DrillRecord};
 use serde::{Deserialize, Deserializer};
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -123,6 +128,17 @@ pub struct DrillOptions {
     /// The server programs to run the copy with (`[drill] bindir`); `None`: those of the
     /// backup's major, wherever they are installed.
     pub bindir: Option<PathBuf>,
+    /// Drill a logical dump instead of a backup (`backup` and `target` are then unused).
+    pub dump: Option<DumpChoice>,
+}
+
+/// Which dump a dump drill restores, and which of its databases.
+#[derive(Debug, Clone, Default)]
+pub struct DumpChoice {
+    /// `None`: the newest dump (holding every database in `databases`).
+    pub label: Option<String>,
+    /// Empty: every database of the dump.
+    pub databases: Vec<String>,
 }
 
 impl DrillOptions {
@@ -143,6 +159,7 @@ impl DrillOptions {
             restore_command,
             parallel: std::thread::available_parallelism().map_or(2, |n| n.get()),
             bindir: config.bindir.clone(),
+            dump: None,
         }
     }
 }
@@ -183,6 +200,11 @@ pub async fn drill(
     let deadline = tokio::time::Instant::now() + opts.timeout;
     let id = drill_id(started);
     let mut record = DrillRecord {
+        kind: if opts.dump.is_some() {
+            DrillKind::Dump
+        } else {
+            DrillKind::Backup
+        },
         id: id.clone(),
         host: lifeboat_repo::lock::this_host(),
         trigger: opts.trigger.clone(),
@@ -190,8 +212,16 @@ pub async fn drill(
         // Set when it ends.
         finished: started,
         backup: None,
-        backup_choice: opts.backup.to_string(),
-        target: opts.target.to_string(),
+        databases: Vec::new(),
+        backup_choice: match &opts.dump {
+            Some(d) => d.label.clone().unwrap_or_else(|| "latest".into()),
+            None => opts.backup.to_string(),
+        },
+        target: if opts.dump.is_some() {
+            "dump".into()
+        } else {
+            opts.target.to_string()
+        },
         passed: false,
         failed_step: None,
         failure: None,
@@ -219,7 +249,10 @@ pub async fn drill(
         scratch: &mut scratch,
         record: &mut record,
     };
-    let halted = run.steps().await;
+    let halted = match &opts.dump {
+        Some(choice) => run.dump_steps(choice).await,
+        None => run.steps().await,
+    };
     let cleanup_problems = scratch.finish().await;
     let kept = (opts.keep && scratch.created).then(|| scratch.dir.clone());
     let hint = match halted {

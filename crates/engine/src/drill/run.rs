@@ -46,7 +46,11 @@ impl From<EngineError> for Halt {
     }
 }
 
-fn failed(step: &'static str, failure: impl Into<String>, hint: impl Into<String>) -> Halt {
+pub(super) fn failed(
+    step: &'static str,
+    failure: impl Into<String>,
+    hint: impl Into<String>,
+) -> Halt {
     Halt::Failed {
         step,
         failure: failure.into(),
@@ -104,7 +108,7 @@ impl Run<'_> {
     /// Run one piece of a step, `fut`, to its end: its output, or the halt that ends the drill
     /// when the deadline passes first (the step `step` fails, saying that `what` did not finish
     /// in time) or the drill is cancelled. Every step goes through here or [`Run::step_blocking`].
-    async fn step<F: Future>(
+    pub(super) async fn step<F: Future>(
         &mut self,
         step: &'static str,
         what: &str,
@@ -119,7 +123,7 @@ impl Run<'_> {
 
     /// [`Run::step`] for blocking `work`, run on a blocking thread. A task that is given up on
     /// keeps running: cleanup waits for it after stopping the server it talks to.
-    async fn step_blocking<T: Send + 'static>(
+    pub(super) async fn step_blocking<T: Send + 'static>(
         &mut self,
         step: &'static str,
         what: &str,
@@ -293,7 +297,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    async fn start(&mut self, bindir: PathBuf) -> Result<LocalCluster, Halt> {
+    pub(super) async fn start(&mut self, bindir: PathBuf) -> Result<LocalCluster, Halt> {
         let dir = self.scratch.dir.clone();
         let prepared = self
             .step_blocking(step::START, "preparing the server", move || {
@@ -408,7 +412,7 @@ impl Run<'_> {
 
     /// pg_amcheck, then each check query; all run so the record lists every result, and the
     /// first failure is the one named.
-    async fn checks(&mut self, cluster: &LocalCluster, major: u32) -> Result<(), Halt> {
+    pub(super) async fn checks(&mut self, cluster: &LocalCluster, major: u32) -> Result<(), Halt> {
         let mut first_failure: Option<Halt> = None;
         if self.opts.amcheck {
             let checking = cluster.clone();

@@ -41,6 +41,8 @@ pub struct DumpRestoreOptions {
     pub create: bool,
     /// Leave out ownership commands (`--no-owner`): the restoring user owns everything.
     pub no_owner: bool,
+    /// Leave out grants and revokes (`--no-privileges`): for a target without the dump's roles.
+    pub no_privileges: bool,
     pub target: ConnSpec,
 }
 
@@ -128,6 +130,9 @@ pub async fn restore(repo: &Repository, opts: &DumpRestoreOptions) -> Result<Dum
     }
     if opts.no_owner {
         cmd.arg("--no-owner");
+    }
+    if opts.no_privileges {
+        cmd.arg("--no-privileges");
     }
     for t in &opts.tables {
         cmd.arg("-t").arg(t);

@@ -5,7 +5,8 @@
 //! server is stopped, its directory removed, nothing is recorded (an interrupted drill is not a
 //! failed one), and the exit code is 143.
 
-use lifeboat_engine::drill::{DrillOptions, DrillOutcome, DrillReport};
+use lifeboat_engine::drill::{DrillOptions, DrillOutcome, DrillReport, DumpChoice};
+use lifeboat_repo::records::DrillKind;
 use lifeboat_repo::records::DrillRecord;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -40,6 +41,12 @@ pub async fn drill(resolved: &Resolved, args: &DrillArgs) -> Result<Exit, Failur
         opts.scratch_dir = dir.clone();
     }
     opts.keep = args.keep;
+    if args.dump {
+        opts.dump = Some(DumpChoice {
+            label: args.label.clone(),
+            databases: args.databases.clone(),
+        });
+    }
     opts.trigger = args.trigger.clone();
     if let Some(n) = resolved.file.restore.parallel {
         opts.parallel = n.max(1);
@@ -170,10 +177,14 @@ fn watch_signals() -> Result<(watch::Receiver<bool>, watch::Receiver<Option<&'st
 /// `lifeboat: error: drill of backup X failed at step Y: why`, with what to do.
 fn failure(report: &DrillReport) -> Failure {
     let record = &report.record;
+    let what = match record.kind {
+        DrillKind::Backup => "backup",
+        DrillKind::Dump => "dump",
+    };
     let of = record
         .backup
         .as_deref()
-        .map_or(String::new(), |b| format!(" of backup {b}"));
+        .map_or(String::new(), |b| format!(" of {what} {b}"));
     Failure::new(
         Exit::Failed,
         format!(
@@ -194,6 +205,28 @@ fn print_summary(record: &DrillRecord, stored: bool) {
             record.failed_step.as_deref().unwrap_or("unknown")
         )
     };
+    if record.kind == DrillKind::Dump {
+        outln!(
+            "dump drill {verdict}: dump {}, databases {}",
+            record.backup.as_deref().unwrap_or("(none chosen)"),
+            if record.databases.is_empty() {
+                "(none restored)".to_string()
+            } else {
+                record.databases.join(", ")
+            }
+        );
+        let secs = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{s:.1} s"));
+        if record.restore_seconds.is_some() {
+            outln!(
+                "  restore {} ({} through pg_restore); data-loss window {} (drill start minus the dump's snapshot)",
+                secs(record.restore_seconds),
+                human_bytes(record.bytes_restored),
+                secs(record.data_loss_seconds)
+            );
+        }
+        print_checks(record, stored);
+        return;
+    }
     let target = if record.target == "latest" {
         "the end of the archive (latest)".to_string()
     } else {
@@ -224,6 +257,10 @@ fn print_summary(record: &DrillRecord, stored: bool) {
             record.newest_commit.as_deref().unwrap_or("none replayed")
         );
     }
+    print_checks(record, stored);
+}
+
+fn print_checks(record: &DrillRecord, stored: bool) {
     for check in &record.checks {
         outln!(
             "  {:<6} {}: {}",

@@ -79,6 +79,7 @@ pub async fn dump(resolved: &Resolved, args: &DumpArgs) -> Result<Exit, Failure>
                 clean: r.clean,
                 create: r.create,
                 no_owner: r.no_owner,
+                no_privileges: false,
                 target,
             };
             let report = lifeboat_engine::dump::restore::restore(&repo, &opts).await?;

@@ -1,6 +1,7 @@
 //! The daemon's copy and dump jobs: `[schedule] copy` brings the second repository of `[copy] to`
 //! up to date, `[schedule] dump` stores logical dumps, and `/api/status`, `/metrics` and the
-//! dashboard show how far behind the copy is and how old the newest dump.
+//! dashboard show how far behind the copy is and how old the newest dump; `[schedule] dump_drill`
+//! proves the newest dump restores.
 
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ fn job_succeeded(status: &Value, job: &str) -> bool {
 #[test]
 fn scheduled_copy_and_dump_run_and_their_ages_are_watched() {
     let setup = Setup::new(Backend::Local, true);
+    let scratch = setup.scratch("drills");
     let cluster = TestCluster::start_new(&setup.archive_conf()).expect("cluster");
     cluster
         .psql("create table t(id int primary key); insert into t select generate_series(1, 100)")
@@ -34,10 +36,12 @@ fn scheduled_copy_and_dump_run_and_their_ages_are_watched() {
         &setup,
         &cluster,
         &format!(
-            "[copy]\nto = \"{}\"\n[dump]\nkeep_last = 1\n\
+            "[copy]\nto = \"{}\"\n[dump]\nkeep_last = 1\n[drill]\nscratch_dir = \"{}\"\n\
              [schedule]\ncopy = \"*/3 * * * * *\"\ndump = \"*/4 * * * * *\"\ndump_expire = \"*/5 * * * * *\"\n\
+             dump_drill = \"*/6 * * * * *\"\n\
              [serve]\nlisten = \"127.0.0.1:{port}\"\ncheck_interval = \"1s\"\n",
-            copy_dir.display()
+            copy_dir.display(),
+            scratch.display()
         ),
     );
     let out = setup.run(&["backup", "--json"]);
@@ -47,12 +51,13 @@ fn scheduled_copy_and_dump_run_and_their_ages_are_watched() {
 
     let daemon = Daemon::start(&setup, port, "daemon.log");
     let status = daemon.wait_status(
-        "copy, dump and dump-expire jobs succeeded and the status shows their ages",
+        "copy, dump, dump-expire and dump-drill jobs succeeded and the status shows their ages",
         Duration::from_secs(120),
         |s| {
             job_succeeded(s, "copy")
                 && job_succeeded(s, "dump")
                 && job_succeeded(s, "dump-expire")
+                && job_succeeded(s, "dump-drill")
                 && s["copy_age_seconds"].is_number()
                 && s["dumps"].as_u64().is_some_and(|n| n >= 1)
                 && s["newest_dump_age_seconds"].is_number()

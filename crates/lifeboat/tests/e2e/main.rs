@@ -20,6 +20,7 @@ mod daemon;
 mod daemon_jobs;
 mod dashboard;
 mod drill;
+mod drill_dump;
 mod dump;
 mod expire;
 mod expire_packs;
