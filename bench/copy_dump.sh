@@ -7,7 +7,8 @@
 #     prefix (wall time, MiB/s, objects, requests from HAProxy's log); then, after a small change
 #     and a second backup in the source, each round's copy receives it (the incremental copy).
 # (b) `lifeboat dump` of the pgbench database into a fresh local repository against
-#     `pg_dump -Fc | zstd -1 > file` and `pg_dump -Fc > file` (default compression): wall time and
+#     `pg_dump -Fc -Z0 | zstd -1 > file`, `pg_dump -Fc | zstd -1 > file` and `pg_dump -Fc > file`
+#     (default compression): wall time and
 #     bytes stored; then, after a small change, a second dump of each: the bytes each stores
 #     (Lifeboat: what the second dump adds to the repository; pg_dump: a whole new file).
 #
@@ -156,8 +157,8 @@ COPY_VERIFIED="-"
 # --- (b) dumps --------------------------------------------------------------------
 
 DUMPS=""         # where pg_dump's files go
-dump_step() { # step (lifeboat-1, zstd-1, ...) round
-    local step=$1 before=0 after stored file
+dump_step() { # step (lifeboat-1, pg_dump-zstd1-1, ...)
+    local step=$1 before=0 after stored file z
     case "$step" in
         lifeboat-*)
             LB_CONF="$WORK/dump-r$ROUND/lifeboat.toml"
@@ -166,11 +167,18 @@ dump_step() { # step (lifeboat-1, zstd-1, ...) round
                 "$LIFEBOAT_BIN" --config "$LB_CONF" dump --db postgres --from "$(conninfo)" --json || return 0
             after=$(bytes_in "$WORK/dump-r$ROUND/repo")
             stored=$((after - before)) ;;
-        pg_dump-zstd1-*)
+        pg_dump-Z0-zstd1-*|pg_dump-zstd1-*)
             file="$DUMPS/r$ROUND-$step.dump.zst"
+            z=""
+            case "$step" in pg_dump-Z0-*) z="-Z0" ;; esac
             measure "$SCALE" dump "$step" "" "$DUMPS" bash -c \
-                "set -o pipefail; '$PG_BIN/pg_dump' -Fc -h '$SOCK' -p '$PORT' -U postgres postgres | zstd -1 -q -o '$file'" || return 0
-            stored=$(stat -c %s "$file") ;;
+                "set -o pipefail; '$PG_BIN/pg_dump' -Fc $z -h '$SOCK' -p '$PORT' -U postgres postgres | zstd -1 -q -o '$file'" || return 0
+            stored=$(stat -c %s "$file")
+            # Not timed: the archive is whole (pg_restore reads its table of contents).
+            # (pg_restore stops reading after the table of contents: zstd's broken pipe is not a
+            # failure, pg_restore's status is the one that counts.)
+            { zstd -q -t "$file" && { zstd -dc "$file" 2>/dev/null | "$PG_BIN/pg_restore" -l >/dev/null; [ "${PIPESTATUS[1]}" -eq 0 ]; }; } \
+                || { log "  [dump] $file is not a pg_dump archive"; FAILED=$((FAILED + 1)); } ;;
         pg_dump-default-*)
             file="$DUMPS/r$ROUND-$step.dump"
             measure "$SCALE" dump "$step" "" "$DUMPS" \
@@ -190,13 +198,13 @@ run_dumps() {
         TOOL_DIR="$WORK/dump-r$ROUND"
         new_pg_dir "$TOOL_DIR"
         prepare_lifeboat
-        for step in $(rotate "$((ROUND - 1))" lifeboat-1 pg_dump-zstd1-1 pg_dump-default-1); do
+        for step in $(rotate "$((ROUND - 1))" lifeboat-1 pg_dump-Z0-zstd1-1 pg_dump-zstd1-1 pg_dump-default-1); do
             dump_step "$step"
         done
     done
     small_change
     for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
-        for step in $(rotate "$((ROUND - 1))" lifeboat-2 pg_dump-zstd1-2 pg_dump-default-2); do
+        for step in $(rotate "$((ROUND - 1))" lifeboat-2 pg_dump-Z0-zstd1-2 pg_dump-zstd1-2 pg_dump-default-2); do
             dump_step "$step"
         done
     done
@@ -246,7 +254,8 @@ report() {
         rnd[n] = $16; wall[n] = $5 / 1e6; rss[n] = $7 / 1024; cpu[n] = $9 + $10
         split(X[$3, $16], e, "\t")
         cb[n] = e[3]; obj[n] = e[4]; get[n] = e[5]; put[n] = e[6]; head[n] = e[7]; list[n] = e[10]; req[n] = e[12]; st[n] = e[15]
-        k = $3; c = ++cnt[k]; order[k] = (k in order) ? order[k] : ++nk; K[order[k]] = k
+        k = $3; c = ++cnt[k]
+        if (!(k in seen)) { seen[k] = 1; K[++nk] = k }
         W[k, c] = wall[n]; S[k, c] = st[n]; Q[k, c] = req[n]; B[k, c] = cb[n]; O[k, c] = obj[n]; M[k, c] = rss[n]
     }
     END {
@@ -300,7 +309,9 @@ report() {
   every request HAProxy passed to the S3 server during the step (LIST is a GET of the bucket).
 - dumps: the pgbench database (`postgres`). lifeboat-1/-2: `lifeboat dump --db postgres` into a
   fresh local repository per round (pg_dump -Fc -Z0, FastCDC chunks, zstd in the codec); bytes
-  stored: what the dump added to the repository. pg_dump-zstd1: `pg_dump -Fc | zstd -1 > file`;
+  stored: what the dump added to the repository. pg_dump-Z0-zstd1: `pg_dump -Fc -Z0 | zstd -1 >
+  file` (what Lifeboat does, without chunks); pg_dump-zstd1: `pg_dump -Fc | zstd -1 > file`
+  (zstd over pg_dump's own gzip: pgbench's rows are so regular that even that shrinks a lot);
   pg_dump-default: `pg_dump -Fc -f file` (its default compression, gzip level 6 on PG 15);
   bytes stored: the file. -2: after a small change (1 branch, 3 accounts updated, 5 history
   rows): a pg_dump file is whole again, a Lifeboat dump stores only the chunks that changed.
