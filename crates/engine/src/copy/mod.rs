@@ -6,10 +6,12 @@
 //! by [`plan`] from one listing of each side and the indexes and manifests of both; it is written
 //! in an order that keeps the target a valid repository at every moment: `cluster.json`, WAL
 //! (history, segments, streamed pieces), loose chunks, packs, the index naming them, then each
-//! backup's manifest (oldest first) once everything it needs is in the target, then dumps. The
+//! backup's manifest (oldest first) once everything it needs is in the target, then each dump's
+//! manifest the same way ([`dumps`]). The
 //! target is locked (`copy`) so that no `expire` runs there meanwhile; the source is not locked,
 //! and objects that vanish from it are skipped for this run.
 
+mod dumps;
 pub mod plan;
 mod report;
 pub mod target;
@@ -149,6 +151,9 @@ impl Run<'_> {
                 .iter()
                 .any(|m| m.key == keys::manifest(&b.label))
         });
+        let source_dumps = self
+            .dump_manifests(&source_listing, &target_listing)
+            .await?;
         let mut input = PlanInput {
             source_listing,
             target_listing,
@@ -156,6 +161,7 @@ impl Run<'_> {
             target_chunks: std::mem::take(&mut self.target_chunks),
             source_backups,
             target_backups,
+            source_dumps,
         };
         let plan = plan::plan(&input);
         self.target_chunks = std::mem::take(&mut input.target_chunks);
@@ -165,6 +171,7 @@ impl Run<'_> {
         };
         self.report.copied.wal_below_copy_start = plan.wal_below_boundary;
         self.report.backups_older_than_copy = plan.older_than_target.clone();
+        self.report.dumps_older_than_copy = plan.dumps_older_than_target.clone();
         (self.events)(CopyEvent::Planned {
             bytes: plan.bytes(),
         });
@@ -221,7 +228,7 @@ impl Run<'_> {
                 self.copy_backup(manifest, seg_size).await?;
             }
         }
-        self.copy_dumps(plan, concurrency).await
+        self.copy_dumps(plan, input).await
     }
 
     /// Copy `objects` one after another in this order (WAL: a kill leaves no hole behind the
@@ -362,33 +369,9 @@ impl Run<'_> {
     /// otherwise say why not.
     async fn copy_backup(&mut self, manifest: &Manifest, seg_size: u64) -> Result<()> {
         let label = manifest.label.clone();
-        if let Some(Missing {
-            what,
-            damaged,
-            absent,
-        }) = self.missing_for(manifest, seg_size)
-        {
-            if damaged {
-                tracing::error!("backup {label} not copied: {what}");
-            } else {
-                tracing::warn!("backup {label} not copied this run: {what}");
-                self.report
-                    .warnings
-                    .push(format!("backup {label} not copied this run: {what}"));
-            }
-            // An object the source should hold and does not is damage too (exit 6).
-            if let Some(key) = absent
-                && !self.report.damaged.iter().any(|d| d.key == key)
-            {
-                self.report.damaged.push(Damaged {
-                    key,
-                    reason: format!("missing from the source, needed by backup {label}"),
-                });
-            }
-            self.report.backups_not_copied.push(NotCopied {
-                label,
-                reason: what,
-            });
+        if let Some(missing) = self.missing_for(manifest, seg_size) {
+            let not_copied = self.not_copied("backup", &label, missing);
+            self.report.backups_not_copied.push(not_copied);
             return Ok(());
         }
         let key = keys::manifest(&label);
@@ -409,38 +392,40 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Log and record why `what` (`backup` or `dump`) `label` is not copied; an object the
+    /// source should hold and does not is reported as damage (exit 6).
+    fn not_copied(&mut self, what: &str, label: &str, missing: Missing) -> NotCopied {
+        let Missing {
+            what: why,
+            damaged,
+            absent,
+        } = missing;
+        if damaged {
+            tracing::error!("{what} {label} not copied: {why}");
+        } else {
+            tracing::warn!("{what} {label} not copied this run: {why}");
+            self.report
+                .warnings
+                .push(format!("{what} {label} not copied this run: {why}"));
+        }
+        if let Some(key) = absent
+            && !self.report.damaged.iter().any(|d| d.key == key)
+        {
+            self.report.damaged.push(Damaged {
+                key,
+                reason: format!("missing from the source, needed by {what} {label}"),
+            });
+        }
+        NotCopied {
+            label: label.to_string(),
+            reason: why,
+        }
+    }
+
     /// Why `manifest` cannot be written to the target yet, if it cannot.
     fn missing_for(&self, manifest: &Manifest, seg_size: u64) -> Option<Missing> {
-        let mut missing: Vec<ChunkId> = manifest
-            .chunks()
-            .filter(|c| !self.target_chunks.contains(c))
-            .collect();
-        missing.sort_by_key(|c| c.0.0);
-        missing.dedup();
-        if let Some(first) = missing.first() {
-            let count = missing.len();
-            let damaged = missing.iter().find_map(|c| self.damaged_chunks.get(c));
-            return Some(match damaged {
-                Some(key) => Missing {
-                    what: format!("{count} chunk(s) it needs are in damaged source object {key}"),
-                    damaged: true,
-                    absent: None,
-                },
-                None if missing.iter().all(|c| self.vanished_chunks.contains(c)) => Missing {
-                    what: format!(
-                        "{count} chunk(s) it needs vanished from the source during the copy (a source expire repacked them?); the next copy takes them"
-                    ),
-                    damaged: false,
-                    absent: None,
-                },
-                None => Missing {
-                    what: format!(
-                        "{count} chunk(s) it needs (e.g. {first}) are nowhere in the source"
-                    ),
-                    damaged: true,
-                    absent: Some(first.key()),
-                },
-            });
+        if let Some(missing) = self.missing_chunks(manifest.chunks()) {
+            return Some(missing);
         }
         if seg_size == 0 {
             return Some(Missing {
@@ -477,65 +462,39 @@ impl Run<'_> {
         }
     }
 
-    /// Objects under `dumps/`: the others first, then each `manifest` whose directory's other
-    /// objects all arrived.
-    async fn copy_dumps(&mut self, plan: &Plan, concurrency: usize) -> Result<()> {
-        let (data, manifests): (Vec<_>, Vec<_>) = plan
-            .dumps
-            .iter()
-            .cloned()
-            .partition(|m| m.key.rsplit('/').next() != Some("manifest"));
-        let (source, target) = (self.source, self.target);
-        let mut failed_dirs: HashSet<String> = HashSet::new();
-        let mut results = futures::stream::iter(data.iter())
-            .map(|m| async move {
-                let fetched = transfer::fetch(source, &m.key, Check::Object).await?;
-                if let Fetched::Sound(bytes, _) = &fetched {
-                    transfer::put(target, &m.key, bytes.clone()).await?;
-                }
-                Ok::<_, crate::EngineError>((m, fetched))
+    /// Which of `chunks` the target does not hold yet, and why, if any.
+    fn missing_chunks(&self, chunks: impl Iterator<Item = ChunkId>) -> Option<Missing> {
+        let mut missing: Vec<ChunkId> =
+            chunks.filter(|c| !self.target_chunks.contains(c)).collect();
+        missing.sort_by_key(|c| c.0.0);
+        missing.dedup();
+        if let Some(first) = missing.first() {
+            let count = missing.len();
+            let damaged = missing.iter().find_map(|c| self.damaged_chunks.get(c));
+            Some(match damaged {
+                Some(key) => Missing {
+                    what: format!("{count} chunk(s) it needs are in damaged source object {key}"),
+                    damaged: true,
+                    absent: None,
+                },
+                None if missing.iter().all(|c| self.vanished_chunks.contains(c)) => Missing {
+                    what: format!(
+                        "{count} chunk(s) it needs vanished from the source during the copy (a source expire repacked them?); the next copy takes them"
+                    ),
+                    damaged: false,
+                    absent: None,
+                },
+                None => Missing {
+                    what: format!(
+                        "{count} chunk(s) it needs (e.g. {first}) are nowhere in the source"
+                    ),
+                    damaged: true,
+                    absent: Some(first.key()),
+                },
             })
-            .buffer_unordered(concurrency.min(MAX_PACKS_IN_FLIGHT));
-        while let Some(result) = results.next().await {
-            let (m, fetched) = result?;
-            if self.outcome(&m.key, fetched, &[]).is_some() {
-                self.count(m.size);
-                self.report.copied.dump_objects += 1;
-            } else if let Some((dir, _)) = m.key.rsplit_once('/') {
-                failed_dirs.insert(dir.to_string());
-            }
-            (self.events)(CopyEvent::Done { bytes: m.size });
+        } else {
+            None
         }
-        drop(results);
-        // A dump manifest's chunk references are not read here: while any chunk failed to
-        // arrive this run, none is written (the next run writes them).
-        let chunks_short = !self.damaged_chunks.is_empty() || !self.vanished_chunks.is_empty();
-        for m in manifests {
-            let dir = m.key.rsplit_once('/').map_or("", |(d, _)| d);
-            if chunks_short {
-                self.report.warnings.push(format!(
-                    "{} not copied: some chunks did not reach the copy this run",
-                    m.key
-                ));
-                continue;
-            }
-            if failed_dirs.contains(dir) {
-                self.report.warnings.push(format!(
-                    "{} not copied: an object beside it was not copied",
-                    m.key
-                ));
-                continue;
-            }
-            let fetched = transfer::fetch(self.source, &m.key, Check::Object).await?;
-            if let Some(bytes) = self.outcome(&m.key, fetched, &[]) {
-                self.lock.check_held().await?;
-                transfer::put(self.target, &m.key, bytes).await?;
-                self.count(m.size);
-                self.report.copied.dump_objects += 1;
-            }
-            (self.events)(CopyEvent::Done { bytes: m.size });
-        }
-        Ok(())
     }
 
     fn lag(&mut self, input: &PlanInput, plan: &Plan) {
@@ -560,9 +519,26 @@ impl Run<'_> {
             .filter(|l| !copied.contains(l.as_str()))
             .cloned()
             .collect();
+        let dumps_copied: HashSet<&str> = self
+            .report
+            .dumps_copied
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let dumps_not_copied: Vec<String> = plan
+            .dumps
+            .iter()
+            .filter(|l| !dumps_copied.contains(l.as_str()))
+            .chain(self.report.dumps_not_copied.iter().map(|d| &d.label))
+            .cloned()
+            .collect::<std::collections::BTreeSet<String>>()
+            .into_iter()
+            .collect();
         self.report.lag = Lag {
             backups: not_copied.len() as u64,
             backup_labels: not_copied,
+            dumps: dumps_not_copied.len() as u64,
+            dump_labels: dumps_not_copied,
             source_newest_wal: newest(&input.source_listing).map(|s| s.to_string()),
             copy_newest_wal: self.target_segments.iter().max().map(|s| s.to_string()),
             wal_files: (plan.wal.len() + plan.stream.len()) as u64

@@ -3,7 +3,7 @@
 //! unit-tested here.
 //!
 //! The rules (docs/FORMAT.md, "Copies"):
-//! - WAL, streamed pieces, loose chunks, dump objects: by key, what the target lacks.
+//! - WAL, streamed pieces, loose chunks: by key, what the target lacks.
 //! - Packs: by content. A source pack is copied when it holds a wanted chunk that no target
 //!   index locates in a listed target pack (nor a loose target chunk); so a target whose
 //!   `expire` repacked its packs under new names does not receive the same chunks again.
@@ -11,18 +11,17 @@
 //!   the target's oldest backup (the target's own retention removed them: copying them again
 //!   would undo it). WAL below the earliest start of the backups the target will hold, on their
 //!   timelines, is not copied either (the target's `expire` would delete it).
+//! - Dumps: like backups, by manifest (the source's the target lacks, oldest first, except those
+//!   older than the target's oldest dump); their chunks are wanted like a backup's.
 
 use std::collections::{HashMap, HashSet};
 
 use lifeboat_pg::walname::{WalFileName, WalSegmentName};
 use lifeboat_repo::backup::{ChunkId, Manifest};
+use lifeboat_repo::dump::DumpManifest;
 use lifeboat_repo::keys;
 use lifeboat_repo::pack::{IndexEntry, PackId};
 use lifeboat_storage::ObjectMeta;
-
-/// Where logical dumps keep their objects (`dumps/<label>/manifest` last, after the chunks it
-/// references, like a backup's manifest).
-pub const DUMPS_PREFIX: &str = "dumps/";
 
 /// What the planner is given.
 #[derive(Debug, Default)]
@@ -38,6 +37,8 @@ pub struct PlanInput {
     pub source_backups: Vec<Manifest>,
     /// The target's readable manifests, oldest first.
     pub target_backups: Vec<Manifest>,
+    /// The source's readable dump manifests, oldest first (by label: UTC start time).
+    pub source_dumps: Vec<DumpManifest>,
 }
 
 /// What to do, in the order to do it.
@@ -52,10 +53,12 @@ pub struct Plan {
     pub packs: Vec<(PackId, ObjectMeta)>,
     /// Labels of the backups to copy, oldest first.
     pub backups: Vec<String>,
-    /// Objects under `dumps/`: every other object first, manifests last.
-    pub dumps: Vec<ObjectMeta>,
+    /// Labels of the dumps to copy, oldest first (after the backups).
+    pub dumps: Vec<String>,
     /// Source backups not copied because they are older than the target's oldest backup.
     pub older_than_target: Vec<String>,
+    /// Source dumps not copied because they are older than the target's oldest dump.
+    pub dumps_older_than_target: Vec<String>,
     /// Source objects the target already holds (or holds the content of), and their bytes.
     pub skipped_objects: u64,
     pub skipped_bytes: u64,
@@ -80,7 +83,6 @@ impl Plan {
         self.identity.as_ref().map_or(0, |m| m.size)
             + sum(&self.wal)
             + sum(&self.stream)
-            + sum(&self.dumps)
             + self.loose_chunks.iter().map(|(_, m)| m.size).sum::<u64>()
             + self.packs.iter().map(|(_, m)| m.size).sum::<u64>()
     }
@@ -122,15 +124,32 @@ pub fn plan(input: &PlanInput) -> Plan {
         plan.backups.push(m.label.clone());
         copied.push(m);
     }
-    let dumps_present = input
-        .source_listing
+    // Dumps the same way, by label (labels are UTC start times: oldest first).
+    let target_dumps: Vec<String> = input
+        .target_listing
         .iter()
-        .any(|m| m.key.starts_with(DUMPS_PREFIX));
-    // The chunks the copied backups need; with dumps (whose manifests this planner does not
-    // read), every chunk the source indexes locate.
-    let wanted: Option<HashSet<ChunkId>> =
-        (!dumps_present).then(|| copied.iter().flat_map(|m| m.chunks()).collect());
-    let is_wanted = |c: &ChunkId| wanted.as_ref().is_none_or(|w| w.contains(c));
+        .filter_map(|m| keys::parse_dump_manifest_key(&m.key))
+        .collect();
+    let target_oldest_dump = target_dumps.iter().min();
+    let mut copied_dumps: Vec<&DumpManifest> = Vec::new();
+    for d in &input.source_dumps {
+        if target_dumps.contains(&d.label) {
+            continue;
+        }
+        if target_oldest_dump.is_some_and(|oldest| d.label < *oldest) {
+            plan.dumps_older_than_target.push(d.label.clone());
+            continue;
+        }
+        plan.dumps.push(d.label.clone());
+        copied_dumps.push(d);
+    }
+    // The chunks the copied backups and dumps need.
+    let wanted: HashSet<ChunkId> = copied
+        .iter()
+        .flat_map(|m| m.chunks())
+        .chain(copied_dumps.iter().flat_map(|d| d.chunks()))
+        .collect();
+    let is_wanted = |c: &ChunkId| wanted.contains(c);
 
     // The WAL boundary: the earliest start among the backups the target will hold.
     let held = input.target_backups.iter().chain(copied.iter().copied());
@@ -146,7 +165,6 @@ pub fn plan(input: &PlanInput) -> Plan {
 
     let mut wal = Vec::new();
     let mut streamed = Vec::new();
-    let mut dumps = Vec::new();
     let mut target_wal_segments: HashSet<WalSegmentName> = HashSet::new();
     for m in &input.target_listing {
         if let Some(WalFileName::Segment(s)) = keys::parse_wal_key(&m.key) {
@@ -203,13 +221,10 @@ pub fn plan(input: &PlanInput) -> Plan {
             } else {
                 skip(&mut plan, m);
             }
-        } else if key.starts_with(DUMPS_PREFIX) && !key.contains(".tmp") {
-            if has(key) {
-                skip(&mut plan, m);
-            } else {
-                dumps.push(m.clone());
-            }
-        } else if keys::parse_manifest_key(key).is_some() && has(key) {
+        } else if (keys::parse_manifest_key(key).is_some()
+            || keys::parse_dump_manifest_key(key).is_some())
+            && has(key)
+        {
             skip(&mut plan, m);
         }
     }
@@ -221,13 +236,7 @@ pub fn plan(input: &PlanInput) -> Plan {
     plan.wal = wal.into_iter().map(|(_, m)| m).collect();
     plan.loose_chunks.sort_by(|a, b| a.1.key.cmp(&b.1.key));
     plan.packs.sort_by_key(|(p, _)| *p);
-    dumps.sort_by(|a, b| (is_manifest(&a.key), &a.key).cmp(&(is_manifest(&b.key), &b.key)));
-    plan.dumps = dumps;
     plan
-}
-
-fn is_manifest(key: &str) -> bool {
-    key.rsplit('/').next() == Some("manifest")
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! What a `copy` run reports: counts and bytes copied and skipped, the backups copied and not,
+//! What a `copy` run reports: counts and bytes copied and skipped, the backups and dumps copied
+//! and not,
 //! damaged and vanished source objects, and the lag of the copy behind the source.
 
 use serde::Serialize;
@@ -28,6 +29,13 @@ pub struct CopyReport {
     /// Source backups older than the target's oldest backup: the copy's own retention
     /// removed them (or never held them); not copied again.
     pub backups_older_than_copy: Vec<String>,
+    /// Logical dumps copied (their manifests written), oldest first.
+    pub dumps_copied: Vec<String>,
+    /// Dumps the target lacks that this run did not copy, each with why.
+    pub dumps_not_copied: Vec<NotCopied>,
+    /// Source dumps older than the target's oldest dump: the copy's own `dump expire` removed
+    /// them (or it never held them); not copied again.
+    pub dumps_older_than_copy: Vec<String>,
     /// Source objects that failed verification: not copied, nor anything that needs them.
     pub damaged: Vec<Damaged>,
     /// Source objects that disappeared during the run (a source `expire` or `wal-stream`).
@@ -56,8 +64,10 @@ pub struct Copied {
     pub packs: u64,
     /// Indexes written to the target for the packs copied (and those of an interrupted run).
     pub indexes: u64,
+    /// Backup manifests written.
     pub manifests: u64,
-    pub dump_objects: u64,
+    /// Dump manifests written (`dumps/<label>/manifest`).
+    pub dump_manifests: u64,
     /// WAL files older than every backup the copy holds: not copied (its `expire` would delete them).
     pub wal_below_copy_start: u64,
 }
@@ -80,6 +90,9 @@ pub struct Lag {
     /// Source backups the copy lacks (older-than-copy ones aside).
     pub backups: u64,
     pub backup_labels: Vec<String>,
+    /// Source dumps the copy lacks (older-than-copy ones aside).
+    pub dumps: u64,
+    pub dump_labels: Vec<String>,
     /// The newest WAL segment in the source and in the copy.
     pub source_newest_wal: Option<String>,
     pub copy_newest_wal: Option<String>,

@@ -1,11 +1,12 @@
 //! One object from the source to the target, as stored: fetched whole, verified with the
 //! source's codec (hash and tag; for a chunk also its name; for a pack its trailer and every
-//! chunk in it; for a manifest that it parses and names its label), then create-put unchanged.
+//! chunk in it; for a backup or dump manifest that it parses and names its label), then create-put unchanged.
 //! An object that fails is not written: the caller records it as damaged, or as vanished when
 //! the source no longer holds it (a source `expire` or `wal-stream` deleted it meanwhile).
 
 use bytes::Bytes;
 use lifeboat_repo::backup::{ChunkId, Manifest};
+use lifeboat_repo::dump::DumpManifest;
 use lifeboat_repo::pack::{IndexEntry, PackId};
 use lifeboat_repo::{RepoError, Repository};
 use lifeboat_storage::{ErrorKind, PutMode};
@@ -23,6 +24,8 @@ pub enum Check {
     Pack(PackId),
     /// A backup manifest: decodes, parses, names this label.
     Manifest(String),
+    /// A dump manifest: decodes, parses, names this label, its streams' sizes add up.
+    DumpManifest(String),
 }
 
 /// What fetching and checking one object gave.
@@ -78,6 +81,13 @@ fn verify(
             if &manifest.label != label {
                 return Err(format!("names backup {} instead", manifest.label));
             }
+            Ok(Vec::new())
+        }
+        Check::DumpManifest(label) => {
+            let (_, plain) = repo.decode(key, raw).map_err(reason)?;
+            let manifest: DumpManifest =
+                serde_json::from_slice(&plain).map_err(|e| format!("not a dump manifest: {e}"))?;
+            manifest.check(label)?;
             Ok(Vec::new())
         }
         Check::Pack(pack) => {

@@ -80,9 +80,15 @@ fn print_text(r: &CopyReport) {
     for label in &r.backups_copied {
         outln!("copied backup {label}");
     }
+    for d in &r.dumps_not_copied {
+        outln!("dump {} not copied: {}", d.label, d.reason);
+    }
+    for label in &r.dumps_copied {
+        outln!("copied dump {label}");
+    }
     let c = &r.copied;
     outln!(
-        "copy to {}: {} object(s), {} copied ({} WAL files, {} streamed pieces, {} packs, {} loose chunks, {} indexes, {} manifests, {} dump objects); {} object(s), {} already there; {:.1} s",
+        "copy to {}: {} object(s), {} copied ({} WAL files, {} streamed pieces, {} packs, {} loose chunks, {} indexes, {} manifests, {} dump manifests); {} object(s), {} already there; {:.1} s",
         r.target,
         c.objects,
         human_bytes(c.bytes),
@@ -92,15 +98,16 @@ fn print_text(r: &CopyReport) {
         c.loose_chunks,
         c.indexes,
         c.manifests,
-        c.dump_objects,
+        c.dump_manifests,
         r.skipped.objects,
         human_bytes(r.skipped.bytes),
         r.duration_seconds
     );
     let lag = &r.lag;
     outln!(
-        "lag: {} backup(s) and {} WAL file(s) of the source not in the copy; newest WAL: source {}, copy {}",
+        "lag: {} backup(s), {} dump(s) and {} WAL file(s) of the source not in the copy; newest WAL: source {}, copy {}",
         lag.backups,
+        lag.dumps,
         lag.wal_files,
         lag.source_newest_wal.as_deref().unwrap_or("none"),
         lag.copy_newest_wal.as_deref().unwrap_or("none")

@@ -17,6 +17,8 @@ use lifeboat_testkit::cluster::{TestCluster, chown_to_owner};
 use lifeboat_testkit::s3::MotoServer;
 use serde_json::Value;
 
+mod dumps;
+
 /// A local, encrypted source repository and the config of its copy at `to`.
 struct Copies {
     setup: Setup,

@@ -6,6 +6,9 @@ use std::collections::{HashMap, HashSet};
 use lifeboat_repo::backup::testing::ManifestBuilder;
 use lifeboat_repo::backup::{ChunkId, Entry, FileEntry, Manifest};
 use lifeboat_repo::codec::ContentHash;
+use lifeboat_repo::dump::{
+    Chunking, DUMP_FORMAT, DUMP_VERSION, DumpChunk, DumpManifest, DumpStream,
+};
 use lifeboat_repo::keys;
 use lifeboat_repo::pack::{ChunkLocation, IndexEntry, PackId};
 use lifeboat_storage::ObjectMeta;
@@ -205,18 +208,72 @@ fn chunks_no_copied_backup_needs_do_not_pull_their_pack() {
     assert_eq!(packs, [pack(2)].into_iter().collect());
 }
 
+fn dump(label: &str, chunks: &[u8]) -> DumpManifest {
+    let stream = |name: &str, chunks: &[u8]| DumpStream {
+        name: name.into(),
+        format: "custom".into(),
+        program_version: "pg_dump (PostgreSQL) 15.10".into(),
+        server_major: 15,
+        start_time: time::OffsetDateTime::UNIX_EPOCH,
+        stop_time: time::OffsetDateTime::UNIX_EPOCH,
+        size: chunks.len() as u64,
+        stored_size: 0,
+        chunks: chunks
+            .iter()
+            .map(|c| DumpChunk {
+                id: chunk(*c),
+                len: 1,
+            })
+            .collect(),
+    };
+    DumpManifest {
+        format: DUMP_FORMAT.into(),
+        version: DUMP_VERSION,
+        label: label.into(),
+        server_version_num: 150010,
+        start_time: time::OffsetDateTime::UNIX_EPOCH,
+        stop_time: time::OffsetDateTime::UNIX_EPOCH,
+        duration_seconds: 1.0,
+        chunking: Chunking {
+            algorithm: "fastcdc-v2020".into(),
+            min_size: 1,
+            avg_size: 2,
+            max_size: 3,
+        },
+        globals: stream("", &[]),
+        databases: vec![stream("app", chunks)],
+        size: chunks.len() as u64,
+        stored_size: 0,
+    }
+}
+
 #[test]
-fn dumps_travel_after_their_data_manifest_last() {
+fn dumps_travel_like_backups_their_chunks_wanted() {
     let mut input = source();
-    input.source_listing.push(meta("dumps/d1/manifest", 10));
-    input.source_listing.push(meta("dumps/d1/part-0", 10));
-    input.source_listing.push(meta("dumps/.tmp.x", 10));
-    // With dumps present, every indexed chunk counts as wanted.
+    // No backup to copy: only the dumps' chunks are wanted.
     input.source_backups.clear();
+    input.source_packs.insert(pack(3), entries_of(3, &[7]));
+    input.source_listing.push(meta(&pack(3).key(), 500));
+    for label in ["d0", "d1", "d2"] {
+        input
+            .source_listing
+            .push(meta(&keys::dump_manifest(label), 10));
+    }
+    input.source_dumps = vec![dump("d0", &[3]), dump("d1", &[3]), dump("d2", &[7, 3])];
+    // The target holds d1 (and so, by its retention, nothing older: d0 stays behind).
+    input
+        .target_listing
+        .push(meta(&keys::dump_manifest("d1"), 10));
     let p = plan(&input);
-    let keys: Vec<&str> = p.dumps.iter().map(|m| m.key.as_str()).collect();
-    assert_eq!(keys, vec!["dumps/d1/part-0", "dumps/d1/manifest"]);
-    assert_eq!(p.packs.len(), 2);
+    assert_eq!(p.dumps, vec!["d2".to_string()]);
+    assert_eq!(p.dumps_older_than_target, vec!["d0".to_string()]);
+    let packs: Vec<PackId> = p.packs.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        packs,
+        vec![pack(2), pack(3)],
+        "pack 1 holds no dump's chunk"
+    );
+    assert_eq!(p.skipped_objects, 2, "pack 1 (unwanted) and d1's manifest");
 }
 
 #[test]
