@@ -36,15 +36,21 @@ command -v cargo >/dev/null || die "cargo is not on PATH"
 # Unused dependencies cost build time and audit surface, and come back unnoticed when code moves:
 # fail before the tests when a Cargo.toml names one no code uses (scripts/check-deps.sh says
 # what to do).
+# The whole workspace unless a package is named (`-p NAME`): --workspace would override it.
+scope=--workspace
+for arg in "$@"; do
+    case "$arg" in -p|--package|-p*|--package=*) scope= ;; esac
+done
+
 bash scripts/check-deps.sh || die "unused dependencies: see above"
 bash scripts/check-structure.sh || die "module cycles: see above; move the shared piece to the module that owns it (docs/ARCHITECTURE.md)"
 
 if cargo nextest --version >/dev/null 2>&1; then
     profile=default
     case "${CI:-}" in true|1) profile=ci ;; esac
-    log "cargo nextest run --workspace --no-fail-fast --profile $profile $*"
-    exec cargo nextest run --workspace --no-fail-fast --profile "$profile" "$@"
+    log "cargo nextest run $scope --no-fail-fast --profile $profile $*"
+    exec cargo nextest run $scope --no-fail-fast --profile "$profile" "$@"
 else
     log "cargo-nextest not installed (scripts/setup.sh installs it); falling back to cargo test"
-    exec cargo test --workspace --no-fail-fast "$@"
+    exec cargo test $scope --no-fail-fast "$@"
 fi
