@@ -95,7 +95,8 @@ pub enum BackupEvent {
 
 pub type EventSink = Arc<dyn Fn(BackupEvent) + Send + Sync>;
 
-fn new_label() -> String {
+/// A label for a backup or a dump: the UTC time to the second, `YYYYMMDDTHHMMSSZ`.
+pub(crate) fn new_label() -> String {
     let now = time::OffsetDateTime::now_utc();
     format!(
         "{:04}{:02}{:02}T{:02}{:02}{:02}Z",

@@ -78,19 +78,6 @@ pub struct StreamReport {
     pub seconds: f64,
 }
 
-fn new_label() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second()
-    )
-}
-
 fn postgres(e: impl std::fmt::Display) -> EngineError {
     EngineError::Postgres {
         message: e.to_string(),
@@ -141,10 +128,10 @@ async fn run(repo: &Repository, opts: &DumpOptions, lock: &RepoLock) -> Result<D
     let pg_dumpall = programs::find("pg_dumpall", major, major)?;
 
     let mut labels: Vec<String> = repo.dump_labels().await?.into_iter().map(|l| l.0).collect();
-    let mut label = new_label();
+    let mut label = crate::backup::new_label();
     while labels.contains(&label) {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        label = new_label();
+        label = crate::backup::new_label();
     }
     labels.clear();
 
