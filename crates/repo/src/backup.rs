@@ -422,25 +422,34 @@ impl Repository {
     /// Store a finished backup's manifest: the moment the backup starts to exist.
     pub async fn put_manifest(&self, manifest: &Manifest) -> Result<u64> {
         let json = manifest.to_json()?;
-        let key = keys::manifest(&manifest.label);
-        let (hash, object) = self.encode(&key, &json)?;
+        self.put_manifest_object(&keys::manifest(&manifest.label), &json, || {
+            format!("a backup labelled {} already exists", manifest.label)
+        })
+        .await
+    }
+
+    /// Create-put a manifest (a backup's or a dump's) and return its encoded size. Our own put
+    /// may have landed before an attempt failed in transit: the same content is success;
+    /// anything else under the key is another run's manifest, which stays (`taken` says so).
+    pub(crate) async fn put_manifest_object(
+        &self,
+        key: &str,
+        json: &[u8],
+        taken: impl FnOnce() -> String,
+    ) -> Result<u64> {
+        let (hash, object) = self.encode(key, json)?;
         let len = object.len() as u64;
         match self
             .store()
-            .put(&key, Bytes::from(object), PutMode::Create)
+            .put(key, Bytes::from(object), PutMode::Create)
             .await
         {
             Ok(()) => Ok(len),
-            // Our own put may have landed before an attempt failed in transit: the same content
-            // is success; anything else is another backup's manifest, which stays.
             Err(e) if e.kind == ErrorKind::AlreadyExists => {
-                if self.object_header(&key).await?.hash == hash {
+                if self.object_header(key).await?.hash == hash {
                     Ok(len)
                 } else {
-                    Err(RepoError::Invalid(format!(
-                        "a backup labelled {} already exists",
-                        manifest.label
-                    )))
+                    Err(RepoError::Invalid(taken()))
                 }
             }
             Err(e) => Err(e.into()),

@@ -6,8 +6,6 @@
 
 use std::collections::HashSet;
 
-use bytes::Bytes;
-use lifeboat_storage::{ErrorKind, PutMode};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -130,28 +128,10 @@ impl Repository {
     pub async fn put_dump_manifest(&self, manifest: &DumpManifest) -> Result<u64> {
         let json = serde_json::to_vec(manifest)
             .map_err(|e| RepoError::Invalid(format!("cannot serialise a dump manifest: {e}")))?;
-        let key = keys::dump_manifest(&manifest.label);
-        let (hash, object) = self.encode(&key, &json)?;
-        let len = object.len() as u64;
-        match self
-            .store()
-            .put(&key, Bytes::from(object), PutMode::Create)
-            .await
-        {
-            Ok(()) => Ok(len),
-            // Our own put may have landed before a retry: the same content is success.
-            Err(e) if e.kind == ErrorKind::AlreadyExists => {
-                if self.object_header(&key).await?.hash == hash {
-                    Ok(len)
-                } else {
-                    Err(RepoError::Invalid(format!(
-                        "a dump labelled {} already exists",
-                        manifest.label
-                    )))
-                }
-            }
-            Err(e) => Err(e.into()),
-        }
+        self.put_manifest_object(&keys::dump_manifest(&manifest.label), &json, || {
+            format!("a dump labelled {} already exists", manifest.label)
+        })
+        .await
     }
 
     /// Read and check one dump's manifest.
